@@ -1,0 +1,31 @@
+# powerlb: `make run` starts it in front of three demo backends; `make test` runs the whole suite.
+# PYTHON=pypy3 uses a separate venv (.venv-pypy3).
+PYTHON ?= python3
+VENV ?= .venv$(if $(filter python3,$(notdir $(PYTHON))),,-$(notdir $(PYTHON)))
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint clean
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+run: $(STAMP)
+	@echo "powerlb on http://127.0.0.1:8080, admin on http://127.0.0.1:8081, demo backends on 9001-9003"
+	@echo "try:  curl -i http://127.0.0.1:8080/            (X-Backend says which backend answered)"
+	@echo "      curl -i http://127.0.0.1:8080/cached      (twice: the second says X-Cache: HIT, Age: N)"
+	@echo "      curl http://127.0.0.1:8081/_powerlb/stats"
+	@$(BIN)/python -m powerlb.demo --ports 9001,9002,9003 & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/twistd -n --pidfile= powerlb --config lb.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .venv .venv-* build *.egg-info .pytest_cache .hypothesis

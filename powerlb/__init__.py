@@ -1,0 +1,30 @@
+"""powerlb: an HTTP load balancer and caching reverse proxy on Twisted.
+
+Embed it in another Twisted application with :func:`makeService`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Union
+
+from twisted.application.service import IService
+
+from powerlb.config import Config, ConfigError, config_from_mapping
+
+__all__ = ["Config", "ConfigError", "makeService"]
+__version__ = "0.1.0"
+
+
+def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -> IService:
+    """Build one powerlb instance as an ``IService`` (a ``MultiService``).
+
+    ``config`` is a :class:`Config` or a mapping with the YAML keys, e.g.
+    ``{"listen": "tcp:8080", "backends": ["http://127.0.0.1:9001"]}``; a bad
+    one raises :class:`ConfigError`. ``reactor`` defaults to the global one.
+    Nothing is shared between instances.
+    """
+    from powerlb.service import PowerLBService
+
+    if not isinstance(config, Config):
+        config = config_from_mapping(config)
+    return PowerLBService(config, reactor)

@@ -1,0 +1,266 @@
+"""Load-balancing algorithms: which backend gets the next request.
+
+Pure logic: no sockets, no reactor, no clock. Every balancer implements
+:class:`IBalancer`; :data:`ALGORITHMS` maps the configuration names to the
+classes and :func:`make_balancer` builds one by name.
+
+``pick()`` runs once per proxied request, so each implementation is a single
+O(n) pass (a few passes at most) over the backends without building lists and
+without logging. Weights are positive integers (``Backend.weight``).
+Backends are compared by identity, so ``set_backends`` keeps the state of the
+``Backend`` objects that are still in the new set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from typing import Callable, Collection, Dict, List, Optional, Sequence
+
+from zope.interface import Interface, implementer
+
+from powerlb.backend import Backend
+
+
+class IBalancer(Interface):
+    """Chooses the backend for the next request."""
+
+    def pick(key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        """A healthy backend not in ``exclude``, or None when there is none.
+
+        ``key`` is the client address, used by hash-based algorithms only.
+        """
+
+    def set_backends(backends: Sequence[Backend]) -> None:
+        """Replace the backends (config reload), keeping the state of those that remain."""
+
+
+def _eligible(backend: Backend, exclude: Collection[Backend]) -> bool:
+    return backend.healthy and backend not in exclude
+
+
+class _CursorBalancer:
+    """Shared part of the balancers that rotate a cursor over the backend list."""
+
+    def __init__(self, backends: Sequence[Backend] = ()) -> None:
+        self._backends: List[Backend] = list(backends)
+        self._next = 0
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the backends; the cursor stays on the same backend if it remains."""
+        old, new = self._backends, list(backends)
+        following = old[self._next] if self._next < len(old) else None
+        self._next = new.index(following) if following in new else 0
+        self._backends = new
+
+
+@implementer(IBalancer)
+class RoundRobin(_CursorBalancer):
+    """``round-robin``: cycle over the backends in order, skipping unhealthy or excluded ones."""
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        backends = self._backends
+        count = len(backends)
+        start = self._next
+        for offset in range(count):
+            index = (start + offset) % count
+            backend = backends[index]
+            if _eligible(backend, exclude):
+                self._next = (index + 1) % count
+                return backend
+        return None
+
+
+@implementer(IBalancer)
+class LeastConnections(_CursorBalancer):
+    """``least-connections``: the lowest ``in_flight / weight``, ties broken round-robin.
+
+    Ratios are compared exactly by cross-multiplication, so equal loads are real
+    ties. The scan starts just after the previously chosen backend and keeps the
+    first minimum, so tied backends take turns.
+    """
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        backends = self._backends
+        count = len(backends)
+        start = self._next
+        best: Optional[Backend] = None
+        best_index = 0
+        for offset in range(count):
+            index = (start + offset) % count
+            backend = backends[index]
+            if not _eligible(backend, exclude):
+                continue
+            # backend.in_flight / backend.weight < best.in_flight / best.weight
+            if best is None or backend.in_flight * best.weight < best.in_flight * backend.weight:
+                best, best_index = backend, index
+        if best is not None:
+            self._next = (best_index + 1) % count
+        return best
+
+
+@implementer(IBalancer)
+class SmoothWeightedRoundRobin:
+    """``weighted-round-robin``: nginx's smooth weighted round-robin.
+
+    On each pick every eligible backend's current weight grows by its weight,
+    the largest current weight wins (the first one in list order on a tie) and
+    the winner's current weight drops by the total weight of the eligible
+    backends. Weights 5, 1, 1 give ``a a b a c a a``, repeating. Unhealthy or
+    excluded backends are skipped and their current weight left alone, as nginx
+    does.
+    """
+
+    def __init__(self, backends: Sequence[Backend] = ()) -> None:
+        self._backends: List[Backend] = []
+        self._current: List[int] = []
+        self.set_backends(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the backends; those that remain keep their current weight, new ones get 0."""
+        kept = dict(zip(self._backends, self._current))
+        self._backends = list(backends)
+        self._current = [kept.get(backend, 0) for backend in self._backends]
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        backends = self._backends
+        current = self._current
+        total = 0
+        best_index = -1
+        best_current = 0
+        for index in range(len(backends)):
+            backend = backends[index]
+            if not _eligible(backend, exclude):
+                continue
+            weight = backend.weight
+            total += weight
+            value = current[index] + weight
+            current[index] = value
+            if best_index < 0 or value > best_current:
+                best_index, best_current = index, value
+        if best_index < 0:
+            return None
+        current[best_index] = best_current - total
+        return backends[best_index]
+
+
+@implementer(IBalancer)
+class PowerOfTwoChoices:
+    """``random-two-choices``: sample two distinct backends by weight, keep the less loaded.
+
+    Both candidates are drawn at random with probability proportional to their
+    weight (the second among the remaining ones); the one with the lower
+    ``in_flight / weight`` wins, the first drawn on a tie. With a single
+    eligible backend it is returned without drawing. ``rng`` is injectable so
+    tests are deterministic.
+    """
+
+    def __init__(self, backends: Sequence[Backend] = (), rng: Optional[random.Random] = None) -> None:
+        self._backends: List[Backend] = list(backends)
+        self._rng = rng if rng is not None else random.Random()
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the backends (this balancer keeps no per-backend state)."""
+        self._backends = list(backends)
+
+    def _draw(self, total: int, exclude: Collection[Backend], skip: Optional[Backend]) -> Backend:
+        """An eligible backend other than ``skip``, drawn by weight out of ``total``."""
+        target = self._rng.randrange(total)
+        for backend in self._backends:
+            if backend is skip or not _eligible(backend, exclude):
+                continue
+            target -= backend.weight
+            if target < 0:
+                return backend
+        raise AssertionError("total weight does not match the eligible backends")
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        total = 0
+        count = 0
+        only: Optional[Backend] = None
+        for backend in self._backends:
+            if _eligible(backend, exclude):
+                total += backend.weight
+                count += 1
+                only = backend
+        if count < 2:
+            return only
+        first = self._draw(total, exclude, None)
+        second = self._draw(total - first.weight, exclude, first)
+        if second.in_flight * first.weight < first.in_flight * second.weight:
+            return second
+        return first
+
+
+_HASH_BYTES = 8
+#: Digest bits dropped so the rest (52 bits) plus one half maps exactly into (0, 1).
+_HASH_SHIFT = 8 * _HASH_BYTES - 52
+_HASH_SCALE = 2.0**-52
+
+
+@implementer(IBalancer)
+class SourceHash:
+    """``source-hash``: weighted rendezvous (HRW) hashing of the client address.
+
+    Each backend scores ``-weight / ln(u)`` where ``u`` in (0, 1) comes from a
+    hash of (backend URL, key); the highest score wins. A client therefore
+    sticks to one backend, backends get keys in proportion to their weight, and
+    when a backend goes away or down only the keys it had move (the other
+    scores do not change).
+
+    The hash is BLAKE2b with an 8-byte digest: it is in the standard library,
+    fast, stable across processes and restarts (unlike ``hash()``), and, unlike
+    CRC32, well mixed, which HRW needs for its scores to be independent. The
+    per-backend URL prefix is hashed once and the state copied on each pick.
+    """
+
+    def __init__(self, backends: Sequence[Backend] = ()) -> None:
+        self._backends: List[Backend] = []
+        self._seeds: List[hashlib.blake2b] = []
+        self.set_backends(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the backends; a key's backend only changes if its backend left."""
+        self._backends = list(backends)
+        self._seeds = [
+            hashlib.blake2b(backend.url.encode() + b"\0", digest_size=_HASH_BYTES)
+            for backend in self._backends
+        ]
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        backends = self._backends
+        seeds = self._seeds
+        best: Optional[Backend] = None
+        best_score = 0.0
+        for index in range(len(backends)):
+            backend = backends[index]
+            if not _eligible(backend, exclude):
+                continue
+            digest = seeds[index].copy()
+            digest.update(key)
+            unit = ((int.from_bytes(digest.digest(), "big") >> _HASH_SHIFT) + 0.5) * _HASH_SCALE
+            score = -backend.weight / math.log(unit)
+            if best is None or score > best_score:
+                best, best_score = backend, score
+        return best
+
+
+ALGORITHMS: Dict[str, Callable[..., IBalancer]] = {
+    "round-robin": RoundRobin,
+    "weighted-round-robin": SmoothWeightedRoundRobin,
+    "least-connections": LeastConnections,
+    "random-two-choices": PowerOfTwoChoices,
+    "source-hash": SourceHash,
+}
+
+
+def make_balancer(name: str, backends: Sequence[Backend], rng: Optional[random.Random] = None) -> IBalancer:
+    """Build the balancer called ``name`` over ``backends``; ``rng`` feeds the random one."""
+    factory = ALGORITHMS.get(name)
+    if factory is None:
+        choices = ", ".join(sorted(ALGORITHMS))
+        raise ValueError(f"unknown algorithm {name!r}; choose one of: {choices}")
+    if factory is PowerOfTwoChoices:
+        return factory(backends, rng=rng)
+    return factory(backends)

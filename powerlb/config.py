@@ -1,0 +1,513 @@
+"""Configuration: one option table drives the ``twistd powerlb`` options, the YAML keys,
+parsing and validation.
+
+Precedence is defaults < YAML file (``--config FILE``) < command line. Every
+problem is reported as a one-line :class:`ConfigError` that says what is wrong
+and how to fix it.
+
+Nothing here imports ``twisted.internet.reactor``: twistd installs the reactor
+(``--reactor``) only after option parsing, so endpoint strings are checked
+against a placeholder reactor.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+import yaml
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from powerlb.backend import BackendSpec
+
+
+class ConfigError(ValueError):
+    """A bad setting: ``field`` names it, ``problem`` says what is wrong and the fix."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        problem = " ".join(line.strip() for line in problem.splitlines())
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# --- value parsers: each takes text and returns a value or raises ValueError(reason; fix) ---
+
+_NUMBER = re.compile(r"\s*([+-]?)([0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})\s*([A-Za-z]*)\s*")
+
+_SIZE_UNITS: Dict[str, int] = {"B": 1}
+_SIZE_UNITS.update(
+    (name, 1024**power)
+    for power, prefix in enumerate("KMG", start=1)
+    for name in (prefix, prefix + "B", prefix + "iB")
+)
+_DURATION_UNITS: Dict[str, Fraction] = {
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+
+
+def _parse_quantity(text: str, units: Mapping[str, Any], what: str, example: str) -> Fraction:
+    """A non-negative number with an optional case-insensitive unit, as an exact Fraction."""
+    found = _NUMBER.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a {what}; give a {what} such as {example}")
+    sign, number, unit = found.groups()
+    if sign == "-":
+        raise ValueError(f"{text!r} is negative; give a {what} such as {example}")
+    factors = {name.lower(): factor for name, factor in units.items()}
+    if unit and unit.lower() not in factors:
+        raise ValueError(
+            f"{text!r} has unknown unit {unit!r}; use one of: {', '.join(units)} (e.g. {example})"
+        )
+    return Fraction(number) * factors.get(unit.lower(), 1)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"65536"``, ``"64K"``, ``"1.5MiB"``, ``"2GB"``... (all units are 1024-based)."""
+    return int(_parse_quantity(text, _SIZE_UNITS, "size", "64MiB"))
+
+
+def format_size(size: int) -> str:
+    """The shortest exact spelling of ``size`` bytes that :func:`parse_size` reads back."""
+    for unit in ("GiB", "MiB", "KiB"):
+        factor = _SIZE_UNITS[unit]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"2"``, ``"2.5"``, ``"2s"``, ``"500ms"``, ``"1m"`` or ``"1h"``."""
+    return float(_parse_quantity(text, _DURATION_UNITS, "duration", "2s or 500ms"))
+
+
+def _format_duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _parse_count(text: str) -> int:
+    if re.fullmatch(r"\s*[+-]?[0-9]{1,18}\s*", text) is None:
+        raise ValueError(f"{text!r} is not a whole number; give a number such as 3")
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is negative; give a number such as 3")
+    return value
+
+
+def _above_zero(parse: Callable[[str], Any], example: str) -> Callable[[str], Any]:
+    """``parse``, also rejecting zero."""
+
+    def parse_positive(text: str) -> Any:
+        value = parse(text)
+        if value <= 0:
+            raise ValueError(f"{text!r} must be more than zero; give e.g. {example}")
+        return value
+
+    return parse_positive
+
+
+_BACKEND_SYNTAX = "write http://HOST:PORT[,weight=N]"
+
+
+def parse_backend(text: str) -> BackendSpec:
+    """A backend from ``"http://HOST[:PORT][,weight=N]"`` (port 80 and weight 1 by default)."""
+    url, *options = text.strip().split(",")
+    scheme = url.partition("://")[0].lower()
+    if scheme == "https":
+        raise ValueError(f"{text!r}: https backends are not supported yet; use http://")
+    if scheme != "http" or "://" not in url:
+        raise ValueError(f"{text!r} is not an http:// URL; {_BACKEND_SYNTAX}")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # bad or out-of-range port, or a malformed [IPv6] host
+        raise ValueError(f"{text!r} has a bad address ({exc}); {_BACKEND_SYNTAX}") from None
+    if not host:
+        raise ValueError(f"{text!r} has no host; {_BACKEND_SYNTAX}")
+    if port == 0:
+        raise ValueError(f"{text!r} has port 0; give the port the backend listens on")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{text!r} contains credentials, which are not supported; remove 'user@'")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} has a path; backends take no path, {_BACKEND_SYNTAX}")
+    weight = None
+    for option in options:
+        name, equals, value = option.partition("=")
+        name = name.strip()
+        if name != "weight" or not equals:
+            raise ValueError(f"{text!r} has unknown option {option.strip()!r}; the only option is ,weight=N")
+        if weight is not None:
+            raise ValueError(f"{text!r} gives the weight twice; give ,weight=N once")
+        weight = _weight(value, text)
+    shown = f"[{host}]" if ":" in host else host
+    port = 80 if port is None else port
+    return BackendSpec(url=f"http://{shown}:{port}", host=host, port=port, weight=weight or 1)
+
+
+def _weight(value: str, text: str) -> int:
+    if re.fullmatch(r"\s*[+-]?[0-9]{1,9}\s*", value) is None or int(value) < 1:
+        raise ValueError(f"{text!r} has weight {value.strip()!r}; give a whole number >= 1")
+    return int(value)
+
+
+def _parse_backend_entry(entry: Any) -> BackendSpec:
+    """A backend from a string (see :func:`parse_backend`) or a ``{url:, weight:}`` mapping."""
+    if isinstance(entry, str):
+        return parse_backend(entry)
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{entry!r} is not a backend; {_BACKEND_SYNTAX} or {{url: ..., weight: N}}")
+    unknown = sorted(str(key) for key in entry if key not in ("url", "weight"))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in {entry!r}; valid keys: url, weight")
+    url = entry.get("url")
+    if not isinstance(url, str):
+        raise ValueError(f"{entry!r} has no url string; give url: http://HOST:PORT")
+    if "weight" not in entry:
+        return parse_backend(url)
+    return parse_backend(f"{url},weight={_as_text(entry['weight'])}")
+
+
+def _parse_algorithm(text: str) -> str:
+    from powerlb.balancing import ALGORITHMS
+
+    if text not in ALGORITHMS:
+        choices = ", ".join(sorted(ALGORITHMS))
+        raise ValueError(f"unknown algorithm {text!r}; choose one of: {choices}")
+    return text
+
+
+def _parse_path(text: str) -> str:
+    if not text.startswith("/") or any(char.isspace() for char in text):
+        raise ValueError(f"{text!r} is not a URL path; write a path such as /health")
+    return text
+
+
+def _parse_text(text: str) -> str:
+    if not text:
+        raise ValueError("an empty value is not allowed; give a value or leave the option out")
+    return text
+
+
+class _PlaceholderReactor:
+    """Stands in for the reactor while endpoint strings are only being checked."""
+
+
+def parse_endpoint(text: str) -> str:
+    """``text`` if it is a valid Twisted server endpoint string such as ``tcp:8080``."""
+    try:
+        serverFromString(_PlaceholderReactor(), text)
+    # Endpoint parsers (including third-party plugins) raise ValueError, TypeError,
+    # OSError (ssl key files)...: anything they raise means the string is unusable.
+    except Exception as exc:
+        raise ValueError(
+            f"{text!r} is not a Twisted server endpoint ({exc}); e.g. tcp:8080 or ssl:8443:privateKey=key.pem"
+        ) from None
+    return text
+
+
+_LOOPBACK = {"tcp": "127.0.0.1", "tcp6": r"\:\:1"}
+
+
+def parse_admin_endpoint(text: str) -> str:
+    """Like :func:`parse_endpoint`, but a ``tcp:`` (``tcp6:``) endpoint without ``interface=``
+    binds to loopback: ``:interface=127.0.0.1`` (``::1``) is appended."""
+    kind, *arguments = text.split(":")
+    loopback = _LOOPBACK.get(kind.strip().lower())
+    if loopback and not any(arg.strip().startswith("interface=") for arg in arguments):
+        text = f"{text}:interface={loopback}"
+    return parse_endpoint(text)
+
+
+# --- the configuration and its option table ---
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated powerlb settings (sizes in bytes, durations in seconds, None = off)."""
+
+    listen: str = "tcp:8080"
+    backends: Tuple[BackendSpec, ...] = ()
+    algorithm: str = "round-robin"
+    health_path: str = "/health"
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    health_rise: int = 2
+    health_fall: int = 3
+    cache_size: int = 64 * 1024 * 1024
+    cache_max_object: int = 1024 * 1024
+    cache_sweep_interval: float = 10.0
+    response_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    keepalive_timeout: float = 60.0
+    keepalive_max_idle: int = 64
+    admin: Optional[str] = None
+    admin_token: Optional[str] = None
+    access_log: Optional[str] = None
+
+
+_DEFAULTS: Dict[str, Any] = {field.name: field.default for field in fields(Config)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One option: its command-line name (also the YAML key unless ``yaml_key`` is set),
+    the Config attribute, how to parse it and its help text."""
+
+    name: str
+    attr: str
+    parse: Callable[[Any], Any]
+    help: str
+    show: Callable[[Any], str] = str
+    cli: bool = True
+    many: bool = False
+    yaml_key: str = ""
+
+    @property
+    def key(self) -> str:
+        """The YAML (and :func:`config_from_mapping`) key."""
+        return self.yaml_key or self.name
+
+    @property
+    def default(self) -> Any:
+        """The default, taken from :class:`Config`."""
+        return _DEFAULTS[self.attr]
+
+    def describe(self) -> str:
+        """Help text with the default appended."""
+        if self.many:
+            return self.help
+        shown = "off" if self.default is None else self.show(self.default)
+        return f"{self.help} [default: {shown}]"
+
+
+_positive_duration = _above_zero(parse_duration, "2s")
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("listen", "listen", parse_endpoint, "Twisted endpoint to serve on"),
+    Setting(
+        "backend",
+        "backends",
+        _parse_backend_entry,
+        "backend http://HOST[:PORT][,weight=N]; repeat for more (YAML: backends: [...])",
+        many=True,
+        yaml_key="backends",
+    ),
+    Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm"),
+    Setting("health-path", "health_path", _parse_path, "path probed on each backend"),
+    Setting(
+        "health-interval",
+        "health_interval",
+        _positive_duration,
+        "time between health probes",
+        show=_format_duration,
+    ),
+    Setting(
+        "health-timeout",
+        "health_timeout",
+        _positive_duration,
+        "time a health probe may take",
+        show=_format_duration,
+    ),
+    Setting(
+        "health-rise",
+        "health_rise",
+        _above_zero(_parse_count, "2"),
+        "passed probes before a down backend is up",
+    ),
+    Setting(
+        "health-fall",
+        "health_fall",
+        _above_zero(_parse_count, "3"),
+        "failed probes before an up backend is down",
+    ),
+    Setting(
+        "cache-size",
+        "cache_size",
+        parse_size,
+        "response cache size, e.g. 64MiB; 0 disables the cache",
+        show=format_size,
+    ),
+    Setting(
+        "cache-max-object",
+        "cache_max_object",
+        _above_zero(parse_size, "1MiB"),
+        "largest response body the cache stores",
+        show=format_size,
+    ),
+    Setting(
+        "cache-sweep-interval",
+        "cache_sweep_interval",
+        _positive_duration,
+        "time between sweeps of expired cache entries (YAML only)",
+        show=_format_duration,
+        cli=False,
+    ),
+    Setting(
+        "response-timeout",
+        "response_timeout",
+        _positive_duration,
+        "time a backend may take to answer",
+        show=_format_duration,
+    ),
+    Setting(
+        "connect-timeout",
+        "connect_timeout",
+        _positive_duration,
+        "time a backend connection may take",
+        show=_format_duration,
+    ),
+    Setting(
+        "keepalive-timeout",
+        "keepalive_timeout",
+        _positive_duration,
+        "idle upstream keep-alive connections are closed after this",
+        show=_format_duration,
+    ),
+    Setting(
+        "keepalive-max-idle",
+        "keepalive_max_idle",
+        _parse_count,
+        "idle upstream connections kept per backend; 0 disables reuse (YAML only)",
+        cli=False,
+    ),
+    Setting(
+        "admin",
+        "admin",
+        parse_admin_endpoint,
+        "Twisted endpoint for the admin API; tcp: without interface= binds to 127.0.0.1",
+    ),
+    Setting(
+        "admin-token",
+        "admin_token",
+        _parse_text,
+        "bearer token required by state-changing admin endpoints",
+    ),
+    Setting("access-log", "access_log", _parse_text, "access log file, or - for stdout"),
+)
+
+_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS if setting.cli}
+_BY_KEY: Dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
+
+
+def _as_text(raw: Any) -> str:
+    """A YAML scalar as the text a parser reads (numbers are spelled out)."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return str(raw)
+    raise ValueError(f"{raw!r} is not a single value; give text or a number")
+
+
+def _parse_setting(setting: Setting, raw: Any) -> Any:
+    """The Config value for ``raw`` (text, a YAML value, or a list of them), or ConfigError."""
+    try:
+        if setting.many:
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError(f"{raw!r} is not a list; give a YAML list, one entry per line")
+            return tuple(setting.parse(item) for item in raw)
+        if raw is None and setting.default is None:
+            return None
+        return setting.parse(_as_text(raw))
+    except ValueError as exc:
+        raise ConfigError(setting.name, str(exc)) from None
+
+
+def _check_keys(given: Mapping[Any, Any], valid: Mapping[str, Setting], field: str) -> None:
+    for key in given:
+        if key not in valid:
+            raise ConfigError(field, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
+
+
+def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, Any]:
+    _check_keys(mapping, _BY_KEY, field)
+    return {_BY_KEY[key].attr: _parse_setting(_BY_KEY[key], raw) for key, raw in mapping.items()}
+
+
+def _finish(values: Mapping[str, Any]) -> Config:
+    if not values.get("backends"):
+        raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
+    return Config(**values)
+
+
+def config_from_mapping(mapping: Mapping[str, Any]) -> Config:
+    """A Config from YAML-style keys, e.g. ``{"listen": "tcp:0", "backends": ["http://..."]}``."""
+    return _finish(_values_from_mapping(mapping, "config"))
+
+
+def _read_yaml(path: str) -> Mapping[Any, Any]:
+    try:
+        with open(path, "rb") as stream:
+            data = yaml.safe_load(stream)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            "config", f"cannot read {path!r} ({reason}); give the path of a readable YAML file"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            "config", f"{path!r} is not valid YAML: {problem}{where}; fix the syntax there"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            "config",
+            f"{path!r} holds a {type(data).__name__}, not a mapping; "
+            "write 'key: value' lines such as 'listen: tcp:8080'",
+        )
+    return data
+
+
+def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> Config:
+    """Defaults < the YAML ``config_file`` < ``cli`` (command-line names; None or an empty
+    ``backend`` list means not given; given ``backend``\\ s replace the YAML ``backends``)."""
+    _check_keys(cli, _BY_NAME, "option")
+    values = _values_from_mapping(_read_yaml(config_file), "config") if config_file else {}
+    for name, raw in cli.items():
+        if raw not in (None, [], ()):
+            values[_BY_NAME[name].attr] = _parse_setting(_BY_NAME[name], raw)
+    return _finish(values)
+
+
+def load_config_file(path: str) -> Config:
+    """The Config from the YAML file at ``path`` alone (for ``lb.tac``)."""
+    return build_config({}, path)
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd powerlb``; after parsing, ``self.config`` is the Config."""
+
+    synopsis = "[options]"
+    optParameters: List[List[Any]] = [
+        [setting.name, None, None, setting.describe()]
+        for setting in SETTINGS
+        if setting.cli and not setting.many
+    ] + [["config", None, None, "YAML file with the same keys (command-line options win)"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["backend"] = []
+        self.config: Optional[Config] = None
+
+    def opt_backend(self, value: str) -> None:
+        self["backend"].append(value)
+
+    opt_backend.__doc__ = _BY_NAME["backend"].describe()
+
+    def postOptions(self) -> None:
+        """Build ``self.config``; a bad setting becomes a one-line UsageError."""
+        cli = {name: value for name, value in self.items() if name != "config"}
+        try:
+            self.config = build_config(cli, self["config"])
+        except ConfigError as err:
+            raise usage.UsageError(str(err)) from err

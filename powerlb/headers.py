@@ -1,0 +1,127 @@
+"""Pure header handling: lookups, hop-by-hop stripping and the forwarding headers a proxy adds.
+
+Headers are a list of ``(name, value)`` byte pairs with lower-cased names, in
+wire order, repeated names kept (the h11 convention). Nothing here touches a
+socket or a clock.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, Iterable, List, Optional, Tuple
+
+Headers = List[Tuple[bytes, bytes]]
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded by a proxy.
+HOP_BY_HOP: FrozenSet[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+    }
+)
+
+VIA_PSEUDONYM = b"powerlb"
+
+
+def get_all(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> List[bytes]:
+    """Every value of header ``name`` (lower-case), in order."""
+    return [v for k, v in headers if k == name]
+
+
+def get_first(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    """The first value of header ``name`` (lower-case), or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def split_tokens(values: Iterable[bytes]) -> List[bytes]:
+    """Comma-separated list elements of all ``values``, stripped, empties dropped."""
+    out = []
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip()
+            if part:
+                out.append(part)
+    return out
+
+
+def connection_tokens(headers: Iterable[Tuple[bytes, bytes]]) -> FrozenSet[bytes]:
+    """The lower-cased options of every ``Connection`` header."""
+    return frozenset(t.lower() for t in split_tokens(get_all(headers, b"connection")))
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """``headers`` without hop-by-hop headers and without those ``Connection`` names."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+def forward_request_headers(
+    headers: Headers, client_address: bytes, scheme: bytes, host: Optional[bytes]
+) -> Headers:
+    """The headers to send upstream for a client request.
+
+    Hop-by-hop headers and the client's framing (``Content-Length``) are
+    dropped, since powerlb re-frames the body itself; ``Host`` is kept;
+    ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` set.
+    """
+    drop = HOP_BY_HOP | connection_tokens(headers) | _REPLACED_REQUEST_HEADERS
+    out = [(k, v) for k, v in headers if k not in drop]
+    prior_xff = _nonempty(get_all(headers, b"x-forwarded-for"))
+    out.append(
+        (b"x-forwarded-for", b", ".join([*prior_xff, client_address]) if prior_xff else client_address)
+    )
+    out.append((b"x-forwarded-proto", scheme))
+    if host is not None:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"via", _via(headers)))
+    return out
+
+
+def forward_response_headers(headers: Headers) -> Headers:
+    """The headers to send a client for a backend response: hop-by-hop dropped, ``Via`` added.
+
+    The backend's ``Content-Length`` is kept (as a single field) unless the
+    response was also sent with ``Transfer-Encoding``, which overrides it
+    (RFC 9112 section 6.3): the body the client gets is the de-chunked one.
+    """
+    drop_length = any(k == b"transfer-encoding" for k, _ in headers)
+    out = []
+    seen_length = False
+    for k, v in strip_hop_by_hop(headers):
+        if k == b"via":
+            continue
+        if k == b"content-length":
+            if drop_length or seen_length:
+                continue
+            seen_length = True
+            tokens = split_tokens([v])
+            if tokens:
+                v = tokens[0]
+        out.append((k, v))
+    out.append((b"via", _via(headers)))
+    return out
+
+
+_REPLACED_REQUEST_HEADERS = frozenset(
+    {b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"}
+)
+
+
+def _nonempty(values: List[bytes]) -> List[bytes]:
+    return [v for v in values if v.strip(b" \t")]
+
+
+def _via(headers: Headers) -> bytes:
+    prior = _nonempty(get_all(headers, b"via"))
+    mine = b"1.1 " + VIA_PSEUDONYM
+    return b", ".join([*prior, mine]) if prior else mine

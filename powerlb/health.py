@@ -1,0 +1,181 @@
+"""Active health checks: rise/fall hysteresis (pure) and the periodic checker service.
+
+:class:`HealthState` is pure logic: it is fed check outcomes and says when a
+backend's health flips. :class:`HealthChecker` is the Twisted service that
+probes every backend each ``interval`` seconds on an injected clock and sets
+``Backend.healthy`` when a backend's state flips.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Set, Union
+
+from twisted.application.service import Service
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from powerlb.backend import Backend
+
+
+class HealthState:
+    """Rise/fall hysteresis for one backend.
+
+    While up, ``fall`` consecutive failures take it down; while down, ``rise``
+    consecutive passes bring it up. An outcome that agrees with the current
+    state resets the streak.
+    """
+
+    def __init__(self, rise: int = 2, fall: int = 3, healthy: bool = True) -> None:
+        if rise < 1 or fall < 1:
+            raise ValueError(f"rise and fall must be at least 1 (got rise={rise}, fall={fall})")
+        self.rise = rise
+        self.fall = fall
+        self.healthy = healthy
+        self._streak = 0
+
+    def record(self, ok: bool) -> Optional[bool]:
+        """Count one check outcome; return the new health if it flipped, else None."""
+        if ok == self.healthy:
+            self._streak = 0
+            return None
+        self._streak += 1
+        if self._streak < (self.fall if self.healthy else self.rise):
+            return None
+        self.healthy = ok
+        self._streak = 0
+        return ok
+
+
+def is_healthy_status(status: int) -> bool:
+    """Whether a health-check HTTP status counts as a pass (2xx or 3xx)."""
+    return 200 <= status < 400
+
+
+def _describe(result: Union[int, Failure]) -> str:
+    """A short label for a probe outcome: the status, "timeout" or the error's class name."""
+    if not isinstance(result, Failure):
+        return str(result)
+    if result.check(defer.TimeoutError, error.TimeoutError):
+        return "timeout"
+    return result.type.__name__
+
+
+class HealthChecker(Service):
+    """Probes every backend each ``interval`` seconds and flips ``Backend.healthy``.
+
+    ``probe(backend)`` returns a Deferred firing with the HTTP status of a GET
+    on the health path. A probe that raises, fails or takes longer than
+    ``timeout`` seconds counts as a failed check. A round waits for all of its
+    probes, so rounds never overlap; a slow round delays the next one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        probe: Callable[[Backend], Deferred[int]],
+        clock: IReactorTime,
+        interval: float,
+        timeout: float,
+        rise: int = 2,
+        fall: int = 3,
+    ) -> None:
+        self._probe = probe
+        self._clock = clock
+        self._interval = interval
+        self._timeout = timeout
+        self._rise = rise
+        self._fall = fall
+        self._backends: List[Backend] = []
+        self._states: Dict[Backend, HealthState] = {}
+        self._last: Dict[Backend, str] = {}
+        self._pending: Set[Deferred[int]] = set()
+        self._loop: Optional[LoopingCall] = None
+        self.set_backends(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the checked backends (config reload).
+
+        Backends still present keep their streaks and last result; new ones
+        start healthy. Probes in flight for removed backends are ignored.
+        """
+        self._backends = list(backends)
+        states: Dict[Backend, HealthState] = {}
+        for backend in self._backends:
+            state = self._states.get(backend)
+            if state is None:
+                backend.healthy = True
+                state = HealthState(self._rise, self._fall)
+            states[backend] = state
+        self._states = states
+        self._last = {b: r for b, r in self._last.items() if b in states}
+
+    def last_result(self, backend: Backend) -> Optional[str]:
+        """The last probe outcome ("200", "timeout", "ConnectionRefusedError"), or None."""
+        return self._last.get(backend)
+
+    def startService(self) -> None:
+        """Start checking: a first round right away, then one every ``interval``."""
+        Service.startService(self)
+        self._loop = LoopingCall(self.check_all)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        """Stop the loop and cancel the probes in flight (their outcome is not counted)."""
+        Service.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        pending, self._pending = self._pending, set()
+        for probe in pending:
+            probe.cancel()
+
+    def check_all(self) -> Deferred[None]:
+        """Probe every backend at once; the result fires (never fails) when all have ended."""
+        round_ = gatherResults([self._check(backend) for backend in self._backends])
+        return round_.addCallback(lambda _: None)
+
+    def _check(self, backend: Backend) -> Deferred[None]:
+        """Run one probe with a timeout and record its outcome; never fails."""
+        try:
+            probe = self._probe(backend)
+        except Exception:
+            probe = fail()
+        probe.addTimeout(self._timeout, self._clock)
+        self._pending.add(probe)
+
+        def finished(result: Union[int, Failure]) -> None:
+            if probe in self._pending:  # else cancelled by stopService: not a real outcome
+                self._pending.discard(probe)
+                self._record(backend, result)
+
+        return probe.addBoth(finished)
+
+    def _record(self, backend: Backend, result: Union[int, Failure]) -> None:
+        state = self._states.get(backend)
+        if state is None:  # removed by a reload while its probe was in flight
+            return
+        label = _describe(result)
+        self._last[backend] = label
+        ok = isinstance(result, int) and is_healthy_status(result)
+        flipped = state.record(ok)
+        if flipped is None:
+            return
+        backend.healthy = flipped
+        if flipped:
+            self.log.info(
+                "backend {url} is UP after {count} passed checks", url=backend.url, count=state.rise
+            )
+        else:
+            self.log.warn(
+                "backend {url} is DOWN after {count} failed checks (last: {last})",
+                url=backend.url,
+                count=state.fall,
+                last=label,
+            )

@@ -1,0 +1,288 @@
+"""Sans-IO HTTP/1.1 for the upstream side: a response parser and a request serializer.
+
+:class:`ResponseParser` is fed the bytes a backend sends and calls an
+:class:`IResponseEvents` handler with the status line and headers, body
+pieces, and the end of each response. It never touches a socket or a clock,
+so it is tested by feeding it bytes split at every possible place.
+
+Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
+chunked when ``Transfer-Encoding`` ends in ``chunked``; ``Content-Length``
+otherwise; else the body runs to the end of the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from zope.interface import Interface
+
+from powerlb.headers import Headers, connection_tokens, split_tokens
+
+MAX_HEAD_SIZE = 64 * 1024
+MAX_CHUNK_LINE = 4096
+
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class ProtocolError(Exception):
+    """The backend sent something that is not a valid HTTP/1.1 response."""
+
+
+class IResponseEvents(Interface):
+    """What a :class:`ResponseParser` reports as it reads a response."""
+
+    def response_head(status: int, reason: bytes, headers: Headers) -> None:
+        """The final status line and headers (names lower-cased) arrived."""
+
+    def response_body(data: bytes) -> None:
+        """A piece of the (de-chunked) body arrived."""
+
+    def response_end(keep_alive: bool) -> None:
+        """The response is complete; ``keep_alive`` says whether the connection may be reused."""
+
+
+# Parser states.
+_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE = range(8)
+
+
+class ResponseParser:
+    """Incremental parser of the responses on one backend connection.
+
+    Call :meth:`expect` before each request is sent (it tells whether the
+    response can have a body), then :meth:`feed` every byte received and
+    :meth:`feed_eof` when the connection closes. Errors raise
+    :class:`ProtocolError`; after one the parser must be discarded.
+    """
+
+    __slots__ = ("_buffer", "_events", "_head_request", "_keep_alive", "_remaining", "_state")
+
+    def __init__(self, events: IResponseEvents) -> None:
+        self._events = events
+        self._state = _IDLE
+        self._buffer = b""
+        self._remaining = 0
+        self._keep_alive = True
+        self._head_request = False
+
+    @property
+    def idle(self) -> bool:
+        """True between responses (nothing expected, nothing half-read)."""
+        return self._state == _IDLE
+
+    def expect(self, head_request: bool) -> None:
+        """Prepare for the response to the request about to be sent."""
+        if self._state != _IDLE:
+            raise ProtocolError("a response is already in progress")
+        self._head_request = head_request
+        self._state = _HEAD
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        """Consume bytes from the backend, reporting events as they complete."""
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        while data:
+            state = self._state
+            if state == _LENGTH:
+                remaining = self._remaining
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    self._events.response_body(data)
+                    return
+                self._events.response_body(data[:remaining])
+                data = data[remaining:]
+                self._finish()
+            elif state == _UNTIL_CLOSE:
+                self._events.response_body(data)
+                return
+            elif state == _HEAD:
+                data = self._parse_head(data)
+            elif state == _CHUNK_DATA:
+                remaining = self._remaining
+                if len(data) <= remaining:
+                    self._remaining = remaining - len(data)
+                    if self._remaining == 0:
+                        self._state = _CHUNK_CRLF
+                    self._events.response_body(data)
+                    return
+                self._events.response_body(data[:remaining])
+                data = data[remaining:]
+                self._state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if len(data) < 2:
+                    self._buffer = data
+                    return
+                if data[:2] != b"\r\n":
+                    raise ProtocolError("chunk data not followed by CRLF")
+                data = data[2:]
+                self._state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                data = self._parse_chunk_size(data)
+            elif state == _TRAILERS:
+                data = self._parse_trailers(data)
+            else:
+                raise ProtocolError("data received while no response was expected")
+
+    def feed_eof(self) -> None:
+        """The backend closed the connection: end a close-delimited body, or fail."""
+        if self._state == _UNTIL_CLOSE:
+            self._state = _IDLE
+            self._events.response_end(False)
+        elif self._state != _IDLE:
+            raise ProtocolError("connection closed before the response was complete")
+
+    # -- internals -------------------------------------------------------
+
+    def _parse_head(self, data: bytes) -> bytes:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            # The terminator could still start up to 3 bytes before the end of
+            # ``data``: only give up when even then the head would be too large,
+            # so the verdict does not depend on how the bytes were split.
+            if len(data) > MAX_HEAD_SIZE + 3:
+                raise ProtocolError("response head too large")
+            self._buffer = data
+            return b""
+        if end > MAX_HEAD_SIZE:
+            raise ProtocolError("response head too large")
+        lines = data[:end].split(b"\r\n")
+        rest = data[end + 4 :]
+        status, reason, keep_alive = _parse_status_line(lines[0])
+        headers = _parse_header_lines(lines)
+        if 100 <= status < 200:
+            if status == 101:
+                raise ProtocolError("protocol upgrades are not supported")
+            return rest  # interim response: the final one follows
+        tokens = connection_tokens(headers)
+        if b"close" in tokens:
+            keep_alive = False
+        elif b"keep-alive" in tokens:
+            keep_alive = True
+        if self._head_request or status == 204 or status == 304:
+            self._keep_alive = keep_alive
+            self._events.response_head(status, reason, headers)
+            self._finish()
+            return rest
+        # Decide the framing (which may reject the response) before reporting
+        # the head: a caller must not start relaying a response that then fails.
+        state, remaining, reusable = _body_framing(headers)
+        self._keep_alive = keep_alive and reusable
+        self._events.response_head(status, reason, headers)
+        self._state = state
+        self._remaining = remaining
+        if state == _LENGTH and remaining == 0:
+            self._finish()
+        return rest
+
+    def _parse_chunk_size(self, data: bytes) -> bytes:
+        end = data.find(b"\r\n")
+        if end < 0:
+            if len(data) > MAX_CHUNK_LINE + 1:
+                raise ProtocolError("chunk size line too long")
+            self._buffer = data
+            return b""
+        if end > MAX_CHUNK_LINE:
+            raise ProtocolError("chunk size line too long")
+        size_text = data[:end].split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 16 or not _HEX.issuperset(size_text):
+            raise ProtocolError("invalid chunk size")
+        size = int(size_text, 16)
+        if size == 0:
+            self._state = _TRAILERS
+        else:
+            self._remaining = size
+            self._state = _CHUNK_DATA
+        return data[end + 2 :]
+
+    def _parse_trailers(self, data: bytes) -> bytes:
+        # Trailers are dropped (a proxy may discard them); only find their end.
+        if data.startswith(b"\r\n"):
+            self._finish()
+            return data[2:]
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD_SIZE + 3:
+                raise ProtocolError("trailers too large")
+            self._buffer = data
+            return b""
+        if end > MAX_HEAD_SIZE:
+            raise ProtocolError("trailers too large")
+        self._finish()
+        return data[end + 4 :]
+
+    def _finish(self) -> None:
+        self._state = _IDLE
+        self._events.response_end(self._keep_alive)
+
+
+def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
+    parts = line.split(b" ", 2)
+    if len(parts) < 2:
+        raise ProtocolError("invalid status line")
+    version, code = parts[0], parts[1]
+    if len(version) != 8 or not version.startswith(b"HTTP/1.") or not version[7:].isdigit():
+        raise ProtocolError("invalid status line")
+    if len(code) != 3 or not code.isdigit() or code < b"100":
+        raise ProtocolError("invalid status code")
+    reason = parts[2] if len(parts) == 3 else b""
+    # HTTP/1.1 (and any later 1.x) defaults to persistent connections.
+    return int(code), reason, version != b"HTTP/1.0"
+
+
+def _body_framing(headers: Headers) -> tuple[int, int, bool]:
+    """How a response body is delimited: (parser state, length, connection reusable after it)."""
+    transfer_encoding = [v for k, v in headers if k == b"transfer-encoding"]
+    has_length = any(k == b"content-length" for k, _ in headers)
+    if transfer_encoding:
+        codings = b",".join(transfer_encoding).lower().split(b",")
+        if codings[-1].strip() == b"chunked":
+            # Transfer-Encoding overrides Content-Length, but a response with
+            # both may be an attempt at response splitting: do not reuse.
+            return _CHUNK_SIZE, 0, not has_length
+        return _UNTIL_CLOSE, 0, False
+    if not has_length:
+        return _UNTIL_CLOSE, 0, False
+    # Identical repeated values (separate fields or one list) are accepted.
+    lengths = set(split_tokens(v for k, v in headers if k == b"content-length"))
+    if len(lengths) != 1:
+        raise ProtocolError("conflicting Content-Length headers")
+    (length,) = lengths
+    if not length.isdigit():
+        raise ProtocolError("invalid Content-Length")
+    return _LENGTH, int(length), True
+
+
+def _parse_header_lines(lines: list[bytes]) -> Headers:
+    headers: Headers = []
+    for line in lines[1:]:
+        colon = line.find(b":")
+        if colon <= 0:
+            raise ProtocolError("invalid header line")
+        name = line[:colon]
+        if not _TOKEN_CHARS.issuperset(name):
+            # Also rejects obs-fold (a line starting with whitespace).
+            raise ProtocolError("invalid header name")
+        value = line[colon + 1 :].strip(b" \t")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise ProtocolError("invalid header value")
+        headers.append((name.lower(), value))
+    return headers
+
+
+def serialize_request_head(
+    method: bytes, target: bytes, headers: Headers, content_length: Optional[int]
+) -> bytes:
+    """The request line and headers for ``method target`` over HTTP/1.1.
+
+    ``headers`` must already be free of framing and hop-by-hop headers;
+    ``content_length`` adds the one framing header powerlb sends (None: no body).
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if content_length is not None:
+        parts += (b"content-length: ", b"%d" % content_length, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

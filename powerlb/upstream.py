@@ -1,0 +1,422 @@
+"""The upstream client: pooled HTTP/1.1 keep-alive connections to one backend.
+
+A :class:`ProxyClientFactory` is aimed at one backend and owns its pool: idle
+connections are reused last-in first-out, closed after ``keepalive_timeout``
+seconds idle, and closed on :meth:`ProxyClientFactory.close`. Each request is
+an :class:`Exchange`: it reports the response to an :class:`IResponseSink`
+as it arrives, and is itself the push producer a slow client pauses, so the
+backend read stops instead of powerlb buffering the body.
+
+The bytes are parsed by the sans-IO :class:`powerlb.http11.ResponseParser`;
+this module only moves them between sockets and callbacks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, List, Optional, Set
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from powerlb.backend import Backend
+from powerlb.headers import Headers
+from powerlb.http11 import ProtocolError, ResponseParser, serialize_request_head
+
+log = Logger()
+
+
+class UpstreamError(Exception):
+    """An exchange with a backend failed; ``status`` is what the client should get.
+
+    ``retryable`` is true when the request certainly did not reach the
+    backend's application (the connection could not be made, or a reused
+    keep-alive connection closed before any response byte), so an idempotent
+    request may be sent again elsewhere.
+    """
+
+    status = 502
+
+    def __init__(self, reason: str, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class ConnectFailed(UpstreamError):
+    """The backend could not be reached; nothing was sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=True)
+
+
+class UpstreamTimeout(UpstreamError):
+    """The backend did not answer in time."""
+
+    status = 504
+
+
+class IResponseSink(Interface):
+    """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it."""
+
+    def head_received(status: int, reason: bytes, headers: Headers) -> None:
+        """The status line and headers arrived (hop-by-hop headers still included)."""
+
+    def body_received(data: bytes) -> None:
+        """A piece of the decoded body arrived."""
+
+    def response_ended() -> None:
+        """The whole response arrived."""
+
+    def request_failed(error: UpstreamError) -> None:
+        """The exchange failed; ``error.status`` says 502 or 504."""
+
+
+@implementer(IPushProducer)
+class Exchange:
+    """One request to a backend and its response: the handle the caller keeps.
+
+    As an ``IPushProducer`` it lets the consumer of the response (the client
+    connection) pause and resume the backend read, and stop the exchange.
+    """
+
+    __slots__ = ("connection", "factory", "head_request", "idempotent", "paused", "payload", "sink")
+
+    def __init__(
+        self, factory: ProxyClientFactory, payload: bytes, head_request: bool, idempotent: bool, sink: Any
+    ) -> None:
+        self.factory = factory
+        self.payload = payload
+        self.head_request = head_request
+        self.idempotent = idempotent
+        self.sink: Optional[Any] = sink
+        self.connection: Optional[UpstreamConnection] = None
+        self.paused = False
+
+    @property
+    def active(self) -> bool:
+        """True until the exchange ended, failed or was aborted."""
+        return self.sink is not None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.connection is not None:
+            self.connection.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.connection is not None:
+            self.connection.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Give up on the exchange (the client went away); the sink hears nothing more."""
+        if self.sink is None:
+            return
+        self.sink = None
+        connection = self.connection
+        if connection is None:
+            self.factory._forget_waiting(self)
+        else:
+            connection.abort()
+
+
+class UpstreamConnection(Protocol):
+    """One HTTP/1.1 connection to a backend, carrying one exchange at a time."""
+
+    def __init__(self, factory: ProxyClientFactory) -> None:
+        self.factory = factory
+        self.parser = ResponseParser(self)
+        self.exchange: Optional[Exchange] = None
+        self.reused = False
+        self.response_started = False
+        self._timer: Any = None
+
+    # -- driven by the factory -------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory._connection_made(self)
+
+    def send(self, exchange: Exchange, reused: bool) -> None:
+        """Write ``exchange``'s request and wait for its response."""
+        self.exchange = exchange
+        self.reused = reused
+        self.response_started = False
+        exchange.connection = self
+        self.parser.expect(exchange.head_request)
+        if exchange.paused:
+            self.transport.pauseProducing()
+        self.transport.write(exchange.payload)
+        factory = self.factory
+        self._timer = factory.reactor.callLater(factory.response_timeout, self._response_timed_out)
+
+    def abort(self) -> None:
+        """Drop the connection at once (its exchange was abandoned)."""
+        self.exchange = None
+        self._cancel_timer()
+        self.transport.abortConnection()
+
+    # -- IResponseEvents, from the parser ----------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        self._cancel_timer()
+        self.response_started = True
+        self.exchange.sink.head_received(status, reason, headers)
+
+    def response_body(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.sink.body_received(data)
+
+    def response_end(self, keep_alive: bool) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        exchange.connection = None
+        sink = exchange.sink
+        exchange.sink = None
+        if exchange.paused:
+            self.transport.resumeProducing()
+        self.factory._release(self, keep_alive)
+        sink.response_ended()
+
+    # -- transport events ----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Bytes on an idle connection, or after an abort: the stream is unusable.
+            self.transport.abortConnection()
+            return
+        try:
+            self.parser.feed(data)
+        except ProtocolError as e:
+            self._fail(UpstreamError(f"invalid response from backend: {e}"))
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        self.factory._connection_lost(self)
+        if self.exchange is None:
+            return
+        try:
+            self.parser.feed_eof()
+        except ProtocolError:
+            exchange = self.exchange
+            stale = self.reused and not self.response_started
+            if stale and exchange.idempotent:
+                # A keep-alive connection the backend had already closed: the
+                # request never reached it. Send it again on a fresh connection.
+                self.exchange = None
+                exchange.connection = None
+                self.factory._retry_fresh(exchange)
+                return
+            self._fail(UpstreamError("backend closed the connection before the response was complete"))
+
+    # -- internals -------------------------------------------------------
+
+    def _response_timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeout("backend did not answer in time"))
+        self.transport.abortConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, error: UpstreamError) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        exchange.connection = None
+        sink = exchange.sink
+        exchange.sink = None
+        if sink is not None:
+            sink.request_failed(error)
+
+
+class ProxyClientFactory(ClientFactory):
+    """Pooled HTTP/1.1 client for one backend: powerlb's replacement for Twisted's ``ProxyClientFactory``.
+
+    One instance lives as long as its backend; :meth:`request` sends a
+    request on an idle keep-alive connection or on a new one (a connection
+    that frees up first serves the oldest waiting request).
+    """
+
+    protocol = UpstreamConnection
+    noisy = False
+
+    def __init__(
+        self,
+        backend: Backend,
+        reactor: Any,
+        *,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 30.0,
+        keepalive_timeout: float = 60.0,
+        max_idle: int = 64,
+    ) -> None:
+        self.backend = backend
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle = max_idle
+        self._idle: List[UpstreamConnection] = []
+        self._idle_timers: dict = {}
+        self._waiting: Deque[Exchange] = deque()
+        self._connecting = 0
+        self._connections: Set[UpstreamConnection] = set()
+        self._closed = False
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return self.protocol(self)
+
+    @property
+    def idle_connections(self) -> int:
+        """How many keep-alive connections are waiting for a request."""
+        return len(self._idle)
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections to the backend are open, busy or idle."""
+        return len(self._connections)
+
+    def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        sink: Any,
+        idempotent: bool,
+    ) -> Exchange:
+        """Send ``method target`` with ``headers`` and ``body``; ``sink`` hears the response."""
+        content_length = len(body) if body or method in _BODY_METHODS else None
+        payload = serialize_request_head(method, target, headers, content_length) + body
+        exchange = Exchange(self, payload, method == b"HEAD", idempotent, sink)
+        self._dispatch(exchange)
+        return exchange
+
+    def close(self) -> None:
+        """Close idle connections now, and every busy one as soon as its exchange ends."""
+        self._closed = True
+        for connection in self._idle[:]:
+            connection.transport.loseConnection()
+
+    # -- pool internals ----------------------------------------------------
+
+    def _dispatch(self, exchange: Exchange) -> None:
+        if self._idle:
+            connection = self._idle.pop()
+            self._idle_timers.pop(connection).cancel()
+            connection.send(exchange, reused=True)
+            return
+        self._waiting.append(exchange)
+        if self._connecting < len(self._waiting):
+            self._connecting += 1
+            self.reactor.connectTCP(self.backend.host, self.backend.port, self, timeout=self.connect_timeout)
+
+    def _retry_fresh(self, exchange: Exchange) -> None:
+        # Idle connections older than the failed one are likely stale too.
+        for connection in self._idle[:]:
+            connection.transport.loseConnection()
+        self._dispatch(exchange)
+
+    def _forget_waiting(self, exchange: Exchange) -> None:
+        if exchange in self._waiting:
+            self._waiting.remove(exchange)
+
+    def _connection_made(self, connection: UpstreamConnection) -> None:
+        self._connecting -= 1
+        self._connections.add(connection)
+        if self._waiting:
+            connection.send(self._waiting.popleft(), reused=False)
+        else:
+            self._release(connection, True)
+
+    def _release(self, connection: UpstreamConnection, keep_alive: bool) -> None:
+        if not keep_alive or self._closed:
+            connection.transport.loseConnection()
+            return
+        if self._waiting:
+            connection.send(self._waiting.popleft(), reused=True)
+            return
+        if len(self._idle) >= self.max_idle:
+            connection.transport.loseConnection()
+            return
+        self._idle.append(connection)
+        self._idle_timers[connection] = self.reactor.callLater(
+            self.keepalive_timeout, connection.transport.loseConnection
+        )
+
+    def _connection_lost(self, connection: UpstreamConnection) -> None:
+        self._connections.discard(connection)
+        timer = self._idle_timers.pop(connection, None)
+        if timer is not None:
+            timer.cancel()
+            self._idle.remove(connection)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._connecting -= 1
+        if not self._waiting:
+            return
+        exchange = self._waiting.popleft()
+        sink = exchange.sink
+        exchange.sink = None
+        if sink is not None:
+            sink.request_failed(ConnectFailed(f"cannot connect to backend: {_describe(reason)}"))
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        """Connection ends are handled by the protocol itself."""
+
+
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+def _describe(reason: Failure) -> str:
+    return reason.getErrorMessage() or reason.type.__name__
+
+
+@implementer(IResponseSink)
+class _StatusProbe:
+    """Collects the status of a health-check response into a Deferred."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.exchange: Optional[Exchange] = None
+        self.deferred: Deferred = Deferred(lambda _: self.exchange and self.exchange.abort())
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.status = status
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def response_ended(self) -> None:
+        self.deferred.callback(self.status)
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.deferred.errback(error)
+
+
+def probe(reactor: IReactorTCP | IReactorTime, backend: Backend, path: bytes, timeout: float) -> Deferred:
+    """GET ``path`` from ``backend`` on a fresh connection; fires with the status code.
+
+    Uses the same client as proxied traffic, with no pooling, so a probe
+    also proves the backend accepts new connections.
+    """
+    factory = ProxyClientFactory(
+        backend, reactor, connect_timeout=timeout, response_timeout=timeout, max_idle=0
+    )
+    sink = _StatusProbe()
+    host = f"{backend.host}:{backend.port}".encode()
+    headers = [(b"host", host), (b"user-agent", b"powerlb-health-check"), (b"connection", b"close")]
+    sink.exchange = factory.request(b"GET", path, headers, b"", sink, idempotent=True)
+    return sink.deferred

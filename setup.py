@@ -1,0 +1,26 @@
+"""Installs powerlb and its twistd plugin (twisted/plugins/powerlb_plugin.py)."""
+
+from setuptools import setup
+
+setup(
+    name="powerlb",
+    version="0.1.0",
+    description="HTTP load balancer and caching reverse proxy on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # twisted/plugins has no __init__.py on purpose: listing it here ships only
+    # powerlb_plugin.py into Twisted's plugin directory.
+    packages=["powerlb", "twisted.plugins"],
+    install_requires=[
+        "twisted>=22.10",
+        "treq>=22.1",
+        "PyYAML>=5.4",
+        "zope.interface>=5",
+        "prometheus_client>=0.12",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-twisted>=1.13", "pytest-timeout>=2", "hypothesis>=6", "ruff"],
+    },
+    entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
+)

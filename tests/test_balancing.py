@@ -1,0 +1,437 @@
+"""Tests for powerlb.balancing: exact pick sequences, distributions and properties."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import List, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zope.interface.verify import verifyObject
+
+from powerlb.backend import Backend, BackendSpec
+from powerlb.balancing import (
+    ALGORITHMS,
+    IBalancer,
+    LeastConnections,
+    PowerOfTwoChoices,
+    RoundRobin,
+    SmoothWeightedRoundRobin,
+    SourceHash,
+    make_balancer,
+)
+
+NAMES = "abcdefghij"
+
+
+def make_backends(*weights: int) -> List[Backend]:
+    """Backends named a, b, c, ... (their host) with the given weights."""
+    return [
+        Backend(BackendSpec(f"http://{NAMES[i]}:80", NAMES[i], 80, weight))
+        for i, weight in enumerate(weights)
+    ]
+
+
+def picks(balancer: IBalancer, count: int, key: bytes = b"") -> str:
+    """The hosts of ``count`` consecutive picks, as one string ("-" for None)."""
+    out = []
+    for _ in range(count):
+        backend = balancer.pick(key)
+        out.append("-" if backend is None else backend.host)
+    return "".join(out)
+
+
+ALL_NAMES = sorted(ALGORITHMS)
+
+
+def build(name: str, backends: Sequence[Backend]) -> IBalancer:
+    return make_balancer(name, backends, rng=random.Random(7))
+
+
+# --- common contract -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_provides_interface(name: str) -> None:
+    assert verifyObject(IBalancer, build(name, make_backends(1, 2)))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_empty_gives_none(name: str) -> None:
+    assert build(name, []).pick(b"10.0.0.1") is None
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_all_unhealthy_gives_none(name: str) -> None:
+    backends = make_backends(1, 3, 2)
+    for backend in backends:
+        backend.healthy = False
+    assert build(name, backends).pick(b"10.0.0.1") is None
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_all_excluded_gives_none(name: str) -> None:
+    backends = make_backends(1, 3, 2)
+    assert build(name, backends).pick(b"10.0.0.1", exclude=backends) is None
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_never_picks_unhealthy_or_excluded(name: str) -> None:
+    a, b, c, d = make_backends(2, 1, 3, 1)
+    b.healthy = False
+    balancer = build(name, [a, b, c, d])
+    seen = {balancer.pick(f"10.0.0.{i}".encode(), exclude=(c,)) for i in range(200)}
+    assert seen == {a, d}
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_single_eligible_is_always_picked(name: str) -> None:
+    a, b = make_backends(1, 5)
+    balancer = build(name, [a, b])
+    assert {balancer.pick(f"k{i}".encode(), exclude=[b]) for i in range(20)} == {a}
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_set_backends_switches_to_the_new_set(name: str) -> None:
+    a, b, c = make_backends(1, 1, 1)
+    balancer = build(name, [a, b])
+    balancer.pick(b"k")
+    balancer.set_backends([c])
+    assert {balancer.pick(f"k{i}".encode()) for i in range(20)} == {c}
+    balancer.set_backends([])
+    assert balancer.pick(b"k") is None
+
+
+def test_make_balancer_unknown_name() -> None:
+    with pytest.raises(ValueError) as info:
+        make_balancer("fastest", [])
+    assert str(info.value) == (
+        "unknown algorithm 'fastest'; choose one of: least-connections, "
+        "random-two-choices, round-robin, source-hash, weighted-round-robin"
+    )
+
+
+def test_make_balancer_builds_each_class() -> None:
+    backends = make_backends(1)
+    assert type(make_balancer("round-robin", backends)) is RoundRobin
+    assert type(make_balancer("weighted-round-robin", backends)) is SmoothWeightedRoundRobin
+    assert type(make_balancer("least-connections", backends)) is LeastConnections
+    assert type(make_balancer("random-two-choices", backends)) is PowerOfTwoChoices
+    assert type(make_balancer("source-hash", backends)) is SourceHash
+
+
+def test_make_balancer_passes_rng() -> None:
+    backends = make_backends(1, 1, 1, 1)
+    first = make_balancer("random-two-choices", backends, rng=random.Random(3))
+    second = make_balancer("random-two-choices", backends, rng=random.Random(3))
+    assert picks(first, 50) == picks(second, 50)
+
+
+# --- round-robin ---------------------------------------------------------------------
+
+
+def test_round_robin_cycles_in_order() -> None:
+    assert picks(RoundRobin(make_backends(1, 9, 1)), 7) == "abcabca"
+
+
+def test_round_robin_skips_unhealthy_and_resumes() -> None:
+    backends = make_backends(1, 1, 1)
+    balancer = RoundRobin(backends)
+    assert picks(balancer, 1) == "a"
+    backends[1].healthy = False
+    assert picks(balancer, 3) == "cac"
+    backends[1].healthy = True
+    assert picks(balancer, 3) == "abc"
+
+
+def test_round_robin_exclude_skips_to_next() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    balancer = RoundRobin([a, b, c])
+    assert balancer.pick(exclude=[a]) is b
+    assert balancer.pick(exclude=[a]) is c
+    assert balancer.pick(exclude=[a]) is b
+
+
+def test_round_robin_set_backends_keeps_position() -> None:
+    a, b, c, d = make_backends(1, 1, 1, 1)
+    balancer = RoundRobin([a, b, c])
+    assert picks(balancer, 1) == "a"
+    balancer.set_backends([d, b, c])
+    assert picks(balancer, 4) == "bcdb"
+
+
+def test_round_robin_set_backends_restarts_when_next_is_gone() -> None:
+    a, b, c, d = make_backends(1, 1, 1, 1)
+    balancer = RoundRobin([a, b, c])
+    assert picks(balancer, 1) == "a"
+    balancer.set_backends([c, d])
+    assert picks(balancer, 3) == "cdc"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    health=st.lists(st.booleans(), min_size=1, max_size=6).filter(any),
+    warmup=st.integers(min_value=0, max_value=20),
+)
+def test_round_robin_window_visits_each_healthy_once(health: List[bool], warmup: int) -> None:
+    backends = make_backends(*[1] * len(health))
+    for backend, healthy in zip(backends, health):
+        backend.healthy = healthy
+    balancer = RoundRobin(backends)
+    sequence = [balancer.pick() for _ in range(warmup + 3 * len(backends))]
+    healthy_set = {b for b in backends if b.healthy}
+    window = len(healthy_set)
+    for start in range(len(sequence) - window + 1):
+        assert set(sequence[start : start + window]) == healthy_set
+
+
+# --- smooth weighted round-robin -----------------------------------------------------
+
+
+def test_swrr_nginx_sequence() -> None:
+    assert picks(SmoothWeightedRoundRobin(make_backends(5, 1, 1)), 14) == "aabacaa" * 2
+
+
+def test_swrr_equal_weights_is_round_robin() -> None:
+    assert picks(SmoothWeightedRoundRobin(make_backends(2, 2, 2)), 6) == "abcabc"
+
+
+def test_swrr_distribution() -> None:
+    counts = Counter(picks(SmoothWeightedRoundRobin(make_backends(5, 1, 1)), 7000))
+    assert counts == {"a": 5000, "b": 1000, "c": 1000}
+
+
+def test_swrr_backend_down_and_back_up() -> None:
+    backends = make_backends(5, 1, 1)
+    balancer = SmoothWeightedRoundRobin(backends)
+    # currents after "aab": a=1, b=-4, c=3
+    assert picks(balancer, 3) == "aab"
+    backends[2].healthy = False
+    # c is skipped and keeps its current weight of 3; a and b share a total of 6
+    assert picks(balancer, 6) == "aaaaab"
+    backends[2].healthy = True
+    # a=6 b=-3 c=4 -> a; then a=4 b=-2 c=5 -> c
+    assert picks(balancer, 2) == "ac"
+
+
+def test_swrr_exclude_leaves_current_weight_alone() -> None:
+    a, b = make_backends(1, 1)
+    balancer = SmoothWeightedRoundRobin([a, b])
+    assert balancer.pick(exclude=[a]) is b
+    assert balancer.pick(exclude=[a]) is b
+    # b went +1 -1 twice and a was not touched: both at 0, so a wins the tie, then b
+    assert picks(balancer, 2) == "ab"
+
+
+def test_swrr_set_backends_keeps_current_weights() -> None:
+    a, b, c = make_backends(5, 1, 1)
+    balancer = SmoothWeightedRoundRobin([a, b, c])
+    assert picks(balancer, 2) == "aa"  # a=-4, b=2, c=2
+    balancer.set_backends([b, a])
+    # b=3 a=1 -> b (-3); b=-2 a=6 -> a
+    assert picks(balancer, 2) == "ba"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    weights=st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=6),
+    warmup=st.integers(min_value=0, max_value=40),
+)
+def test_swrr_any_window_matches_weights(weights: List[int], warmup: int) -> None:
+    backends = make_backends(*weights)
+    balancer = SmoothWeightedRoundRobin(backends)
+    total = sum(weights)
+    sequence = [balancer.pick() for _ in range(warmup + 2 * total)]
+    expected = {backend: backend.weight for backend in backends}
+    for start in range(len(sequence) - total + 1):
+        assert Counter(sequence[start : start + total]) == expected
+
+
+# --- least connections ---------------------------------------------------------------
+
+
+def test_least_connections_ties_rotate() -> None:
+    assert picks(LeastConnections(make_backends(1, 1, 1)), 7) == "abcabca"
+
+
+def test_least_connections_prefers_fewer_in_flight() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    a.in_flight, b.in_flight, c.in_flight = 4, 1, 2
+    assert LeastConnections([a, b, c]).pick() is b
+
+
+def test_least_connections_relative_to_weight() -> None:
+    heavy, light = make_backends(3, 1)
+    heavy.in_flight, light.in_flight = 2, 1  # 2/3 < 1/1
+    assert LeastConnections([heavy, light]).pick() is heavy
+    assert LeastConnections([light, heavy]).pick() is heavy
+    heavy.in_flight = 3  # 3/3 == 1/1: a real tie, so both take turns
+    balancer = LeastConnections([heavy, light])
+    assert [balancer.pick() for _ in range(4)] == [heavy, light, heavy, light]
+
+
+def test_least_connections_exact_ratio_tie() -> None:
+    a, b = make_backends(3, 6)
+    a.in_flight, b.in_flight = 1, 2  # 1/3 == 2/6: a real tie, so they alternate
+    balancer = LeastConnections([a, b])
+    assert [balancer.pick() for _ in range(4)] == [a, b, a, b]
+
+
+def test_least_connections_compares_without_float_rounding() -> None:
+    a, b = make_backends(1, 1)
+    a.in_flight, b.in_flight = 10**17 + 1, 10**17  # equal as floats, not as integers
+    assert LeastConnections([a, b]).pick() is b
+
+
+def test_least_connections_tie_rotation_is_fair_around_a_busy_backend() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    c.in_flight = 1
+    assert picks(LeastConnections([a, b, c]), 6) == "ababab"
+
+
+def test_least_connections_follows_in_flight() -> None:
+    backends = make_backends(1, 1)
+    balancer = LeastConnections(backends)
+    for _ in range(10):
+        chosen = balancer.pick()
+        assert chosen is not None
+        chosen.in_flight += 1
+    assert [b.in_flight for b in backends] == [5, 5]
+
+
+def test_least_connections_exclude() -> None:
+    a, b = make_backends(1, 1)
+    b.in_flight = 5
+    assert LeastConnections([a, b]).pick(exclude={a}) is b
+
+
+# --- power of two choices ------------------------------------------------------------
+
+
+def test_p2c_takes_less_loaded_of_the_two() -> None:
+    a, b = make_backends(1, 1)
+    a.in_flight = 3
+    balancer = PowerOfTwoChoices([a, b], rng=random.Random(1))
+    assert {balancer.pick() for _ in range(50)} == {b}
+
+
+def test_p2c_compares_relative_to_weight() -> None:
+    heavy, light = make_backends(3, 1)
+    heavy.in_flight, light.in_flight = 2, 1
+    balancer = PowerOfTwoChoices([light, heavy], rng=random.Random(2))
+    assert {balancer.pick() for _ in range(50)} == {heavy}
+
+
+def test_p2c_never_picks_the_busiest_of_three() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    a.in_flight, b.in_flight, c.in_flight = 1, 2, 9
+    balancer = PowerOfTwoChoices([a, b, c], rng=random.Random(5))
+    counts = Counter(balancer.pick() for _ in range(3000))
+    assert c not in counts
+    # a wins whenever it is drawn (2 of 3 pairs), b only against c
+    assert 1850 < counts[a] < 2150
+
+
+def test_p2c_distribution_proportional_to_weight() -> None:
+    balancer = PowerOfTwoChoices(make_backends(5, 1, 1), rng=random.Random(42))
+    counts = Counter(picks(balancer, 7000))
+    assert 4800 < counts["a"] < 5200
+    assert 850 < counts["b"] < 1150
+    assert 850 < counts["c"] < 1150
+
+
+def test_p2c_is_deterministic_with_seeded_rng() -> None:
+    backends = make_backends(3, 2, 1, 4)
+    first = picks(PowerOfTwoChoices(backends, rng=random.Random(9)), 100)
+    second = picks(PowerOfTwoChoices(backends, rng=random.Random(9)), 100)
+    assert first == second
+    assert set(first) == set("abcd")
+
+
+# --- source hash ---------------------------------------------------------------------
+
+
+def client_keys(count: int) -> List[bytes]:
+    return [f"10.{i // 250}.{i % 250}.7".encode() for i in range(count)]
+
+
+def test_source_hash_is_sticky() -> None:
+    balancer = SourceHash(make_backends(1, 1, 1))
+    for key in client_keys(100):
+        assert picks(balancer, 5, key) == picks(balancer, 1, key) * 5
+
+
+def test_source_hash_is_stable_across_instances() -> None:
+    keys = client_keys(200)
+    first = SourceHash(make_backends(1, 2, 3))
+    second = SourceHash(make_backends(1, 2, 3))
+    hosts = [picks(first, 1, key) for key in keys]
+    assert hosts == [picks(second, 1, key) for key in keys]
+    assert set(hosts) == set("abc")
+
+
+def test_source_hash_spreads_by_weight() -> None:
+    balancer = SourceHash(make_backends(3, 1))
+    counts = Counter(picks(balancer, 1, key) for key in client_keys(4000))
+    assert 2800 < counts["a"] < 3200
+    assert 800 < counts["b"] < 1200
+
+
+def test_source_hash_unhealthy_only_moves_its_keys() -> None:
+    backends = make_backends(1, 2, 1, 1)
+    balancer = SourceHash(backends)
+    keys = client_keys(2000)
+    before = {key: balancer.pick(key) for key in keys}
+    backends[1].healthy = False
+    after = {key: balancer.pick(key) for key in keys}
+    moved = {key for key in keys if before[key] is not after[key]}
+    assert moved == {key for key in keys if before[key] is backends[1]}
+    assert moved  # the down backend did have clients
+    backends[1].healthy = True
+    assert {key: balancer.pick(key) for key in keys} == before
+
+
+def test_source_hash_exclude_only_moves_its_keys() -> None:
+    backends = make_backends(1, 1, 1)
+    balancer = SourceHash(backends)
+    for key in client_keys(500):
+        home = balancer.pick(key)
+        runner_up = balancer.pick(key, exclude=[home])
+        assert runner_up is not None and runner_up is not home
+        third = [b for b in backends if b is not home and b is not runner_up]
+        assert balancer.pick(key, exclude=third) is home
+        assert balancer.pick(key, exclude=[home, *third]) is runner_up
+
+
+def test_source_hash_set_backends_only_moves_keys_of_removed() -> None:
+    a, b, c, d = make_backends(1, 1, 1, 1)
+    balancer = SourceHash([a, b, c])
+    keys = client_keys(1500)
+    before = {key: balancer.pick(key) for key in keys}
+    balancer.set_backends([c, a])  # b removed, order changed
+    after = {key: balancer.pick(key) for key in keys}
+    assert {k for k in keys if before[k] is not after[k]} == {k for k in keys if before[k] is b}
+    balancer.set_backends([c, a, d])  # d added: keys only move onto d
+    added = {key: balancer.pick(key) for key in keys}
+    assert all(added[k] is after[k] or added[k] is d for k in keys)
+    assert any(added[k] is d for k in keys)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    weights=st.lists(st.integers(min_value=1, max_value=20), min_size=2, max_size=6),
+    down=st.integers(min_value=0, max_value=5),
+    keys=st.lists(st.binary(max_size=16), min_size=1, max_size=30),
+)
+def test_source_hash_minimal_disruption_property(weights: List[int], down: int, keys: List[bytes]) -> None:
+    backends = make_backends(*weights)
+    victim = backends[down % len(backends)]
+    balancer = SourceHash(backends)
+    before = [balancer.pick(key) for key in keys]
+    victim.healthy = False
+    after = [balancer.pick(key) for key in keys]
+    for old, new in zip(before, after):
+        assert new is not victim
+        assert (new is old) == (old is not victim)

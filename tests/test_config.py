@@ -1,0 +1,687 @@
+"""Tests for powerlb.config: parsers, the option table, YAML merging and error messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.python import usage
+
+from powerlb.backend import BackendSpec
+from powerlb.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    Options,
+    build_config,
+    config_from_mapping,
+    format_size,
+    load_config_file,
+    parse_admin_endpoint,
+    parse_backend,
+    parse_duration,
+    parse_endpoint,
+    parse_size,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+B1 = "http://127.0.0.1:9001"
+
+
+def write_yaml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "lb.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def parse_args(args: List[str]) -> Config:
+    options = Options()
+    options.parseOptions(args)
+    assert options.config is not None
+    return options.config
+
+
+# --- parsers ---
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("65536", 65536),
+        ("512B", 512),
+        ("1k", 1024),
+        ("1K", 1024),
+        ("2KB", 2048),
+        ("2KiB", 2048),
+        ("3m", 3 * 1024**2),
+        ("3MB", 3 * 1024**2),
+        ("64MiB", 64 * 1024**2),
+        ("1.5MiB", 1536 * 1024),
+        ("0.5k", 512),
+        (".5K", 512),
+        ("1g", 1024**3),
+        ("2GB", 2 * 1024**3),
+        ("1GiB", 1024**3),
+        (" 64 MiB ", 64 * 1024**2),
+        ("+4k", 4096),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("-5MiB", "'-5MiB' is negative; give a size such as 64MiB"),
+        ("-1", "is negative"),
+        ("", "is not a size; give a size such as 64MiB"),
+        ("lots", "is not a size"),
+        ("1.2.3K", "is not a size"),
+        ("5 M B", "is not a size"),
+        ("1e6", "is not a size"),
+        ("5TiB", "unknown unit 'TiB'; use one of: B, K, KB, KiB, M, MB, MiB, G, GB, GiB"),
+        ("nan", "is not a size"),
+        ("1" * 30, "is not a size"),
+    ],
+)
+def test_parse_size_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_size(text)
+
+
+@given(st.integers(min_value=0, max_value=2**62))
+def test_format_size_round_trips(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0"), (1000, "1000"), (1024, "1KiB"), (64 * 1024**2, "64MiB"), (3 * 1024**3, "3GiB")],
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0.0),
+        ("2", 2.0),
+        ("2.5", 2.5),
+        ("2s", 2.0),
+        ("2S", 2.0),
+        ("500ms", 0.5),
+        ("1m", 60.0),
+        ("1.5m", 90.0),
+        ("1h", 3600.0),
+        (" 3 s ", 3.0),
+    ],
+)
+def test_parse_duration(text: str, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+    assert isinstance(parse_duration(text), float)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("-1", "'-1' is negative; give a duration such as 2s or 500ms"),
+        ("-500ms", "is negative"),
+        ("soon", "is not a duration; give a duration such as 2s"),
+        ("", "is not a duration"),
+        ("2 days", "unknown unit 'days'"),
+        ("inf", "is not a duration"),
+        ("5us", "unknown unit 'us'; use one of: ms, s, m, h"),
+    ],
+)
+def test_parse_duration_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_duration(text)
+
+
+@given(st.text(max_size=40))
+def test_parse_size_returns_non_negative_int_or_value_error(text: str) -> None:
+    try:
+        value = parse_size(text)
+    except ValueError:
+        return
+    assert isinstance(value, int)
+    assert value >= 0
+
+
+@given(st.text(alphabet="0123456789.+-kKmMgGiBbsh \t", max_size=30) | st.text(max_size=30))
+def test_parse_duration_returns_non_negative_float_or_value_error(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        return
+    assert isinstance(value, float)
+    assert 0 <= value < float("inf")
+
+
+@given(st.text(alphabet="0123456789.+-kKmMgGiBb \t", max_size=30))
+def test_parse_size_number_like_text(text: str) -> None:
+    try:
+        value = parse_size(text)
+    except ValueError:
+        return
+    assert isinstance(value, int)
+    assert value >= 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (B1, BackendSpec(B1, "127.0.0.1", 9001, 1)),
+        ("http://host:9002,weight=3", BackendSpec("http://host:9002", "host", 9002, 3)),
+        ("http://[::1]:9001", BackendSpec("http://[::1]:9001", "::1", 9001, 1)),
+        ("http://example.com", BackendSpec("http://example.com:80", "example.com", 80, 1)),
+        ("http://Example.COM:81/", BackendSpec("http://example.com:81", "example.com", 81, 1)),
+        ("HTTP://h:1, weight = 2", BackendSpec("http://h:1", "h", 1, 2)),
+    ],
+)
+def test_parse_backend(text: str, expected: BackendSpec) -> None:
+    assert parse_backend(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("htp://x:1", "'htp://x:1' is not an http:// URL; write http://HOST:PORT[,weight=N]"),
+        ("127.0.0.1:9001", "is not an http:// URL; write http://HOST:PORT"),
+        ("https://x:1", "https backends are not supported yet; use http://"),
+        ("http://x:1/app", "has a path; backends take no path, write http://HOST:PORT"),
+        ("http://x:1?a=b", "has a path"),
+        ("http://x:1,weight=0", "has weight '0'; give a whole number >= 1"),
+        ("http://x:1,weight=-2", "has weight '-2'; give a whole number >= 1"),
+        ("http://x:1,weight=heavy", "has weight 'heavy'"),
+        ("http://x:1,weight=1.5", "has weight '1.5'"),
+        ("http://x:1,weight=2,weight=3", "gives the weight twice; give ,weight=N once"),
+        ("http://x:1,backup=1", "unknown option 'backup=1'; the only option is ,weight=N"),
+        ("http://x:1,weight", "unknown option 'weight'"),
+        ("http://x:port", "has a bad address"),
+        ("http://x:70000", "has a bad address"),
+        ("http://x:0", "has port 0; give the port the backend listens on"),
+        ("http://[::1:9001", "has a bad address"),
+        ("http://:9001", "has no host"),
+        ("http://u:p@x:1", "contains credentials"),
+    ],
+)
+def test_parse_backend_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_backend(text)
+    assert reason in str(info.value)
+
+
+# --- endpoints ---
+
+
+@pytest.mark.parametrize("text", ["tcp:8080", "tcp:0:interface=127.0.0.1", "tcp6:8080", "unix:/x"])
+def test_parse_endpoint_accepts(text: str) -> None:
+    assert parse_endpoint(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("tcpp:8080", "(Unknown endpoint type: 'tcpp')"),
+        ("tcp:abc", "invalid literal"),
+        ("tcp:8080:colour=red", "colour"),
+        ("ssl:8443:privateKey=/nonexistent/key.pem", "/nonexistent/key.pem"),
+    ],
+)
+def test_parse_endpoint_rejects(text: str, detail: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_endpoint(text)
+    message = str(info.value)
+    assert message.startswith(f"{text!r} is not a Twisted server endpoint (")
+    assert detail in message
+    assert message.endswith("; e.g. tcp:8080 or ssl:8443:privateKey=key.pem")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp:9000", "tcp:9000:interface=127.0.0.1"),
+        ("tcp:port=9000", "tcp:port=9000:interface=127.0.0.1"),
+        ("tcp6:9000", r"tcp6:9000:interface=\:\:1"),
+        ("tcp:9000:interface=0.0.0.0", "tcp:9000:interface=0.0.0.0"),
+        ("tcp:9000:backlog=5:interface=10.0.0.1", "tcp:9000:backlog=5:interface=10.0.0.1"),
+        ("unix:/run/powerlb-admin.sock", "unix:/run/powerlb-admin.sock"),
+    ],
+)
+def test_admin_endpoint_defaults_to_loopback(text: str, expected: str) -> None:
+    assert parse_admin_endpoint(text) == expected
+
+
+def test_admin_endpoint_rejects_bad_string() -> None:
+    with pytest.raises(ValueError, match="'tcpx:9000' is not a Twisted server endpoint"):
+        parse_admin_endpoint("tcpx:9000")
+
+
+def test_no_reactor_installed_as_side_effect() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from powerlb.config import Options, build_config
+        config = build_config(
+            {"backend": ["http://127.0.0.1:9001"], "listen": "tcp:0", "admin": "tcp:0"}
+        )
+        assert config.admin == "tcp:0:interface=127.0.0.1", config
+        try:
+            build_config({"backend": ["http://127.0.0.1:9001"], "listen": "tcpp:1"})
+        except ValueError:
+            pass
+        Options().parseOptions(["--backend", "http://127.0.0.1:9001"])
+        assert "twisted.internet.reactor" not in sys.modules
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+# --- the option table and Options ---
+
+
+def test_option_table_matches_config() -> None:
+    attrs = [setting.attr for setting in SETTINGS]
+    assert sorted(attrs) == sorted(Config.__dataclass_fields__)
+    assert len(set(attrs)) == len(attrs)
+
+
+def test_options_long_names() -> None:
+    long_names = {row[0] for row in Options.optParameters} | {"backend"}
+    assert long_names == {
+        "listen",
+        "backend",
+        "algorithm",
+        "health-path",
+        "health-interval",
+        "health-timeout",
+        "health-rise",
+        "health-fall",
+        "cache-size",
+        "cache-max-object",
+        "response-timeout",
+        "connect-timeout",
+        "keepalive-timeout",
+        "admin",
+        "admin-token",
+        "access-log",
+        "config",
+    }
+
+
+def test_help_shows_defaults_from_config() -> None:
+    text = str(Options())
+    assert "--backend=" in text
+    assert "[default: 64MiB]" in text
+    assert "[default: tcp:8080]" in text
+    assert "[default: round-robin]" in text
+
+
+def test_options_defaults() -> None:
+    config = parse_args(["--backend", B1])
+    assert config == Config(backends=(parse_backend(B1),))
+    assert config.listen == "tcp:8080"
+    assert config.cache_size == 64 * 1024 * 1024
+    assert config.cache_max_object == 1024 * 1024
+    assert config.admin is None
+    assert config.admin_token is None
+    assert config.access_log is None
+
+
+def test_options_every_option() -> None:
+    config = parse_args(
+        [
+            "--listen=tcp:9090",
+            "--backend",
+            B1,
+            "--backend",
+            "http://[::1]:9002,weight=4",
+            "--algorithm",
+            "least-connections",
+            "--health-path",
+            "/ping",
+            "--health-interval",
+            "5s",
+            "--health-timeout",
+            "750ms",
+            "--health-rise",
+            "4",
+            "--health-fall",
+            "5",
+            "--cache-size",
+            "0",
+            "--cache-max-object",
+            "256K",
+            "--response-timeout",
+            "1m",
+            "--connect-timeout",
+            "2.5",
+            "--keepalive-timeout",
+            "90",
+            "--admin",
+            "tcp:9001",
+            "--admin-token",
+            "s3cret",
+            "--access-log",
+            "-",
+        ]
+    )
+    assert config == Config(
+        listen="tcp:9090",
+        backends=(
+            BackendSpec(B1, "127.0.0.1", 9001, 1),
+            BackendSpec("http://[::1]:9002", "::1", 9002, 4),
+        ),
+        algorithm="least-connections",
+        health_path="/ping",
+        health_interval=5.0,
+        health_timeout=0.75,
+        health_rise=4,
+        health_fall=5,
+        cache_size=0,
+        cache_max_object=256 * 1024,
+        response_timeout=60.0,
+        connect_timeout=2.5,
+        keepalive_timeout=90.0,
+        admin="tcp:9001:interface=127.0.0.1",
+        admin_token="s3cret",
+        access_log="-",
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "round-robin",
+        "weighted-round-robin",
+        "least-connections",
+        "random-two-choices",
+        "source-hash",
+    ],
+)
+def test_every_algorithm_accepted(name: str) -> None:
+    assert parse_args(["--backend", B1, "--algorithm", name]).algorithm == name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "backend: no backends given; add --backend http://HOST:PORT"),
+        (
+            ["--backend", "htp://x:1"],
+            "backend: 'htp://x:1' is not an http:// URL; write http://HOST:PORT[,weight=N]",
+        ),
+        (["--backend", B1, "--cache-size", "-5MiB"], "cache-size: '-5MiB' is negative; give a"),
+        (["--backend", B1, "--algorithm", "fastest"], "algorithm: unknown algorithm 'fastest'"),
+        (
+            ["--backend", B1, "--listen", "tcpp:8080"],
+            "listen: 'tcpp:8080' is not a Twisted server endpoint (Unknown endpoint type:"
+            " 'tcpp'); e.g. tcp:8080 or ssl:8443:privateKey=key.pem",
+        ),
+        (["--backend", B1, "--health-path", "health"], "health-path: 'health' is not a URL path"),
+        (["--backend", B1, "--health-interval", "0"], "health-interval: '0' must be more than"),
+        (["--backend", B1, "--health-timeout", "-1s"], "health-timeout: '-1s' is negative"),
+        (["--backend", B1, "--health-rise", "0"], "health-rise: '0' must be more than zero"),
+        (["--backend", B1, "--health-fall", "two"], "health-fall: 'two' is not a whole number"),
+        (["--backend", B1, "--cache-max-object", "0"], "cache-max-object: '0' must be more"),
+        (["--backend", B1, "--response-timeout", "x"], "response-timeout: 'x' is not a duration"),
+        (["--backend", B1, "--connect-timeout", "0ms"], "connect-timeout: '0ms' must be more"),
+        (["--backend", B1, "--keepalive-timeout", "1y"], "keepalive-timeout: '1y' has unknown"),
+        (["--backend", B1, "--admin", "tcp:abc"], "admin: 'tcp:abc:interface=127.0.0.1' is not"),
+        (["--backend", B1, "--admin-token", ""], "admin-token: an empty value is not allowed"),
+        (["--backend", B1, "--access-log", ""], "access-log: an empty value is not allowed"),
+        (["--backend", B1, "--config", "/nonexistent.yaml"], "config: cannot read"),
+    ],
+)
+def test_options_errors_are_one_line_usage_errors(args: List[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions(args)
+    text = str(info.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+    assert ";" in text  # the fix follows the problem
+
+
+def test_algorithm_error_lists_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"backend": [B1], "algorithm": "fastest"})
+    assert info.value.field == "algorithm"
+    assert info.value.problem == (
+        "unknown algorithm 'fastest'; choose one of: least-connections, random-two-choices, "
+        "round-robin, source-hash, weighted-round-robin"
+    )
+    assert str(info.value) == f"algorithm: {info.value.problem}"
+
+
+def test_config_error_is_value_error_and_one_line() -> None:
+    err = ConfigError("listen", "bad\nthing;\n  fix it")
+    assert isinstance(err, ValueError)
+    assert str(err) == "listen: bad thing; fix it"
+    assert (err.field, err.problem) == ("listen", "bad thing; fix it")
+
+
+# --- YAML and precedence ---
+
+FULL_YAML = """\
+listen: tcp:7070
+backends:
+  - http://127.0.0.1:9001
+  - url: http://127.0.0.1:9002
+    weight: 5
+  - {url: "http://[::1]:9003"}
+algorithm: source-hash
+health-path: /status
+health-interval: 3
+health-timeout: 0.5
+health-rise: 1
+health-fall: 2
+cache-size: 16MiB
+cache-max-object: 65536
+cache-sweep-interval: 30s
+response-timeout: 10s
+connect-timeout: 1s
+keepalive-timeout: 15
+keepalive-max-idle: 0
+admin: unix:/tmp/powerlb-admin.sock
+admin-token: token
+access-log: /var/log/powerlb.log
+"""
+
+
+def test_yaml_every_key(tmp_path: Path) -> None:
+    config = load_config_file(write_yaml(tmp_path, FULL_YAML))
+    assert config == Config(
+        listen="tcp:7070",
+        backends=(
+            BackendSpec(B1, "127.0.0.1", 9001, 1),
+            BackendSpec("http://127.0.0.1:9002", "127.0.0.1", 9002, 5),
+            BackendSpec("http://[::1]:9003", "::1", 9003, 1),
+        ),
+        algorithm="source-hash",
+        health_path="/status",
+        health_interval=3.0,
+        health_timeout=0.5,
+        health_rise=1,
+        health_fall=2,
+        cache_size=16 * 1024**2,
+        cache_max_object=65536,
+        cache_sweep_interval=30.0,
+        response_timeout=10.0,
+        connect_timeout=1.0,
+        keepalive_timeout=15.0,
+        keepalive_max_idle=0,
+        admin="unix:/tmp/powerlb-admin.sock",
+        admin_token="token",
+        access_log="/var/log/powerlb.log",
+    )
+
+
+def test_yaml_null_turns_optional_settings_off(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"backends: [{B1}]\nadmin: null\naccess-log:\nadmin-token: ~\n")
+    config = load_config_file(path)
+    assert (config.admin, config.access_log, config.admin_token) == (None, None, None)
+
+
+def test_precedence_defaults_yaml_cli(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        """\
+        listen: tcp:7070
+        backends: ["http://10.0.0.1:80", "http://10.0.0.2:80"]
+        health-rise: 5
+        cache-size: 1MiB
+        """,
+    )
+    from_yaml = parse_args(["--config", path, "--cache-size", "2MiB"])
+    assert from_yaml.listen == "tcp:7070"  # YAML over default
+    assert from_yaml.health_rise == 5
+    assert from_yaml.cache_size == 2 * 1024**2  # command line over YAML
+    assert from_yaml.health_fall == 3  # default kept
+    assert [b.host for b in from_yaml.backends] == ["10.0.0.1", "10.0.0.2"]
+
+    replaced = parse_args(["--config", path, "--backend", B1])
+    assert replaced.backends == (parse_backend(B1),)  # --backend replaces the YAML list
+    assert replaced.listen == "tcp:7070"
+
+
+def test_build_config_ignores_options_not_given(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"backends: [{B1}]\nalgorithm: least-connections\n")
+    config = build_config({"algorithm": None, "backend": [], "listen": "tcp:1"}, path)
+    assert config.algorithm == "least-connections"
+    assert config.listen == "tcp:1"
+    assert config.backends == (parse_backend(B1),)
+
+
+def test_build_config_rejects_unknown_cli_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"backend": [B1], "keepalive-max-idle": "3"})
+    assert info.value.field == "option"
+    assert "unknown key 'keepalive-max-idle'" in info.value.problem
+
+
+def test_config_from_mapping() -> None:
+    config = config_from_mapping(
+        {"listen": "tcp:0", "backends": [B1, {"url": "http://h:2", "weight": 2}], "cache-size": 0}
+    )
+    assert config.listen == "tcp:0"
+    assert config.backends == (parse_backend(B1), BackendSpec("http://h:2", "h", 2, 2))
+    assert config.cache_size == 0
+    assert config.health_interval == 2.0
+
+
+@pytest.mark.parametrize(
+    ("mapping", "field", "problem"),
+    [
+        ({"backends": [B1], "health_path": "/x"}, "config", "unknown key 'health_path'"),
+        ({"backend": [B1]}, "config", "unknown key 'backend'; valid keys are: listen, backends"),
+        ({"backends": B1}, "backend", "is not a list; give a YAML list"),
+        ({"backends": []}, "backend", "no backends given; add --backend http://HOST:PORT"),
+        ({"backends": [42]}, "backend", "42 is not a backend; write http://HOST:PORT"),
+        ({"backends": [{"weight": 2}]}, "backend", "has no url string; give url: http://"),
+        ({"backends": [{"url": B1, "wieght": 2}]}, "backend", "unknown key 'wieght'"),
+        ({"backends": [{"url": B1, "weight": 0}]}, "backend", "has weight '0'"),
+        ({"backends": [{"url": B1, "weight": True}]}, "backend", "True is not a single value"),
+        ({"backends": [B1], "health-rise": True}, "health-rise", "True is not a single value"),
+        ({"backends": [B1], "listen": ["tcp:1"]}, "listen", "is not a single value"),
+        ({"backends": [B1], "listen": None}, "listen", "None is not a single value"),
+        ({"backends": [B1], "cache-size": -5}, "cache-size", "'-5' is negative"),
+        ({"backends": [B1], "health-interval": 1e-9}, "health-interval", "is not a duration"),
+        ({"backends": [B1], "keepalive-max-idle": -1}, "keepalive-max-idle", "'-1' is negative"),
+        ({"backends": [B1], "cache-sweep-interval": 0}, "cache-sweep-interval", "more than zero"),
+    ],
+)
+def test_config_from_mapping_errors(mapping: Dict[str, Any], field: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(mapping)
+    assert info.value.field == field
+    assert problem in info.value.problem
+    assert ";" in info.value.problem
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"backends: [{B1}]\ncache_size: 1MiB\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert info.value.field == "config"
+    valid = ", ".join(setting.key for setting in SETTINGS)
+    assert info.value.problem == f"unknown key 'cache_size'; valid keys are: {valid}"
+    assert "cache-size" in valid and "backends" in valid and "keepalive-max-idle" in valid
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("- http://a:1\n", "holds a list, not a mapping; write 'key: value' lines"),
+        ("just text\n", "holds a str, not a mapping"),
+        ("listen: tcp:1\nbackends: [http://a:1\n", "is not valid YAML"),
+    ],
+)
+def test_bad_yaml_file(tmp_path: Path, text: str, problem: str) -> None:
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert info.value.field == "config"
+    assert problem in info.value.problem
+    assert repr(path) in info.value.problem
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "listen: tcp:1\nbackends:\n  - http://a:1\n bad: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert "at line 4, column" in info.value.problem
+    assert info.value.problem.endswith("; fix the syntax there")
+    assert "\n" not in str(info.value)
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "")
+    with pytest.raises(ConfigError, match="no backends given"):
+        load_config_file(path)
+    assert build_config({"backend": [B1]}, path) == Config(backends=(parse_backend(B1),))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert info.value.field == "config"
+    assert info.value.problem == (
+        f"cannot read {path!r} (No such file or directory); give the path of a readable YAML file"
+    )
+
+
+def test_config_file_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config: cannot read .*\(Is a directory\)"):
+        load_config_file(str(tmp_path))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_config_file(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"backends: [{B1}]\n")
+    os.chmod(path, 0)
+    with pytest.raises(ConfigError, match=r"config: cannot read .*\(Permission denied\)"):
+        load_config_file(path)
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.listen = "tcp:1"  # type: ignore[misc]

@@ -1,0 +1,459 @@
+"""Tests for powerlb.health: rise/fall hysteresis and the HealthChecker service on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
+
+from powerlb.backend import Backend, BackendSpec
+from powerlb.health import HealthChecker, HealthState, is_healthy_status
+
+# --- HealthState ---------------------------------------------------------------------
+
+
+def feed(state: HealthState, outcomes: str) -> List[Optional[bool]]:
+    """Record a string of outcomes ("+" pass, "-" fail); return what each call returned."""
+    return [state.record(char == "+") for char in outcomes]
+
+
+def test_goes_down_after_exactly_fall_failures() -> None:
+    state = HealthState(rise=2, fall=3)
+    assert feed(state, "---") == [None, None, False]
+    assert state.healthy is False
+
+
+def test_comes_up_after_exactly_rise_passes() -> None:
+    state = HealthState(rise=2, fall=3, healthy=False)
+    assert feed(state, "++") == [None, True]
+    assert state.healthy is True
+
+
+def test_pass_while_up_resets_failure_streak() -> None:
+    state = HealthState(rise=2, fall=3)
+    assert feed(state, "--+--") == [None] * 5
+    assert state.healthy is True
+    assert feed(state, "-") == [False]
+
+
+def test_failure_while_down_resets_pass_streak() -> None:
+    state = HealthState(rise=3, fall=1, healthy=False)
+    assert feed(state, "++-++") == [None] * 5
+    assert state.healthy is False
+    assert feed(state, "+") == [True]
+
+
+def test_streak_restarts_after_a_flip() -> None:
+    state = HealthState(rise=2, fall=2)
+    assert feed(state, "--") == [None, False]
+    assert feed(state, "-") == [None]  # failures while down change nothing
+    assert feed(state, "+-") == [None, None]
+    assert feed(state, "++") == [None, True]
+    assert feed(state, "+-") == [None, None]
+    assert feed(state, "-") == [False]
+
+
+def test_agreeing_outcomes_never_flip() -> None:
+    up = HealthState()
+    assert feed(up, "+" * 10) == [None] * 10
+    down = HealthState(healthy=False)
+    assert feed(down, "-" * 10) == [None] * 10
+
+
+def test_rise_and_fall_of_one_flip_immediately() -> None:
+    state = HealthState(rise=1, fall=1)
+    assert feed(state, "-+-+") == [False, True, False, True]
+
+
+def test_defaults() -> None:
+    state = HealthState()
+    assert (state.rise, state.fall, state.healthy) == (2, 3, True)
+
+
+@pytest.mark.parametrize(("rise", "fall"), [(0, 3), (2, 0), (-1, -1)])
+def test_rejects_thresholds_below_one(rise: int, fall: int) -> None:
+    with pytest.raises(ValueError):
+        HealthState(rise=rise, fall=fall)
+
+
+class ReferenceState:
+    """A deliberately naive model: flip when the last N outcomes all disagree with the state."""
+
+    def __init__(self, rise: int, fall: int, healthy: bool) -> None:
+        self.rise, self.fall, self.healthy = rise, fall, healthy
+        self.since_flip: List[bool] = []
+
+    def record(self, ok: bool) -> Optional[bool]:
+        self.since_flip.append(ok)
+        need = self.fall if self.healthy else self.rise
+        tail = self.since_flip[-need:]
+        if len(tail) == need and all(o != self.healthy for o in tail):
+            self.healthy = not self.healthy
+            self.since_flip = []
+            return self.healthy
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rise=st.integers(min_value=1, max_value=5),
+    fall=st.integers(min_value=1, max_value=5),
+    healthy=st.booleans(),
+    outcomes=st.lists(st.booleans(), max_size=60),
+)
+def test_matches_reference_model(rise: int, fall: int, healthy: bool, outcomes: List[bool]) -> None:
+    state = HealthState(rise, fall, healthy)
+    model = ReferenceState(rise, fall, healthy)
+    for ok in outcomes:
+        assert state.record(ok) == model.record(ok)
+        assert state.healthy == model.healthy
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy"),
+    [
+        (100, False),
+        (199, False),
+        (200, True),
+        (204, True),
+        (301, True),
+        (399, True),
+        (400, False),
+        (404, False),
+        (500, False),
+        (503, False),
+    ],
+)
+def test_is_healthy_status(status: int, healthy: bool) -> None:
+    assert is_healthy_status(status) is healthy
+
+
+# --- HealthChecker -------------------------------------------------------------------
+
+INTERVAL = 10.0
+TIMEOUT = 3.0
+
+
+class FakeProbes:
+    """A probe function handing out one controllable Deferred per call."""
+
+    def __init__(self) -> None:
+        self.calls: List[Backend] = []
+        self.pending: Dict[str, List[Deferred[int]]] = {}
+        self.cancelled = 0
+        self.raise_for: Optional[Backend] = None
+
+    def __call__(self, backend: Backend) -> Deferred[int]:
+        self.calls.append(backend)
+        if backend is self.raise_for:
+            raise RuntimeError("probe exploded")
+        d: Deferred[int] = Deferred(self._cancel)
+        self.pending.setdefault(backend.url, []).append(d)
+        return d
+
+    def _cancel(self, d: Deferred[int]) -> None:
+        self.cancelled += 1
+
+    def take(self, backend: Backend) -> Deferred[int]:
+        """The oldest unanswered probe of ``backend``."""
+        return self.pending[backend.url].pop(0)
+
+    def answer_all(self, status: int) -> None:
+        for queue in self.pending.values():
+            while queue:
+                queue.pop(0).callback(status)
+
+
+def make_backends(count: int) -> List[Backend]:
+    return [Backend(BackendSpec(f"http://127.0.0.1:{9001 + i}", "127.0.0.1", 9001 + i)) for i in range(count)]
+
+
+def make_checker(backends: List[Backend], probes: FakeProbes, clock: Clock, **kwargs: int) -> HealthChecker:
+    return HealthChecker(backends, probes, clock, INTERVAL, TIMEOUT, **kwargs)
+
+
+def test_first_round_is_immediate_and_concurrent() -> None:
+    backends = make_backends(3)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock)
+    checker.startService()
+    # every probe of the round started before any has answered
+    assert probes.calls == backends
+    assert all(len(probes.pending[b.url]) == 1 for b in backends)
+    checker.stopService()
+
+
+def test_rounds_repeat_every_interval() -> None:
+    backends = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock)
+    checker.startService()
+    probes.answer_all(200)
+    clock.advance(INTERVAL - 0.5)
+    assert len(probes.calls) == 2
+    clock.advance(0.5)
+    assert len(probes.calls) == 4
+    checker.stopService()
+
+
+def run_rounds(probes: FakeProbes, clock: Clock, status: int, rounds: int) -> None:
+    """Answer the current round with ``status`` and let ``rounds - 1`` more run likewise."""
+    for index in range(rounds):
+        if index:
+            clock.advance(INTERVAL)
+        probes.answer_all(status)
+
+
+def test_down_after_exactly_fall_rounds_and_up_after_rise() -> None:
+    backends = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock, rise=2, fall=3)
+    checker.startService()
+    run_rounds(probes, clock, 503, 2)
+    assert [b.healthy for b in backends] == [True, True]
+    clock.advance(INTERVAL)
+    run_rounds(probes, clock, 503, 1)
+    assert [b.healthy for b in backends] == [False, False]
+    clock.advance(INTERVAL)
+    run_rounds(probes, clock, 200, 1)
+    assert [b.healthy for b in backends] == [False, False]
+    clock.advance(INTERVAL)
+    run_rounds(probes, clock, 302, 1)
+    assert [b.healthy for b in backends] == [True, True]
+    checker.stopService()
+
+
+def test_each_backend_has_its_own_state() -> None:
+    good, bad = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([good, bad], probes, clock, fall=1)
+    checker.startService()
+    probes.take(good).callback(200)
+    probes.take(bad).errback(error.ConnectionRefusedError())
+    assert good.healthy is True
+    assert bad.healthy is False
+    assert checker.last_result(good) == "200"
+    assert checker.last_result(bad) == "ConnectionRefusedError"
+    checker.stopService()
+
+
+def test_last_result_is_none_before_any_check() -> None:
+    backends = make_backends(1)
+    checker = make_checker(backends, FakeProbes(), Clock())
+    assert checker.last_result(backends[0]) is None
+
+
+def test_timeout_counts_as_failure() -> None:
+    backends = make_backends(1)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock, fall=1)
+    checker.startService()
+    clock.advance(TIMEOUT - 0.1)
+    assert backends[0].healthy is True
+    clock.advance(0.1)
+    assert backends[0].healthy is False
+    assert checker.last_result(backends[0]) == "timeout"
+    assert probes.cancelled == 1
+    checker.stopService()
+
+
+def test_timeouts_need_fall_rounds_and_keep_the_loop_going() -> None:
+    backends = make_backends(1)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock, fall=3)
+    checker.startService()
+    health = []
+    for _ in range(4):
+        clock.advance(TIMEOUT)
+        health.append(backends[0].healthy)
+        clock.advance(INTERVAL - TIMEOUT)
+    assert health == [True, True, False, False]
+    assert len(probes.calls) == 5
+    checker.stopService()
+
+
+def test_synchronous_raise_is_a_failure_and_loop_continues() -> None:
+    exploding, fine = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    probes.raise_for = exploding
+    checker = make_checker([exploding, fine], probes, clock, fall=2)
+    checker.startService()
+    assert checker.last_result(exploding) == "RuntimeError"
+    probes.answer_all(200)
+    assert exploding.healthy is True
+    clock.advance(INTERVAL)
+    assert exploding.healthy is False
+    assert fine.healthy is True
+    probes.answer_all(200)
+    clock.advance(INTERVAL)
+    assert probes.calls.count(exploding) == 3
+    assert probes.calls.count(fine) == 3
+    checker.stopService()
+
+
+def test_errback_is_a_failure_and_loop_continues() -> None:
+    backends = make_backends(1)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock, fall=2)
+    checker.startService()
+    probes.take(backends[0]).errback(ValueError("bad response"))
+    clock.advance(INTERVAL)
+    probes.take(backends[0]).errback(ValueError("bad response"))
+    assert backends[0].healthy is False
+    assert checker.last_result(backends[0]) == "ValueError"
+    clock.advance(INTERVAL)
+    assert len(probes.calls) == 3
+    checker.stopService()
+
+
+def test_round_in_progress_blocks_the_next_one() -> None:
+    backends = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = HealthChecker(backends, probes, clock, interval=1.0, timeout=5.0)
+    checker.startService()
+    probes.take(backends[0]).callback(200)
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert len(probes.calls) == 2  # backends[1] still pending: no second round
+    probes.take(backends[1]).callback(200)
+    assert len(probes.calls) == 2
+    clock.advance(1.0)
+    assert len(probes.calls) == 4
+    checker.stopService()
+
+
+def test_check_all_waits_for_every_probe_and_never_fails() -> None:
+    backends = make_backends(3)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock)
+    done: List[object] = []
+    checker.check_all().addBoth(done.append)
+    probes.take(backends[0]).callback(200)
+    probes.take(backends[1]).errback(error.ConnectionRefusedError())
+    assert done == []
+    clock.advance(TIMEOUT)
+    assert done == [None]
+
+
+def test_check_all_with_no_backends_fires_at_once() -> None:
+    checker = make_checker([], FakeProbes(), Clock())
+    done: List[object] = []
+    checker.check_all().addBoth(done.append)
+    assert done == [None]
+
+
+def test_stop_cancels_pending_probes_and_stops_loop() -> None:
+    backends = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock, fall=1)
+    checker.startService()
+    checker.stopService()
+    assert probes.cancelled == 2
+    assert checker.running == 0
+    # a cancelled probe is not a failed check
+    assert [b.healthy for b in backends] == [True, True]
+    assert checker.last_result(backends[0]) is None
+    assert clock.getDelayedCalls() == []
+    clock.advance(10 * INTERVAL)
+    assert len(probes.calls) == 2
+
+
+def test_stop_between_rounds() -> None:
+    backends = make_backends(1)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock)
+    checker.startService()
+    probes.answer_all(200)
+    checker.stopService()
+    assert probes.cancelled == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_restart_after_stop() -> None:
+    backends = make_backends(1)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker(backends, probes, clock)
+    checker.startService()
+    checker.stopService()
+    checker.startService()
+    assert len(probes.calls) == 2
+    checker.stopService()
+
+
+def test_set_backends_keeps_state_of_remaining() -> None:
+    a, b, c = make_backends(3)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([a, b], probes, clock, fall=2)
+    checker.startService()
+    probes.answer_all(500)  # one failure each
+    c.healthy = False
+    checker.set_backends([a, c])
+    assert c.healthy is True  # new backends start healthy
+    assert checker.last_result(a) == "500"
+    assert checker.last_result(b) is None
+    clock.advance(INTERVAL)
+    assert probes.calls[-2:] == [a, c]
+    probes.answer_all(500)
+    assert a.healthy is False  # second failure in a row: the streak was kept
+    assert c.healthy is True
+    checker.stopService()
+
+
+def test_probe_of_removed_backend_is_ignored() -> None:
+    a, b = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([a, b], probes, clock, fall=1)
+    checker.startService()
+    checker.set_backends([a])
+    probes.take(b).callback(500)
+    assert b.healthy is True
+    assert checker.last_result(b) is None
+    probes.take(a).callback(200)
+    checker.stopService()
+
+
+def test_transitions_are_logged() -> None:
+    backend = make_backends(1)[0]
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([backend], probes, clock, rise=2, fall=3)
+    events: List[dict] = []
+    checker.log = Logger(observer=events.append)
+    checker.startService()
+    probes.take(backend).errback(error.ConnectionRefusedError())
+    for _ in range(2):
+        clock.advance(INTERVAL)
+        probes.take(backend).errback(error.ConnectionRefusedError())
+    for _ in range(2):
+        clock.advance(INTERVAL)
+        probes.answer_all(200)
+    checker.stopService()
+    assert [(e["log_level"], formatEvent(e)) for e in events] == [
+        (
+            LogLevel.warn,
+            "backend http://127.0.0.1:9001 is DOWN after 3 failed checks (last: ConnectionRefusedError)",
+        ),
+        (LogLevel.info, "backend http://127.0.0.1:9001 is UP after 2 passed checks"),
+    ]
+
+
+def test_non_int_result_is_a_failure() -> None:
+    backend = make_backends(1)[0]
+    clock = Clock()
+    checker = HealthChecker(
+        [backend],
+        lambda _backend: succeed(None),
+        clock,
+        INTERVAL,
+        TIMEOUT,
+        fall=1,
+    )
+    done: List[object] = []
+    checker.check_all().addBoth(done.append)
+    assert done == [None]
+    assert backend.healthy is False
