@@ -1,6 +1,6 @@
 """Run powerlb from a config file: ``twistd -ny lb.tac``.
 
-Reads the YAML file named by $POWERLB_CONFIG (default: lb.yaml beside this file).
+Reads the YAML file named by $POWERLB_CONFIG (default: lb.yaml in the current directory).
 """
 
 import os
@@ -8,11 +8,12 @@ import os
 from twisted.application import service
 
 import powerlb
-from powerlb.config import load_config_file
+from powerlb.config import ConfigError, load_config_file
 
-config_path = os.environ.get("POWERLB_CONFIG") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else ".", "lb.yaml"
-)
+config_path = os.environ.get("POWERLB_CONFIG", "lb.yaml")
 
 application = service.Application("powerlb")
-powerlb.makeService(load_config_file(config_path)).setServiceParent(application)
+try:
+    powerlb.makeService(load_config_file(config_path)).setServiceParent(application)
+except ConfigError as err:
+    raise SystemExit(f"{config_path}: {err}") from None

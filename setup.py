@@ -1,12 +1,14 @@
 """Installs powerlb and its twistd plugin (twisted/plugins/powerlb_plugin.py)."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="powerlb",
     version="0.1.0",
     description="HTTP load balancer and caching reverse proxy on Twisted",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     # twisted/plugins has no __init__.py on purpose: listing it here ships only

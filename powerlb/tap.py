@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from twisted.application.service import IService
+from typing import Any, Optional
 
-from powerlb.config import Options
+from twisted.application.service import IService
+from twisted.python import usage
+
+from powerlb.config import Options as ConfigOptions
 
 __all__ = ["Options", "makeService"]
+
+
+class Options(ConfigOptions):
+    """powerlb's options as twistd parses them: a bad setting exits non-zero with one line.
+
+    Twisted before 26 catches a ``UsageError`` from a plugin without setting
+    an exit status, so it is turned into ``SystemExit`` here.
+    """
+
+    def parseOptions(self, options: Optional[Any] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as err:
+            raise SystemExit(f"twistd powerlb: {err} (see twistd powerlb --help)") from None
 
 
 def makeService(options: Options) -> IService:

@@ -167,7 +167,8 @@ class UpstreamConnection(Protocol):
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
         self._cancel_timer()
         self.response_started = True
-        self.exchange.sink.head_received(status, reason, headers)
+        if self.exchange is not None:
+            self.exchange.sink.head_received(status, reason, headers)
 
     def response_body(self, data: bytes) -> None:
         exchange = self.exchange
@@ -176,6 +177,8 @@ class UpstreamConnection(Protocol):
 
     def response_end(self, keep_alive: bool) -> None:
         exchange = self.exchange
+        if exchange is None:
+            return  # aborted by its sink while this read was being parsed
         self.exchange = None
         exchange.connection = None
         sink = exchange.sink
@@ -307,8 +310,7 @@ class ProxyClientFactory(ClientFactory):
     def close(self) -> None:
         """Close idle connections now, and every busy one as soon as its exchange ends."""
         self._closed = True
-        for connection in self._idle[:]:
-            connection.transport.loseConnection()
+        self._close_all_idle()
 
     # -- pool internals ----------------------------------------------------
 
@@ -325,9 +327,19 @@ class ProxyClientFactory(ClientFactory):
 
     def _retry_fresh(self, exchange: Exchange) -> None:
         # Idle connections older than the failed one are likely stale too.
-        for connection in self._idle[:]:
-            connection.transport.loseConnection()
+        self._close_all_idle()
         self._dispatch(exchange)
+
+    def _close_all_idle(self) -> None:
+        for connection in self._idle[:]:
+            self._close_idle(connection)
+
+    def _close_idle(self, connection: UpstreamConnection) -> None:
+        timer = self._idle_timers.pop(connection)
+        if timer.active():
+            timer.cancel()
+        self._idle.remove(connection)
+        connection.transport.loseConnection()
 
     def _forget_waiting(self, exchange: Exchange) -> None:
         if exchange in self._waiting:
@@ -353,7 +365,7 @@ class ProxyClientFactory(ClientFactory):
             return
         self._idle.append(connection)
         self._idle_timers[connection] = self.reactor.callLater(
-            self.keepalive_timeout, connection.transport.loseConnection
+            self.keepalive_timeout, self._close_idle, connection
         )
 
     def _connection_lost(self, connection: UpstreamConnection) -> None:

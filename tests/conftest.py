@@ -121,7 +121,7 @@ def make_backends() -> Any:
 
     def make(n: int) -> List[TestBackend]:
         out = []
-        for i in range(n):
+        for _ in range(n):
             backend = TestBackend(chr(ord("a") + len(started)))
             started.append(backend.start())
             out.append(backend)
@@ -145,7 +145,10 @@ class Running:
 
 @pytest.fixture
 def start_powerlb() -> Any:
-    """``start_powerlb(backends, **settings)`` (backends: TestBackends or URL strings) runs a real powerlb on 127.0.0.1:0; stopped after the test."""
+    """``start_powerlb(backends, **settings)`` runs a real powerlb on 127.0.0.1:0, stopped after the test.
+
+    ``backends`` are TestBackends or backend URL strings; settings use the YAML keys.
+    """
     services: List[Any] = []
 
     def start(backends: List[Any], **settings: Any) -> Running:

@@ -161,8 +161,10 @@ def start_server(
 
         def check(proc: Process = proc, ports: List[int] = ports) -> Any:
             if proc.exited():
-                raise PortInUse() if "Address already in use" in proc.output() else AssertionError(
-                    f"server exited before answering\n{proc.describe()}"
+                raise (
+                    PortInUse()
+                    if "Address already in use" in proc.output()
+                    else AssertionError(f"server exited before answering\n{proc.describe()}")
                 )
             return ready(ports)
 

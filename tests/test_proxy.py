@@ -576,9 +576,7 @@ async def test_cache_disabled_with_size_zero(make_backends, start_powerlb, http)
 @pytest_twisted.ensureDeferred
 async def test_killed_backend_is_avoided_and_taken_back(make_backends, start_powerlb, http):
     a, b, c = make_backends(3)
-    lb = start_powerlb(
-        [a, b, c], health_interval=0.05, health_timeout=0.3, health_fall=2, health_rise=2
-    )
+    lb = start_powerlb([a, b, c], health_interval=0.05, health_timeout=0.3, health_fall=2, health_rise=2)
     port_b = b.port_number
     seen: List[str] = []
     failures = 0

@@ -1,0 +1,237 @@
+"""Tests for powerlb.headers: lookups, hop-by-hop stripping and forwarding headers."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from powerlb.headers import (
+    HOP_BY_HOP,
+    VIA_PSEUDONYM,
+    connection_tokens,
+    forward_request_headers,
+    forward_response_headers,
+    get_all,
+    get_first,
+    split_tokens,
+    strip_hop_by_hop,
+)
+
+Headers = List[Tuple[bytes, bytes]]
+
+SAMPLE: Headers = [
+    (b"host", b"example.com"),
+    (b"accept", b"text/html"),
+    (b"x-multi", b"1"),
+    (b"accept", b"*/*"),
+    (b"x-multi", b"2"),
+]
+
+
+# --- lookups -------------------------------------------------------------------------
+
+
+def test_get_all_in_order() -> None:
+    assert get_all(SAMPLE, b"accept") == [b"text/html", b"*/*"]
+    assert get_all(SAMPLE, b"missing") == []
+    assert get_all(SAMPLE, b"Accept") == []  # names are lower-case by convention
+    assert get_all(iter(SAMPLE), b"x-multi") == [b"1", b"2"]
+
+
+def test_get_first() -> None:
+    assert get_first(SAMPLE, b"accept") == b"text/html"
+    assert get_first(SAMPLE, b"missing") is None
+    assert get_first([(b"empty", b"")], b"empty") == b""
+
+
+def test_split_tokens() -> None:
+    assert split_tokens([b"a, b,,c ", b"", b" ,d", b"\te\t"]) == [b"a", b"b", b"c", b"d", b"e"]
+    assert split_tokens([]) == []
+    assert split_tokens([b"Keep-Alive"]) == [b"Keep-Alive"]
+
+
+def test_connection_tokens_lowercased_over_all_fields() -> None:
+    headers = [(b"connection", b"Keep-Alive, X-Foo"), (b"other", b"close"), (b"connection", b"UPGRADE")]
+    assert connection_tokens(headers) == frozenset({b"keep-alive", b"x-foo", b"upgrade"})
+    assert connection_tokens([]) == frozenset()
+
+
+# --- hop-by-hop --------------------------------------------------------------------
+
+
+def test_hop_by_hop_set() -> None:
+    assert {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    } == HOP_BY_HOP
+
+
+def test_strip_hop_by_hop_removes_fixed_and_listed_names() -> None:
+    headers = [
+        (b"connection", b"X-Secret, Keep-Alive"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-secret", b"s"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"trailers"),
+        (b"trailer", b"x-sum"),
+        (b"upgrade", b"h2c"),
+        (b"proxy-connection", b"keep-alive"),
+        (b"proxy-authorization", b"Basic eA=="),
+        (b"x-keep", b"1"),
+        (b"content-length", b"3"),
+        (b"x-keep", b"2"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"x-keep", b"1"), (b"content-length", b"3"), (b"x-keep", b"2")]
+
+
+def test_strip_hop_by_hop_does_not_mutate_its_argument() -> None:
+    headers = [(b"connection", b"close"), (b"a", b"b")]
+    strip_hop_by_hop(headers)
+    assert headers == [(b"connection", b"close"), (b"a", b"b")]
+
+
+# --- requests ----------------------------------------------------------------------
+
+
+def test_forward_request_headers_full() -> None:
+    headers = [
+        (b"host", b"example.com"),
+        (b"x-forwarded-for", b"1.1.1.1"),
+        (b"connection", b"keep-alive, X-Hop"),
+        (b"x-multi", b"a"),
+        (b"x-hop", b"gone"),
+        (b"content-length", b"10"),
+        (b"x-forwarded-proto", b"spoofed"),
+        (b"x-forwarded-host", b"spoofed"),
+        (b"via", b"1.0 first"),
+        (b"x-forwarded-for", b"2.2.2.2, 3.3.3.3"),
+        (b"x-multi", b"b"),
+        (b"transfer-encoding", b"chunked"),
+        (b"via", b"1.1 second"),
+    ]
+    assert forward_request_headers(headers, b"10.0.0.1", b"https", b"example.com") == [
+        (b"host", b"example.com"),
+        (b"x-multi", b"a"),
+        (b"x-multi", b"b"),
+        (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"example.com"),
+        (b"via", b"1.0 first, 1.1 second, 1.1 " + VIA_PSEUDONYM),
+    ]
+
+
+def test_forward_request_headers_minimal() -> None:
+    assert forward_request_headers([], b"::1", b"http", None) == [
+        (b"x-forwarded-for", b"::1"),
+        (b"x-forwarded-proto", b"http"),
+        (b"via", b"1.1 powerlb"),
+    ]
+
+
+def test_forward_request_headers_ignores_empty_prior_values() -> None:
+    out = forward_request_headers([(b"x-forwarded-for", b""), (b"via", b" ")], b"9.9.9.9", b"http", None)
+    assert get_all(out, b"x-forwarded-for") == [b"9.9.9.9"]
+    assert get_all(out, b"via") == [b"1.1 powerlb"]
+
+
+def test_forward_request_headers_does_not_mutate() -> None:
+    headers = [(b"host", b"h"), (b"content-length", b"1")]
+    forward_request_headers(headers, b"1.2.3.4", b"http", b"h")
+    assert headers == [(b"host", b"h"), (b"content-length", b"1")]
+
+
+# --- responses ---------------------------------------------------------------------
+
+
+def test_forward_response_headers() -> None:
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"connection", b"keep-alive, x-internal"),
+        (b"x-internal", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"via", b"1.1 backend-cache"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"proxy-authenticate", b"Basic realm=x"),
+        (b"content-length", b"42"),
+    ]
+    assert forward_response_headers(headers) == [
+        (b"content-type", b"text/plain"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"content-length", b"42"),
+        (b"via", b"1.1 backend-cache, 1.1 powerlb"),
+    ]
+
+
+def test_forward_response_headers_drops_length_overridden_by_transfer_encoding() -> None:
+    headers = [(b"content-length", b"100"), (b"transfer-encoding", b"chunked"), (b"etag", b'"x"')]
+    assert forward_response_headers(headers) == [(b"etag", b'"x"'), (b"via", b"1.1 powerlb")]
+
+
+def test_forward_response_headers_collapses_identical_lengths() -> None:
+    headers = [(b"content-length", b"5, 5"), (b"content-length", b"5")]
+    assert forward_response_headers(headers) == [(b"content-length", b"5"), (b"via", b"1.1 powerlb")]
+
+
+# --- properties --------------------------------------------------------------------
+
+names = st.sampled_from(
+    [
+        b"host",
+        b"accept",
+        b"x-multi",
+        b"cookie",
+        b"x-a",
+        b"x-b",
+        b"etag",
+        *sorted(HOP_BY_HOP),
+        b"connection",
+        b"connection",
+    ]
+)
+values = st.sampled_from([b"", b"1", b"x-a", b"X-B, close", b"keep-alive", b"Cookie", b"a b", b"x-a,x-b"])
+header_lists = st.lists(st.tuples(names, values), max_size=15)
+
+
+def is_hop(headers: Headers, name: bytes) -> bool:
+    return name in HOP_BY_HOP or name in connection_tokens(headers)
+
+
+@given(header_lists)
+def test_strip_hop_by_hop_property(headers: Headers) -> None:
+    out = strip_hop_by_hop(headers)
+    assert not any(is_hop(headers, k) for k, _ in out)
+    assert out == [(k, v) for k, v in headers if not is_hop(headers, k)]
+
+
+@given(header_lists, st.sampled_from([b"http", b"https"]), st.sampled_from([None, b"h.example"]))
+def test_forward_request_headers_property(headers: Headers, scheme: bytes, host: object) -> None:
+    out = forward_request_headers(headers, b"1.2.3.4", scheme, host)  # type: ignore[arg-type]
+    assert not any(is_hop(headers, k) for k, _ in out)
+    assert get_all(out, b"content-length") == []
+    end_to_end = [(k, v) for k, v in headers if not is_hop(headers, k)]
+    assert out[: len(end_to_end)] == end_to_end
+    assert get_all(out, b"x-forwarded-for") == [b"1.2.3.4"]
+    assert get_all(out, b"x-forwarded-proto") == [scheme]
+    assert get_all(out, b"x-forwarded-host") == ([] if host is None else [host])
+    (via,) = get_all(out, b"via")
+    assert via.endswith(b"1.1 powerlb")
+
+
+@given(header_lists)
+def test_forward_response_headers_property(headers: Headers) -> None:
+    out = forward_response_headers(headers)
+    assert not any(is_hop(headers, k) for k, _ in out)
+    end_to_end = [(k, v) for k, v in headers if not is_hop(headers, k)]
+    assert out[:-1] == end_to_end
+    assert out[-1] == (b"via", b"1.1 powerlb")

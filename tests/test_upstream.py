@@ -1,0 +1,670 @@
+"""Tests for powerlb.upstream on Twisted fakes: the pool, its connections and exchanges."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import pytest
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from powerlb.backend import Backend, BackendSpec
+from powerlb.upstream import (
+    ConnectFailed,
+    IResponseSink,
+    ProxyClientFactory,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamTimeout,
+    probe,
+)
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+OK_EVENTS = [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"hello"), ("end",)]
+GET_HEAD = b"GET /x HTTP/1.1\r\nhost: example\r\n\r\n"
+
+
+@implementer(IResponseSink)
+class Sink:
+    """Records what an exchange reports."""
+
+    def __init__(self) -> None:
+        self.events: List[Tuple[Any, ...]] = []
+        self.error: Optional[UpstreamError] = None
+
+    def head_received(self, status: int, reason: bytes, headers: Any) -> None:
+        self.events.append(("head", status, reason, list(headers)))
+
+    def body_received(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def response_ended(self) -> None:
+        self.events.append(("end",))
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.error = error
+        self.events.append(("failed", error.status, error.retryable))
+
+
+class Pool:
+    """A factory on a fake reactor, and helpers to play the network's part."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+        self.factory = ProxyClientFactory(self.backend, self.reactor, **settings)
+
+    @property
+    def connects(self) -> int:
+        return len(self.reactor.tcpClients)
+
+    def get(self, sink: Sink, target: bytes = b"/x", idempotent: bool = True, method: bytes = b"GET") -> Any:
+        return self.factory.request(method, target, [(b"host", b"example")], b"", sink, idempotent)
+
+    def connect(self) -> Tuple[UpstreamConnection, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+
+def lose(proto: UpstreamConnection) -> None:
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def served(pool: Pool, response: bytes = OK) -> Tuple[UpstreamConnection, StringTransport, Sink]:
+    """One GET answered with ``response`` on a new connection."""
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(response)
+    return proto, transport, sink
+
+
+# --- one request -------------------------------------------------------------------
+
+
+def test_sink_provides_the_interface() -> None:
+    assert verifyObject(IResponseSink, Sink())
+
+
+def test_request_connects_writes_and_reports_the_response() -> None:
+    pool = Pool(connect_timeout=3.5)
+    sink = Sink()
+    exchange = pool.get(sink)
+    assert exchange.active
+    assert pool.connects == 1
+    host, port, factory, timeout, _ = pool.reactor.tcpClients[0]
+    assert (host, port, factory, timeout) == ("127.0.0.1", 9001, pool.factory, 3.5)
+
+    proto, transport = pool.connect()
+    assert transport.value() == GET_HEAD
+    assert pool.factory.open_connections == 1
+    assert pool.factory.idle_connections == 0
+
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"hel")]
+    proto.dataReceived(b"lo")
+    assert sink.events == [*OK_EVENTS[:1], ("body", b"hel"), ("body", b"lo"), ("end",)]
+    assert not exchange.active
+    assert not transport.disconnecting
+    assert pool.factory.idle_connections == 1
+    assert pool.factory.open_connections == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "framing"),
+    [
+        (b"POST", b"abc", b"content-length: 3\r\n\r\nabc"),
+        (b"POST", b"", b"content-length: 0\r\n\r\n"),
+        (b"PUT", b"", b"content-length: 0\r\n\r\n"),
+        (b"PATCH", b"x", b"content-length: 1\r\n\r\nx"),
+        (b"DELETE", b"", b"\r\n"),
+        (b"DELETE", b"zz", b"content-length: 2\r\n\r\nzz"),
+        (b"OPTIONS", b"", b"\r\n"),
+    ],
+)
+def test_request_body_framing(method: bytes, body: bytes, framing: bytes) -> None:
+    pool = Pool()
+    pool.factory.request(method, b"/p", [(b"host", b"h")], body, Sink(), idempotent=False)
+    _, transport = pool.connect()
+    assert transport.value() == method + b" /p HTTP/1.1\r\nhost: h\r\n" + framing
+
+
+def test_head_request_response_has_no_body() -> None:
+    pool = Pool()
+    sink = Sink()
+    pool.factory.request(b"HEAD", b"/", [], b"", sink, idempotent=True)
+    proto, transport = pool.connect()
+    assert transport.value() == b"HEAD / HTTP/1.1\r\n\r\n"
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"100")]), ("end",)]
+    assert pool.factory.idle_connections == 1
+
+
+def test_close_delimited_response_ends_with_the_connection() -> None:
+    pool = Pool()
+    proto, _, sink = served(pool, b"HTTP/1.1 200 OK\r\n\r\npart")
+    assert sink.events == [("head", 200, b"OK", []), ("body", b"part")]
+    lose(proto)
+    assert sink.events[-1] == ("end",)
+    assert pool.factory.open_connections == 0
+    assert pool.factory.idle_connections == 0
+
+
+# --- keep-alive pool ---------------------------------------------------------------
+
+
+def test_keep_alive_connection_is_reused() -> None:
+    pool = Pool()
+    proto, transport, _ = served(pool)
+    transport.clear()
+    sink = Sink()
+    pool.get(sink, b"/second")
+    assert pool.connects == 1
+    assert pool.factory.idle_connections == 0
+    assert transport.value() == b"GET /second HTTP/1.1\r\nhost: example\r\n\r\n"
+    proto.dataReceived(OK)
+    assert sink.events == OK_EVENTS
+    assert pool.factory.idle_connections == 1
+
+
+def test_waiting_request_takes_the_connection_that_frees_up_first() -> None:
+    pool = Pool()
+    first, second = Sink(), Sink()
+    pool.get(first)
+    proto, transport = pool.connect()
+    pool.get(second, b"/two")
+    assert pool.connects == 2
+    transport.clear()
+    proto.dataReceived(OK)
+    assert first.events == OK_EVENTS
+    assert transport.value() == b"GET /two HTTP/1.1\r\nhost: example\r\n\r\n"
+    proto.dataReceived(OK)
+    assert second.events == OK_EVENTS
+    # The second connect completes with nobody waiting: it just joins the pool.
+    _, late = pool.connect()
+    assert late.value() == b""
+    assert pool.factory.idle_connections == 2
+
+
+def test_idle_connections_reused_last_in_first_out() -> None:
+    pool = Pool()
+    a, b = Sink(), Sink()
+    pool.get(a)
+    pool.get(b)
+    proto_a, transport_a = pool.connect()
+    proto_b, transport_b = pool.connect()
+    proto_b.dataReceived(OK)
+    proto_a.dataReceived(OK)
+    transport_a.clear()
+    transport_b.clear()
+    pool.get(Sink())
+    assert transport_a.value() != b""
+    assert transport_b.value() == b""
+
+
+def test_idle_timeout_closes_the_connection() -> None:
+    pool = Pool(keepalive_timeout=10)
+    _, transport, _ = served(pool)
+    pool.reactor.advance(9.9)
+    assert not transport.disconnecting
+    pool.reactor.advance(0.1)
+    assert transport.disconnecting
+
+
+def test_idle_timer_restarts_after_reuse() -> None:
+    pool = Pool(keepalive_timeout=10)
+    proto, transport, _ = served(pool)
+    pool.reactor.advance(8)
+    pool.get(Sink())
+    proto.dataReceived(OK)
+    pool.reactor.advance(8)
+    assert not transport.disconnecting
+    pool.reactor.advance(2)
+    assert transport.disconnecting
+
+
+def test_connection_lost_after_idle_timeout_fired() -> None:
+    pool = Pool(keepalive_timeout=10)
+    proto, _, _ = served(pool)
+    pool.reactor.advance(10)
+    lose(proto)
+    assert pool.factory.idle_connections == 0
+    assert pool.factory.open_connections == 0
+
+
+def test_expired_idle_connection_is_not_reused() -> None:
+    pool = Pool(keepalive_timeout=10)
+    _, transport, _ = served(pool)
+    pool.reactor.advance(10)
+    transport.clear()
+    pool.get(Sink())
+    assert transport.value() == b""
+    assert pool.connects == 2
+
+
+def test_idle_connection_closed_by_backend_leaves_the_pool() -> None:
+    pool = Pool()
+    proto, _, _ = served(pool)
+    lose(proto)
+    assert pool.factory.idle_connections == 0
+    assert pool.factory.open_connections == 0
+    assert pool.reactor.getDelayedCalls() == []
+    pool.get(Sink())
+    assert pool.connects == 2
+
+
+def test_max_idle_respected() -> None:
+    pool = Pool(max_idle=1)
+    a, b = Sink(), Sink()
+    pool.get(a)
+    pool.get(b)
+    proto_a, transport_a = pool.connect()
+    proto_b, transport_b = pool.connect()
+    proto_a.dataReceived(OK)
+    proto_b.dataReceived(OK)
+    assert a.events == b.events == OK_EVENTS
+    assert pool.factory.idle_connections == 1
+    assert not transport_a.disconnecting
+    assert transport_b.disconnecting
+
+
+def test_max_idle_zero_never_keeps_a_connection() -> None:
+    pool = Pool(max_idle=0)
+    _, transport, sink = served(pool)
+    assert sink.events == OK_EVENTS
+    assert transport.disconnecting
+    assert pool.factory.idle_connections == 0
+
+
+def test_close_closes_idle_now_and_busy_when_done() -> None:
+    pool = Pool()
+    idle_proto, idle_transport, _ = served(pool)
+    busy = Sink()
+    pool.get(busy)  # takes the idle connection
+    pool.get(Sink())
+    busy_proto, busy_transport = idle_proto, idle_transport
+    other_proto, other_transport = pool.connect()
+    other_proto.dataReceived(OK)
+    assert pool.factory.idle_connections == 1
+    pool.factory.close()
+    assert other_transport.disconnecting
+    assert not busy_transport.disconnecting
+    busy_proto.dataReceived(OK)
+    assert busy.events == OK_EVENTS
+    assert busy_transport.disconnecting
+
+
+def test_connection_made_after_close_is_closed() -> None:
+    pool = Pool()
+    pool.factory.close()
+    _, transport = pool.connect()
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+def test_response_without_keep_alive_is_not_reused(response: bytes) -> None:
+    pool = Pool()
+    _, transport, sink = served(pool, response)
+    assert sink.events[-2:] == OK_EVENTS[1:]
+    assert transport.disconnecting
+    assert pool.factory.idle_connections == 0
+    pool.get(Sink())
+    assert pool.connects == 2
+
+
+def test_http_1_0_keep_alive_is_reused() -> None:
+    pool = Pool()
+    _, transport, _ = served(pool, b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+    assert not transport.disconnecting
+    assert pool.factory.idle_connections == 1
+
+
+def test_data_on_an_idle_connection_aborts_it() -> None:
+    pool = Pool()
+    proto, transport, _ = served(pool)
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    assert transport.disconnected
+    lose(proto)
+    assert pool.factory.idle_connections == 0
+
+
+# --- failures ----------------------------------------------------------------------
+
+
+def test_response_timeout() -> None:
+    pool = Pool(response_timeout=5)
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    pool.reactor.advance(4.9)
+    assert sink.events == []
+    pool.reactor.advance(0.1)
+    assert sink.events == [("failed", 504, False)]
+    assert isinstance(sink.error, UpstreamTimeout)
+    assert transport.disconnected
+    lose(proto)
+    assert sink.events == [("failed", 504, False)]
+    assert pool.factory.open_connections == 0
+
+
+def test_response_timeout_stops_at_the_head() -> None:
+    pool = Pool(response_timeout=5)
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    pool.reactor.advance(60)
+    assert not transport.disconnected
+    proto.dataReceived(b"hello")
+    assert sink.events == OK_EVENTS
+
+
+def test_interim_response_does_not_stop_the_timeout() -> None:
+    pool = Pool(response_timeout=5)
+    sink = Sink()
+    pool.get(sink)
+    proto, _ = pool.connect()
+    proto.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+    pool.reactor.advance(5)
+    assert sink.events == [("failed", 504, False)]
+
+
+def test_connect_failure_is_retryable() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert sink.events == [("failed", 502, True)]
+    assert isinstance(sink.error, ConnectFailed)
+    assert "cannot connect to backend" in sink.error.reason
+    assert not exchange.active
+    # A later request still gets its own connection attempt.
+    pool.get(Sink())
+    assert pool.connects == 2
+
+
+def test_connect_failure_with_nobody_waiting_is_ignored() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    exchange.abort()
+    pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert sink.events == []
+
+
+def test_invalid_response_fails_with_502_and_aborts() -> None:
+    pool = Pool()
+    proto, transport, sink = served(
+        pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+    assert sink.events == [("failed", 502, False)]
+    assert "invalid response" in sink.error.reason
+    assert transport.disconnected
+    lose(proto)
+    assert sink.events == [("failed", 502, False)]
+    assert pool.factory.idle_connections == 0
+
+
+def test_invalid_body_after_head_fails_with_502() -> None:
+    pool = Pool()
+    _, transport, sink = served(pool, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert sink.events == [("head", 200, b"OK", [(b"transfer-encoding", b"chunked")]), ("failed", 502, False)]
+    assert transport.disconnected
+
+
+def test_fresh_connection_closed_before_response_fails_without_retry() -> None:
+    pool = Pool()
+    sink = Sink()
+    pool.get(sink)
+    proto, _ = pool.connect()
+    lose(proto)
+    assert sink.events == [("failed", 502, False)]
+    assert pool.connects == 1
+
+
+def test_connection_closed_mid_body_fails() -> None:
+    pool = Pool()
+    proto, _, sink = served(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+    lose(proto)
+    assert sink.events[-1] == ("failed", 502, False)
+
+
+def test_stale_reused_connection_resends_idempotent_request_on_a_fresh_one() -> None:
+    pool = Pool()
+    proto, _, _ = served(pool)
+    sink = Sink()
+    pool.get(sink, b"/again")
+    assert pool.connects == 1
+    lose(proto)  # the backend had closed it: no response byte
+    assert sink.events == []
+    assert pool.connects == 2
+    fresh_proto, fresh = pool.connect()
+    assert fresh.value() == b"GET /again HTTP/1.1\r\nhost: example\r\n\r\n"
+    fresh_proto.dataReceived(OK)
+    assert sink.events == OK_EVENTS
+
+
+def test_stale_reused_connection_fails_non_idempotent_request() -> None:
+    pool = Pool()
+    proto, _, _ = served(pool)
+    sink = Sink()
+    pool.get(sink, idempotent=False, method=b"POST")
+    lose(proto)
+    assert sink.events == [("failed", 502, False)]
+    assert pool.connects == 1
+
+
+def test_reused_connection_closed_after_the_head_is_not_retried() -> None:
+    pool = Pool()
+    proto, _, _ = served(pool)
+    sink = Sink()
+    pool.get(sink)
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    lose(proto)
+    assert sink.events[-1] == ("failed", 502, False)
+    assert pool.connects == 1
+
+
+def test_stale_retry_does_not_use_other_idle_connections() -> None:
+    pool = Pool()
+    a, b = Sink(), Sink()
+    pool.get(a)
+    pool.get(b)
+    proto_a, transport_a = pool.connect()
+    proto_b, _ = pool.connect()
+    proto_a.dataReceived(OK)
+    proto_b.dataReceived(OK)  # pool: [a, b]; b is reused first
+    transport_a.clear()
+    sink = Sink()
+    pool.get(sink)
+    lose(proto_b)
+    assert transport_a.disconnecting
+    assert transport_a.value() == b""
+    assert pool.connects == 3
+
+
+# --- abort and flow control --------------------------------------------------------
+
+
+def test_abort_before_a_connection_is_assigned() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    exchange.abort()
+    assert not exchange.active
+    _, transport = pool.connect()
+    assert transport.value() == b""
+    assert pool.factory.idle_connections == 1
+    exchange.abort()  # idempotent
+    assert sink.events == []
+
+
+def test_abort_after_the_connection_is_assigned() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+    exchange.stopProducing()
+    assert transport.disconnected
+    proto.dataReceived(b"llo")
+    pool.reactor.advance(100)
+    lose(proto)
+    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"he")]
+    assert pool.factory.open_connections == 0
+    assert pool.reactor.getDelayedCalls() == []
+
+
+def test_abort_before_the_head_cancels_the_timeout() -> None:
+    pool = Pool(response_timeout=5)
+    sink = Sink()
+    exchange = pool.get(sink)
+    pool.connect()
+    exchange.abort()
+    assert pool.reactor.getDelayedCalls() == []
+    pool.reactor.advance(10)
+    assert sink.events == []
+
+
+def test_sink_aborting_from_a_callback_mid_feed() -> None:
+    pool = Pool()
+
+    class Aborting(Sink):
+        def body_received(self, data: bytes) -> None:
+            super().body_received(data)
+            exchange.abort()
+
+    sink = Aborting()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(OK)
+    assert transport.disconnected
+    assert sink.events == OK_EVENTS[:2]
+
+
+def test_pause_and_resume_are_forwarded_to_the_transport() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    assert transport.producerState == "producing"
+    exchange.pauseProducing()
+    assert transport.producerState == "paused"
+    exchange.resumeProducing()
+    assert transport.producerState == "producing"
+    exchange.pauseProducing()
+    proto.dataReceived(OK)
+    # The connection goes back to the pool reading again.
+    assert transport.producerState == "producing"
+    assert sink.events == OK_EVENTS
+
+
+def test_pause_before_the_connection_is_assigned() -> None:
+    pool = Pool()
+    exchange = pool.get(Sink())
+    exchange.pauseProducing()
+    _, transport = pool.connect()
+    assert transport.producerState == "paused"
+    exchange.resumeProducing()
+    assert transport.producerState == "producing"
+
+
+def test_pause_after_the_end_is_harmless() -> None:
+    pool = Pool()
+    sink = Sink()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(OK)
+    exchange.pauseProducing()
+    exchange.resumeProducing()
+    assert transport.producerState == "producing"
+
+
+# --- probe -------------------------------------------------------------------------
+
+
+def test_probe_fires_with_the_status() -> None:
+    reactor = MemoryReactorClock()
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    d = probe(reactor, backend, b"/health", 2.0)
+    results: List[Any] = []
+    d.addBoth(results.append)
+    ((host, port, factory, timeout, _),) = reactor.tcpClients
+    assert (host, port, timeout) == ("127.0.0.1", 9001, 2.0)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.value() == (
+        b"GET /health HTTP/1.1\r\nhost: 127.0.0.1:9001\r\nuser-agent: powerlb-health-check\r\n"
+        b"connection: close\r\n\r\n"
+    )
+    proto.dataReceived(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 4\r\n\r\ndown")
+    assert results == [503]
+    assert transport.disconnecting
+
+
+def test_probe_times_out() -> None:
+    reactor = MemoryReactorClock()
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    d = probe(reactor, backend, b"/", 2.0)
+    factory = reactor.tcpClients[0][2]
+    factory.buildProtocol(None).makeConnection(StringTransport())
+    reactor.advance(2.0)
+    errors: List[Failure] = []
+    d.addErrback(errors.append)
+    assert errors[0].check(UpstreamTimeout)
+    assert errors[0].value.status == 504
+
+
+def test_probe_connect_failure() -> None:
+    reactor = MemoryReactorClock()
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    d = probe(reactor, backend, b"/", 2.0)
+    reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    errors: List[Failure] = []
+    d.addErrback(errors.append)
+    assert errors[0].check(ConnectFailed)
+
+
+def test_cancelling_a_probe_aborts_the_connection() -> None:
+    reactor = MemoryReactorClock()
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    d = probe(reactor, backend, b"/", 2.0)
+    proto = reactor.tcpClients[0][2].buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    errors: List[Failure] = []
+    d.addErrback(errors.append)
+    d.cancel()
+    assert transport.disconnected
+    assert errors[0].check(CancelledError)
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    lose(proto)
+    assert len(errors) == 1
+
+
+def test_cancelling_a_probe_before_it_connects() -> None:
+    reactor = MemoryReactorClock()
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    d = probe(reactor, backend, b"/", 2.0)
+    errors: List[Failure] = []
+    d.addErrback(errors.append)
+    d.cancel()
+    assert errors[0].check(CancelledError)
+    transport = StringTransport()
+    reactor.tcpClients[0][2].buildProtocol(None).makeConnection(transport)
+    assert transport.value() == b""
+    assert transport.disconnecting  # max_idle=0: nothing is kept
