@@ -21,7 +21,9 @@ from powerlb.admin import admin_root
 from powerlb.backend import Backend
 from powerlb.balancing import make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
+from powerlb.caching import CacheLayer
 from powerlb.config import Config
+from powerlb.dispatch import Dispatcher
 from powerlb.health import HealthChecker
 from powerlb.proxy import ProxyResource
 from powerlb.stats import Counters, snapshot
@@ -144,14 +146,11 @@ class PowerLBService(MultiService):
             fall=config.health_fall,
         )
         self.health.setServiceParent(self)
-        resource = ProxyResource(
-            self.balancer,
-            self.clients,
-            self.cache,
-            self.counters,
-            reactor,
-            max_object=config.cache_max_object,
-        )
+        self.dispatcher = Dispatcher(self.balancer, self.clients)
+        cache_layer = None
+        if self.cache is not None:
+            cache_layer = CacheLayer(self.cache, reactor, self.counters, config.cache_max_object)
+        resource = ProxyResource(self.dispatcher, cache_layer, self.counters)
         self.proxy_listener = Listener(
             reactor, config.listen, QuietSite(resource, reactor, config.access_log)
         )

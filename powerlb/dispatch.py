@@ -1,0 +1,166 @@
+"""Dispatching: send a request to a healthy backend, and to another when it never reached the first.
+
+:class:`Dispatcher` is what everything that needs a backend response calls:
+the client request path, cache revalidations, coalesced fetches. It asks the
+balancer for a backend, hands the request to that backend's
+:class:`~powerlb.upstream.ProxyClientFactory`, keeps the backend's
+in-flight and failure counts true, and retries a request that certainly
+never reached a backend. Whoever asked hears the outcome through an
+:class:`~powerlb.upstream.IResponseSink`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Set
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from powerlb.backend import Backend
+from powerlb.balancing import IBalancer
+from powerlb.headers import Headers
+from powerlb.upstream import IResponseSink, ProxyClientFactory, UpstreamError
+
+log = Logger()
+
+#: Methods that may be sent again when the first attempt certainly never reached a backend.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class NoBackend(UpstreamError):
+    """No healthy backend is left to send the request to."""
+
+    status = 503
+
+
+class UpstreamRequest:
+    """A request as it goes upstream: forwarded headers, re-framed body."""
+
+    __slots__ = ("body", "headers", "method", "target")
+
+    def __init__(self, method: bytes, target: bytes, headers: Headers, body: bytes = b"") -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+
+
+class Dispatcher:
+    """Picks backends for requests and sends them, retrying where that is safe."""
+
+    def __init__(
+        self, balancer: IBalancer, clients: Dict[Backend, ProxyClientFactory], retries: int = 1
+    ) -> None:
+        self.balancer = balancer
+        self.clients = clients
+        self.retries = retries
+
+    def send(self, request: UpstreamRequest, sink: Any, balance_key: bytes = b"") -> Dispatch:
+        """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504)."""
+        dispatch = Dispatch(self, request, sink, balance_key)
+        dispatch.attempt()
+        return dispatch
+
+
+@implementer(IResponseSink, IPushProducer)
+class Dispatch:
+    """One request's way to a backend: the attempts, and the producer its consumer pauses.
+
+    It sits between the backend's exchange and the caller's sink, passing
+    response events through and failures on only when no retry is left.
+    """
+
+    __slots__ = ("backend", "balance_key", "dispatcher", "exchange", "paused", "request", "sink", "tried")
+
+    def __init__(
+        self, dispatcher: Dispatcher, request: UpstreamRequest, sink: Any, balance_key: bytes
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.request = request
+        self.sink: Optional[Any] = sink
+        self.balance_key = balance_key
+        self.tried: Set[Backend] = set()
+        self.backend: Optional[Backend] = None
+        self.exchange: Any = None
+        self.paused = False
+
+    def attempt(self) -> None:
+        """Send the request to a healthy backend not tried yet, or fail with 503."""
+        backend = self.dispatcher.balancer.pick(self.balance_key, self.tried)
+        if backend is None:
+            reason = "no healthy backend" if not self.tried else "no other healthy backend to retry on"
+            self._fail(NoBackend(reason))
+            return
+        self.backend = backend
+        self.tried.add(backend)
+        backend.in_flight += 1
+        backend.requests += 1
+        request = self.request
+        replayable = request.method in IDEMPOTENT_METHODS and not request.body
+        self.exchange = self.dispatcher.clients[backend].request(
+            request.method, request.target, request.headers, request.body, self, idempotent=replayable
+        )
+        if self.paused:
+            self.exchange.pauseProducing()
+
+    # -- IResponseSink: events from the backend exchange -------------------
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.sink.head_received(status, reason, headers)
+
+    def body_received(self, data: bytes) -> None:
+        self.sink.body_received(data)
+
+    def response_ended(self) -> None:
+        self._release()
+        sink, self.sink = self.sink, None
+        sink.response_ended()
+
+    def request_failed(self, error: UpstreamError) -> None:
+        backend = self._release()
+        backend.failures += 1
+        log.info(
+            "{method} {target} via {backend}: {reason}",
+            method=self.request.method.decode("latin-1"),
+            target=self.request.target.decode("latin-1"),
+            backend=backend.url,
+            reason=error.reason,
+        )
+        retry = error.retryable and self.request.method in IDEMPOTENT_METHODS
+        if retry and len(self.tried) <= self.dispatcher.retries:
+            self.attempt()
+        else:
+            self._fail(error)
+
+    # -- IPushProducer: the consumer of the response controls the backend read
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.exchange is not None:
+            self.exchange.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.exchange is not None:
+            self.exchange.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Abandon the request (its client went away): the sink hears nothing more."""
+        self.sink = None
+        if self.exchange is not None:
+            self.exchange.abort()
+            self._release()
+
+    # -- internals -------------------------------------------------------
+
+    def _release(self) -> Backend:
+        backend = self.backend
+        backend.in_flight -= 1
+        self.exchange = None
+        return backend
+
+    def _fail(self, error: UpstreamError) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.request_failed(error)
