@@ -8,7 +8,7 @@ and wraps its response sink.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -16,6 +16,7 @@ from zope.interface import implementer
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore
 from powerlb.headers import Headers, get_first
+from powerlb.responses import serve_cached
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
 
@@ -29,26 +30,31 @@ class CacheLayer:
         self.counters = counters
         self.max_object = max_object
 
-    def lookup(
-        self, method: bytes, scheme: bytes, host: bytes, target: bytes, headers: Headers
-    ) -> Tuple[Optional[bytes], Optional[CachedResponse]]:
-        """The request's cache key (None: not cacheable) and a fresh stored response for it, if any."""
-        if not cachepolicy.request_is_cacheable(method, headers):
-            self.counters.cache_bypass += 1
-            return None, None
-        key = cachepolicy.primary_key(scheme, host, target)
-        entry = self.store.get(key, headers)
-        if entry is not None and entry.is_fresh(self.clock.seconds()):
-            self.counters.cache_hits += 1
-            return key, entry
-        self.counters.cache_misses += 1
-        return key, None
+    def render(self, resource: Any, request: Any, client: Any) -> Any:
+        """Answer a client request from the cache, or forward it through ``resource`` and store the answer.
 
-    def storing(self, sink: Any, key: bytes, method: bytes, request_headers: Headers) -> Any:
-        """``sink``, wrapped so that a storable ``GET`` response is also stored under ``key``."""
-        if method != b"GET":
-            return sink
-        return StoringSink(self, sink, key, request_headers, self.clock.seconds())
+        ``resource`` is the :class:`~powerlb.proxy.ProxyResource`; ``client`` the
+        parsed :class:`~powerlb.proxy.ClientRequest`.
+        """
+        if not cachepolicy.request_is_cacheable(client.method, client.headers):
+            self.counters.cache_bypass += 1
+            return resource.forward(request, client, b"BYPASS")
+        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
+        entry = self.store.get(key, client.headers)
+        now = self.clock.seconds()
+        if entry is not None and entry.is_fresh(now):
+            self.counters.cache_hits += 1
+            return serve_cached(request, entry, now)
+        self.counters.cache_misses += 1
+        if client.method != b"GET":
+            return resource.forward(request, client, b"MISS")
+        request_time = now
+        return resource.forward(
+            request,
+            client,
+            b"MISS",
+            lambda sink: StoringSink(self, sink, key, client.headers, request_time),
+        )
 
 
 @implementer(IResponseSink)

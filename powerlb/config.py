@@ -12,6 +12,7 @@ against a placeholder reactor.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, fields
 from fractions import Fraction
@@ -195,6 +196,27 @@ def _parse_text(text: str) -> str:
     return text
 
 
+def parse_networks(text: str) -> Tuple[str, ...]:
+    """Comma-separated addresses or networks (``127.0.0.1, 10.0.0.0/8, ::1``), normalised."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            example = "127.0.0.1,10.0.0.0/8"
+            raise ValueError(f"{part!r} is not an IP address or network; write e.g. {example}") from None
+    return tuple(out)
+
+
+def _parse_header_name(text: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", text):
+        raise ValueError(f"{text!r} is not a header name; write e.g. CDN-Cache-Control")
+    return text
+
+
 class _PlaceholderReactor:
     """Stands in for the reactor while endpoint strings are only being checked."""
 
@@ -247,6 +269,10 @@ class Config:
     connect_timeout: float = 5.0
     keepalive_timeout: float = 60.0
     keepalive_max_idle: int = 64
+    cache_targeted_header: str = "CDN-Cache-Control"
+    cache_grace: float = 0.0
+    cache_lock_timeout: float = 5.0
+    purge_allow: Tuple[str, ...] = ()
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
@@ -348,6 +374,33 @@ SETTINGS: Tuple[Setting, ...] = (
         "time between sweeps of expired cache entries (YAML only)",
         show=_format_duration,
         cli=False,
+    ),
+    Setting(
+        "cache-targeted-header",
+        "cache_targeted_header",
+        _parse_header_name,
+        "targeted Cache-Control field (RFC 9213) that overrides Cache-Control and is not forwarded",
+    ),
+    Setting(
+        "cache-grace",
+        "cache_grace",
+        parse_duration,
+        "serve a stale response this long past its freshness when the backend fails (stale-if-error)",
+        show=_format_duration,
+    ),
+    Setting(
+        "cache-lock-timeout",
+        "cache_lock_timeout",
+        _positive_duration,
+        "concurrent misses wait this long for the one request sent upstream, then go themselves",
+        show=_format_duration,
+    ),
+    Setting(
+        "purge-allow",
+        "purge_allow",
+        parse_networks,
+        "addresses or networks (comma-separated) allowed to send PURGE on the proxy listener",
+        show=lambda networks: ",".join(networks) or "none",
     ),
     Setting(
         "response-timeout",

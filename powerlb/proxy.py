@@ -11,8 +11,7 @@ twisted.web request. Decisions come from the pure modules (``headers``,
 
 from __future__ import annotations
 
-from http import HTTPStatus
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -20,17 +19,38 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from powerlb import cachepolicy
-from powerlb.cache import CachedResponse
 from powerlb.caching import CacheLayer
 from powerlb.dispatch import Dispatcher, UpstreamRequest
 from powerlb.headers import Headers, forward_request_headers, forward_response_headers, get_first
+from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
 
 
+class ClientRequest:
+    """What the request path needs to know of a client request, parsed once."""
+
+    __slots__ = ("client_host", "headers", "host", "method", "scheme", "target")
+
+    def __init__(self, request: Request) -> None:
+        self.method: bytes = request.method
+        self.headers: Headers = [
+            (name.lower(), value)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        self.target, self.host = _origin_form(request.uri, get_first(self.headers, b"host"))
+        self.scheme = b"https" if request.isSecure() else b"http"
+        self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
+
+    def upstream(self, body: bytes) -> UpstreamRequest:
+        """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
+        headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
+        return UpstreamRequest(self.method, self.target, headers, body)
+
+
 class ProxyResource(Resource):
-    """Entry point for every client request: cache look-up, then the dispatcher."""
+    """Entry point for every client request: the cache layer first, if any, then the dispatcher."""
 
     isLeaf = True
 
@@ -42,32 +62,27 @@ class ProxyResource(Resource):
 
     def render(self, request: Request) -> Any:
         self.counters.requests += 1
-        method = request.method
-        headers = [
-            (name.lower(), value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
-        target, host = _origin_form(request.uri, get_first(headers, b"host"))
-        if host is None and request.clientproto == b"HTTP/1.1":
+        client = ClientRequest(request)
+        if client.host is None and request.clientproto == b"HTTP/1.1":
             self.counters.errors += 1
             return error_response(request, 400, "HTTP/1.1 request without a Host header")
-        scheme = b"https" if request.isSecure() else b"http"
-        key = None
-        if self.cache is not None:
-            key, entry = self.cache.lookup(method, scheme, host or b"", target, headers)
-            if entry is not None:
-                return serve_cached(request, entry, self.cache.clock.seconds())
-        else:
+        if self.cache is None:
             self.counters.cache_bypass += 1
-        responder = ClientResponder(request, self.counters, b"BYPASS" if key is None else b"MISS")
-        sink: Any = responder if key is None else self.cache.storing(responder, key, method, headers)
+            return self.forward(request, client, b"BYPASS")
+        return self.cache.render(self, request, client)
+
+    def forward(
+        self,
+        request: Request,
+        client: ClientRequest,
+        x_cache: bytes,
+        wrap: Optional[Callable[[Any], Any]] = None,
+    ) -> Any:
+        """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
+        responder = ClientResponder(request, self.counters, x_cache)
+        sink = responder if wrap is None else wrap(responder)
         body = request.content.read() if request.content is not None else b""
-        client_host = getattr(request.getClientAddress(), "host", "unknown").encode()
-        upstream = UpstreamRequest(
-            method, target, forward_request_headers(headers, client_host, scheme, host), body
-        )
-        responder.start(self.dispatcher.send(upstream, sink, client_host))
+        responder.start(self.dispatcher.send(client.upstream(body), sink, client.client_host))
         return NOT_DONE_YET
 
 
@@ -151,58 +166,6 @@ class ClientResponder:
         self.dispatch = None
         if dispatch is not None:
             dispatch.stopProducing()
-
-
-def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> None:
-    """Replace the twisted.web response headers with ``headers`` plus ``X-Cache``.
-
-    twisted.web's own ``Server`` header is dropped; its ``Date`` is kept only
-    when the response has none.
-    """
-    out = request.responseHeaders
-    date = out.getRawHeaders(b"date")
-    out.removeHeader(b"server")
-    out.removeHeader(b"date")
-    grouped: Dict[bytes, List[bytes]] = {}
-    for name, value in headers:
-        grouped.setdefault(name, []).append(value)
-    if b"date" not in grouped and date:
-        grouped[b"date"] = date
-    grouped[b"x-cache"] = [x_cache]
-    for name, values in grouped.items():
-        out.setRawHeaders(name, values)
-
-
-def serve_cached(request: Request, entry: CachedResponse, now: float) -> bytes:
-    """Answer ``request`` from ``entry``: its status and headers, a current ``Age``, and the body."""
-    request.setResponseCode(entry.status, entry.reason or None)
-    headers = [
-        *entry.headers,
-        (b"age", cachepolicy.format_age(entry.age(now))),
-        (b"via", b"1.1 powerlb"),
-    ]
-    headers = [(k, v) for k, v in headers if k != b"content-length"]
-    headers.append((b"content-length", b"%d" % len(entry.body)))
-    set_response_headers(request, headers, b"HIT")
-    return b"" if request.method == b"HEAD" else entry.body
-
-
-def error_response(request: Request, status: int, reason: str) -> bytes:
-    """Set a short plain-text error status on ``request``; returns the body to send."""
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"server", b"powerlb")
-    request.setHeader(b"cache-control", b"no-store")
-    body = f"{status} {_reason_phrase(status)}: {reason}\n".encode()
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
-
-
-def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def _origin_form(uri: bytes, host: Optional[bytes]) -> tuple[bytes, Optional[bytes]]:

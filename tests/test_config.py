@@ -29,6 +29,7 @@ from powerlb.config import (
     parse_backend,
     parse_duration,
     parse_endpoint,
+    parse_networks,
     parse_size,
 )
 
@@ -316,6 +317,10 @@ def test_options_long_names() -> None:
         "health-fall",
         "cache-size",
         "cache-max-object",
+        "cache-targeted-header",
+        "cache-grace",
+        "cache-lock-timeout",
+        "purge-allow",
         "response-timeout",
         "connect-timeout",
         "keepalive-timeout",
@@ -685,3 +690,21 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.listen = "tcp:1"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("127.0.0.1", ("127.0.0.1/32",)), ("10.1.2.3/8, ::1", ("10.0.0.0/8", "::1/128")), ("", ())],
+)
+def test_parse_networks(text: str, expected: tuple) -> None:
+    assert parse_networks(text) == expected
+
+
+def test_bad_purge_allow_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^purge-allow: 'example\.com' is not an IP address"):
+        build_config({"backend": ["http://127.0.0.1:9001"], "purge-allow": "example.com"})
+
+
+def test_bad_targeted_header_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^cache-targeted-header: 'CDN Cache' is not a header name"):
+        config_from_mapping({"backends": ["http://127.0.0.1:9001"], "cache-targeted-header": "CDN Cache"})
