@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint clean
+.PHONY: run test bench clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .venv-* build *.egg-info .pytest_cache .hypothesis

@@ -22,6 +22,7 @@ setup(
         "prometheus_client>=0.12",
     ],
     extras_require={
+        "bench": ["matplotlib"],
         "test": ["pytest>=7", "pytest-twisted>=1.13", "pytest-timeout>=2", "hypothesis>=6", "ruff"],
     },
     entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
