@@ -8,12 +8,13 @@ from typing import Any, Dict
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A configured backend: its URL, address and weight (immutable, from the config)."""
+    """A configured backend: its URL, address, weight, and whether it is a backup (immutable)."""
 
     url: str
     host: str
     port: int
     weight: int = 1
+    backup: bool = False
 
 
 class Backend:

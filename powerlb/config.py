@@ -114,11 +114,14 @@ def _above_zero(parse: Callable[[str], Any], example: str) -> Callable[[str], An
     return parse_positive
 
 
-_BACKEND_SYNTAX = "write http://HOST:PORT[,weight=N]"
+_BACKEND_SYNTAX = "write http://HOST:PORT[,weight=N][,backup]"
 
 
 def parse_backend(text: str) -> BackendSpec:
-    """A backend from ``"http://HOST[:PORT][,weight=N]"`` (port 80 and weight 1 by default)."""
+    """A backend from ``"http://HOST[:PORT][,weight=N][,backup]"`` (port 80, weight 1, primary by default).
+
+    A backup backend takes traffic only while no primary backend is healthy.
+    """
     url, *options = text.strip().split(",")
     scheme = url.partition("://")[0].lower()
     if scheme == "https":
@@ -139,17 +142,23 @@ def parse_backend(text: str) -> BackendSpec:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{text!r} has a path; backends take no path, {_BACKEND_SYNTAX}")
     weight = None
+    backup = False
     for option in options:
         name, equals, value = option.partition("=")
         name = name.strip()
+        if name == "backup" and not equals:
+            backup = True
+            continue
         if name != "weight" or not equals:
-            raise ValueError(f"{text!r} has unknown option {option.strip()!r}; the only option is ,weight=N")
+            raise ValueError(
+                f"{text!r} has unknown option {option.strip()!r}; the options are ,weight=N and ,backup"
+            )
         if weight is not None:
             raise ValueError(f"{text!r} gives the weight twice; give ,weight=N once")
         weight = _weight(value, text)
     shown = f"[{host}]" if ":" in host else host
     port = 80 if port is None else port
-    return BackendSpec(url=f"http://{shown}:{port}", host=host, port=port, weight=weight or 1)
+    return BackendSpec(url=f"http://{shown}:{port}", host=host, port=port, weight=weight or 1, backup=backup)
 
 
 def _weight(value: str, text: str) -> int:
@@ -159,20 +168,26 @@ def _weight(value: str, text: str) -> int:
 
 
 def _parse_backend_entry(entry: Any) -> BackendSpec:
-    """A backend from a string (see :func:`parse_backend`) or a ``{url:, weight:}`` mapping."""
+    """A backend from a string (see :func:`parse_backend`) or a ``{url:, weight:, backup:}`` mapping."""
     if isinstance(entry, str):
         return parse_backend(entry)
     if not isinstance(entry, Mapping):
         raise ValueError(f"{entry!r} is not a backend; {_BACKEND_SYNTAX} or {{url: ..., weight: N}}")
-    unknown = sorted(str(key) for key in entry if key not in ("url", "weight"))
+    unknown = sorted(str(key) for key in entry if key not in ("url", "weight", "backup"))
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in {entry!r}; valid keys: url, weight")
+        raise ValueError(f"unknown key {unknown[0]!r} in {entry!r}; valid keys: url, weight, backup")
     url = entry.get("url")
     if not isinstance(url, str):
         raise ValueError(f"{entry!r} has no url string; give url: http://HOST:PORT")
-    if "weight" not in entry:
-        return parse_backend(url)
-    return parse_backend(f"{url},weight={_as_text(entry['weight'])}")
+    options = [url]
+    if "weight" in entry:
+        options.append(f"weight={_as_text(entry['weight'])}")
+    backup = entry.get("backup", False)
+    if not isinstance(backup, bool):
+        raise ValueError(f"backup: {backup!r} in {entry!r} is not true or false")
+    if backup:
+        options.append("backup")
+    return parse_backend(",".join(options))
 
 
 def _parse_algorithm(text: str) -> str:
@@ -273,6 +288,10 @@ class Config:
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
+    retries: int = 1
+    outlier_failures: int = 5
+    outlier_backoff: float = 10.0
+    slow_start: float = 0.0
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
@@ -429,6 +448,32 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_count,
         "idle upstream connections kept per backend; 0 disables reuse (YAML only)",
         cli=False,
+    ),
+    Setting(
+        "retries",
+        "retries",
+        _parse_count,
+        "times an idempotent request that never reached a backend is tried on another",
+    ),
+    Setting(
+        "outlier-failures",
+        "outlier_failures",
+        _parse_count,
+        "consecutive connect failures, resets or 5xx that take a backend out; 0 turns it off",
+    ),
+    Setting(
+        "outlier-backoff",
+        "outlier_backoff",
+        _positive_duration,
+        "how long an outlier stays out the first time; doubles while it keeps failing",
+        show=_format_duration,
+    ),
+    Setting(
+        "slow-start",
+        "slow_start",
+        parse_duration,
+        "a backend coming back ramps its weight up over this time; 0 turns it off",
+        show=_format_duration,
     ),
     Setting(
         "admin",

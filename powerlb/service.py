@@ -146,7 +146,7 @@ class PowerLBService(MultiService):
             fall=config.health_fall,
         )
         self.health.setServiceParent(self)
-        self.dispatcher = Dispatcher(self.balancer, self.clients)
+        self.dispatcher = Dispatcher(self.balancer, self.clients, retries=config.retries)
         cache_layer = None
         if self.cache is not None:
             cache_layer = CacheLayer(self.cache, reactor, self.counters, config.cache_max_object)

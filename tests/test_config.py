@@ -208,7 +208,7 @@ def test_parse_backend(text: str, expected: BackendSpec) -> None:
         ("http://x:1,weight=heavy", "has weight 'heavy'"),
         ("http://x:1,weight=1.5", "has weight '1.5'"),
         ("http://x:1,weight=2,weight=3", "gives the weight twice; give ,weight=N once"),
-        ("http://x:1,backup=1", "unknown option 'backup=1'; the only option is ,weight=N"),
+        ("http://x:1,backup=1", "unknown option 'backup=1'; the options are ,weight=N and ,backup"),
         ("http://x:1,weight", "unknown option 'weight'"),
         ("http://x:port", "has a bad address"),
         ("http://x:70000", "has a bad address"),
@@ -321,6 +321,10 @@ def test_options_long_names() -> None:
         "cache-grace",
         "cache-lock-timeout",
         "purge-allow",
+        "retries",
+        "outlier-failures",
+        "outlier-backoff",
+        "slow-start",
         "response-timeout",
         "connect-timeout",
         "keepalive-timeout",
@@ -708,3 +712,20 @@ def test_bad_purge_allow_names_the_field() -> None:
 def test_bad_targeted_header_names_the_field() -> None:
     with pytest.raises(ConfigError, match=r"^cache-targeted-header: 'CDN Cache' is not a header name"):
         config_from_mapping({"backends": ["http://127.0.0.1:9001"], "cache-targeted-header": "CDN Cache"})
+
+
+def test_backup_backends_from_command_line_and_yaml(tmp_path: Path) -> None:
+    assert parse_backend("http://127.0.0.1:9003,backup").backup
+    assert parse_backend("http://127.0.0.1:9003,weight=2,backup") == parse_backend(
+        "http://127.0.0.1:9003,backup,weight=2"
+    )
+    assert not parse_backend("http://127.0.0.1:9003").backup
+    path = write_yaml(tmp_path, "backends:\n  - {url: 'http://127.0.0.1:9003', backup: true}\n")
+    assert load_config_file(path).backends[0].backup
+
+
+def test_bad_backup_flag_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^backend: .*not true or false"):
+        config_from_mapping({"backends": [{"url": "http://127.0.0.1:9003", "backup": "maybe"}]})
+    with pytest.raises(ConfigError, match=r"^backend: .*backup=1.*options are ,weight=N and ,backup"):
+        build_config({"backend": ["http://127.0.0.1:9003,backup=1"]})
