@@ -21,10 +21,15 @@ def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -
     ``config`` is a :class:`Config` or a mapping with the YAML keys, e.g.
     ``{"listen": "tcp:8080", "backends": ["http://127.0.0.1:9001"]}``; a bad
     one raises :class:`ConfigError`. ``reactor`` defaults to the global one.
-    Nothing is shared between instances.
+    Nothing is shared between instances. With ``workers`` > 1 the service
+    supervises that many worker processes (see :mod:`powerlb.workers`).
     """
-    from powerlb.service import PowerLBService
-
     if not isinstance(config, Config):
         config = config_from_mapping(config)
+    if config.workers > 1:
+        from powerlb.workers import WorkerSupervisor
+
+        return WorkerSupervisor(config, reactor)
+    from powerlb.service import PowerLBService
+
     return PowerLBService(config, reactor)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Callable, Dict
+
+#: Weighted balancers compare ``Backend.effective_weight``, which counts in 1/16ths of a
+#: weight so that a slow start can ramp even a weight-1 backend. A power of two, so
+#: scaling every weight by it changes no balancing decision.
+WEIGHT_SCALE = 16
+
+
+#: A callback taking a backend (its return value is ignored), e.g. ``SlowStart.begin``.
+BackendHook = Callable[["Backend"], object]
 
 
 @dataclass(frozen=True)
@@ -22,31 +31,64 @@ class Backend:
 
     Counters are plain attributes mutated from the reactor thread only:
     ``in_flight`` goes up when a request is sent and down when it completes,
-    fails or is aborted; ``requests`` and ``failures`` only grow.
+    fails or is aborted; ``requests``, ``failures`` and ``ejections`` only grow.
+
+    A backend takes traffic while ``healthy`` (active health checks) and not
+    ``ejected`` (passive outlier detection). ``weight`` is the configured
+    weight; ``effective_weight`` is what weighted balancers use, in
+    :data:`WEIGHT_SCALE` units: ``weight * WEIGHT_SCALE`` except while a slow
+    start ramps it up.
     """
 
-    __slots__ = ("failures", "healthy", "host", "in_flight", "port", "requests", "url", "weight")
+    __slots__ = (
+        "backup",
+        "effective_weight",
+        "ejected",
+        "ejections",
+        "failures",
+        "healthy",
+        "host",
+        "in_flight",
+        "port",
+        "requests",
+        "url",
+        "weight",
+    )
 
     def __init__(self, spec: BackendSpec) -> None:
         self.url = spec.url
         self.host = spec.host
         self.port = spec.port
         self.weight = spec.weight
+        self.backup = spec.backup
+        self.effective_weight = self.full_weight
         self.healthy = True
+        self.ejected = False
+        self.ejections = 0
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
 
+    @property
+    def full_weight(self) -> int:
+        """``effective_weight`` outside a slow start: the configured weight in WEIGHT_SCALE units."""
+        return self.weight * WEIGHT_SCALE
+
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"
-        return f"<Backend {self.url} weight={self.weight} {state} in_flight={self.in_flight}>"
+        extra = (" backup" if self.backup else "") + (" ejected" if self.ejected else "")
+        return f"<Backend {self.url} weight={self.weight} {state}{extra} in_flight={self.in_flight}>"
 
     def snapshot(self) -> Dict[str, Any]:
         """The figures the stats endpoint shows for this backend."""
         return {
             "url": self.url,
             "weight": self.weight,
+            "effective_weight": self.effective_weight / WEIGHT_SCALE,
+            "backup": self.backup,
             "healthy": self.healthy,
+            "ejected": self.ejected,
+            "ejections": self.ejections,
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,

@@ -2,17 +2,22 @@
 
 Pure logic: no sockets, no reactor, no clock. Every balancer implements
 :class:`IBalancer`; :data:`ALGORITHMS` maps the configuration names to the
-classes and :func:`make_balancer` builds one by name.
+classes and :func:`make_balancer` builds one by name, wrapped in
+:class:`WithBackups` so backup backends work the same for every algorithm.
 
-``pick()`` runs once per proxied request, so each implementation is a single
-O(n) pass (a few passes at most) over the backends without building lists and
-without logging. Weights are positive integers (``Backend.weight``).
-Backends are compared by identity, so ``set_backends`` keeps the state of the
-``Backend`` objects that are still in the new set.
+A backend is eligible while it is healthy (active checks), not ejected
+(outlier detection) and not excluded by the caller. ``pick()`` runs once per
+proxied request, so each implementation is a single O(n) pass (a few passes at
+most) over the backends without building lists and without logging. Weighted
+algorithms use ``Backend.effective_weight``, a positive integer that a slow
+start lowers for a while. Backends are compared by identity, so
+``set_backends`` keeps the state of the ``Backend`` objects that are still in
+the new set.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -37,7 +42,7 @@ class IBalancer(Interface):
 
 
 def _eligible(backend: Backend, exclude: Collection[Backend]) -> bool:
-    return backend.healthy and backend not in exclude
+    return backend.healthy and not backend.ejected and backend not in exclude
 
 
 class _CursorBalancer:
@@ -74,7 +79,7 @@ class RoundRobin(_CursorBalancer):
 
 @implementer(IBalancer)
 class LeastConnections(_CursorBalancer):
-    """``least-connections``: the lowest ``in_flight / weight``, ties broken round-robin.
+    """``least-connections``: the lowest ``in_flight / effective_weight``, ties broken round-robin.
 
     Ratios are compared exactly by cross-multiplication, so equal loads are real
     ties. The scan starts just after the previously chosen backend and keeps the
@@ -86,15 +91,16 @@ class LeastConnections(_CursorBalancer):
         count = len(backends)
         start = self._next
         best: Optional[Backend] = None
-        best_index = 0
+        best_index = best_weight = 0
         for offset in range(count):
             index = (start + offset) % count
             backend = backends[index]
             if not _eligible(backend, exclude):
                 continue
-            # backend.in_flight / backend.weight < best.in_flight / best.weight
-            if best is None or backend.in_flight * best.weight < best.in_flight * backend.weight:
-                best, best_index = backend, index
+            # backend.in_flight / weight < best.in_flight / best_weight
+            weight = backend.effective_weight
+            if best is None or backend.in_flight * best_weight < best.in_flight * weight:
+                best, best_index, best_weight = backend, index, weight
         if best is not None:
             self._next = (best_index + 1) % count
         return best
@@ -104,7 +110,8 @@ class LeastConnections(_CursorBalancer):
 class SmoothWeightedRoundRobin:
     """``weighted-round-robin``: nginx's smooth weighted round-robin.
 
-    On each pick every eligible backend's current weight grows by its weight,
+    On each pick every eligible backend's current weight grows by its
+    effective weight,
     the largest current weight wins (the first one in list order on a tie) and
     the winner's current weight drops by the total weight of the eligible
     backends. Weights 5, 1, 1 give ``a a b a c a a``, repeating. Unhealthy or
@@ -133,7 +140,7 @@ class SmoothWeightedRoundRobin:
             backend = backends[index]
             if not _eligible(backend, exclude):
                 continue
-            weight = backend.weight
+            weight = backend.effective_weight
             total += weight
             value = current[index] + weight
             current[index] = value
@@ -150,8 +157,8 @@ class PowerOfTwoChoices:
     """``random-two-choices``: sample two distinct backends by weight, keep the less loaded.
 
     Both candidates are drawn at random with probability proportional to their
-    weight (the second among the remaining ones); the one with the lower
-    ``in_flight / weight`` wins, the first drawn on a tie. With a single
+    effective weight (the second among the remaining ones); the one with the lower
+    ``in_flight / effective_weight`` wins, the first drawn on a tie. With a single
     eligible backend it is returned without drawing. ``rng`` is injectable so
     tests are deterministic.
     """
@@ -170,7 +177,7 @@ class PowerOfTwoChoices:
         for backend in self._backends:
             if backend is skip or not _eligible(backend, exclude):
                 continue
-            target -= backend.weight
+            target -= backend.effective_weight
             if target < 0:
                 return backend
         raise AssertionError("total weight does not match the eligible backends")
@@ -181,14 +188,14 @@ class PowerOfTwoChoices:
         only: Optional[Backend] = None
         for backend in self._backends:
             if _eligible(backend, exclude):
-                total += backend.weight
+                total += backend.effective_weight
                 count += 1
                 only = backend
         if count < 2:
             return only
         first = self._draw(total, exclude, None)
-        second = self._draw(total - first.weight, exclude, first)
-        if second.in_flight * first.weight < first.in_flight * second.weight:
+        second = self._draw(total - first.effective_weight, exclude, first)
+        if second.in_flight * first.effective_weight < first.in_flight * second.effective_weight:
             return second
         return first
 
@@ -203,7 +210,7 @@ _HASH_SCALE = 2.0**-52
 class SourceHash:
     """``source-hash``: weighted rendezvous (HRW) hashing of the client address.
 
-    Each backend scores ``-weight / ln(u)`` where ``u`` in (0, 1) comes from a
+    Each backend scores ``-effective_weight / ln(u)`` where ``u`` in (0, 1) comes from a
     hash of (backend URL, key); the highest score wins. A client therefore
     sticks to one backend, backends get keys in proportion to their weight, and
     when a backend goes away or down only the keys it had move (the other
@@ -240,10 +247,40 @@ class SourceHash:
             digest = seeds[index].copy()
             digest.update(key)
             unit = ((int.from_bytes(digest.digest(), "big") >> _HASH_SHIFT) + 0.5) * _HASH_SCALE
-            score = -backend.weight / math.log(unit)
+            score = -backend.effective_weight / math.log(unit)
             if best is None or score > best_score:
                 best, best_score = backend, score
         return best
+
+
+@implementer(IBalancer)
+class WithBackups:
+    """Backup backends for any algorithm: the primaries while one is eligible, else the backups.
+
+    Holds two balancers built by ``factory``: ``primary`` over the backends
+    whose ``backup`` is false and ``backup`` over the others. A pick asks the
+    backup balancer only when the primary one has no healthy, admitted,
+    non-excluded backend left, so backups take traffic exactly while no
+    primary can. Each tier keeps its own algorithm state.
+    """
+
+    def __init__(
+        self, factory: Callable[[Sequence[Backend]], IBalancer], backends: Sequence[Backend] = ()
+    ) -> None:
+        self.primary = factory(())
+        self.backup = factory(())
+        self.set_backends(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Split the backends into the two tiers; each tier keeps the state of those that remain."""
+        self.primary.set_backends([backend for backend in backends if not backend.backup])
+        self.backup.set_backends([backend for backend in backends if backend.backup])
+
+    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        backend = self.primary.pick(key, exclude)
+        if backend is None:
+            backend = self.backup.pick(key, exclude)
+        return backend
 
 
 ALGORITHMS: Dict[str, Callable[..., IBalancer]] = {
@@ -255,12 +292,12 @@ ALGORITHMS: Dict[str, Callable[..., IBalancer]] = {
 }
 
 
-def make_balancer(name: str, backends: Sequence[Backend], rng: Optional[random.Random] = None) -> IBalancer:
-    """Build the balancer called ``name`` over ``backends``; ``rng`` feeds the random one."""
+def make_balancer(name: str, backends: Sequence[Backend], rng: Optional[random.Random] = None) -> WithBackups:
+    """Build the balancer called ``name`` over ``backends``, with backups; ``rng`` feeds the random one."""
     factory = ALGORITHMS.get(name)
     if factory is None:
         choices = ", ".join(sorted(ALGORITHMS))
         raise ValueError(f"unknown algorithm {name!r}; choose one of: {choices}")
     if factory is PowerOfTwoChoices:
-        return factory(backends, rng=rng)
-    return factory(backends)
+        factory = functools.partial(PowerOfTwoChoices, rng=rng)
+    return WithBackups(factory, backends)

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from zope.interface import Interface, implementer
 
-from powerlb.cachepolicy import StorePlan, VaryKey, current_age, vary_values
+from powerlb.cachepolicy import Rules, StorePlan, VaryKey, current_age, has_validator, vary_values
 from powerlb.headers import Headers, strip_hop_by_hop
 
 #: Bytes accounted per entry on top of its body and headers: a rough figure for
@@ -25,13 +25,20 @@ ENTRY_OVERHEAD = 256
 
 MiB = 1024 * 1024
 
+_NO_RULES = Rules()
+
+#: Seconds a stale response with a validator is kept at least, to be revalidated (RFC 9111
+#: section 4.3): a 304 then refreshes it without sending the body again.
+KEEP_FOR_REVALIDATION = 600.0
+
 
 class CachedResponse:
     """A stored response with the times needed for its age and freshness (RFC 9111 section 4.2).
 
     ``headers`` are the stored response headers (lower-cased names, no ``Age``
     and no hop-by-hop fields); ``vary`` are the response's Vary names and
-    ``vary_key`` the request values for them (the secondary key). Treat an
+    ``vary_key`` the request values for them (the secondary key); ``rules``
+    what its directives say about reusing it. Treat an
     instance as immutable once stored: an update is a new instance put in
     its place.
     """
@@ -43,6 +50,7 @@ class CachedResponse:
         "initial_age",
         "reason",
         "response_time",
+        "rules",
         "status",
         "vary",
         "vary_key",
@@ -59,6 +67,7 @@ class CachedResponse:
         freshness_lifetime: float,
         vary: Tuple[bytes, ...] = (),
         vary_key: VaryKey = (),
+        rules: Rules = _NO_RULES,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -69,6 +78,7 @@ class CachedResponse:
         self.freshness_lifetime = freshness_lifetime
         self.vary = vary
         self.vary_key = vary_key
+        self.rules = rules
 
     @classmethod
     def from_plan(
@@ -92,6 +102,7 @@ class CachedResponse:
             freshness_lifetime=plan.freshness_lifetime,
             vary=plan.vary,
             vary_key=vary_values(plan.vary, request_headers),
+            rules=plan.rules,
         )
 
     def __repr__(self) -> str:
@@ -118,6 +129,16 @@ class CachedResponse:
     def is_fresh(self, now: float) -> bool:
         """Whether the entry is fresh at ``now`` (RFC 9111 section 4.2)."""
         return self.freshness_lifetime > self.age(now)
+
+    def drop_at(self, keep_stale: float) -> float:
+        """When to forget the entry: ``keep_stale`` seconds after it turns stale, or later when its
+        ``stale-while-revalidate`` or ``stale-if-error`` window is longer (RFC 5861), or when it has
+        a validator (:data:`KEEP_FOR_REVALIDATION`)."""
+        rules = self.rules
+        keep = max(keep_stale, rules.stale_while_revalidate, rules.stale_if_error)
+        if has_validator(self.headers):
+            keep = max(keep, KEEP_FOR_REVALIDATION)
+        return self.expires_at + keep
 
 
 class ICacheStore(Interface):
@@ -176,7 +197,7 @@ class LRUCache:
 
     The sum of entry sizes never exceeds ``max_bytes``; a response bigger
     than ``max_object`` is not stored. A get hit makes the entry the most
-    recently used. An entry is dropped at ``expires_at + keep_stale``
+    recently used. An entry is dropped at its :meth:`CachedResponse.drop_at`
     (``keep_stale`` keeps stale entries around for revalidation or
     stale-if-error) — lazily by :meth:`get`, or by :meth:`sweep`.
 
@@ -233,7 +254,7 @@ class LRUCache:
 
     def put(self, key: bytes, response: CachedResponse) -> bool:
         size = response.size
-        drop_at = response.expires_at + self._keep_stale
+        drop_at = response.drop_at(self._keep_stale)
         if size > self._max_object or size > self._max_bytes:
             return False
         if drop_at <= self._clock.seconds():

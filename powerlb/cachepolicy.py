@@ -1,12 +1,16 @@
-"""Pure HTTP caching policy (RFC 9111) for a shared cache: what may be stored, for how long.
+"""Pure HTTP caching policy of a shared cache: RFC 9111, RFC 5861 and RFC 9213.
+
+Every decision the cache makes is a function here: whether a response may be
+stored and for how long (:func:`plan_store`), whether a stored one may be
+reused for a request (:func:`reuse`, :func:`stale_on_error`), how to
+revalidate it and update it from a ``304`` (:func:`revalidation_headers`,
+:func:`update_headers`), what to answer from it (:func:`cached_answer`:
+``Age``, ``304`` to conditional requests, ``206`` to ranges), and what an
+unsafe request invalidates (:func:`invalidation_keys`).
 
 Nothing here touches a socket or a clock: times are POSIX seconds passed in by
 the caller. Headers follow :mod:`powerlb.headers` (lower-cased names, repeated
 names kept).
-
-This version stores only responses with explicit freshness (no heuristic
-freshness, no revalidation): a response that would be stale on arrival, or
-that must be revalidated before every reuse (``no-cache``), is not stored.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import (
     Set,
     Tuple,
 )
+from urllib.parse import urljoin, urlsplit
 
-from powerlb.headers import Headers, get_all, get_first, split_tokens
+from powerlb.headers import Headers, get_all, get_first, split_tokens, strip_hop_by_hop
 
 Directives = Dict[bytes, Optional[bytes]]
 
@@ -112,22 +117,53 @@ def _date_value(response_headers: Headers, response_time: float) -> float:
     return response_time if date is None else date
 
 
-def freshness_lifetime(response_headers: Headers, response_time: float) -> float:
-    """Explicit freshness lifetime in seconds for a shared cache (RFC 9111 section 4.2.1).
+#: The targeted Cache-Control field powerlb obeys by default (RFC 9213 section 3).
+TARGETED = b"cdn-cache-control"
+
+#: Status codes heuristically cacheable by default (RFC 9110 section 15.1).
+DEFAULT_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+#: Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111 section 4.2.2) ...
+HEURISTIC_FRACTION = 0.1
+#: ... and never more than a day.
+HEURISTIC_MAX = 86400.0
+
+#: Methods that do not change state on the origin (RFC 9110 section 9.2.1).
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
+def _directives(response_headers: Headers, targeted: bytes) -> Tuple[Directives, FrozenSet[bytes], bool]:
+    lines = get_all(response_headers, targeted)
+    if lines:
+        directives, conflicting = _parse(lines)
+        if directives:
+            return directives, conflicting, True
+    directives, conflicting = _parse(get_all(response_headers, b"cache-control"))
+    return directives, conflicting, False
+
+
+def freshness_lifetime(
+    response_headers: Headers, response_time: float, status: int = 200, targeted: bytes = TARGETED
+) -> float:
+    """Freshness lifetime in seconds for a shared cache (RFC 9111 sections 4.2.1 and 4.2.2).
 
     ``s-maxage`` wins over ``max-age``, which wins over ``Expires`` minus
     ``Date`` (``response_time`` when there is no valid ``Date``). Invalid
     freshness information means already stale (lifetime 0): a non-integer
     or conflicting repeated ``s-maxage``/``max-age``, an invalid ``Expires``
-    or several different ``Expires`` lines. Never negative.
+    or several different ``Expires`` lines. Without explicit freshness, a
+    heuristic lifetime (section 4.2.2) when :func:`heuristic_allowed`. Never
+    negative.
     """
-    directives, conflicting = _parse(get_all(response_headers, b"cache-control"))
-    return _lifetime(directives, conflicting, response_headers, response_time)
+    directives, conflicting, is_targeted = _directives(response_headers, targeted)
+    return _lifetime(directives, conflicting, is_targeted, status, response_headers, response_time)
 
 
 def _lifetime(
     directives: Directives,
     conflicting: FrozenSet[bytes],
+    is_targeted: bool,
+    status: int,
     response_headers: Headers,
     response_time: float,
 ) -> float:
@@ -135,13 +171,29 @@ def _lifetime(
         if name in directives:
             seconds = None if name in conflicting else _delta_seconds(directives[name])
             return float(seconds or 0)
-    expires_lines = get_all(response_headers, b"expires")
-    if not expires_lines or len(set(expires_lines)) > 1:
+    expires_lines = [] if is_targeted else get_all(response_headers, b"expires")
+    if expires_lines:
+        if len(set(expires_lines)) > 1:
+            return 0.0
+        expires = parse_http_date(expires_lines[0])
+        if expires is None:
+            return 0.0
+        return max(0.0, expires - _date_value(response_headers, response_time))
+    if not heuristic_allowed(status, directives):
         return 0.0
-    expires = parse_http_date(expires_lines[0])
-    if expires is None:
+    last_modified = parse_http_date(get_first(response_headers, b"last-modified"))
+    if last_modified is None:
         return 0.0
-    return max(0.0, expires - _date_value(response_headers, response_time))
+    since = _date_value(response_headers, response_time) - last_modified
+    return min(HEURISTIC_MAX, max(0.0, since * HEURISTIC_FRACTION))
+
+
+def heuristic_allowed(status: int, directives: Directives) -> bool:
+    """Whether a response without explicit freshness may get a heuristic one (RFC 9111 section 4.2.2).
+
+    Only for status codes cacheable by default, or when ``public`` is present.
+    """
+    return status in DEFAULT_CACHEABLE or b"public" in directives
 
 
 def corrected_initial_age(response_headers: Headers, request_time: float, response_time: float) -> float:
@@ -167,26 +219,75 @@ def primary_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
     return scheme.lower() + b"://" + host.lower() + target
 
 
+def url_key(url: bytes) -> Optional[bytes]:
+    """The cache key of an absolute ``http``/``https`` URL (or a prefix of one), else None."""
+    try:
+        parts = urlsplit(url.decode("latin-1"))
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    return primary_key(parts.scheme.encode(), parts.netloc.encode("latin-1"), target.encode("latin-1"))
+
+
 def request_is_cacheable(method: bytes, request_headers: Headers) -> bool:
     """Whether a request may be answered from the cache (RFC 9111 section 4).
 
     Only ``GET`` and ``HEAD`` (which a stored ``GET`` response answers).
-    ``request_headers`` is where request directives (``no-cache`` and so on)
-    will be honoured.
+    Request directives are :func:`reuse`'s business.
     """
     return method in (b"GET", b"HEAD")
 
 
+def request_directives(request_headers: Headers) -> Directives:
+    """The request's ``Cache-Control`` directives (RFC 9111 section 5.2.1).
+
+    ``Pragma: no-cache`` counts as ``Cache-Control: no-cache`` when the
+    request has no ``Cache-Control`` (section 5.4).
+    """
+    lines = get_all(request_headers, b"cache-control")
+    if lines:
+        return parse_cache_control(lines)
+    pragma = split_tokens(get_all(request_headers, b"pragma"))
+    return {b"no-cache": None} if any(t.lower() == b"no-cache" for t in pragma) else {}
+
+
+class Rules(NamedTuple):
+    """What a stored response's directives say about reusing it besides its freshness lifetime."""
+
+    #: ``no-cache`` (RFC 9111 section 5.2.2.4): validate before every reuse.
+    no_cache: bool = False
+    #: ``must-revalidate``, ``proxy-revalidate`` or ``s-maxage`` (sections 5.2.2.2, 5.2.2.8,
+    #: 5.2.2.10): never serve it stale.
+    must_revalidate: bool = False
+    #: RFC 5861 section 3: seconds it may be served stale while revalidated in the background.
+    stale_while_revalidate: float = 0.0
+    #: RFC 5861 section 4: seconds it may be served stale when revalidation fails.
+    stale_if_error: float = 0.0
+
+
+def _rules(directives: Directives) -> Rules:
+    return Rules(
+        no_cache=b"no-cache" in directives,
+        must_revalidate=bool({b"must-revalidate", b"proxy-revalidate", b"s-maxage"} & directives.keys()),
+        stale_while_revalidate=float(_delta_seconds(directives.get(b"stale-while-revalidate")) or 0),
+        stale_if_error=float(_delta_seconds(directives.get(b"stale-if-error")) or 0),
+    )
+
+
 class StorePlan(NamedTuple):
-    """How to store a response: freshness, corrected initial age, Vary names, arrival time."""
+    """How to store a response: freshness, corrected initial age, Vary names, arrival time, rules."""
 
     freshness_lifetime: float
     initial_age: float
     vary: Tuple[bytes, ...]
     response_time: float
+    rules: Rules = Rules()
 
 
 _AUTHORIZED_STORE_DIRECTIVES = frozenset({b"public", b"s-maxage", b"must-revalidate"})
+_EXPLICIT = frozenset({b"max-age", b"s-maxage", b"public"})
 
 
 def plan_store(
@@ -196,27 +297,32 @@ def plan_store(
     response_headers: Headers,
     request_time: float,
     response_time: float,
+    targeted: bytes = TARGETED,
 ) -> Optional[StorePlan]:
     """A StorePlan when a shared cache may store this response (RFC 9111 section 3), else None.
 
     Not stored: a method other than ``GET``; a non-final status, ``206``
-    (this version keeps no partial content) or ``304`` (it updates a stored
-    response, section 4.3.4); ``no-store`` in the request (5.2.1.5) or the
-    response (5.2.2.5); ``private`` (5.2.2.7); ``no-cache`` (5.2.2.4, every
-    reuse would need a revalidation this version does not do); ``Set-Cookie``
-    without ``public``; a request with ``Authorization`` unless the response
-    has ``public``, ``s-maxage`` or ``must-revalidate`` (3.5); ``Vary: *``
-    (4.1); no positive explicit freshness lifetime (4.2.1). Since freshness
-    must be explicit, the default-cacheable status codes (heuristic
-    freshness, 4.2.2) add nothing yet: any final status other than 206/304
-    with explicit freshness is stored.
+    (a partial response is never stored as complete) or ``304`` (it updates
+    a stored response, section 4.3.4); a status not cacheable by default
+    (RFC 9110 section 15.1) without explicit freshness or ``public``;
+    ``no-store`` in the request (5.2.1.5) or the response (5.2.2.5);
+    ``private`` (5.2.2.7); ``Set-Cookie`` without ``public``; a request with
+    ``Authorization`` unless the response has ``public``, ``s-maxage`` or
+    ``must-revalidate`` (3.5); ``Vary: *`` (4.1, it never matches); and a
+    response that would be stale at once (no freshness, or ``no-cache``)
+    without a validator to revalidate it with (4.3.1).
     """
     if method != b"GET" or status < 200 or status in (206, 304):
         return None
     if b"no-store" in parse_cache_control(get_all(request_headers, b"cache-control")):
         return None
-    directives, conflicting = _parse(get_all(response_headers, b"cache-control"))
-    if b"no-store" in directives or b"private" in directives or b"no-cache" in directives:
+    directives, conflicting, is_targeted = _directives(response_headers, targeted)
+    if b"no-store" in directives or b"private" in directives:
+        return None
+    explicit = bool(_EXPLICIT & directives.keys()) or (
+        not is_targeted and get_first(response_headers, b"expires") is not None
+    )
+    if status not in DEFAULT_CACHEABLE and not explicit:
         return None
     if b"public" not in directives and get_first(response_headers, b"set-cookie") is not None:
         return None
@@ -227,14 +333,16 @@ def plan_store(
     vary = tuple(dict.fromkeys(t.lower() for t in split_tokens(get_all(response_headers, b"vary"))))
     if b"*" in vary:
         return None
-    lifetime = _lifetime(directives, conflicting, response_headers, response_time)
-    if lifetime <= 0:
+    lifetime = _lifetime(directives, conflicting, is_targeted, status, response_headers, response_time)
+    rules = _rules(directives)
+    if (lifetime <= 0 or rules.no_cache) and not has_validator(response_headers):
         return None
     return StorePlan(
         freshness_lifetime=lifetime,
         initial_age=corrected_initial_age(response_headers, request_time, response_time),
         vary=vary,
         response_time=response_time,
+        rules=rules,
     )
 
 
@@ -263,3 +371,264 @@ def current_age(initial_age: float, response_time: float, now: float) -> float:
 def format_age(age: float) -> bytes:
     """An ``Age`` field value (RFC 9111 section 5.1): whole seconds, capped at 2^31."""
     return b"%d" % int(min(max(0.0, age), MAX_DELTA_SECONDS))
+
+
+# --- reuse (RFC 9111 section 4, RFC 5861) ------------------------------------------------------
+
+#: :func:`reuse` answers: serve it; serve it stale (the client allows it);
+#: serve it stale and revalidate in the background; revalidate before use.
+FRESH = "fresh"
+STALE = "stale"
+STALE_WHILE_REVALIDATE = "stale-while-revalidate"
+REVALIDATE = "revalidate"
+
+
+def _request_seconds(request: Directives, name: bytes) -> Optional[float]:
+    """A request directive's delta-seconds; None when absent or invalid (then it is ignored)."""
+    seconds = _delta_seconds(request.get(name))
+    return None if seconds is None else float(seconds)
+
+
+def reuse(lifetime: float, age: float, rules: Rules, request: Directives) -> str:
+    """How a stored response of ``lifetime`` and current ``age`` may answer a request.
+
+    ``request`` are the request's directives (:func:`request_directives`).
+    RFC 9111 section 4.2: fresh while ``age < lifetime``; sections 5.2.1.4
+    and 5.2.2.4 (``no-cache``), 5.2.1.1 (``max-age``) and 5.2.1.3
+    (``min-fresh``) demand a revalidation; a stale response may be served
+    with the client's ``max-stale`` (5.2.1.2) or within the response's
+    ``stale-while-revalidate`` (RFC 5861 section 3), never when
+    ``must-revalidate``/``proxy-revalidate``/``s-maxage`` forbid it (4.2.4).
+    """
+    if b"no-cache" in request or rules.no_cache:
+        return REVALIDATE
+    max_age = _request_seconds(request, b"max-age")
+    if max_age is not None and age > max_age:
+        return REVALIDATE
+    min_fresh = _request_seconds(request, b"min-fresh")
+    if min_fresh is not None and lifetime - age < min_fresh:
+        return REVALIDATE
+    if age < lifetime:
+        return FRESH
+    if rules.must_revalidate:
+        return REVALIDATE
+    staleness = age - lifetime
+    if b"max-stale" in request:
+        max_stale = _request_seconds(request, b"max-stale")
+        if request[b"max-stale"] is None or (max_stale is not None and staleness <= max_stale):
+            return STALE
+    if staleness < rules.stale_while_revalidate:
+        return STALE_WHILE_REVALIDATE
+    return REVALIDATE
+
+
+def stale_on_error(lifetime: float, age: float, rules: Rules, request: Directives, grace: float) -> bool:
+    """Whether a stored response may be served when the origin fails (RFC 5861 section 4).
+
+    Allowed up to the largest of the response's and the request's
+    ``stale-if-error`` and the configured ``grace``; never when
+    ``no-cache``, ``must-revalidate``, ``proxy-revalidate`` or ``s-maxage``
+    forbid serving it without validation (RFC 9111 section 4.2.4).
+    """
+    if rules.no_cache or rules.must_revalidate:
+        return False
+    allowed = max(rules.stale_if_error, grace, _request_seconds(request, b"stale-if-error") or 0.0)
+    return age - lifetime <= allowed
+
+
+# --- validation (RFC 9111 section 4.3, RFC 9110 section 13) ------------------------------------
+
+#: Request fields a revalidation does without: the client's preconditions (the cache's
+#: replace them) and its Range (the cache wants the whole response, to store it).
+_NOT_REVALIDATED = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"}
+)
+
+
+def has_validator(response_headers: Headers) -> bool:
+    """Whether a response has an ``ETag`` or ``Last-Modified`` to revalidate with."""
+    return any(k in (b"etag", b"last-modified") for k, _ in response_headers)
+
+
+def revalidation_headers(request_headers: Headers, stored_headers: Headers) -> Headers:
+    """The request headers to revalidate a stored response with (RFC 9111 section 4.3.1).
+
+    The client's own preconditions are replaced by ``If-None-Match`` with the
+    stored ``ETag`` and ``If-Modified-Since`` with its ``Last-Modified``, and
+    ``Range`` is dropped: a ``200`` answer is stored whole.
+    """
+    out = [(k, v) for k, v in request_headers if k not in _NOT_REVALIDATED]
+    etag = get_first(stored_headers, b"etag")
+    if etag is not None:
+        out.append((b"if-none-match", etag))
+    last_modified = get_first(stored_headers, b"last-modified")
+    if last_modified is not None:
+        out.append((b"if-modified-since", last_modified))
+    return out
+
+
+#: Fields a 304 never updates in a stored response (RFC 9111 section 3.2): framing and Age.
+_NOT_UPDATED = frozenset({b"content-length", b"content-range", b"age"})
+
+
+def update_headers(stored_headers: Headers, new_headers: Headers) -> Headers:
+    """A stored response's headers updated from a ``304`` or ``HEAD`` response (RFC 9111 section 3.2).
+
+    Every field of ``new_headers`` replaces the stored lines of that name,
+    except hop-by-hop fields, ``Content-Length``, ``Content-Range`` and ``Age``.
+    """
+    new = [(k, v) for k, v in strip_hop_by_hop(new_headers) if k not in _NOT_UPDATED]
+    replaced = {k for k, _ in new}
+    return [(k, v) for k, v in stored_headers if k not in replaced] + new
+
+
+def _opaque_tags(value: bytes) -> List[bytes]:
+    """The entity-tags of an ``If-None-Match`` value, weak prefix removed (RFC 9110 section 8.8.3.2)."""
+    return [t[2:] if t.startswith(b"W/") else t for t in split_tokens([value])]
+
+
+def not_modified(request_headers: Headers, stored_headers: Headers) -> bool:
+    """Whether a conditional GET/HEAD is answered ``304`` by a stored response (RFC 9111 section 4.3.2).
+
+    ``If-None-Match`` (weak comparison, RFC 9110 section 13.1.2) wins over
+    ``If-Modified-Since`` (section 13.1.3), which compares against the stored
+    ``Last-Modified``, or its ``Date`` when it has none.
+    """
+    if_none_match = get_all(request_headers, b"if-none-match")
+    if if_none_match:
+        etag = get_first(stored_headers, b"etag")
+        tags = [t for line in if_none_match for t in _opaque_tags(line)]
+        return b"*" in tags or (etag is not None and etag.removeprefix(b"W/") in tags)
+    since = parse_http_date(get_first(request_headers, b"if-modified-since"))
+    if since is None:
+        return False
+    modified = parse_http_date(get_first(stored_headers, b"last-modified")) or parse_http_date(
+        get_first(stored_headers, b"date")
+    )
+    return modified is not None and modified <= since
+
+
+# --- answers from the cache ---------------------------------------------------------------------
+
+#: :func:`byte_range` for a Range no byte of the representation satisfies.
+UNSATISFIABLE = (-1, -1)
+
+_BYTE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*\Z", re.IGNORECASE)
+
+
+def byte_range(request_headers: Headers, stored_headers: Headers, length: int) -> Optional[Tuple[int, int]]:
+    """The single byte range (first, last) to answer a ``Range`` request with (RFC 9110 section 14).
+
+    None means "send the whole representation": no ``Range``, several
+    ranges, another unit, a malformed one, or an ``If-Range`` that does not
+    match strongly (section 13.1.5). :data:`UNSATISFIABLE` when no byte of
+    ``length`` is in the range.
+    """
+    value = get_first(request_headers, b"range")
+    if value is None:
+        return None
+    if_range = get_first(request_headers, b"if-range")
+    if if_range is not None and not _if_range_matches(if_range, stored_headers):
+        return None
+    match = _BYTE_RANGE.match(value)
+    if match is None or match.group(1) == match.group(2) == b"":
+        return None
+    first, last = match.group(1, 2)
+    if first == b"":
+        suffix = int(last)
+        return UNSATISFIABLE if suffix == 0 or length == 0 else (max(0, length - suffix), length - 1)
+    start = int(first)
+    if last != b"" and int(last) < start:
+        return None
+    if start >= length:
+        return UNSATISFIABLE
+    return (start, length - 1 if last == b"" else min(int(last), length - 1))
+
+
+def _if_range_matches(if_range: bytes, stored_headers: Headers) -> bool:
+    """RFC 9110 section 13.1.5: a strong ETag match, or the exact Last-Modified date."""
+    if if_range.startswith((b'"', b"W/")):
+        etag = get_first(stored_headers, b"etag")
+        return etag is not None and not etag.startswith(b"W/") and etag == if_range
+    date = parse_http_date(if_range)
+    return date is not None and date == parse_http_date(get_first(stored_headers, b"last-modified"))
+
+
+class Answer(NamedTuple):
+    """A response made from a stored one: status, reason, headers (with Age), body."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+    body: bytes
+
+
+#: The fields a 304 carries (RFC 9110 section 15.4.5), plus Last-Modified and Age.
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified", b"age"}
+)
+
+
+def cached_answer(
+    method: bytes,
+    request_headers: Headers,
+    status: int,
+    reason: bytes,
+    stored_headers: Headers,
+    body: bytes,
+    age: float,
+    targeted: bytes = TARGETED,
+) -> Answer:
+    """What to send for a request answered by a stored response of current ``age``.
+
+    The stored headers with ``Age`` (RFC 9111 section 5.1), without the
+    targeted field (RFC 9213) and with a ``Content-Length`` of the stored
+    body; a ``304`` when the client's precondition says it has it (RFC 9111
+    section 4.3.2); a ``206`` or ``416`` to a single-range ``GET`` of a
+    ``200`` (RFC 9110 section 14).
+    """
+    headers = [(k, v) for k, v in stored_headers if k not in (b"content-length", b"age", targeted)]
+    headers.append((b"age", format_age(age)))
+    if status == 200 and not_modified(request_headers, stored_headers):
+        return Answer(304, b"Not Modified", [(k, v) for k, v in headers if k in _NOT_MODIFIED_FIELDS], b"")
+    span = (
+        byte_range(request_headers, stored_headers, len(body)) if status == 200 and method == b"GET" else None
+    )
+    if span == UNSATISFIABLE:
+        headers.append((b"content-range", b"bytes */%d" % len(body)))
+        headers.append((b"content-length", b"0"))
+        return Answer(416, b"Range Not Satisfiable", headers, b"")
+    if span is not None:
+        first, last = span
+        headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, len(body))))
+        headers.append((b"content-length", b"%d" % (last - first + 1)))
+        return Answer(206, b"Partial Content", headers, body[first : last + 1])
+    headers.append((b"content-length", b"%d" % len(body)))
+    return Answer(status, reason, headers, body)
+
+
+# --- invalidation (RFC 9111 section 4.4) --------------------------------------------------------
+
+
+def invalidation_keys(
+    method: bytes, status: int, scheme: bytes, host: bytes, target: bytes, response_headers: Headers
+) -> List[bytes]:
+    """The keys a response to an unsafe request invalidates (RFC 9111 section 4.4).
+
+    A non-error response (2xx, 3xx) to a method that is not safe invalidates
+    the target URI and the ``Location`` and ``Content-Location`` URIs when
+    they have the same origin; anything else invalidates nothing.
+    """
+    if method in SAFE_METHODS or not 200 <= status < 400:
+        return []
+    own = primary_key(scheme, host, target)
+    keys = [own]
+    origin = own[: len(own) - len(target)]
+    for name in (b"location", b"content-location"):
+        value = get_first(response_headers, name)
+        if value is None:
+            continue
+        key = url_key(urljoin(own.decode("latin-1"), value.decode("latin-1")).encode("latin-1"))
+        if key is not None and key.startswith(origin + b"/") and key not in keys:
+            keys.append(key)
+    return keys

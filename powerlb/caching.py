@@ -1,78 +1,383 @@
-"""The cache layer of the request path: look-ups before a request goes upstream, storing as it comes back.
+"""The cache layer of the request path: answers from the cache, revalidation, coalescing, invalidation.
 
-The decisions are :mod:`powerlb.cachepolicy`'s and the entries live in an
-:class:`~powerlb.cache.ICacheStore`; this module applies them to requests and
-response events, so the client-facing code only asks "is there an answer?"
-and wraps its response sink.
+Every decision is :mod:`powerlb.cachepolicy`'s and the entries live in an
+:class:`~powerlb.cache.ICacheStore`; this module applies the decisions to
+requests and response events. :class:`CacheLayer` answers a request from the
+cache or forwards it (the client-facing code only asks "is there an answer?"),
+and response sinks interposed in front of the client's sink store, update,
+invalidate, or turn a ``304``/an error into the stored response.
+
+``X-Cache`` says what happened to each request:
+
+``HIT``
+    answered from a fresh stored response;
+``MISS``
+    sent to a backend (and stored if the policy allows);
+``STALE``
+    answered from a stale stored response: ``stale-while-revalidate`` (a
+    background refresh goes upstream), ``max-stale``, or ``stale-if-error``
+    / grace when the backend failed;
+``REVALIDATED``
+    a backend confirmed the stored response with ``304``: it is answered
+    with its headers updated;
+``COALESCED``
+    answered with the response another request for the same object fetched
+    while this one waited;
+``BYPASS``
+    not a cacheable request (``POST`` and other methods).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import copy
+import ipaddress
+from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore
 from powerlb.headers import Headers, get_first
-from powerlb.responses import serve_cached
+from powerlb.responses import error_response, serve_answer
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
 
+HIT = b"HIT"
+MISS = b"MISS"
+STALE = b"STALE"
+REVALIDATED = b"REVALIDATED"
+COALESCED = b"COALESCED"
+BYPASS = b"BYPASS"
+
+#: The Counters attribute each X-Cache result adds one to.
+_COUNTERS = {
+    HIT: "cache_hits",
+    MISS: "cache_misses",
+    STALE: "cache_stale",
+    REVALIDATED: "cache_revalidated",
+    COALESCED: "cache_coalesced",
+    BYPASS: "cache_bypass",
+}
+
+#: Upstream statuses that count as an error for stale-if-error (RFC 5861 section 4).
+_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
 
 class CacheLayer:
-    """One instance's cache as the request path uses it."""
+    """One instance's cache as the request path uses it.
 
-    def __init__(self, store: ICacheStore, clock: IReactorTime, counters: Counters, max_object: int) -> None:
+    ``targeted`` is the targeted Cache-Control field name (RFC 9213),
+    ``grace`` the seconds a stale response may stand in for a failed backend,
+    ``lock_timeout`` how long concurrent misses wait for the one request sent
+    upstream, ``purge_allow`` the networks allowed to send ``PURGE``.
+    """
+
+    def __init__(
+        self,
+        store: ICacheStore,
+        clock: IReactorTime,
+        counters: Counters,
+        max_object: int,
+        *,
+        targeted: str = "CDN-Cache-Control",
+        grace: float = 0.0,
+        lock_timeout: float = 5.0,
+        purge_allow: Sequence[str] = (),
+    ) -> None:
         self.store = store
         self.clock = clock
         self.counters = counters
         self.max_object = max_object
+        self.targeted = targeted.lower().encode("ascii")
+        self.grace = grace
+        self.lock_timeout = lock_timeout
+        self.purge_allow = [ipaddress.ip_network(network) for network in purge_allow]
+        #: Keys with a request on its way upstream, and who waits for it.
+        self.flights: Dict[bytes, _Flight] = {}
+
+    # -- the request path ------------------------------------------------
 
     def render(self, resource: Any, request: Any, client: Any) -> Any:
-        """Answer a client request from the cache, or forward it through ``resource`` and store the answer.
+        """Answer a client request from the cache, or forward it through ``resource``.
 
         ``resource`` is the :class:`~powerlb.proxy.ProxyResource`; ``client`` the
-        parsed :class:`~powerlb.proxy.ClientRequest`.
+        parsed :class:`~powerlb.proxy.ClientRequest`. Returns what a
+        twisted.web ``render`` returns.
         """
+        if client.method == b"PURGE":
+            return self._purge_request(request, client)
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
-            self.counters.cache_bypass += 1
-            return resource.forward(request, client, b"BYPASS")
+            self.count(BYPASS)
+            return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
         key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
-        entry = self.store.get(key, client.headers)
+        directives = cachepolicy.request_directives(client.headers)
         now = self.clock.seconds()
-        if entry is not None and entry.is_fresh(now):
-            self.counters.cache_hits += 1
-            return serve_cached(request, entry, now)
-        self.counters.cache_misses += 1
+        entry = self.store.get(key, client.headers)
+        use = None
+        if entry is not None:
+            use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
+        if use == cachepolicy.FRESH:
+            return self.serve(request, client, entry, now, HIT)
+        if use == cachepolicy.STALE_WHILE_REVALIDATE:
+            self._refresh(resource, key, client, entry)
+        if use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
+            return self.serve(request, client, entry, now, STALE)
+        if b"only-if-cached" in directives:
+            self.count(MISS)
+            return error_response(request, 504, "only-if-cached, and no stored response may be used")
         if client.method != b"GET":
-            return resource.forward(request, client, b"MISS")
-        request_time = now
+            self.count(MISS)
+            return resource.forward(request, client, MISS, lambda sink: Relay(self, sink, client))
+        flight = self.flights.get(key)
+        if flight is not None and b"no-cache" not in directives:
+            flight.wait(self, resource, request, client, key)
+            return NOT_DONE_YET
+        return self.fetch(resource, request, client, key, entry, lead=b"no-cache" not in directives)
+
+    def fetch(
+        self,
+        resource: Any,
+        request: Any,
+        client: Any,
+        key: bytes,
+        entry: Optional[CachedResponse],
+        lead: bool,
+    ) -> Any:
+        """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
+
+        With ``lead`` the request is the one concurrent misses for ``key`` wait for.
+        """
+        now = self.clock.seconds()
+        flight = None
+        if lead:
+            flight = self.flights[key] = _Flight()
+            request.notifyFinish().addBoth(lambda _: self.land(key, flight))
+        upstream = self._upstream_client(client, entry)
         return resource.forward(
             request,
-            client,
-            b"MISS",
-            lambda sink: StoringSink(self, sink, key, client.headers, request_time),
+            upstream,
+            MISS,
+            lambda sink: FetchSink(self, sink, key, client, entry, now, flight, upstream is not client),
         )
+
+    def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
+        """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
+        self.count(x_cache)
+        return serve_answer(request, self.answer(client, entry, now), x_cache)
+
+    def answer(self, client: Any, entry: CachedResponse, now: float) -> cachepolicy.Answer:
+        """What to send ``client`` from ``entry`` at ``now``."""
+        return cachepolicy.cached_answer(
+            client.method,
+            client.headers,
+            entry.status,
+            entry.reason,
+            entry.headers,
+            entry.body,
+            entry.age(now),
+            self.targeted,
+        )
+
+    def count(self, x_cache: bytes) -> None:
+        """Add one to the counter of the result ``x_cache``."""
+        name = _COUNTERS[x_cache]
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+
+    def land(self, key: bytes, flight: _Flight) -> None:
+        """``flight`` is over (stored, not storable, failed or abandoned): release who waits for it."""
+        if self.flights.get(key) is flight:
+            del self.flights[key]
+            for waiter in flight.take():
+                waiter.resume(self, key)
+
+    # -- invalidation and purge ----------------------------------------
+
+    def invalidate(self, client: Any, status: int, headers: Headers) -> None:
+        """Drop what a response to an unsafe request invalidates (RFC 9111 section 4.4)."""
+        keys = cachepolicy.invalidation_keys(
+            client.method, status, client.scheme, client.host or b"", client.target, headers
+        )
+        for key in keys:
+            self.counters.cache_invalidated += self.store.remove(key)
+
+    def purge(self, key: bytes, prefix: bool = False) -> int:
+        """Remove every stored response of ``key`` (or of every key starting with it); how many."""
+        keys = [k for k in self.store.keys() if k.startswith(key)] if prefix else [key]  # noqa: SIM118
+        removed = sum(self.store.remove(k) for k in keys)
+        self.counters.cache_purged += removed
+        return removed
+
+    def _purge_request(self, request: Any, client: Any) -> bytes:
+        if not self._purge_allowed(client.client_host):
+            return error_response(request, 403, "PURGE is not allowed from this address (see purge-allow)")
+        removed = self.purge(cachepolicy.primary_key(client.scheme, client.host or b"", client.target))
+        if removed:
+            return error_response(request, 200, f"purged {removed} stored response(s)")
+        return error_response(request, 404, "nothing stored for this URL")
+
+    def _purge_allowed(self, client_host: bytes) -> bool:
+        try:
+            address = ipaddress.ip_address(client_host.decode("ascii"))
+        except ValueError:
+            return False
+        return any(address in network for network in self.purge_allow)
+
+    # -- revalidation ----------------------------------------------------
+
+    def _upstream_client(self, client: Any, entry: Optional[CachedResponse]) -> Any:
+        """``client`` as sent upstream: a conditional GET when ``entry`` has a validator."""
+        if entry is None or not cachepolicy.has_validator(entry.headers):
+            return client
+        conditional = copy.copy(client)
+        conditional.method = b"GET"
+        conditional.headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
+        return conditional
+
+    def _refresh(self, resource: Any, key: bytes, client: Any, entry: CachedResponse) -> None:
+        """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
+        if key in self.flights:
+            return
+        flight = self.flights[key] = _Flight()
+        upstream = self._upstream_client(client, entry)
+        conditional = upstream is not client
+        if not conditional:
+            upstream = copy.copy(client)
+            upstream.method = b"GET"
+        sink = FetchSink(
+            self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
+        )
+        resource.dispatcher.send(upstream.upstream(b""), sink, client.client_host)
+
+
+class _Waiter:
+    """A request waiting for another one's response to the same object (request coalescing)."""
+
+    __slots__ = ("client", "flight", "gone", "request", "resource", "timer")
+
+    def __init__(self, flight: _Flight, resource: Any, request: Any, client: Any) -> None:
+        self.flight = flight
+        self.resource = resource
+        self.request = request
+        self.client = client
+        self.gone = False
+        self.timer: Any = None
+
+    def resume(self, layer: CacheLayer, key: bytes) -> None:
+        """Answer with the stored response if it is fresh now, else go upstream alone."""
+        self.timer.cancel()
+        if self.gone:
+            return
+        now = layer.clock.seconds()
+        entry = layer.store.get(key, self.client.headers)
+        directives = cachepolicy.request_directives(self.client.headers)
+        if entry is not None and (
+            cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
+            == cachepolicy.FRESH
+        ):
+            layer.serve(self.request, self.client, entry, now, COALESCED)
+        else:
+            layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+
+    def give_up(self, layer: CacheLayer, key: bytes) -> None:
+        """The lock timeout passed: stop waiting and go upstream alone."""
+        self.flight.waiters.remove(self)
+        entry = layer.store.get(key, self.client.headers)
+        layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+
+    def leave(self, failure: Failure) -> None:
+        """The client went away while waiting."""
+        self.gone = True
+        if self in self.flight.waiters:
+            self.flight.waiters.remove(self)
+            self.timer.cancel()
+
+
+class _Flight:
+    """One request on its way upstream for a key, and the requests waiting for its response."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: List[_Waiter] = []
+
+    def wait(self, layer: CacheLayer, resource: Any, request: Any, client: Any, key: bytes) -> None:
+        """Make ``request`` wait for this flight, at most ``layer.lock_timeout`` seconds."""
+        waiter = _Waiter(self, resource, request, client)
+        waiter.timer = layer.clock.callLater(layer.lock_timeout, waiter.give_up, layer, key)
+        self.waiters.append(waiter)
+        request.notifyFinish().addErrback(waiter.leave)
+
+    def take(self) -> List[_Waiter]:
+        """The waiters, no longer waiting."""
+        waiters, self.waiters = self.waiters, []
+        return waiters
 
 
 @implementer(IResponseSink)
-class StoringSink:
-    """Passes a response on to the next sink, keeping a copy to store when the policy allows.
+class Relay:
+    """Passes an upstream response on to the next sink without the targeted Cache-Control field.
 
-    A body that grows past the object size limit stops being kept (it is
-    still passed on whole); a failed or aborted response is never stored.
+    After a request with an unsafe method it invalidates what the response
+    says changed (RFC 9111 section 4.4).
+    """
+
+    def __init__(self, layer: CacheLayer, sink: Any, client: Any) -> None:
+        self.layer = layer
+        self.sink = sink
+        self.client = client
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.layer.invalidate(self.client, status, headers)
+        targeted = self.layer.targeted
+        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k != targeted])
+
+    def body_received(self, data: bytes) -> None:
+        self.sink.body_received(data)
+
+    def response_ended(self) -> None:
+        self.sink.response_ended()
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.sink.request_failed(error)
+
+
+class FetchSink(Relay):
+    """The response to a GET the cache sent upstream, on its way to the next sink.
+
+    It keeps a copy to store when the policy allows (a body that grows past
+    the object size limit stops being kept but is passed on whole; a failed
+    or aborted response is never stored). With ``conditional`` (a
+    revalidation of ``entry``) a ``304`` updates the stored response and the
+    updated response is passed on instead (RFC 9111 section 4.3.4). When the
+    backend fails or answers 500/502/503/504 and ``entry`` may be served stale
+    (RFC 5861 section 4), ``entry`` is passed on instead. Waiters of
+    ``flight`` are released once the outcome is stored.
     """
 
     def __init__(
-        self, layer: CacheLayer, sink: Any, key: bytes, request_headers: Headers, request_time: float
+        self,
+        layer: CacheLayer,
+        sink: Any,
+        key: bytes,
+        client: Any,
+        entry: Optional[CachedResponse],
+        request_time: float,
+        flight: Optional[_Flight],
+        conditional: bool,
+        background: bool = False,
     ) -> None:
-        self.layer = layer
-        self.sink = sink
+        super().__init__(layer, sink, client)
         self.key = key
-        self.request_headers = request_headers
+        self.entry = entry
         self.request_time = request_time
+        self.flight = flight
+        self.conditional = conditional
+        #: A background refresh: no client request's result to count.
+        self.background = background
+        self.done = False
         self.plan: Optional[cachepolicy.StorePlan] = None
         self.parts: Optional[List[bytes]] = None
         self.size = 0
@@ -81,17 +386,29 @@ class StoringSink:
         self.headers: Headers = []
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        layer = self.layer
+        now = layer.clock.seconds()
+        entry = self.entry
+        if entry is not None and self.conditional and status == 304:
+            self._replay(self._update(entry, headers, now), now, REVALIDATED)
+            return
+        if status in _ERROR_STATUSES and self._stale_ok(now):
+            self._replay(entry, now, STALE)
+            return
         plan = cachepolicy.plan_store(
-            b"GET", self.request_headers, status, headers, self.request_time, self.layer.clock.seconds()
+            b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
         )
         length = get_first(headers, b"content-length")
-        too_big = length is not None and length.isdigit() and int(length) > self.layer.max_object
+        too_big = length is not None and length.isdigit() and int(length) > layer.max_object
         if plan is not None and not too_big:
             self.plan, self.parts = plan, []
             self.status, self.reason, self.headers = status, reason, headers
-        self.sink.head_received(status, reason, headers)
+        self._count(MISS)
+        super().head_received(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
+        if self.done:
+            return
         parts = self.parts
         if parts is not None:
             self.size += len(data)
@@ -102,14 +419,106 @@ class StoringSink:
         self.sink.body_received(data)
 
     def response_ended(self) -> None:
-        self.sink.response_ended()
+        if self.done:
+            return
         if self.parts is not None:
-            entry = CachedResponse.from_plan(
-                self.plan, self.status, self.reason, self.headers, b"".join(self.parts), self.request_headers
+            self._store(
+                CachedResponse.from_plan(
+                    self.plan,
+                    self.status,
+                    self.reason,
+                    self.headers,
+                    b"".join(self.parts),
+                    self.client.headers,
+                )
             )
-            if self.layer.store.put(self.key, entry):
-                self.layer.counters.cache_stores += 1
+        self._land()
+        self.sink.response_ended()
 
     def request_failed(self, error: UpstreamError) -> None:
+        if self.done:
+            return
         self.parts = None
+        now = self.layer.clock.seconds()
+        if self._stale_ok(now):
+            self._replay(self.entry, now, STALE)
+            return
+        self._land()
+        self._count(MISS)
         self.sink.request_failed(error)
+
+    # -- internals -------------------------------------------------------
+
+    def _stale_ok(self, now: float) -> bool:
+        entry = self.entry
+        return entry is not None and cachepolicy.stale_on_error(
+            entry.freshness_lifetime,
+            entry.age(now),
+            entry.rules,
+            cachepolicy.request_directives(self.client.headers),
+            self.layer.grace,
+        )
+
+    def _update(self, entry: CachedResponse, headers: Headers, now: float) -> CachedResponse:
+        """``entry`` with its headers and times updated from a 304 (RFC 9111 sections 3.2 and 4.3.4)."""
+        merged = cachepolicy.update_headers(entry.headers, headers)
+        plan = cachepolicy.plan_store(
+            b"GET", self.client.headers, entry.status, merged, self.request_time, now, self.layer.targeted
+        )
+        stored = plan is not None
+        if plan is None:
+            plan = cachepolicy.StorePlan(0.0, 0.0, entry.vary, now)
+        # The age comes from the 304 itself: the stored Date and Age describe the old response.
+        plan = plan._replace(initial_age=cachepolicy.corrected_initial_age(headers, self.request_time, now))
+        updated = CachedResponse.from_plan(
+            plan, entry.status, entry.reason, merged, entry.body, self.client.headers
+        )
+        if stored:
+            self._store(updated)
+        else:
+            self.layer.store.remove(self.key)
+        return updated
+
+    def _store(self, entry: CachedResponse) -> None:
+        if self.layer.store.put(self.key, entry):
+            self.layer.counters.cache_stores += 1
+
+    def _count(self, x_cache: bytes) -> None:
+        if not self.background:
+            self.layer.count(x_cache)
+
+    def _land(self) -> None:
+        self.done = True
+        if self.flight is not None:
+            self.layer.land(self.key, self.flight)
+
+    def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
+        """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
+        self._land()
+        self._count(x_cache)
+        answer = self.layer.answer(self.client, entry, now)
+        sink = self.sink
+        sink.x_cache = x_cache
+        sink.head_received(answer.status, answer.reason, answer.headers)
+        if answer.body:
+            sink.body_received(answer.body)
+        sink.response_ended()
+
+
+@implementer(IResponseSink)
+class _Discard:
+    """The sink of a background refresh: nobody waits for the response itself."""
+
+    x_cache = MISS
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        pass
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def response_ended(self) -> None:
+        pass
+
+    def request_failed(self, error: UpstreamError) -> None:
+        pass

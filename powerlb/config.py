@@ -288,6 +288,7 @@ class Config:
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
+    workers: int = 1
     retries: int = 1
     outlier_failures: int = 5
     outlier_backoff: float = 10.0
@@ -450,6 +451,12 @@ SETTINGS: Tuple[Setting, ...] = (
         cli=False,
     ),
     Setting(
+        "workers",
+        "workers",
+        _above_zero(_parse_count, "2"),
+        "processes sharing the listening socket (tcp: endpoints); 1 serves from the main process",
+    ),
+    Setting(
         "retries",
         "retries",
         _parse_count,
@@ -531,7 +538,10 @@ def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, An
 def _finish(values: Mapping[str, Any]) -> Config:
     if not values.get("backends"):
         raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
-    return Config(**values)
+    config = Config(**values)
+    if config.workers > 1 and config.listen.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
+        raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
+    return config
 
 
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
 from powerlb.headers import Headers
+from powerlb.outlier import OutlierEjector
 from powerlb.upstream import IResponseSink, ProxyClientFactory, UpstreamError
 
 log = Logger()
@@ -50,11 +51,16 @@ class Dispatcher:
     """Picks backends for requests and sends them, retrying where that is safe."""
 
     def __init__(
-        self, balancer: IBalancer, clients: Dict[Backend, ProxyClientFactory], retries: int = 1
+        self,
+        balancer: IBalancer,
+        clients: Dict[Backend, ProxyClientFactory],
+        retries: int = 1,
+        outliers: Optional[OutlierEjector] = None,
     ) -> None:
         self.balancer = balancer
         self.clients = clients
         self.retries = retries
+        self.outliers = outliers
 
     def send(self, request: UpstreamRequest, sink: Any, balance_key: bytes = b"") -> Dispatch:
         """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504)."""
@@ -107,6 +113,12 @@ class Dispatch:
     # -- IResponseSink: events from the backend exchange -------------------
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        outliers = self.dispatcher.outliers
+        if outliers is not None:
+            if status >= 500:
+                outliers.failure(self.backend)
+            else:
+                outliers.success(self.backend)
         self.sink.head_received(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
@@ -120,6 +132,8 @@ class Dispatch:
     def request_failed(self, error: UpstreamError) -> None:
         backend = self._release()
         backend.failures += 1
+        if self.dispatcher.outliers is not None:
+            self.dispatcher.outliers.failure(backend)
         log.info(
             "{method} {target} via {backend}: {reason}",
             method=self.request.method.decode("latin-1"),

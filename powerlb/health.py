@@ -1,9 +1,11 @@
-"""Active health checks: rise/fall hysteresis (pure) and the periodic checker service.
+"""Active health checks and slow start: rise/fall hysteresis and weight ramps (pure), and their services.
 
 :class:`HealthState` is pure logic: it is fed check outcomes and says when a
 backend's health flips. :class:`HealthChecker` is the Twisted service that
 probes every backend each ``interval`` seconds on an injected clock and sets
-``Backend.healthy`` when a backend's state flips.
+``Backend.healthy`` when a backend's state flips. :func:`ramp_weight` is the
+slow-start ramp and :class:`SlowStart` the service that moves
+``Backend.effective_weight`` along it for backends that come back.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from powerlb.backend import Backend
+from powerlb.backend import Backend, BackendHook
 
 
 class HealthState:
@@ -71,6 +73,10 @@ class HealthChecker(Service):
     on the health path. A probe that raises, fails or takes longer than
     ``timeout`` seconds counts as a failed check. A round waits for all of its
     probes, so rounds never overlap; a slow round delays the next one.
+
+    ``on_pass(backend)`` is called for every passed check (e.g. to end an
+    outlier ejection early) and ``on_up(backend)`` when a backend goes from
+    DOWN to UP (e.g. to start its slow start).
     """
 
     log = Logger()
@@ -84,6 +90,8 @@ class HealthChecker(Service):
         timeout: float,
         rise: int = 2,
         fall: int = 3,
+        on_pass: Optional[BackendHook] = None,
+        on_up: Optional[BackendHook] = None,
     ) -> None:
         self._probe = probe
         self._clock = clock
@@ -91,6 +99,8 @@ class HealthChecker(Service):
         self._timeout = timeout
         self._rise = rise
         self._fall = fall
+        self._on_pass = on_pass
+        self._on_up = on_up
         self._backends: List[Backend] = []
         self._states: Dict[Backend, HealthState] = {}
         self._last: Dict[Backend, str] = {}
@@ -164,6 +174,8 @@ class HealthChecker(Service):
         label = _describe(result)
         self._last[backend] = label
         ok = isinstance(result, int) and is_healthy_status(result)
+        if ok and self._on_pass is not None:
+            self._on_pass(backend)
         flipped = state.record(ok)
         if flipped is None:
             return
@@ -172,6 +184,8 @@ class HealthChecker(Service):
             self.log.info(
                 "backend {url} is UP after {count} passed checks", url=backend.url, count=state.rise
             )
+            if self._on_up is not None:
+                self._on_up(backend)
         else:
             self.log.warn(
                 "backend {url} is DOWN after {count} failed checks (last: {last})",
@@ -179,3 +193,67 @@ class HealthChecker(Service):
                 count=state.fall,
                 last=label,
             )
+
+
+def ramp_weight(full: int, elapsed: float, duration: float) -> int:
+    """The effective weight ``elapsed`` seconds into a slow start lasting ``duration`` seconds.
+
+    Rises linearly from 1 at the start to ``full`` at the end (rounded down,
+    so ``full`` is reached only when the ramp is over).
+    """
+    if elapsed >= duration:
+        return full
+    return 1 + int((full - 1) * max(elapsed, 0.0) / duration)
+
+
+class SlowStart(Service):
+    """Ramps up the effective weight of backends that come back, over ``duration`` seconds.
+
+    :meth:`begin` (for a backend that is UP again or re-admitted) drops its
+    ``effective_weight`` to 1; while any backend ramps, a loop on ``clock``
+    raises it every ``duration / steps`` seconds along :func:`ramp_weight` up
+    to ``Backend.full_weight``. A ``duration`` of 0 turns slow start off.
+    Stopping the service ends every ramp at full weight.
+    """
+
+    def __init__(self, clock: IReactorTime, duration: float, steps: int = 10) -> None:
+        if duration < 0 or steps < 1:
+            raise ValueError(f"need duration >= 0 and steps >= 1 (got duration={duration}, steps={steps})")
+        self._clock = clock
+        self.duration = duration
+        self._interval = duration / steps
+        self._started: Dict[Backend, float] = {}
+        self._loop: Optional[LoopingCall] = None
+
+    def begin(self, backend: Backend) -> None:
+        """Start (or restart) ``backend``'s ramp from weight 1 now."""
+        if self.duration <= 0:
+            return
+        self._started[backend] = self._clock.seconds()
+        backend.effective_weight = 1
+        if self._loop is None:
+            self._loop = LoopingCall(self._step)
+            self._loop.clock = self._clock
+            self._loop.start(self._interval, now=False)
+
+    def _step(self) -> None:
+        now = self._clock.seconds()
+        for backend, started in list(self._started.items()):
+            backend.effective_weight = ramp_weight(backend.full_weight, now - started, self.duration)
+            if backend.effective_weight == backend.full_weight:
+                del self._started[backend]
+        if not self._started:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def stopService(self) -> None:
+        """Stop the loop and give every ramping backend its full weight."""
+        Service.stopService(self)
+        self._stop_loop()
+        started, self._started = self._started, {}
+        for backend in started:
+            backend.effective_weight = backend.full_weight

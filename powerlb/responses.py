@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Dict, List
+from typing import Any, Dict, List
 
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb import cachepolicy
-from powerlb.cache import CachedResponse
 from powerlb.headers import Headers
 
 
@@ -32,22 +31,25 @@ def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> 
         out.setRawHeaders(name, values)
 
 
-def serve_cached(request: Request, entry: CachedResponse, now: float) -> bytes:
-    """Answer ``request`` from ``entry``: its status and headers, a current ``Age``, and the body."""
-    request.setResponseCode(entry.status, entry.reason or None)
-    headers = [
-        *entry.headers,
-        (b"age", cachepolicy.format_age(entry.age(now))),
-        (b"via", b"1.1 powerlb"),
-    ]
-    headers = [(k, v) for k, v in headers if k != b"content-length"]
-    headers.append((b"content-length", b"%d" % len(entry.body)))
-    set_response_headers(request, headers, b"HIT")
-    return b"" if request.method == b"HEAD" else entry.body
+def serve_answer(request: Request, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
+    """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
+
+    The response is written and finished here, so that the answer's own
+    ``Content-Length`` stands (also for ``HEAD`` and ``304``); returns
+    ``NOT_DONE_YET`` for twisted.web.
+    """
+    request.setResponseCode(answer.status, answer.reason or None)
+    set_response_headers(request, [*answer.headers, (b"via", b"1.1 powerlb")], x_cache)
+    request.write(answer.body)
+    request.finish()
+    return NOT_DONE_YET
 
 
 def error_response(request: Request, status: int, reason: str) -> bytes:
-    """Set a short plain-text error status on ``request``; returns the body to send."""
+    """Set a short plain-text status on ``request``; returns the body to send.
+
+    Used for powerlb's own answers: errors, and the outcome of a ``PURGE``.
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"server", b"powerlb")

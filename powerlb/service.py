@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -24,7 +24,8 @@ from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
 from powerlb.config import Config
 from powerlb.dispatch import Dispatcher
-from powerlb.health import HealthChecker
+from powerlb.health import HealthChecker, SlowStart
+from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
 from powerlb.stats import Counters, snapshot
 from powerlb.upstream import ProxyClientFactory, probe
@@ -33,15 +34,14 @@ log = Logger()
 
 
 class Listener(Service):
-    """Listens on a Twisted server endpoint string while running.
+    """Listens on a Twisted server endpoint while running.
 
     ``port`` is the ``IListeningPort`` while listening (set at start-up for
     TCP, SSL and UNIX endpoints); :meth:`whenListening` waits for it.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        self.reactor = reactor
-        self.description = description
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any) -> None:
+        self.endpoint = endpoint
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self._started = False
@@ -60,7 +60,7 @@ class Listener(Service):
             return
         self._started = True
         failures: list = []
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
+        d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failures.append)
         if failures:
             # Raised synchronously so twistd and embedders see a bad port at start-up.
@@ -109,7 +109,10 @@ class QuietSite(Site):
 class PowerLBService(MultiService):
     """A whole powerlb: proxy listener, optional admin listener, health checks, cache and pools."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any = None, listen_endpoint: Optional[IStreamServerEndpoint] = None
+    ) -> None:
+        """``listen_endpoint`` replaces ``config.listen`` (a worker adopts its parent's socket)."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -133,9 +136,22 @@ class PowerLBService(MultiService):
         self.counters = Counters()
         self.cache: Optional[LRUCache] = None
         if config.cache_size > 0:
-            self.cache = LRUCache(config.cache_size, config.cache_max_object, clock=reactor)
+            self.cache = LRUCache(
+                config.cache_size,
+                config.cache_max_object,
+                clock=reactor,
+                keep_stale=config.cache_grace,
+            )
             CacheSweeper(self.cache, reactor, config.cache_sweep_interval).setServiceParent(self)
         health_path = config.health_path.encode()
+        self.slow_start = SlowStart(reactor, config.slow_start)
+        self.slow_start.setServiceParent(self)
+        self.outliers: Optional[OutlierEjector] = None
+        if config.outlier_failures > 0:
+            self.outliers = OutlierEjector(
+                reactor, config.outlier_failures, config.outlier_backoff, on_readmit=self.slow_start.begin
+            )
+            self.outliers.setServiceParent(self)
         self.health = HealthChecker(
             self.backends,
             lambda backend: probe(reactor, backend, health_path, config.health_timeout),
@@ -144,20 +160,36 @@ class PowerLBService(MultiService):
             config.health_timeout,
             rise=config.health_rise,
             fall=config.health_fall,
+            on_pass=self.outliers.health_passed if self.outliers is not None else None,
+            on_up=self.slow_start.begin,
         )
         self.health.setServiceParent(self)
-        self.dispatcher = Dispatcher(self.balancer, self.clients, retries=config.retries)
+        self.dispatcher = Dispatcher(
+            self.balancer, self.clients, retries=config.retries, outliers=self.outliers
+        )
         cache_layer = None
         if self.cache is not None:
-            cache_layer = CacheLayer(self.cache, reactor, self.counters, config.cache_max_object)
+            cache_layer = CacheLayer(
+                self.cache,
+                reactor,
+                self.counters,
+                config.cache_max_object,
+                targeted=config.cache_targeted_header,
+                grace=config.cache_grace,
+                lock_timeout=config.cache_lock_timeout,
+                purge_allow=config.purge_allow,
+            )
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters)
-        self.proxy_listener = Listener(
-            reactor, config.listen, QuietSite(resource, reactor, config.access_log)
-        )
+        if listen_endpoint is None:
+            listen_endpoint = serverFromString(reactor, config.listen)
+        self.proxy_listener = Listener(listen_endpoint, QuietSite(resource, reactor, config.access_log))
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
-            self.admin_listener = Listener(reactor, config.admin, QuietSite(admin_root(self.stats), reactor))
+            self.admin_listener = Listener(
+                serverFromString(reactor, config.admin),
+                QuietSite(admin_root(self.stats, cache_layer, config.admin_token), reactor),
+            )
             self.admin_listener.setServiceParent(self)
 
     def stats(self) -> Dict[str, Any]:

@@ -9,12 +9,24 @@ from powerlb.cache import ICacheStore
 
 
 class Counters:
-    """Request outcome counters, mutated from the reactor thread only."""
+    """Request outcome counters, mutated from the reactor thread only.
+
+    Each request to the cache counts once in one of ``cache_hits``,
+    ``cache_misses``, ``cache_stale``, ``cache_revalidated``,
+    ``cache_coalesced``, ``cache_bypass`` (its ``X-Cache``);
+    ``cache_purged`` and ``cache_invalidated`` count stored responses removed
+    by purges and by unsafe requests.
+    """
 
     __slots__ = (
         "cache_bypass",
+        "cache_coalesced",
         "cache_hits",
+        "cache_invalidated",
         "cache_misses",
+        "cache_purged",
+        "cache_revalidated",
+        "cache_stale",
         "cache_stores",
         "errors",
         "requests",
@@ -26,6 +38,10 @@ class Counters:
             setattr(self, name, 0)
 
 
+#: The per-request cache results (``X-Cache`` values) in the snapshot and the metrics.
+CACHE_RESULTS = ("hits", "misses", "stale", "revalidated", "coalesced", "bypass")
+
+
 def snapshot(
     backends: Sequence[Backend],
     counters: Counters,
@@ -34,13 +50,16 @@ def snapshot(
     connections: Callable[[Backend], Dict[str, int]],
 ) -> Dict[str, Any]:
     """Everything ``GET /_powerlb/stats`` returns, as plain JSON-ready data."""
-    lookups = counters.cache_hits + counters.cache_misses
+    from_cache = (
+        counters.cache_hits + counters.cache_stale + counters.cache_revalidated + counters.cache_coalesced
+    )
+    lookups = from_cache + counters.cache_misses
     cache_figures: Dict[str, Any] = {
         "enabled": cache is not None,
-        "hits": counters.cache_hits,
-        "misses": counters.cache_misses,
-        "bypass": counters.cache_bypass,
-        "hit_ratio": round(counters.cache_hits / lookups, 4) if lookups else 0.0,
+        **{result: getattr(counters, f"cache_{result}") for result in CACHE_RESULTS},
+        "purged": counters.cache_purged,
+        "invalidated": counters.cache_invalidated,
+        "hit_ratio": round(from_cache / lookups, 4) if lookups else 0.0,
     }
     if cache is not None:
         cache_figures.update(cache.stats())
@@ -73,9 +92,13 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
     yield from per_backend.values()
     cache = stats["cache"]
     results = CounterMetricFamily("powerlb_cache_results", "Cache lookups by result", labels=["result"])
-    for result in ("hits", "misses", "bypass"):
+    for result in CACHE_RESULTS:
         results.add_metric([result], cache[result])
     yield results
+    removed = CounterMetricFamily("powerlb_cache_removed", "Stored responses removed", labels=["by"])
+    for by in ("purged", "invalidated"):
+        removed.add_metric([by], cache[by])
+    yield removed
     for field in ("bytes", "entries", "evictions", "stores"):
         if field in cache:
             yield GaugeMetricFamily(f"powerlb_cache_{field}", f"Cache {field}", value=cache[field])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from powerlb.backend import Backend, BackendSpec
+from powerlb.backend import WEIGHT_SCALE, Backend, BackendSpec
 from powerlb.balancing import (
     ALGORITHMS,
     IBalancer,
@@ -20,16 +20,17 @@ from powerlb.balancing import (
     RoundRobin,
     SmoothWeightedRoundRobin,
     SourceHash,
+    WithBackups,
     make_balancer,
 )
 
 NAMES = "abcdefghij"
 
 
-def make_backends(*weights: int) -> List[Backend]:
-    """Backends named a, b, c, ... (their host) with the given weights."""
+def make_backends(*weights: int, backups: str = "") -> List[Backend]:
+    """Backends named a, b, c, ... (their host) with the given weights; ``backups`` names the backups."""
     return [
-        Backend(BackendSpec(f"http://{NAMES[i]}:80", NAMES[i], 80, weight))
+        Backend(BackendSpec(f"http://{NAMES[i]}:80", NAMES[i], 80, weight, backup=NAMES[i] in backups))
         for i, weight in enumerate(weights)
     ]
 
@@ -87,6 +88,18 @@ def test_never_picks_unhealthy_or_excluded(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
+def test_never_picks_ejected(name: str) -> None:
+    a, b, c = make_backends(2, 1, 3)
+    b.ejected = True
+    balancer = build(name, [a, b, c])
+    assert {balancer.pick(f"10.0.0.{i}".encode()) for i in range(200)} == {a, c}
+    a.ejected = c.ejected = True
+    assert balancer.pick(b"10.0.0.1") is None
+    b.ejected = False
+    assert balancer.pick(b"10.0.0.1") is b
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_single_eligible_is_always_picked(name: str) -> None:
     a, b = make_backends(1, 5)
     balancer = build(name, [a, b])
@@ -113,13 +126,20 @@ def test_make_balancer_unknown_name() -> None:
     )
 
 
-def test_make_balancer_builds_each_class() -> None:
+def test_make_balancer_builds_each_class_for_both_tiers() -> None:
     backends = make_backends(1)
-    assert type(make_balancer("round-robin", backends)) is RoundRobin
-    assert type(make_balancer("weighted-round-robin", backends)) is SmoothWeightedRoundRobin
-    assert type(make_balancer("least-connections", backends)) is LeastConnections
-    assert type(make_balancer("random-two-choices", backends)) is PowerOfTwoChoices
-    assert type(make_balancer("source-hash", backends)) is SourceHash
+    expected = {
+        "round-robin": RoundRobin,
+        "weighted-round-robin": SmoothWeightedRoundRobin,
+        "least-connections": LeastConnections,
+        "random-two-choices": PowerOfTwoChoices,
+        "source-hash": SourceHash,
+    }
+    for name, cls in expected.items():
+        balancer = make_balancer(name, backends)
+        assert type(balancer) is WithBackups
+        assert type(balancer.primary) is cls
+        assert type(balancer.backup) is cls
 
 
 def test_make_balancer_passes_rng() -> None:
@@ -435,3 +455,182 @@ def test_source_hash_minimal_disruption_property(weights: List[int], down: int, 
     for old, new in zip(before, after):
         assert new is not victim
         assert (new is old) == (old is not victim)
+
+
+# --- backup backends (every algorithm, through WithBackups) --------------------------
+
+
+def hosts_seen(balancer: IBalancer, exclude: Sequence[Backend] = ()) -> str:
+    """The hosts picked over 200 client keys, sorted and deduplicated ("" when none)."""
+    seen = {balancer.pick(f"10.1.{i}.9".encode(), exclude) for i in range(200)}
+    return "".join(sorted(b.host for b in seen if b is not None))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_backups_idle_while_a_primary_is_eligible(name: str) -> None:
+    backends = make_backends(1, 2, 5, 1, backups="cd")
+    balancer = build(name, backends)
+    assert hosts_seen(balancer) == "ab"
+    backends[0].healthy = False
+    assert hosts_seen(balancer) == "b"  # one primary left is enough
+    backends[0].healthy = True
+    backends[1].ejected = True
+    assert hosts_seen(balancer) == "a"
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_backups_take_over_when_no_primary_is_healthy_and_leave_when_one_returns(name: str) -> None:
+    a, b, c, d = backends = make_backends(1, 2, 5, 1, backups="cd")
+    balancer = build(name, backends)
+    a.healthy = False
+    b.ejected = True
+    assert hosts_seen(balancer) == "cd"
+    c.healthy = False
+    assert hosts_seen(balancer) == "d"
+    d.ejected = True
+    assert hosts_seen(balancer) == ""
+    a.healthy = True
+    assert hosts_seen(balancer) == "a"
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_backups_take_over_when_every_primary_is_excluded(name: str) -> None:
+    a, b, c = backends = make_backends(1, 1, 1, backups="c")
+    balancer = build(name, backends)
+    assert hosts_seen(balancer, exclude=[a]) == "b"
+    assert hosts_seen(balancer, exclude=[a, b]) == "c"
+    assert hosts_seen(balancer, exclude=[a, b, c]) == ""
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_only_backups_configured_are_used(name: str) -> None:
+    assert hosts_seen(build(name, make_backends(1, 1, backups="ab"))) == "ab"
+
+
+def test_backup_tier_keeps_its_own_state() -> None:
+    a, b, _, _ = backends = make_backends(1, 1, 1, 1, backups="cd")
+    balancer = make_balancer("round-robin", backends)
+    assert picks(balancer, 3) == "aba"
+    a.healthy = b.healthy = False
+    assert picks(balancer, 3) == "cdc"
+    a.healthy = True
+    # b is still down so a takes every pick; the backup cursor stays on d meanwhile
+    assert picks(balancer, 2) == "aa"
+    a.healthy = False
+    assert picks(balancer, 2) == "dc"
+
+
+def test_backups_set_backends_splits_tiers_and_keeps_state() -> None:
+    a, b, c, d = make_backends(5, 1, 1, 1, backups="d")
+    balancer = make_balancer("weighted-round-robin", [a, b, d])
+    assert picks(balancer, 2) == "aa"  # a=-2, b=2
+    balancer.set_backends([b, a, c, d])  # c added as a primary, d stays a backup
+    # b=3 a=3 c=1 -> b (-4); b=-3 a=8 c=2 -> a
+    assert picks(balancer, 2) == "ba"
+    assert balancer.primary.pick(exclude=[a, b, c]) is None
+    assert balancer.backup.pick() is d
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(ALL_NAMES),
+    flags=st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=6
+    ),
+    key=st.binary(max_size=8),
+)
+def test_backup_rule_holds_for_any_state(name: str, flags: List[tuple], key: bytes) -> None:
+    """The pick is eligible, and a backup only when no primary is eligible."""
+    backends = make_backends(*range(1, len(flags) + 1))
+    excluded = []
+    for backend, (backup, healthy, ejected, exclude) in zip(backends, flags):
+        # the backup flag comes from the spec; set it directly to explore every mix
+        backend.backup, backend.healthy, backend.ejected = backup, healthy, ejected
+        if exclude:
+            excluded.append(backend)
+    eligible = [b for b in backends if b.healthy and not b.ejected and b not in excluded]
+    tier = [b for b in eligible if not b.backup] or eligible
+    balancer = build(name, backends)
+    for _ in range(3):
+        picked = balancer.pick(key, excluded)
+        assert picked in tier if tier else picked is None
+
+
+# --- effective weights (slow start) --------------------------------------------------
+
+
+def test_backend_weights_and_snapshot() -> None:
+    primary, backup = make_backends(3, 1, backups="b")
+    assert (primary.weight, primary.full_weight, primary.effective_weight) == (3, 48, 48)
+    assert WEIGHT_SCALE == 16
+    primary.effective_weight = 12
+    assert primary.snapshot() == {
+        "url": "http://a:80",
+        "weight": 3,
+        "effective_weight": 0.75,
+        "backup": False,
+        "healthy": True,
+        "ejected": False,
+        "ejections": 0,
+        "in_flight": 0,
+        "requests": 0,
+        "failures": 0,
+    }
+    assert backup.snapshot()["backup"] is True
+    backup.ejected = True
+    assert repr(backup) == "<Backend http://b:80 weight=1 up backup ejected in_flight=0>"
+
+
+def test_swrr_follows_effective_weight() -> None:
+    a, b = make_backends(1, 1)
+    a.effective_weight = 4  # a quarter of b's 16
+    counts = Counter(picks(SmoothWeightedRoundRobin([a, b]), 200))
+    assert counts == {"a": 40, "b": 160}
+
+
+def test_least_connections_follows_effective_weight() -> None:
+    a, b = make_backends(1, 1)
+    a.effective_weight = 4
+    b.in_flight = 3  # 0/4 < 3/16
+    assert LeastConnections([a, b]).pick() is a
+    a.in_flight = 1  # 1/4 > 3/16
+    assert LeastConnections([a, b]).pick() is b
+
+
+def test_p2c_follows_effective_weight() -> None:
+    a, b = make_backends(1, 1)
+    a.effective_weight = 1
+    counts = Counter(picks(PowerOfTwoChoices([a, b], rng=random.Random(4)), 1700))
+    # a is drawn first about 1 time in 17 and always loses a tie drawn second
+    assert counts["a"] < 200
+
+
+def test_source_hash_follows_effective_weight() -> None:
+    a, b = make_backends(1, 1)
+    a.effective_weight = 4
+    counts = Counter(picks(SourceHash([a, b]), 1, key) for key in client_keys(2000))
+    assert 300 < counts["a"] < 500  # 4/20 of the keys
+
+
+def test_round_robin_ignores_weights() -> None:
+    a, b = make_backends(1, 1)
+    a.effective_weight = 1
+    assert picks(RoundRobin([a, b]), 4) == "abab"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["weighted-round-robin", "least-connections", "source-hash"]),
+    weights=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=5),
+)
+def test_scaling_effective_weights_changes_no_decision(name: str, weights: List[int]) -> None:
+    """Effective weights in WEIGHT_SCALE units pick exactly as the plain weights would."""
+    scaled, plain = make_backends(*weights), make_backends(*weights)
+    for backend in plain:
+        backend.effective_weight = backend.weight
+    for backends in (scaled, plain):
+        for index, backend in enumerate(backends):
+            backend.in_flight = index % 3
+    keys = client_keys(40)
+    first, second = build(name, scaled), build(name, plain)
+    assert [first.pick(k).host for k in keys] == [second.pick(k).host for k in keys]

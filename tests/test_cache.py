@@ -13,12 +13,13 @@ from zope.interface.verify import verifyObject
 
 from powerlb.cache import (
     ENTRY_OVERHEAD,
+    KEEP_FOR_REVALIDATION,
     CachedResponse,
     CacheSweeper,
     ICacheStore,
     LRUCache,
 )
-from powerlb.cachepolicy import VaryKey, plan_store, vary_values
+from powerlb.cachepolicy import Rules, VaryKey, plan_store, vary_values
 from powerlb.headers import Headers
 
 ACCEPT = (b"accept",)
@@ -410,3 +411,19 @@ def test_sweeper_runs_periodically_while_running() -> None:
     clock.advance(30.0)
     assert cache.stats()["expired"] == 2
     assert cache.stats()["entries"] == 1
+
+
+def test_drop_time_keeps_revalidatable_and_stale_windows() -> None:
+    """RFC 9111 section 4.3 and RFC 5861: entries stay past freshness when they can still serve."""
+    plain = response(lifetime=10.0)
+    assert plain.drop_at(0.0) == 10.0
+    assert plain.drop_at(5.0) == 15.0
+    windows = CachedResponse(200, b"OK", [], b"", 0.0, 0.0, 10.0, rules=Rules(stale_while_revalidate=30))
+    assert windows.drop_at(5.0) == 40.0
+    validated = CachedResponse(200, b"OK", [(b"etag", b'"1"')], b"", 0.0, 0.0, 10.0)
+    assert validated.drop_at(0.0) == 10.0 + KEEP_FOR_REVALIDATION
+    clock = Clock()
+    cache = LRUCache(clock=clock)
+    assert cache.put(b"k", CachedResponse(200, b"OK", [(b"etag", b'"1"')], b"", 0.0, 0.0, 0.0))
+    clock.advance(KEEP_FOR_REVALIDATION - 1)
+    assert cache.get(b"k", []) is not None

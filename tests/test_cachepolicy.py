@@ -9,18 +9,39 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from powerlb.cachepolicy import (
+    FRESH as USE_FRESH,
+)
+from powerlb.cachepolicy import (
     MAX_DELTA_SECONDS,
+    REVALIDATE,
+    STALE,
+    UNSATISFIABLE,
+    Answer,
+    Rules,
     StorePlan,
+    byte_range,
+    cached_answer,
     corrected_initial_age,
     current_age,
     format_age,
     freshness_lifetime,
+    invalidation_keys,
+    not_modified,
     parse_cache_control,
     parse_http_date,
     plan_store,
     primary_key,
+    request_directives,
     request_is_cacheable,
+    reuse,
+    revalidation_headers,
+    stale_on_error,
+    update_headers,
+    url_key,
     vary_values,
+)
+from powerlb.cachepolicy import (
+    STALE_WHILE_REVALIDATE as SWR,
 )
 from powerlb.headers import Headers
 
@@ -136,6 +157,32 @@ LIFETIME_CASES: List[Tuple[str, Headers, float]] = [
         float(MAX_DELTA_SECONDS),
     ),
     ("4.2.1 no explicit freshness", [(b"cache-control", b"public")], 0.0),
+    (
+        "4.2.2 heuristic: 10% of Date - Last-Modified",
+        [(b"date", DATE_PLUS_100), (b"last-modified", DATE)],
+        10.0,
+    ),
+    (
+        "4.2.2 heuristic capped at a day",
+        [(b"date", DATE_PLUS_100), (b"last-modified", b"Thu, 01 Jan 1970 00:00:00 GMT")],
+        86400.0,
+    ),
+    ("4.2.2 no heuristic past an invalid Expires", [(b"expires", b"0"), (b"last-modified", DATE)], 0.0),
+    (
+        "RFC 9213 2.1 targeted field wins over Cache-Control",
+        [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b"max-age=50")],
+        50.0,
+    ),
+    (
+        "RFC 9213 2.1 targeted field ignores Expires",
+        [(b"cdn-cache-control", b"public"), (b"date", DATE), (b"expires", DATE_PLUS_100)],
+        0.0,
+    ),
+    (
+        "RFC 9213 2.1 empty targeted field falls back to Cache-Control",
+        [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b"")],
+        5.0,
+    ),
 ]
 
 
@@ -263,6 +310,33 @@ STORE_CASES: List[Tuple[str, bytes, Headers, int, Headers, bool]] = [
     ("3 non-default status with explicit freshness", b"GET", [], 500, [FRESH], True),
     ("3 302 with Expires", b"GET", [], 302, [(b"date", DATE), (b"expires", DATE_PLUS_100)], True),
     ("4.2.1 200 without explicit freshness", b"GET", [], 200, [], False),
+    ("4.3.1 stale on arrival but ETag: stored", b"GET", [], 200, [(b"etag", b'"1"')], True),
+    ("4.2.2 heuristic for default-cacheable 404", b"GET", [], 404, [(b"last-modified", DATE)], True),
+    ("3 500 with only a validator", b"GET", [], 500, [(b"etag", b'"1"')], False),
+    (
+        "3 302 with public and a validator",
+        b"GET",
+        [],
+        302,
+        [(b"cache-control", b"public"), (b"etag", b"x")],
+        True,
+    ),
+    (
+        "5.2.2.4 no-cache with validator: stored, always revalidated",
+        b"GET",
+        [],
+        200,
+        [(b"cache-control", b"no-cache"), (b"etag", b'"1"')],
+        True,
+    ),
+    (
+        "RFC 9213 2.1 targeted no-store wins over Cache-Control",
+        b"GET",
+        [],
+        200,
+        [FRESH, (b"cdn-cache-control", b"no-store")],
+        False,
+    ),
     ("4.2.1 public alone is no freshness", b"GET", [], 200, [(b"cache-control", b"public")], False),
     ("3 206 never", b"GET", [], 206, [FRESH], False),
     ("4.3.4 304 never stored as such", b"GET", [], 304, [FRESH], False),
@@ -362,6 +436,7 @@ def test_plan_store_fields() -> None:
         initial_age=6.0,
         vary=(b"accept-encoding", b"accept-language"),
         response_time=T0 + 3,
+        rules=Rules(must_revalidate=True),  # 5.2.2.10: s-maxage implies proxy-revalidate
     )
 
 
@@ -394,3 +469,283 @@ def test_plan_lifetime_matches_freshness_lifetime(
     plan = plan_store(b"GET", [], 200, response_headers, request_time, response_time)
     if plan is not None:
         assert plan.freshness_lifetime == freshness_lifetime(response_headers, response_time)
+
+
+# --- request directives and reuse (RFC 9111 sections 4.2, 5.2.1; RFC 5861) --------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"cache-control", b"max-age=0")], {b"max-age": b"0"}),
+        ([(b"pragma", b"no-cache")], {b"no-cache": None}),
+        ([(b"pragma", b"no-cache"), (b"cache-control", b"max-stale")], {b"max-stale": None}),
+        ([(b"pragma", b"x")], {}),
+    ],
+    ids=["5.2.1 Cache-Control", "5.4 Pragma no-cache", "5.4 Pragma ignored with Cache-Control", "5.4 other"],
+)
+def test_request_directives(headers: Headers, expected: Dict[bytes, Optional[bytes]]) -> None:
+    """RFC 9111 sections 5.2.1 and 5.4: request directives, Pragma only without Cache-Control."""
+    assert request_directives(headers) == expected
+
+
+MUST = Rules(must_revalidate=True)
+REUSE_CASES: List[Tuple[str, float, float, Rules, Dict[bytes, Optional[bytes]], str]] = [
+    ("4.2 fresh", 60, 10, Rules(), {}, USE_FRESH),
+    ("4.2 stale at lifetime", 60, 60, Rules(), {}, REVALIDATE),
+    ("5.2.2.4 response no-cache", 60, 1, Rules(no_cache=True), {}, REVALIDATE),
+    ("5.2.1.4 request no-cache", 60, 1, Rules(), {b"no-cache": None}, REVALIDATE),
+    ("5.2.1.1 request max-age exceeded", 60, 11, Rules(), {b"max-age": b"10"}, REVALIDATE),
+    ("5.2.1.1 request max-age met", 60, 10, Rules(), {b"max-age": b"10"}, USE_FRESH),
+    ("5.2.1.1 invalid request max-age ignored", 60, 10, Rules(), {b"max-age": b"x"}, USE_FRESH),
+    ("5.2.1.3 min-fresh not met", 60, 55, Rules(), {b"min-fresh": b"10"}, REVALIDATE),
+    ("5.2.1.3 min-fresh met", 60, 50, Rules(), {b"min-fresh": b"10"}, USE_FRESH),
+    ("5.2.1.2 max-stale without value", 60, 1000, Rules(), {b"max-stale": None}, STALE),
+    ("5.2.1.2 max-stale within", 60, 70, Rules(), {b"max-stale": b"10"}, STALE),
+    ("5.2.1.2 max-stale exceeded", 60, 71, Rules(), {b"max-stale": b"10"}, REVALIDATE),
+    ("5.2.2.2 must-revalidate forbids max-stale", 60, 61, MUST, {b"max-stale": None}, REVALIDATE),
+    ("RFC 5861 3 stale-while-revalidate window", 60, 65, Rules(stale_while_revalidate=10), {}, SWR),
+    ("RFC 5861 3 past the window", 60, 75, Rules(stale_while_revalidate=10), {}, REVALIDATE),
+    (
+        "4.2.4 must-revalidate forbids stale-while-revalidate",
+        60,
+        65,
+        Rules(must_revalidate=True, stale_while_revalidate=10),
+        {},
+        REVALIDATE,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "age", "rules", "request_cc", "expected"),
+    [c[1:] for c in REUSE_CASES],
+    ids=[c[0] for c in REUSE_CASES],
+)
+def test_reuse(
+    lifetime: float, age: float, rules: Rules, request_cc: Dict[bytes, Optional[bytes]], expected: str
+) -> None:
+    """RFC 9111 sections 4.2, 4.2.4 and 5.2 and RFC 5861 section 3: may a stored response be used?"""
+    assert reuse(lifetime, age, rules, request_cc) == expected
+
+
+@pytest.mark.parametrize(
+    ("age", "rules", "request_cc", "grace", "expected"),
+    [
+        (65, Rules(stale_if_error=10), {}, 0, True),
+        (75, Rules(stale_if_error=10), {}, 0, False),
+        (75, Rules(), {}, 20, True),
+        (75, Rules(), {b"stale-if-error": b"30"}, 0, True),
+        (61, Rules(stale_if_error=10, must_revalidate=True), {}, 99, False),
+        (61, Rules(stale_if_error=10, no_cache=True), {}, 99, False),
+        (61, Rules(), {}, 0, False),
+    ],
+    ids=[
+        "RFC 5861 4 response stale-if-error",
+        "RFC 5861 4 past the window",
+        "grace acts as stale-if-error",
+        "RFC 5861 4 request stale-if-error",
+        "RFC 9111 4.2.4 must-revalidate forbids it",
+        "RFC 9111 4.2.4 no-cache forbids it",
+        "nothing allows it",
+    ],
+)
+def test_stale_on_error(
+    age: float, rules: Rules, request_cc: Dict[bytes, Optional[bytes]], grace: float, expected: bool
+) -> None:
+    """RFC 5861 section 4 (stale-if-error) within RFC 9111 section 4.2.4, lifetime 60 s."""
+    assert stale_on_error(60, age, rules, request_cc, grace) is expected
+
+
+@given(
+    st.floats(0, 1e6),
+    st.floats(0, 1e6),
+    st.builds(Rules, st.booleans(), st.booleans(), st.floats(0, 1e4), st.floats(0, 1e4)),
+)
+def test_reuse_never_serves_what_must_be_revalidated(lifetime: float, age: float, rules: Rules) -> None:
+    """RFC 9111 sections 4.2.4 and 5.2.2: fresh means age < lifetime; no stale use past must-revalidate."""
+    use = reuse(lifetime, age, rules, {})
+    if use == USE_FRESH:
+        assert age < lifetime and not rules.no_cache
+    if use in (STALE, SWR):
+        assert age >= lifetime and not rules.must_revalidate and not rules.no_cache
+    assert reuse(lifetime, age, rules, {b"no-cache": None}) == REVALIDATE
+
+
+# --- validation (RFC 9111 section 4.3, RFC 9110 section 13) ------------------------------------
+
+
+def test_revalidation_headers_replace_client_preconditions() -> None:
+    """RFC 9111 section 4.3.1: the cache's validators replace the client's preconditions."""
+    request_headers = [(b"accept", b"x"), (b"if-none-match", b'"client"'), (b"range", b"bytes=0-1")]
+    stored = [(b"etag", b'"s"'), (b"last-modified", DATE)]
+    assert revalidation_headers(request_headers, stored) == [
+        (b"accept", b"x"),
+        (b"if-none-match", b'"s"'),
+        (b"if-modified-since", DATE),
+    ]
+    assert revalidation_headers([], [(b"etag", b'W/"w"')]) == [(b"if-none-match", b'W/"w"')]
+
+
+def test_update_headers_from_304() -> None:
+    """RFC 9111 section 3.2: a 304 replaces stored fields, except framing, Age and hop-by-hop."""
+    stored = [(b"content-length", b"5"), (b"cache-control", b"max-age=1"), (b"x-a", b"1"), (b"x-a", b"2")]
+    new = [
+        (b"cache-control", b"max-age=60"),
+        (b"content-length", b"0"),
+        (b"age", b"3"),
+        (b"connection", b"close"),
+        (b"x-a", b"3"),
+    ]
+    assert update_headers(stored, new) == [
+        (b"content-length", b"5"),
+        (b"cache-control", b"max-age=60"),
+        (b"x-a", b"3"),
+    ]
+
+
+@given(header_lists, header_lists)
+def test_update_headers_is_idempotent(stored: Headers, new: Headers) -> None:
+    """RFC 9111 section 3.2: applying the same 304 twice changes nothing more."""
+    once = update_headers(stored, new)
+    assert sorted(update_headers(once, new)) == sorted(once)
+
+
+ETAG = [(b"etag", b'"v1"'), (b"last-modified", DATE)]
+NOT_MODIFIED_CASES: List[Tuple[str, Headers, Headers, bool]] = [
+    ("RFC 9110 13.1.2 If-None-Match matches", [(b"if-none-match", b'"v1"')], ETAG, True),
+    ("RFC 9110 13.1.2 weak comparison", [(b"if-none-match", b'W/"v1"')], ETAG, True),
+    ("RFC 9110 13.1.2 list", [(b"if-none-match", b'"a", "v1"')], ETAG, True),
+    ("RFC 9110 13.1.2 star", [(b"if-none-match", b"*")], [], True),
+    ("RFC 9110 13.1.2 no match", [(b"if-none-match", b'"v2"')], ETAG, False),
+    (
+        "RFC 9110 13.2.2 If-None-Match wins over If-Modified-Since",
+        [(b"if-none-match", b'"v2"'), (b"if-modified-since", DATE_PLUS_100)],
+        ETAG,
+        False,
+    ),
+    ("RFC 9110 13.1.3 not modified since", [(b"if-modified-since", DATE_PLUS_100)], ETAG, True),
+    (
+        "RFC 9110 13.1.3 modified since",
+        [(b"if-modified-since", DATE)],
+        [(b"last-modified", DATE_PLUS_100)],
+        False,
+    ),
+    ("RFC 9111 4.3.2 Date when no Last-Modified", [(b"if-modified-since", DATE)], [(b"date", DATE)], True),
+    ("RFC 9110 13.1.3 invalid date ignored", [(b"if-modified-since", b"yesterday")], ETAG, False),
+    ("no precondition", [], ETAG, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "stored", "expected"),
+    [c[1:] for c in NOT_MODIFIED_CASES],
+    ids=[c[0] for c in NOT_MODIFIED_CASES],
+)
+def test_not_modified(request_headers: Headers, stored: Headers, expected: bool) -> None:
+    """RFC 9111 section 4.3.2: a cache answers a matching conditional GET with 304."""
+    assert not_modified(request_headers, stored) is expected
+
+
+# --- answers (RFC 9110 section 14 ranges, RFC 9111 section 5.1 Age) ----------------------------
+
+RANGE_CASES: List[Tuple[str, Headers, Optional[Tuple[int, int]]]] = [
+    ("14.1.2 first-last", [(b"range", b"bytes=2-5")], (2, 5)),
+    ("14.1.2 open end", [(b"range", b"bytes=7-")], (7, 9)),
+    ("14.1.2 last beyond length clipped", [(b"range", b"bytes=8-100")], (8, 9)),
+    ("14.1.2 suffix", [(b"range", b"bytes=-3")], (7, 9)),
+    ("14.1.2 suffix longer than body", [(b"range", b"bytes=-30")], (0, 9)),
+    ("14.1.1 unsatisfiable start", [(b"range", b"bytes=10-")], UNSATISFIABLE),
+    ("14.1.1 zero suffix", [(b"range", b"bytes=-0")], UNSATISFIABLE),
+    ("14.2 several ranges: whole", [(b"range", b"bytes=0-1,3-4")], None),
+    ("14.2 other unit: whole", [(b"range", b"items=0-1")], None),
+    ("14.1.1 last before first: invalid, whole", [(b"range", b"bytes=5-2")], None),
+    ("14.2 no Range", [], None),
+    ("13.1.5 If-Range strong match", [(b"range", b"bytes=0-0"), (b"if-range", b'"v1"')], (0, 0)),
+    ("13.1.5 If-Range mismatch: whole", [(b"range", b"bytes=0-0"), (b"if-range", b'"v2"')], None),
+    ("13.1.5 If-Range date match", [(b"range", b"bytes=0-0"), (b"if-range", DATE)], (0, 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "expected"), [c[1:] for c in RANGE_CASES], ids=[c[0] for c in RANGE_CASES]
+)
+def test_byte_range(request_headers: Headers, expected: Optional[Tuple[int, int]]) -> None:
+    """RFC 9110 section 14: a single byte range of a 10-byte stored representation."""
+    assert byte_range(request_headers, ETAG, 10) == expected
+
+
+@given(st.binary(max_size=30), st.integers(0, 100))
+def test_byte_range_is_within_the_body(value: bytes, length: int) -> None:
+    """RFC 9110 section 14.1.2: any satisfiable range lies within the representation."""
+    span = byte_range([(b"range", value)], [], length)
+    if span is not None and span != UNSATISFIABLE:
+        assert 0 <= span[0] <= span[1] < length
+
+
+def test_cached_answer_full_with_age_and_without_targeted_field() -> None:
+    """RFC 9111 section 5.1 (Age), RFC 9213 (targeted field not forwarded), framing from the body."""
+    stored = [(b"content-length", b"99"), (b"cdn-cache-control", b"max-age=5"), (b"date", DATE)]
+    answer = cached_answer(b"GET", [], 200, b"OK", stored, b"hello", 12.7)
+    assert answer == Answer(
+        200, b"OK", [(b"date", DATE), (b"age", b"12"), (b"content-length", b"5")], b"hello"
+    )
+
+
+def test_cached_answer_304_206_416() -> None:
+    """RFC 9111 section 4.3.2 (304 from the cache) and RFC 9110 sections 14.4 and 15.5.17."""
+    stored = [*ETAG, (b"content-type", b"text/plain")]
+    not_mod = cached_answer(b"GET", [(b"if-none-match", b'"v1"')], 200, b"OK", stored, b"0123456789", 0)
+    assert (not_mod.status, not_mod.body) == (304, b"")
+    assert dict(not_mod.headers) == {b"etag": b'"v1"', b"last-modified": DATE, b"age": b"0"}
+    part = cached_answer(b"GET", [(b"range", b"bytes=2-4")], 200, b"OK", stored, b"0123456789", 0)
+    assert (part.status, part.body) == (206, b"234")
+    assert (b"content-range", b"bytes 2-4/10") in part.headers
+    assert (b"content-length", b"3") in part.headers
+    bad = cached_answer(b"GET", [(b"range", b"bytes=50-")], 200, b"OK", stored, b"0123456789", 0)
+    assert (bad.status, bad.body) == (416, b"")
+    assert (b"content-range", b"bytes */10") in bad.headers
+    # HEAD and non-200 stored responses ignore Range.
+    assert (
+        cached_answer(b"HEAD", [(b"range", b"bytes=2-4")], 200, b"OK", stored, b"0123456789", 0).status == 200
+    )
+    assert (
+        cached_answer(b"GET", [(b"range", b"bytes=2-4")], 404, b"NF", stored, b"0123456789", 0).status == 404
+    )
+
+
+# --- invalidation and purge keys (RFC 9111 section 4.4) ----------------------------------------
+
+INVALIDATION_CASES: List[Tuple[str, bytes, int, Headers, List[bytes]]] = [
+    ("4.4 POST invalidates the target", b"POST", 201, [], [b"http://h/a"]),
+    ("4.4 unknown method is unsafe", b"FROB", 200, [], [b"http://h/a"]),
+    ("4.4 safe method invalidates nothing", b"GET", 200, [], []),
+    ("4.4 error response invalidates nothing", b"DELETE", 500, [], []),
+    (
+        "4.4 same-origin Location and Content-Location",
+        b"PUT",
+        200,
+        [(b"location", b"/b?x=1"), (b"content-location", b"http://H/c")],
+        [b"http://h/a", b"http://h/b?x=1", b"http://h/c"],
+    ),
+    ("4.4 other origin Location ignored", b"POST", 303, [(b"location", b"http://other/b")], [b"http://h/a"]),
+    ("4.4 other scheme Location ignored", b"POST", 303, [(b"location", b"https://h/b")], [b"http://h/a"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "expected"),
+    [c[1:] for c in INVALIDATION_CASES],
+    ids=[c[0] for c in INVALIDATION_CASES],
+)
+def test_invalidation_keys(method: bytes, status: int, headers: Headers, expected: List[bytes]) -> None:
+    """RFC 9111 section 4.4: what a response to an unsafe request invalidates."""
+    assert invalidation_keys(method, status, b"http", b"h", b"/a", headers) == expected
+
+
+def test_url_key() -> None:
+    """RFC 9111 section 2: a purge URL maps to the same key as a request for it."""
+    assert url_key(b"http://Example.com:8080/A?b=1") == primary_key(b"http", b"example.com:8080", b"/A?b=1")
+    assert url_key(b"https://h") == b"https://h"
+    assert url_key(b"/relative") is None
+    assert url_key(b"ftp://h/x") is None

@@ -321,6 +321,7 @@ def test_options_long_names() -> None:
         "cache-grace",
         "cache-lock-timeout",
         "purge-allow",
+        "workers",
         "retries",
         "outlier-failures",
         "outlier-backoff",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 
 from powerlb.backend import Backend, BackendSpec
-from powerlb.health import HealthChecker, HealthState, is_healthy_status
+from powerlb.balancing import make_balancer
+from powerlb.health import HealthChecker, HealthState, SlowStart, is_healthy_status, ramp_weight
 
 # --- HealthState ---------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ def make_backends(count: int) -> List[Backend]:
     return [Backend(BackendSpec(f"http://127.0.0.1:{9001 + i}", "127.0.0.1", 9001 + i)) for i in range(count)]
 
 
-def make_checker(backends: List[Backend], probes: FakeProbes, clock: Clock, **kwargs: int) -> HealthChecker:
+def make_checker(backends: List[Backend], probes: FakeProbes, clock: Clock, **kwargs: Any) -> HealthChecker:
     return HealthChecker(backends, probes, clock, INTERVAL, TIMEOUT, **kwargs)
 
 
@@ -457,3 +458,151 @@ def test_non_int_result_is_a_failure() -> None:
     checker.check_all().addBoth(done.append)
     assert done == [None]
     assert backend.healthy is False
+
+
+def test_on_pass_is_called_for_every_passed_check_and_on_up_on_recovery() -> None:
+    a, b = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    passed: List[Backend] = []
+    up: List[Backend] = []
+    checker = make_checker([a, b], probes, clock, rise=2, fall=1, on_pass=passed.append, on_up=up.append)
+    checker.log = Logger(observer=lambda event: None)
+    checker.startService()
+    probes.take(a).callback(200)
+    probes.take(b).callback(500)  # b goes down
+    assert (passed, up) == ([a], [])
+    clock.advance(INTERVAL)
+    probes.take(a).callback(200)
+    probes.take(b).callback(200)  # first pass of two
+    assert (passed, up) == ([a, a, b], [])
+    clock.advance(INTERVAL)
+    probes.answer_all(204)
+    assert (passed, up) == ([a, a, b, a, b], [b])
+    checker.stopService()
+
+
+# --- slow start ----------------------------------------------------------------------
+
+
+def test_ramp_weight_endpoints_and_midpoint() -> None:
+    assert ramp_weight(48, 0.0, 30.0) == 1
+    assert ramp_weight(48, -1.0, 30.0) == 1
+    assert ramp_weight(48, 15.0, 30.0) == 24  # 1 + 47 / 2, rounded down
+    assert ramp_weight(48, 29.999, 30.0) == 47
+    assert ramp_weight(48, 30.0, 30.0) == 48
+    assert ramp_weight(48, 99.0, 30.0) == 48
+    assert ramp_weight(16, 0.0, 0.0) == 16
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    full=st.integers(min_value=1, max_value=10**6),
+    duration=st.floats(min_value=0.001, max_value=1e4),
+    first=st.floats(min_value=-10.0, max_value=2e4),
+    second=st.floats(min_value=-10.0, max_value=2e4),
+)
+def test_ramp_weight_is_monotone_bounded_and_linear(
+    full: int, duration: float, first: float, second: float
+) -> None:
+    low, high = sorted((first, second))
+    assert 1 <= ramp_weight(full, low, duration) <= ramp_weight(full, high, duration) <= full
+    value = ramp_weight(full, high, duration)
+    assert (value == full) == (high >= duration or full == 1)
+    if 0 <= high < duration:
+        assert abs(value - (1 + (full - 1) * high / duration)) < 1
+
+
+class Ramp:
+    """A SlowStart on a fake clock."""
+
+    def __init__(self, duration: float = 10.0) -> None:
+        self.clock = Clock()
+        self.slow_start = SlowStart(self.clock, duration)
+        self.slow_start.startService()
+
+    def weights_over(self, backend: Backend, ticks: int, step: float = 1.0) -> List[int]:
+        out = []
+        for _ in range(ticks):
+            self.clock.advance(step)
+            out.append(backend.effective_weight)
+        return out
+
+
+def test_slow_start_ramps_from_one_to_full_weight_in_steps() -> None:
+    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, weight=3))
+    t = Ramp(duration=10.0)
+    t.slow_start.begin(backend)
+    assert backend.effective_weight == 1
+    # ticks every duration / 10 = 1 s; the full weight is 3 * 16 = 48
+    assert t.weights_over(backend, 11) == [5, 10, 15, 19, 24, 29, 33, 38, 43, 48, 48]
+    assert t.clock.getDelayedCalls() == []  # the loop stops once no backend ramps
+
+
+def test_slow_start_off_leaves_weights_alone() -> None:
+    backend = make_backends(1)[0]
+    t = Ramp(duration=0.0)
+    t.slow_start.begin(backend)
+    assert backend.effective_weight == backend.full_weight
+    assert t.clock.getDelayedCalls() == []
+
+
+def test_slow_start_begin_again_restarts_the_ramp() -> None:
+    backend = make_backends(1)[0]  # full weight 16
+    t = Ramp(duration=10.0)
+    t.slow_start.begin(backend)
+    assert t.weights_over(backend, 5) == [2, 4, 5, 7, 8]
+    t.slow_start.begin(backend)
+    assert backend.effective_weight == 1
+    assert len(t.clock.getDelayedCalls()) == 1  # still one loop
+    assert t.weights_over(backend, 10) == [2, 4, 5, 7, 8, 10, 11, 13, 14, 16]
+    assert t.clock.getDelayedCalls() == []
+
+
+def test_slow_start_backends_ramp_independently() -> None:
+    a, b = make_backends(2)
+    t = Ramp(duration=4.0)  # ticks every 0.4 s
+    t.slow_start.begin(a)
+    t.clock.advance(2.0)
+    t.slow_start.begin(b)
+    t.clock.advance(2.0)
+    assert a.effective_weight == 16
+    assert b.effective_weight == ramp_weight(16, 2.0, 4.0) == 8
+    t.clock.advance(2.4)
+    assert b.effective_weight == 16
+    assert t.clock.getDelayedCalls() == []
+
+
+def test_slow_start_stop_gives_full_weight_and_stops_the_loop() -> None:
+    a, b = make_backends(2)
+    t = Ramp(duration=10.0)
+    t.slow_start.begin(a)
+    t.slow_start.begin(b)
+    t.clock.advance(3)
+    t.slow_start.stopService()
+    assert (a.effective_weight, b.effective_weight) == (16, 16)
+    assert t.clock.getDelayedCalls() == []
+    t.slow_start.startService()
+    t.slow_start.begin(a)  # usable again after a restart
+    assert a.effective_weight == 1
+    assert len(t.clock.getDelayedCalls()) == 1
+
+
+def test_slow_start_shifts_a_weighted_balancer_gradually() -> None:
+    a, b = make_backends(2)
+    balancer = make_balancer("weighted-round-robin", [a, b])
+    t = Ramp(duration=10.0)
+    t.slow_start.begin(a)
+    shares = []
+    for _ in range(11):
+        picks = [balancer.pick() for _ in range(320)]
+        shares.append(picks.count(a))
+        t.clock.advance(1)
+    assert shares[0] in (18, 19)  # weight 1 against 16: 320 / 17
+    assert shares == sorted(shares)
+    assert shares[-1] == 160
+
+
+@pytest.mark.parametrize(("duration", "steps"), [(-1.0, 10), (10.0, 0)])
+def test_slow_start_rejects_bad_settings(duration: float, steps: int) -> None:
+    with pytest.raises(ValueError, match="need duration >= 0"):
+        SlowStart(Clock(), duration, steps)

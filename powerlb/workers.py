@@ -1,0 +1,249 @@
+"""``--workers N``: N processes serving one listening socket, supervised by the main process.
+
+The main process binds the socket (so privileged ports work before twistd
+drops privileges) but never accepts on it; each worker adopts it and runs a
+whole powerlb: its own upstream pools, health checks and cache. Workers send
+their stats snapshot to the main process once a second over their stdout
+pipe, and the main process's admin listener serves the merged figures. A
+worker that dies is started again.
+
+Per process: the cache (each worker stores what it fetched), upstream
+connections, health-check state (every worker probes every backend, so the
+views agree within one check interval). Merged: counters, in-flight figures
+and cache sizes are summed; a backend shows as healthy only while every
+worker sees it healthy.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import pickle
+import socket
+import sys
+from typing import Any, Dict, List, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from powerlb.config import Config
+
+log = Logger()
+
+#: The fd number a worker finds the shared listening socket on.
+LISTEN_FD = 3
+REPORT_INTERVAL = 1.0
+RESTART_DELAY = 1.0
+STOP_TIMEOUT = 10.0
+
+
+def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One stats snapshot from several workers' (same shape): numbers summed, flags all-true.
+
+    Identity and configuration fields (``url``, ``weight``, ``max_bytes`` ...)
+    are taken from the first; ``hit_ratio`` is recomputed.
+    """
+    if not snapshots:
+        return {}
+    merged = _merge(snapshots)
+    cache = merged.get("cache")
+    if isinstance(cache, dict):
+        lookups = cache.get("hits", 0) + cache.get("misses", 0)
+        cache["hit_ratio"] = round(cache.get("hits", 0) / lookups, 4) if lookups else 0.0
+    return merged
+
+
+_SAME_IN_EVERY_WORKER = frozenset({"url", "weight", "backup", "max_bytes", "max_object", "enabled"})
+
+
+def _merge(values: List[Any], key: str = "") -> Any:
+    first = values[0]
+    if key in _SAME_IN_EVERY_WORKER:
+        return first
+    if isinstance(first, bool):
+        return all(values)
+    if isinstance(first, (int, float)):
+        return sum(v for v in values if isinstance(v, (int, float)))
+    if isinstance(first, dict):
+        return {k: _merge([v.get(k, first[k]) for v in values], k) for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [_merge([v[i] for v in values]) for i in range(len(first))]
+    return first
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """The supervisor's side of one worker: its stats lines and its end."""
+
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.buffer = b""
+        self.snapshot: Optional[Dict[str, Any]] = None
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            try:
+                self.snapshot = json.loads(line)
+            except ValueError:
+                log.warn("worker {index} sent an unreadable stats line", index=self.index)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+        self.supervisor.worker_ended(self, reason)
+
+
+class WorkerSupervisor(MultiService):
+    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats."""
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.config = config
+        self._endpoint = serverFromString(reactor, config.listen)
+        self.port: Any = None
+        self.workers: List[Optional[_WorkerProcess]] = [None] * config.workers
+        self._stopping = False
+        if config.admin is not None:
+            from powerlb.admin import admin_root
+            from powerlb.service import Listener, QuietSite
+
+            admin_site = QuietSite(admin_root(self.stats), reactor)
+            Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        self._bind()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+        for index in range(len(self.workers)):
+            self._spawn(index)
+
+    def _bind(self) -> None:
+        if self.port is not None:
+            return
+        failures: List[Any] = []
+        self._endpoint.listen(protocol.Factory()).addCallbacks(self._bound, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _bound(self, port: Any) -> None:
+        # Keep the socket open for the workers, but never accept on it here.
+        port.stopReading()
+        self.port = port
+
+    def _spawn(self, index: int) -> None:
+        worker = _WorkerProcess(self, index)
+        self.workers[index] = worker
+        family = socket.AF_INET6 if ":" in self.port.getHost().host else socket.AF_INET
+        child_config = dataclasses.replace(self.config, workers=1, admin=None)
+        payload = base64.b64encode(pickle.dumps((child_config, int(family)))) + b"\n"
+        process = self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "powerlb.workers"],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: 2, LISTEN_FD: self.port.fileno()},
+        )
+        process.write(payload)
+        log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
+
+    def worker_ended(self, worker: _WorkerProcess, reason: Any) -> None:
+        """A worker exited: start it again unless powerlb is stopping."""
+        if self._stopping or self.workers[worker.index] is not worker:
+            return
+        log.warn("worker {index} exited ({reason}); restarting", index=worker.index, reason=reason.value)
+        self.workers[worker.index] = None
+        self.reactor.callLater(RESTART_DELAY, self._respawn, worker.index)
+
+    def _respawn(self, index: int) -> None:
+        if not self._stopping and self.workers[index] is None:
+            self._spawn(index)
+
+    def stats(self) -> Dict[str, Any]:
+        """The workers' latest snapshots merged, with each worker's pid."""
+        live = [w for w in self.workers if w is not None]
+        merged = merge_snapshots([w.snapshot for w in live if w.snapshot is not None])
+        merged["workers"] = [w.transport.pid for w in live if w.transport is not None]
+        return merged
+
+    def stopService(self) -> defer.Deferred:
+        self._stopping = True
+        live = [w for w in self.workers if w is not None and w.transport.pid is not None]
+        for worker in live:
+            worker.transport.signalProcess("TERM")
+        ended = defer.DeferredList([w.ended for w in live])
+        timer = self.reactor.callLater(STOP_TIMEOUT, self._kill, live)
+        ended.addBoth(lambda _: timer.active() and timer.cancel())
+        port, self.port = self.port, None
+        ended.addBoth(lambda _: port is not None and port.stopListening())
+        return ended.addBoth(lambda _: defer.maybeDeferred(MultiService.stopService, self))
+
+    def _kill(self, workers: List[_WorkerProcess]) -> None:
+        for worker in workers:
+            if worker.transport.pid is not None:
+                worker.transport.signalProcess("KILL")
+
+
+class _SupervisorPipe(protocol.Protocol):
+    """A worker's side of the pipes to the supervisor: when they close, the supervisor is gone."""
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.stop()
+
+
+class _Reporting(Service):
+    """Writes the worker's stats snapshot to the supervisor every second."""
+
+    def __init__(self, service: Any, transport: Any, reactor: Any) -> None:
+        self.loop = LoopingCall(lambda: transport.write(json.dumps(service.stats()).encode() + b"\n"))
+        self.loop.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.loop.start(REPORT_INTERVAL)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.loop.running:
+            self.loop.stop()
+
+
+def worker_main() -> None:
+    """Entry point of a worker process: config on stdin, the listening socket on fd 3."""
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from powerlb.service import PowerLBService
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    config, family = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
+    endpoint = AdoptedStreamServerEndpoint(reactor, LISTEN_FD, family)
+    service = PowerLBService(config, reactor, listen_endpoint=endpoint)
+    pipe = _SupervisorPipe()
+    StandardIO(pipe, reactor=reactor)
+    _Reporting(service, pipe.transport, reactor).setServiceParent(service)
+    service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,481 @@
+"""End to end: the shared cache's RFC 9111 / RFC 5861 / RFC 9213 behaviour through a real powerlb.
+
+Each test drives a real origin (a TestBackend) through a real powerlb over
+sockets; the timing rules themselves are table-tested with an explicit ``now``
+in test_cachepolicy.py, so these use the real clock only where they must.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest_twisted
+from twisted.internet import defer
+from twisted.web.server import NOT_DONE_YET
+
+from tests.conftest import sleep
+
+DATE_PAST = b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def origin(body: bytes = b"body", status: int = 200, **headers: bytes) -> Any:
+    """A route answering ``status``, ``headers`` (``cache_control=`` style names) and ``body`` + a serial."""
+    served: List[int] = []
+
+    def respond(request: Any) -> bytes:
+        served.append(1)
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name.replace("_", "-").encode(), value)
+        return body + b" #%d" % len(served)
+
+    return respond
+
+
+async def fetch(http: Any, url: str, method: str = "GET", **headers: bytes) -> Any:
+    """Request ``url``; the response gets ``.body``, ``.x_cache`` and ``.header(name)``."""
+    sent = {name.replace("_", "-").encode(): [value] for name, value in headers.items()}
+    response = await http.request(method, url, headers=sent)
+    response.body = await response.content()
+    response.x_cache = (response.headers.getRawHeaders(b"x-cache") or [b""])[0]
+    response.header = lambda name: (response.headers.getRawHeaders(name) or [None])[0]
+    return response
+
+
+def cache_layer(lb: Any) -> Any:
+    """The running instance's CacheLayer."""
+    return lb.service.proxy_listener.factory.resource.cache
+
+
+def served(backend: Any, path: bytes) -> int:
+    """Requests for ``path`` (any query) the backend received."""
+    return sum(1 for r in backend.requests if r.uri.split(b"?")[0] == path)
+
+
+# --- freshness, Age, Expires (RFC 9111 sections 4.2, 5.1, 5.3) ---------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_freshness_from_s_maxage_max_age_expires_and_heuristic(make_backends, start_powerlb, http):
+    """RFC 9111 4.2.1/4.2.2: explicit and heuristic freshness give hits; invalid Expires is stale."""
+    (a,) = make_backends(1)
+    a.routes.update(
+        {
+            b"/smax": origin(cache_control=b"max-age=0, s-maxage=60"),
+            b"/heuristic": origin(last_modified=DATE_PAST),
+            b"/bad-expires": origin(expires=b"0"),
+            b"/no-validator": origin(),
+        }
+    )
+    lb = start_powerlb([a])
+    for path in ("/smax", "/heuristic"):
+        assert (await fetch(http, lb.url + path)).x_cache == b"MISS"
+        hit = await fetch(http, lb.url + path)
+        assert (hit.x_cache, hit.body) == (b"HIT", b"body #1"), path
+    for path in ("/bad-expires", "/no-validator"):
+        for _ in range(2):
+            assert (await fetch(http, lb.url + path)).x_cache == b"MISS"
+    assert served(a, b"/bad-expires") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_age_counts_upstream_age_and_date_is_kept(make_backends, start_powerlb, http):
+    """RFC 9111 4.2.3 and 5.1: Age includes the upstream Age; Date is the origin's."""
+    (a,) = make_backends(1)
+    a.routes[b"/aged"] = origin(cache_control=b"max-age=100", age=b"30")
+    a.routes[b"/old"] = origin(cache_control=b"max-age=100", age=b"99")
+    lb = start_powerlb([a])
+    first = await fetch(http, lb.url + "/aged")
+    hit = await fetch(http, lb.url + "/aged")
+    assert hit.x_cache == b"HIT"
+    assert 30 <= int(hit.header(b"age")) <= 32
+    assert hit.header(b"date") == first.header(b"date")
+    # Age 99 of 100: stale within a second or two; then it is fetched again.
+    await fetch(http, lb.url + "/old")
+    await sleep(1.1)
+    assert (await fetch(http, lb.url + "/old")).x_cache == b"MISS"
+
+
+# --- request directives (RFC 9111 section 5.2.1) -----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_directives(make_backends, start_powerlb, http):
+    """RFC 9111 5.2.1: no-cache, max-age, min-fresh, Pragma and only-if-cached from the client."""
+    (a,) = make_backends(1)
+    a.routes[b"/r"] = origin(cache_control=b"max-age=60")
+    lb = start_powerlb([a])
+    url = lb.url + "/r"
+    only = await fetch(http, url, cache_control=b"only-if-cached")
+    assert only.code == 504  # 5.2.1.7: nothing stored
+    await fetch(http, url)
+    assert (await fetch(http, url, cache_control=b"only-if-cached")).x_cache == b"HIT"
+    assert (await fetch(http, url, cache_control=b"no-cache")).x_cache == b"MISS"  # 5.2.1.4
+    assert (await fetch(http, url, pragma=b"no-cache")).x_cache == b"MISS"  # 5.4
+    assert (await fetch(http, url, cache_control=b"min-fresh=100")).x_cache == b"MISS"  # 5.2.1.3
+    await sleep(1.05)
+    assert (await fetch(http, url, cache_control=b"max-age=0")).x_cache == b"MISS"  # 5.2.1.1
+    assert (await fetch(http, url, cache_control=b"max-age=30")).x_cache == b"HIT"
+    assert served(a, b"/r") == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_stale_serves_stale_with_consent(make_backends, start_powerlb, http):
+    """RFC 9111 5.2.1.2: max-stale lets the client accept a stale response."""
+    (a,) = make_backends(1)
+    a.routes[b"/s"] = origin(cache_control=b"max-age=1", etag=b'"v"')
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/s")
+    await sleep(1.05)
+    stale = await fetch(http, lb.url + "/s", cache_control=b"max-stale=60")
+    assert (stale.x_cache, stale.body) == (b"STALE", b"body #1")
+
+
+# --- Vary (RFC 9111 section 4.1) ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_vary_variants_normalised_and_vary_star(make_backends, start_powerlb, http):
+    """RFC 9111 4.1: one variant per normalised value; Vary: * never matches."""
+    (a,) = make_backends(1)
+
+    def negotiated(request: Any) -> bytes:
+        request.setHeader(b"cache-control", b"max-age=60")
+        request.setHeader(b"vary", b"Accept-Language")
+        return b"for " + (request.getHeader(b"accept-language") or b"none")
+
+    a.routes[b"/v"] = negotiated
+    a.routes[b"/star"] = origin(cache_control=b"max-age=60", vary=b"*")
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/v", accept_language=b"fr,en")
+    await fetch(http, lb.url + "/v")
+    spaced = await fetch(http, lb.url + "/v", accept_language=b"fr ,  en")
+    plain = await fetch(http, lb.url + "/v")
+    assert (spaced.x_cache, spaced.body) == (b"HIT", b"for fr,en")
+    assert (plain.x_cache, plain.body) == (b"HIT", b"for none")
+    assert (await fetch(http, lb.url + "/v", accept_language=b"en")).x_cache == b"MISS"
+    for _ in range(2):
+        assert (await fetch(http, lb.url + "/star")).x_cache == b"MISS"
+
+
+# --- revalidation (RFC 9111 sections 3.2, 4.3) --------------------------------------------------
+
+
+def validating(state: Dict[str, Any]) -> Any:
+    """An origin with ETag "v1" answering 304 to a matching If-None-Match, with new headers."""
+
+    def respond(request: Any) -> bytes:
+        request.setHeader(b"etag", b'"v1"')
+        request.setHeader(b"cache-control", state["cache_control"])
+        request.setHeader(b"x-version", b"%d" % len(state["seen"]))
+        state["seen"].append(request.getHeader(b"if-none-match"))
+        if request.getHeader(b"if-none-match") == b'"v1"':
+            request.setResponseCode(304)
+            return b""
+        return b"the full body"
+
+    return respond
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_entry_revalidated_and_304_updates_headers(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.1/4.3.4/3.2: If-None-Match upstream, 304 served as the updated stored response."""
+    (a,) = make_backends(1)
+    state: Dict[str, Any] = {"seen": [], "cache_control": b"max-age=1"}
+    a.routes[b"/e"] = validating(state)
+    lb = start_powerlb([a])
+    first = await fetch(http, lb.url + "/e")
+    assert (first.x_cache, first.body) == (b"MISS", b"the full body")
+    await sleep(1.05)
+    state["cache_control"] = b"max-age=60"
+    revalidated = await fetch(http, lb.url + "/e")
+    assert revalidated.code == 200
+    assert (revalidated.x_cache, revalidated.body) == (b"REVALIDATED", b"the full body")
+    assert revalidated.header(b"x-version") == b"1"  # updated from the 304
+    assert revalidated.length == 13
+    assert state["seen"] == [None, b'"v1"']
+    hit = await fetch(http, lb.url + "/e")  # the 304's max-age=60 now applies
+    assert (hit.x_cache, hit.header(b"x-version")) == (b"HIT", b"1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_cache_response_always_revalidated(make_backends, start_powerlb, http):
+    """RFC 9111 5.2.2.4: a no-cache response is stored but validated before each reuse."""
+    (a,) = make_backends(1)
+    state: Dict[str, Any] = {"seen": [], "cache_control": b"no-cache"}
+    a.routes[b"/n"] = validating(state)
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/n")
+    for _ in range(2):
+        again = await fetch(http, lb.url + "/n")
+        assert (again.x_cache, again.body) == (b"REVALIDATED", b"the full body")
+    assert state["seen"] == [None, b'"v1"', b'"v1"']
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_conditional_answered_from_cache(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.2: matching If-None-Match / If-Modified-Since get 304 from the cache."""
+    (a,) = make_backends(1)
+    a.routes[b"/c"] = origin(cache_control=b"max-age=60", etag=b'W/"x"', last_modified=DATE_PAST)
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/c")
+    weak = await fetch(http, lb.url + "/c", if_none_match=b'"x"')
+    assert (weak.code, weak.body, weak.x_cache) == (304, b"", b"HIT")
+    assert weak.header(b"etag") == b'W/"x"'
+    since = await fetch(http, lb.url + "/c", if_modified_since=b"Mon, 07 Nov 1994 08:49:37 GMT")
+    assert since.code == 304
+    both = await fetch(http, lb.url + "/c", if_none_match=b'"y"', if_modified_since=DATE_PAST)
+    assert (both.code, both.body) == (200, b"body #1")  # If-None-Match wins
+    assert served(a, b"/c") == 1
+
+
+# --- stale (RFC 5861) ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_while_revalidate_serves_stale_and_refreshes_once(make_backends, start_powerlb, http):
+    """RFC 5861 3: stale served at once; one background refresh per key updates the entry."""
+    (a,) = make_backends(1)
+    # max-age=2: Date has whole seconds, so a refreshed entry is fresh for at least 1 s.
+    a.routes[b"/swr"] = origin(cache_control=b"max-age=2, stale-while-revalidate=30")
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/swr")
+    await sleep(2.05)
+    stale = await defer.gatherResults([defer.ensureDeferred(fetch(http, lb.url + "/swr")) for _ in range(3)])
+    assert [(r.x_cache, r.body) for r in stale] == [(b"STALE", b"body #1")] * 3
+    for _ in range(100):
+        if served(a, b"/swr") == 2 and not cache_layer(lb).flights:
+            break
+        await sleep(0.01)
+    fresh = await fetch(http, lb.url + "/swr")
+    assert (fresh.x_cache, fresh.body) == (b"HIT", b"body #2")
+    assert served(a, b"/swr") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_if_error_and_grace_but_not_must_revalidate(make_backends, start_powerlb, http):
+    """RFC 5861 4: stale served on 5xx, on a dead backend; must-revalidate forbids it (RFC 9111 4.2.4)."""
+    (a,) = make_backends(1)
+    mode = {"fail": False}
+
+    def flaky(cache_control: bytes) -> Any:
+        def respond(request: Any) -> bytes:
+            if mode["fail"]:
+                request.setResponseCode(503)
+                return b"down"
+            request.setHeader(b"cache-control", cache_control)
+            return b"good"
+
+        return respond
+
+    a.routes[b"/sie"] = flaky(b"max-age=1, stale-if-error=60")
+    a.routes[b"/grace"] = flaky(b"max-age=1")
+    a.routes[b"/must"] = flaky(b"max-age=1, must-revalidate, stale-if-error=60")
+    lb = start_powerlb([a], cache_grace="1m")
+    for path in ("/sie", "/grace", "/must"):
+        await fetch(http, lb.url + path)
+    await sleep(1.05)
+    mode["fail"] = True
+    for path in ("/sie", "/grace"):
+        stale = await fetch(http, lb.url + path)
+        assert (stale.code, stale.x_cache, stale.body) == (200, b"STALE", b"good"), path
+    must = await fetch(http, lb.url + "/must")
+    assert (must.code, must.body) == (503, b"down")
+    await a.stop()  # connection refused: powerlb's own 503, still answered stale
+    assert (await fetch(http, lb.url + "/sie")).x_cache == b"STALE"
+    assert (await fetch(http, lb.url + "/must")).code == 503
+
+
+# --- coalescing ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_misses_send_one_request_upstream(make_backends, start_powerlb, http):
+    """N concurrent clients of one object: exactly one upstream request, everyone gets the body."""
+    (a,) = make_backends(1)
+    held: List[Any] = []
+
+    def slow(request: Any) -> Any:
+        request.setHeader(b"cache-control", b"max-age=60")
+        held.append(request)
+        return NOT_DONE_YET
+
+    a.routes[b"/co"] = slow
+    lb = start_powerlb([a])
+    pending = [defer.ensureDeferred(fetch(http, lb.url + "/co")) for _ in range(10)]
+    flights = cache_layer(lb).flights
+    for _ in range(200):
+        if held and sum(len(f.waiters) for f in flights.values()) == 9:
+            break
+        await sleep(0.01)
+    held[0].write(b"shared")
+    held[0].finish()
+    responses = await defer.gatherResults(pending)
+    assert [r.body for r in responses] == [b"shared"] * 10
+    assert sorted(r.x_cache for r in responses) == [b"COALESCED"] * 9 + [b"MISS"]
+    assert served(a, b"/co") == 1
+    stats = lb.service.stats()["cache"]
+    assert (stats["coalesced"], stats["misses"]) == (9, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiters_go_upstream_when_the_response_is_not_cacheable(make_backends, start_powerlb, http):
+    """Coalesced requests whose shared response cannot be stored are sent upstream themselves."""
+    (a,) = make_backends(1)
+    held: List[Any] = []
+
+    def private(request: Any) -> Any:
+        request.setHeader(b"cache-control", b"private")
+        held.append(request)
+        if len(held) > 1:
+            return b"own"
+        return NOT_DONE_YET
+
+    a.routes[b"/p"] = private
+    lb = start_powerlb([a], cache_lock_timeout="2s")
+    pending = [defer.ensureDeferred(fetch(http, lb.url + "/p")) for _ in range(3)]
+    while not held:
+        await sleep(0.01)
+    await sleep(0.05)
+    held[0].write(b"first")
+    held[0].finish()
+    bodies = sorted(r.body for r in await defer.gatherResults(pending))
+    assert bodies == [b"first", b"own", b"own"]
+    assert served(a, b"/p") == 3
+
+
+# --- invalidation and purge (RFC 9111 section 4.4) ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsafe_methods_invalidate_target_and_locations(make_backends, start_powerlb, http):
+    """RFC 9111 4.4: a successful unsafe request invalidates its URL, Location, Content-Location."""
+    (a,) = make_backends(1)
+    for path in (b"/item", b"/other", b"/list"):
+        a.routes[path] = origin(cache_control=b"max-age=60")
+    a.routes[b"/post"] = origin(location=b"/other", content_location=b"http://elsewhere/list")
+
+    def failing(request: Any) -> bytes:
+        request.setResponseCode(500)
+        return b"no"
+
+    lb = start_powerlb([a])
+    for path in ("/item", "/other", "/list"):
+        await fetch(http, lb.url + path)
+
+    async def cached(path: str) -> bool:
+        return (await fetch(http, lb.url + path, cache_control=b"only-if-cached")).code == 200
+
+    a.routes[b"/item"] = failing
+    await fetch(http, lb.url + "/item", method="DELETE")  # an error: nothing invalidated
+    assert await cached("/item")
+    a.routes[b"/item"] = origin(cache_control=b"max-age=60")
+    await fetch(http, lb.url + "/item", method="FROB")
+    assert not await cached("/item")
+    a.routes[b"/other"] = a.routes[b"/post"]
+    post = await fetch(http, lb.url + "/other", method="POST")
+    assert post.x_cache == b"BYPASS"
+    assert not await cached("/other")
+    assert await cached("/list")  # another origin's Content-Location
+    assert lb.service.stats()["cache"]["invalidated"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_method_from_allowed_addresses_only(make_backends, start_powerlb, http):
+    """PURGE on the proxy listener: 403 unless purge-allow matches, 200 when removed, 404 when not."""
+    (a,) = make_backends(1)
+    a.routes[b"/x"] = origin(cache_control=b"max-age=60")
+    lb = start_powerlb([a], purge_allow="10.0.0.0/8")
+    await fetch(http, lb.url + "/x")
+    assert (await fetch(http, lb.url + "/x", method="PURGE")).code == 403
+    lb2 = start_powerlb([a], purge_allow="127.0.0.1")
+    await fetch(http, lb2.url + "/x")
+    purged = await fetch(http, lb2.url + "/x", method="PURGE")
+    assert purged.code == 200 and b"purged 1" in purged.body
+    assert (await fetch(http, lb2.url + "/x", method="PURGE")).code == 404
+    assert (await fetch(http, lb2.url + "/x")).x_cache == b"MISS"
+    assert lb2.service.stats()["cache"]["purged"] == 1
+    assert served(a, b"/x") == 3  # PURGE never reaches the backend
+
+
+# --- range (RFC 9110 section 14) ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_range_requests_answered_from_the_cache(make_backends, start_powerlb, http):
+    """RFC 9110 14: a single range of a stored 200 is a 206 from the cache; 206s are never stored."""
+    (a,) = make_backends(1)
+    a.routes[b"/r"] = lambda request: (request.setHeader(b"cache-control", b"max-age=60"), b"0123456789")[1]
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/r")
+    part = await fetch(http, lb.url + "/r", range=b"bytes=3-5")
+    assert (part.code, part.body, part.x_cache) == (206, b"345", b"HIT")
+    assert part.header(b"content-range") == b"bytes 3-5/10"
+    suffix = await fetch(http, lb.url + "/r", range=b"bytes=-2")
+    assert (suffix.code, suffix.body) == (206, b"89")
+    bad = await fetch(http, lb.url + "/r", range=b"bytes=20-")
+    assert (bad.code, bad.header(b"content-range")) == (416, b"bytes */10")
+    assert served(a, b"/r") == 1
+
+
+# --- Authorization, cookies, targeted field -----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_authorization_and_cookies(make_backends, start_powerlb, http):
+    """RFC 9111 3.5 (Authorization needs public/s-maxage/must-revalidate) and Set-Cookie rules."""
+    (a,) = make_backends(1)
+    a.routes.update(
+        {
+            b"/auth": origin(cache_control=b"max-age=60"),
+            b"/auth-smax": origin(cache_control=b"s-maxage=60"),
+            b"/auth-must": origin(cache_control=b"max-age=60, must-revalidate"),
+            b"/cookie": origin(cache_control=b"max-age=60", set_cookie=b"id=1"),
+            b"/cookie-public": origin(cache_control=b"public, max-age=60", set_cookie=b"id=1"),
+        }
+    )
+    lb = start_powerlb([a])
+    expected = {"/auth": b"MISS", "/auth-smax": b"HIT", "/auth-must": b"HIT"}
+    for path, second in expected.items():
+        await fetch(http, lb.url + path, authorization=b"Bearer t")
+        assert (await fetch(http, lb.url + path, authorization=b"Bearer t")).x_cache == second, path
+    await fetch(http, lb.url + "/cookie")
+    assert (await fetch(http, lb.url + "/cookie")).x_cache == b"MISS"
+    await fetch(http, lb.url + "/cookie-public")
+    assert (await fetch(http, lb.url + "/cookie-public")).x_cache == b"HIT"
+
+
+@pytest_twisted.ensureDeferred
+async def test_targeted_cache_control_wins_and_is_not_forwarded(make_backends, start_powerlb, http):
+    """RFC 9213 2.1: CDN-Cache-Control (or the configured name) overrides Cache-Control, not forwarded."""
+    (a,) = make_backends(1)
+    a.routes[b"/t"] = origin(cache_control=b"no-store", cdn_cache_control=b"max-age=60")
+    a.routes[b"/custom"] = origin(cache_control=b"max-age=60", x_edge_control=b"no-store")
+    lb = start_powerlb([a])
+    first = await fetch(http, lb.url + "/t")
+    hit = await fetch(http, lb.url + "/t")
+    assert (first.x_cache, hit.x_cache) == (b"MISS", b"HIT")
+    assert first.header(b"cdn-cache-control") is None and hit.header(b"cdn-cache-control") is None
+    assert hit.header(b"cache-control") == b"no-store"
+    lb2 = start_powerlb([a], cache_targeted_header="X-Edge-Control")
+    await fetch(http, lb2.url + "/custom")
+    again = await fetch(http, lb2.url + "/custom")
+    assert (again.x_cache, again.header(b"x-edge-control")) == (b"MISS", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_uses_stored_get_and_stats_count_results(make_backends, start_powerlb, http):
+    """RFC 9111 4: HEAD is answered from a stored GET; a HEAD miss is forwarded, not stored."""
+    (a,) = make_backends(1)
+    a.routes[b"/h"] = origin(cache_control=b"max-age=60")
+    lb = start_powerlb([a], admin="tcp:0:interface=127.0.0.1")
+    head = await fetch(http, lb.url + "/h", method="HEAD")
+    assert (head.x_cache, a.requests[-1].method) == (b"MISS", b"HEAD")
+    await fetch(http, lb.url + "/h")
+    head = await fetch(http, lb.url + "/h", method="HEAD")
+    assert (head.x_cache, head.body, head.header(b"content-length")) == (b"HIT", b"", b"7")
+    figures = await (await http.get(lb.admin_url + "/_powerlb/stats")).json()
+    cache: Optional[Dict[str, Any]] = figures["cache"]
+    assert (cache["hits"], cache["misses"], cache["stale"], cache["revalidated"]) == (1, 2, 0, 0)
+    metrics = await (await http.get(lb.admin_url + "/_powerlb/metrics")).text()
+    assert 'powerlb_cache_results_total{result="coalesced"} 0.0' in metrics
