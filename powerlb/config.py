@@ -288,6 +288,16 @@ class Config:
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
+    idle_timeout: float = 60.0
+    client_timeout: float = 30.0
+    max_body: int = 100 * 1024 * 1024
+    max_header_size: int = 32 * 1024
+    max_headers: int = 100
+    max_url_length: int = 8 * 1024
+    max_connections: int = 10000
+    backend_max_connections: int = 0
+    backend_queue_timeout: float = 5.0
+    drain_timeout: float = 30.0
     workers: int = 1
     retries: int = 1
     outlier_failures: int = 5
@@ -434,6 +444,73 @@ SETTINGS: Tuple[Setting, ...] = (
         "connect_timeout",
         _positive_duration,
         "time a backend connection may take",
+        show=_format_duration,
+    ),
+    Setting(
+        "idle-timeout",
+        "idle_timeout",
+        _positive_duration,
+        "time a backend may pause between two pieces of a response body",
+        show=_format_duration,
+    ),
+    Setting(
+        "client-timeout",
+        "client_timeout",
+        _positive_duration,
+        "time a client may take to send a request's headers, and its body; also the keep-alive idle time",
+        show=_format_duration,
+    ),
+    Setting(
+        "max-body",
+        "max_body",
+        _above_zero(parse_size, "100MiB"),
+        "largest request body accepted (413 beyond)",
+        show=format_size,
+    ),
+    Setting(
+        "max-header-size",
+        "max_header_size",
+        _above_zero(parse_size, "32KiB"),
+        "largest request header section accepted (431 beyond)",
+        show=format_size,
+    ),
+    Setting(
+        "max-headers",
+        "max_headers",
+        _above_zero(_parse_count, "100"),
+        "most request header lines accepted (431 beyond)",
+    ),
+    Setting(
+        "max-url-length",
+        "max_url_length",
+        _above_zero(parse_size, "8KiB"),
+        "longest request target accepted (414 beyond)",
+        show=format_size,
+    ),
+    Setting(
+        "max-connections",
+        "max_connections",
+        _above_zero(_parse_count, "10000"),
+        "client connections served at once; more are answered 503 and closed",
+    ),
+    Setting(
+        "backend-max-connections",
+        "backend_max_connections",
+        _parse_count,
+        "connections to one backend at once; further requests wait in a queue; 0 = no limit",
+    ),
+    Setting(
+        "backend-queue-timeout",
+        "backend_queue_timeout",
+        _positive_duration,
+        "time a request may wait for a backend connection slot before a 503",
+        show=_format_duration,
+    ),
+    Setting(
+        "drain-timeout",
+        "drain_timeout",
+        _positive_duration,
+        "on shutdown, time in-flight requests get to finish before connections are closed",
         show=_format_duration,
     ),
     Setting(
