@@ -750,8 +750,6 @@ def main(argv: Sequence[str]) -> None:
                 for setting in SETTINGS:
                     for row in rows:
                         result = results[setting.title, row.label]
-                        if result.failures and not result.samples:
-                            continue  # it failed in an earlier round: spend no more time on it
                         prefix = f"[round {round_no}/{args.rounds}] {setting.title:<29} {row.label:<28}"
                         try:
                             sample = measure(ctx, row, setting, args.duration)

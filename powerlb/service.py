@@ -27,6 +27,7 @@ from powerlb.dispatch import Dispatcher
 from powerlb.health import HealthChecker, SlowStart
 from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
+from powerlb.server import ProxySite
 from powerlb.stats import Counters, snapshot
 from powerlb.upstream import ProxyClientFactory, probe
 
@@ -182,7 +183,7 @@ class PowerLBService(MultiService):
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
-        self.proxy_listener = Listener(listen_endpoint, QuietSite(resource, reactor, config.access_log))
+        self.proxy_listener = Listener(listen_endpoint, ProxySite(resource, reactor, config))
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
