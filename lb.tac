@@ -1,6 +1,7 @@
 """Run powerlb from a config file: ``twistd -ny lb.tac``.
 
-Reads the YAML file named by $POWERLB_CONFIG (default: lb.yaml in the current directory).
+Reads the YAML file named by $POWERLB_CONFIG (default: lb.yaml in the current directory),
+and again on SIGHUP.
 """
 
 import os
@@ -8,12 +9,15 @@ import os
 from twisted.application import service
 
 import powerlb
-from powerlb.config import ConfigError, load_config_file
+from powerlb.config import ConfigError
+from powerlb.service import ConfigSource, reload_on_sighup
 
-config_path = os.environ.get("POWERLB_CONFIG", "lb.yaml")
+source = ConfigSource(os.environ.get("POWERLB_CONFIG", "lb.yaml"))
 
 application = service.Application("powerlb")
 try:
-    powerlb.makeService(load_config_file(config_path)).setServiceParent(application)
+    lb = powerlb.makeService(source.load())
 except ConfigError as err:
-    raise SystemExit(f"{config_path}: {err}") from None
+    raise SystemExit(f"{source.path}: {err}") from None
+reload_on_sighup(lb, source)
+lb.setServiceParent(application)

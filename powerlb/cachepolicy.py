@@ -3,10 +3,12 @@
 Every decision the cache makes is a function here: whether a response may be
 stored and for how long (:func:`plan_store`), whether a stored one may be
 reused for a request (:func:`reuse`, :func:`stale_on_error`), how to
-revalidate it and update it from a ``304`` (:func:`revalidation_headers`,
-:func:`update_headers`), what to answer from it (:func:`cached_answer`:
-``Age``, ``304`` to conditional requests, ``206`` to ranges), and what an
-unsafe request invalidates (:func:`invalidation_keys`).
+revalidate it and update it from a ``304`` or a ``HEAD`` response
+(:func:`revalidation_headers`, :func:`update_headers`, :func:`head_update`),
+what to ask upstream to get a response to store (:func:`fetch_headers`), what
+to answer from it (:func:`cached_answer`, :func:`answer_head`: ``Age``,
+``304`` to conditional requests, ``206`` to ranges), and what an unsafe
+request invalidates (:func:`invalidation_keys`).
 
 Nothing here touches a socket or a clock: times are POSIX seconds passed in by
 the caller. Headers follow :mod:`powerlb.headers` (lower-cased names, repeated
@@ -290,6 +292,11 @@ _AUTHORIZED_STORE_DIRECTIVES = frozenset({b"public", b"s-maxage", b"must-revalid
 _EXPLICIT = frozenset({b"max-age", b"s-maxage", b"public"})
 
 
+def _forbids_storing(request_headers: Headers) -> bool:
+    """``no-store`` in the request (RFC 9111 section 5.2.1.5)."""
+    return b"no-store" in parse_cache_control(get_all(request_headers, b"cache-control"))
+
+
 def plan_store(
     method: bytes,
     request_headers: Headers,
@@ -314,7 +321,7 @@ def plan_store(
     """
     if method != b"GET" or status < 200 or status in (206, 304):
         return None
-    if b"no-store" in parse_cache_control(get_all(request_headers, b"cache-control")):
+    if _forbids_storing(request_headers):
         return None
     directives, conflicting, is_targeted = _directives(response_headers, targeted)
     if b"no-store" in directives or b"private" in directives:
@@ -438,11 +445,12 @@ def stale_on_error(lifetime: float, age: float, rules: Rules, request: Directive
 
 # --- validation (RFC 9111 section 4.3, RFC 9110 section 13) ------------------------------------
 
-#: Request fields a revalidation does without: the client's preconditions (the cache's
-#: replace them) and its Range (the cache wants the whole response, to store it).
-_NOT_REVALIDATED = frozenset(
-    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"}
-)
+#: Request fields the cache answers itself from a whole stored response (:func:`cached_answer`):
+#: it asks upstream without them, since a ``304`` or ``206`` to them could not be stored.
+_ANSWERED_BY_CACHE = frozenset({b"if-none-match", b"if-modified-since", b"if-range", b"range"})
+#: Request fields a revalidation does without: those, and the client's other preconditions
+#: (the cache's validators replace them).
+_NOT_REVALIDATED = _ANSWERED_BY_CACHE | {b"if-match", b"if-unmodified-since"}
 
 
 def has_validator(response_headers: Headers) -> bool:
@@ -465,6 +473,60 @@ def revalidation_headers(request_headers: Headers, stored_headers: Headers) -> H
     if last_modified is not None:
         out.append((b"if-modified-since", last_modified))
     return out
+
+
+def answered_by_cache(request_headers: Headers) -> bool:
+    """Whether a ``GET`` sent upstream to be stored goes without the client's conditionals and range.
+
+    True when the request has ``If-None-Match``, ``If-Modified-Since``,
+    ``If-Range`` or ``Range`` and allows storing (no ``no-store``, RFC 9111
+    section 5.2.1.5): a ``304`` or ``206`` to them could not be stored
+    (section 3), so the cache fetches the whole response and answers them
+    itself (section 4.3.2, RFC 9110 section 14).
+    """
+    return any(k in _ANSWERED_BY_CACHE for k, _ in request_headers) and not _forbids_storing(request_headers)
+
+
+def fetch_headers(request_headers: Headers) -> Headers:
+    """The request headers to fetch a response to store with: see :func:`answered_by_cache`."""
+    if not answered_by_cache(request_headers):
+        return request_headers
+    return [(k, v) for k, v in request_headers if k not in _ANSWERED_BY_CACHE]
+
+
+#: :func:`head_update` answers: update the stored ``GET`` response; it is obsolete.
+UPDATE = "update"
+INVALIDATE = "invalidate"
+
+
+def head_update(
+    status: int, head_headers: Headers, stored_status: int, stored_headers: Headers, stored_length: int
+) -> Optional[str]:
+    """What a ``HEAD`` response does to the stored ``GET`` response that could answer it (RFC 9111 4.3.5).
+
+    Only a ``200`` does something (else None). :data:`UPDATE` (its headers
+    and freshness, as from a ``304``) when the stored response is a ``200``,
+    the ``HEAD`` response has a validator, each validator it has matches the
+    stored one (``ETag`` byte for byte, ``Last-Modified`` as a date), and its
+    ``Content-Length``, if any, is ``stored_length``; else
+    :data:`INVALIDATE`: the stored response is not the current representation.
+    """
+    if status != 200:
+        return None
+    etag = get_first(head_headers, b"etag")
+    last_modified = get_first(head_headers, b"last-modified")
+    if stored_status != 200 or (etag is None and last_modified is None):
+        return INVALIDATE
+    if etag is not None and etag != get_first(stored_headers, b"etag"):
+        return INVALIDATE
+    if last_modified is not None:
+        date = parse_http_date(last_modified)
+        if date is None or date != parse_http_date(get_first(stored_headers, b"last-modified")):
+            return INVALIDATE
+    lengths = split_tokens(get_all(head_headers, b"content-length"))
+    if any(value != b"%d" % stored_length for value in lengths):
+        return INVALIDATE
+    return UPDATE
 
 
 #: Fields a 304 never updates in a stored response (RFC 9111 section 3.2): framing and Age.
@@ -569,6 +631,53 @@ _NOT_MODIFIED_FIELDS = frozenset(
 )
 
 
+#: :func:`answer_head`'s span for an answer without a body (``304``, ``416``): an empty slice.
+NO_BODY = (0, -1)
+
+
+def answer_head(
+    method: bytes,
+    request_headers: Headers,
+    status: int,
+    reason: bytes,
+    stored_headers: Headers,
+    length: Optional[int],
+    age: float,
+    targeted: bytes = TARGETED,
+) -> Tuple[Answer, Optional[Tuple[int, int]]]:
+    """The head of the answer to a request from a response of ``length`` body bytes, and its body's span.
+
+    The answer (with an empty body) has the response's headers with ``Age``
+    (RFC 9111 section 5.1), without the targeted field (RFC 9213) and with a
+    ``Content-Length`` of what follows; it is a ``304`` when the client's
+    precondition says it has the response (RFC 9111 section 4.3.2), a ``206``
+    or ``416`` to a single-range ``GET`` of a ``200`` (RFC 9110 section 14).
+    The span is the (first, last) body bytes to send, :data:`NO_BODY` for
+    none, or None for the whole body. With ``length`` None (not known yet)
+    no ``Range`` is answered and there is no ``Content-Length``.
+    """
+    headers = [(k, v) for k, v in stored_headers if k not in (b"content-length", b"age", targeted)]
+    headers.append((b"age", format_age(age)))
+    if status == 200 and not_modified(request_headers, stored_headers):
+        headers = [(k, v) for k, v in headers if k in _NOT_MODIFIED_FIELDS]
+        return Answer(304, b"Not Modified", headers, b""), NO_BODY
+    span = None
+    if status == 200 and method == b"GET" and length is not None:
+        span = byte_range(request_headers, stored_headers, length)
+    if span == UNSATISFIABLE:
+        headers.append((b"content-range", b"bytes */%d" % length))
+        headers.append((b"content-length", b"0"))
+        return Answer(416, b"Range Not Satisfiable", headers, b""), NO_BODY
+    if span is not None:
+        first, last = span
+        headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, length)))
+        headers.append((b"content-length", b"%d" % (last - first + 1)))
+        return Answer(206, b"Partial Content", headers, b""), span
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    return Answer(status, reason, headers, b""), None
+
+
 def cached_answer(
     method: bytes,
     request_headers: Headers,
@@ -579,32 +688,12 @@ def cached_answer(
     age: float,
     targeted: bytes = TARGETED,
 ) -> Answer:
-    """What to send for a request answered by a stored response of current ``age``.
-
-    The stored headers with ``Age`` (RFC 9111 section 5.1), without the
-    targeted field (RFC 9213) and with a ``Content-Length`` of the stored
-    body; a ``304`` when the client's precondition says it has it (RFC 9111
-    section 4.3.2); a ``206`` or ``416`` to a single-range ``GET`` of a
-    ``200`` (RFC 9110 section 14).
-    """
-    headers = [(k, v) for k, v in stored_headers if k not in (b"content-length", b"age", targeted)]
-    headers.append((b"age", format_age(age)))
-    if status == 200 and not_modified(request_headers, stored_headers):
-        return Answer(304, b"Not Modified", [(k, v) for k, v in headers if k in _NOT_MODIFIED_FIELDS], b"")
-    span = (
-        byte_range(request_headers, stored_headers, len(body)) if status == 200 and method == b"GET" else None
+    """What to send for a request answered by a stored response of current ``age``: :func:`answer_head`
+    with the stored ``body`` (or the requested part of it)."""
+    answer, span = answer_head(
+        method, request_headers, status, reason, stored_headers, len(body), age, targeted
     )
-    if span == UNSATISFIABLE:
-        headers.append((b"content-range", b"bytes */%d" % len(body)))
-        headers.append((b"content-length", b"0"))
-        return Answer(416, b"Range Not Satisfiable", headers, b"")
-    if span is not None:
-        first, last = span
-        headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, len(body))))
-        headers.append((b"content-length", b"%d" % (last - first + 1)))
-        return Answer(206, b"Partial Content", headers, body[first : last + 1])
-    headers.append((b"content-length", b"%d" % len(body)))
-    return Answer(status, reason, headers, body)
+    return answer._replace(body=body if span is None else body[span[0] : span[1] + 1])
 
 
 # --- invalidation (RFC 9111 section 4.4) --------------------------------------------------------

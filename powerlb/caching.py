@@ -7,6 +7,16 @@ cache or forwards it (the client-facing code only asks "is there an answer?"),
 and response sinks interposed in front of the client's sink store, update,
 invalidate, or turn a ``304``/an error into the stored response.
 
+A ``GET`` sent upstream to be stored goes without the client's conditionals
+and ``Range`` (:func:`~powerlb.cachepolicy.fetch_headers`): a response that is
+stored is held until complete and answered from the stored response, exactly
+as a hit would be (``304``, ``206``, ``416``); one that is not stored (or
+outgrows ``--cache-max-object``) is streamed, answered with a ``304`` when its
+headers match the client's precondition, or only the requested range when its
+``Content-Length`` is known, else passed on whole (a ``200`` is a correct
+answer to a conditional or range request). A ``HEAD`` forwarded while a
+``GET`` response is stored updates or invalidates it (RFC 9111 section 4.3.5).
+
 ``X-Cache`` says what happened to each request:
 
 ``HIT``
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -40,7 +50,7 @@ from zope.interface import implementer
 
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore
-from powerlb.headers import Headers, get_first
+from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.responses import error_response, serve_answer
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
@@ -130,7 +140,11 @@ class CacheLayer:
             return error_response(request, 504, "only-if-cached, and no stored response may be used")
         if client.method != b"GET":
             self.count(MISS)
-            return resource.forward(request, client, MISS, lambda sink: Relay(self, sink, client))
+            if entry is None:
+                return resource.forward(request, client, MISS, lambda sink: Relay(self, sink, client))
+            return resource.forward(
+                request, client, MISS, lambda sink: HeadSink(self, sink, client, key, entry, now)
+            )
         flight = self.flights.get(key)
         if flight is not None and b"no-cache" not in directives:
             flight.wait(self, resource, request, client, key)
@@ -155,12 +169,12 @@ class CacheLayer:
         if lead:
             flight = self.flights[key] = _Flight()
             request.notifyFinish().addBoth(lambda _: self.land(key, flight))
-        upstream = self._upstream_client(client, entry)
+        upstream, conditional = self._upstream_client(client, entry)
         return resource.forward(
             request,
             upstream,
             MISS,
-            lambda sink: FetchSink(self, sink, key, client, entry, now, flight, upstream is not client),
+            lambda sink: FetchSink(self, sink, key, client, entry, now, flight, conditional),
         )
 
     def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
@@ -185,6 +199,41 @@ class CacheLayer:
         """Add one to the counter of the result ``x_cache``."""
         name = _COUNTERS[x_cache]
         setattr(self.counters, name, getattr(self.counters, name) + 1)
+
+    def put(self, key: bytes, entry: CachedResponse) -> None:
+        """Store ``entry`` under ``key`` (counted when the store takes it)."""
+        if self.store.put(key, entry):
+            self.counters.cache_stores += 1
+
+    def update(
+        self,
+        key: bytes,
+        client: Any,
+        entry: CachedResponse,
+        headers: Headers,
+        request_time: float,
+        now: float,
+    ) -> CachedResponse:
+        """``entry`` updated from the ``headers`` of a 304 or of a HEAD response (RFC 9111 sections 3.2,
+        4.3.4 and 4.3.5): its headers and times; stored in its place, or ``key`` removed when it may
+        no longer be stored."""
+        merged = cachepolicy.update_headers(entry.headers, headers)
+        plan = cachepolicy.plan_store(
+            b"GET", client.headers, entry.status, merged, request_time, now, self.targeted
+        )
+        stored = plan is not None
+        if plan is None:
+            plan = cachepolicy.StorePlan(0.0, 0.0, entry.vary, now)
+        # The age comes from the new response: the stored Date and Age describe the old one.
+        plan = plan._replace(initial_age=cachepolicy.corrected_initial_age(headers, request_time, now))
+        updated = CachedResponse.from_plan(
+            plan, entry.status, entry.reason, merged, entry.body, client.headers
+        )
+        if stored:
+            self.put(key, updated)
+        else:
+            self.store.remove(key)
+        return updated
 
     def land(self, key: bytes, flight: _Flight) -> None:
         """``flight`` is over (stored, not storable, failed or abandoned): release who waits for it."""
@@ -227,25 +276,27 @@ class CacheLayer:
 
     # -- revalidation ----------------------------------------------------
 
-    def _upstream_client(self, client: Any, entry: Optional[CachedResponse]) -> Any:
-        """``client`` as sent upstream: a conditional GET when ``entry`` has a validator."""
-        if entry is None or not cachepolicy.has_validator(entry.headers):
-            return client
-        conditional = copy.copy(client)
-        conditional.method = b"GET"
-        conditional.headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
-        return conditional
+    def _upstream_client(self, client: Any, entry: Optional[CachedResponse]) -> Tuple[Any, bool]:
+        """``client`` as a GET sent upstream to store the response, and whether it revalidates ``entry``.
+
+        A conditional GET when ``entry`` has a validator (RFC 9111 section 4.3.1), else one
+        without the client's conditionals and range (:func:`cachepolicy.fetch_headers`).
+        """
+        upstream = copy.copy(client)
+        upstream.method = b"GET"
+        conditional = entry is not None and cachepolicy.has_validator(entry.headers)
+        if conditional:
+            upstream.headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
+        else:
+            upstream.headers = cachepolicy.fetch_headers(client.headers)
+        return upstream, conditional
 
     def _refresh(self, resource: Any, key: bytes, client: Any, entry: CachedResponse) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
         if key in self.flights:
             return
         flight = self.flights[key] = _Flight()
-        upstream = self._upstream_client(client, entry)
-        conditional = upstream is not client
-        if not conditional:
-            upstream = copy.copy(client)
-            upstream.method = b"GET"
+        upstream, conditional = self._upstream_client(client, entry)
         sink = FetchSink(
             self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
         )
@@ -344,6 +395,38 @@ class Relay:
         self.sink.request_failed(error)
 
 
+class HeadSink(Relay):
+    """The response to a HEAD forwarded while ``entry``, a stored GET response, could answer it.
+
+    A ``200`` whose validators and ``Content-Length`` match ``entry``
+    updates its headers and freshness as a ``304`` would; one that does not
+    removes it (RFC 9111 section 4.3.5). The response is passed on as is.
+    """
+
+    def __init__(
+        self,
+        layer: CacheLayer,
+        sink: Any,
+        client: Any,
+        key: bytes,
+        entry: CachedResponse,
+        request_time: float,
+    ) -> None:
+        super().__init__(layer, sink, client)
+        self.key = key
+        self.entry = entry
+        self.request_time = request_time
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        layer, entry = self.layer, self.entry
+        outcome = cachepolicy.head_update(status, headers, entry.status, entry.headers, len(entry.body))
+        if outcome == cachepolicy.UPDATE:
+            layer.update(self.key, self.client, entry, headers, self.request_time, layer.clock.seconds())
+        elif outcome == cachepolicy.INVALIDATE:
+            layer.counters.cache_invalidated += layer.store.remove(self.key)
+        super().head_received(status, reason, headers)
+
+
 class FetchSink(Relay):
     """The response to a GET the cache sent upstream, on its way to the next sink.
 
@@ -355,6 +438,12 @@ class FetchSink(Relay):
     backend fails or answers 500/502/503/504 and ``entry`` may be served stale
     (RFC 5861 section 4), ``entry`` is passed on instead. Waiters of
     ``flight`` are released once the outcome is stored.
+
+    When the client's conditionals and range were not sent upstream
+    (:func:`cachepolicy.answered_by_cache`), a response to store is held
+    until complete and the client answered from the stored response, as a
+    hit is; any other response is answered from its head
+    (:meth:`_pass_head`).
     """
 
     def __init__(
@@ -377,6 +466,13 @@ class FetchSink(Relay):
         self.conditional = conditional
         #: A background refresh: no client request's result to count.
         self.background = background
+        #: The client's conditionals and range were left out upstream: the cache answers them.
+        self.answers = cachepolicy.answered_by_cache(client.headers)
+        #: The response head is held back, to answer from the stored response once complete.
+        self.held = False
+        #: The (first, last) body bytes passed on, when only a range of the body is; and the offset.
+        self.span: Optional[Tuple[int, int]] = None
+        self.offset = 0
         self.done = False
         self.plan: Optional[cachepolicy.StorePlan] = None
         self.parts: Optional[List[bytes]] = None
@@ -390,7 +486,8 @@ class FetchSink(Relay):
         now = layer.clock.seconds()
         entry = self.entry
         if entry is not None and self.conditional and status == 304:
-            self._replay(self._update(entry, headers, now), now, REVALIDATED)
+            updated = layer.update(self.key, self.client, entry, headers, self.request_time, now)
+            self._replay(updated, now, REVALIDATED)
             return
         if status in _ERROR_STATUSES and self._stale_ok(now):
             self._replay(entry, now, STALE)
@@ -398,13 +495,14 @@ class FetchSink(Relay):
         plan = cachepolicy.plan_store(
             b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
         )
-        length = get_first(headers, b"content-length")
-        too_big = length is not None and length.isdigit() and int(length) > layer.max_object
-        if plan is not None and not too_big:
+        length = _content_length(headers)
+        self.status, self.reason, self.headers = status, reason, headers
+        if plan is not None and (length is None or length <= layer.max_object):
             self.plan, self.parts = plan, []
-            self.status, self.reason, self.headers = status, reason, headers
+            self.held = self.answers
         self._count(MISS)
-        super().head_received(status, reason, headers)
+        if not self.held:
+            self._pass_head(now)
 
     def body_received(self, data: bytes) -> None:
         if self.done:
@@ -412,26 +510,35 @@ class FetchSink(Relay):
         parts = self.parts
         if parts is not None:
             self.size += len(data)
-            if self.size > self.layer.max_object:
-                self.parts = None
-            else:
+            if self.size <= self.layer.max_object:
                 parts.append(data)
-        self.sink.body_received(data)
+                if self.held:
+                    return
+            else:
+                self.parts = None
+                if self.held:
+                    self.held = False
+                    self._pass_head(self.layer.clock.seconds())
+                    for part in parts:
+                        self._pass_body(part)
+        self._pass_body(data)
 
     def response_ended(self) -> None:
         if self.done:
             return
         if self.parts is not None:
-            self._store(
-                CachedResponse.from_plan(
-                    self.plan,
-                    self.status,
-                    self.reason,
-                    self.headers,
-                    b"".join(self.parts),
-                    self.client.headers,
-                )
+            entry = CachedResponse.from_plan(
+                self.plan,
+                self.status,
+                self.reason,
+                self.headers,
+                b"".join(self.parts),
+                self.client.headers,
             )
+            self.layer.put(self.key, entry)
+            if self.held:
+                self._serve(entry, self.layer.clock.seconds())
+                return
         self._land()
         self.sink.response_ended()
 
@@ -449,6 +556,50 @@ class FetchSink(Relay):
 
     # -- internals -------------------------------------------------------
 
+    def _pass_head(self, now: float) -> None:
+        """Pass the response head on, or the answer to the client's conditional or range made from it.
+
+        Only when cheap: a ``304`` needs the headers alone, a ``206``/``416``
+        a known ``Content-Length`` (and then only the range's bytes follow).
+        Otherwise the whole response is passed on.
+        """
+        status, reason, headers = self.status, self.reason, self.headers
+        if self.answers:
+            answer, span = cachepolicy.answer_head(
+                self.client.method,
+                self.client.headers,
+                status,
+                reason,
+                strip_hop_by_hop(headers),
+                _content_length(headers),
+                cachepolicy.corrected_initial_age(headers, self.request_time, now),
+                self.layer.targeted,
+            )
+            if span is not None:
+                self.span = span
+                super().head_received(answer.status, answer.reason, answer.headers)
+                if span == cachepolicy.NO_BODY:
+                    self._land()
+                    self.sink.response_ended()
+                return
+        super().head_received(status, reason, headers)
+
+    def _pass_body(self, data: bytes) -> None:
+        """Pass ``data`` on, or its part within :attr:`span`; end the answer after the span's last byte."""
+        span = self.span
+        if span is None:
+            self.sink.body_received(data)
+            return
+        first, last = span
+        start = self.offset
+        self.offset += len(data)
+        piece = data[max(0, first - start) : max(0, last + 1 - start)]
+        if piece:
+            self.sink.body_received(piece)
+        if self.offset > last:
+            self._land()
+            self.sink.response_ended()
+
     def _stale_ok(self, now: float) -> bool:
         entry = self.entry
         return entry is not None and cachepolicy.stale_on_error(
@@ -458,30 +609,6 @@ class FetchSink(Relay):
             cachepolicy.request_directives(self.client.headers),
             self.layer.grace,
         )
-
-    def _update(self, entry: CachedResponse, headers: Headers, now: float) -> CachedResponse:
-        """``entry`` with its headers and times updated from a 304 (RFC 9111 sections 3.2 and 4.3.4)."""
-        merged = cachepolicy.update_headers(entry.headers, headers)
-        plan = cachepolicy.plan_store(
-            b"GET", self.client.headers, entry.status, merged, self.request_time, now, self.layer.targeted
-        )
-        stored = plan is not None
-        if plan is None:
-            plan = cachepolicy.StorePlan(0.0, 0.0, entry.vary, now)
-        # The age comes from the 304 itself: the stored Date and Age describe the old response.
-        plan = plan._replace(initial_age=cachepolicy.corrected_initial_age(headers, self.request_time, now))
-        updated = CachedResponse.from_plan(
-            plan, entry.status, entry.reason, merged, entry.body, self.client.headers
-        )
-        if stored:
-            self._store(updated)
-        else:
-            self.layer.store.remove(self.key)
-        return updated
-
-    def _store(self, entry: CachedResponse) -> None:
-        if self.layer.store.put(self.key, entry):
-            self.layer.counters.cache_stores += 1
 
     def _count(self, x_cache: bytes) -> None:
         if not self.background:
@@ -494,15 +621,27 @@ class FetchSink(Relay):
 
     def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
         """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
-        self._land()
         self._count(x_cache)
+        self.sink.x_cache = x_cache
+        self._serve(entry, now)
+
+    def _serve(self, entry: CachedResponse, now: float) -> None:
+        """Answer the client from ``entry`` as a hit is answered (``304``, ``206``, ...), and end."""
+        self._land()
         answer = self.layer.answer(self.client, entry, now)
         sink = self.sink
-        sink.x_cache = x_cache
         sink.head_received(answer.status, answer.reason, answer.headers)
         if answer.body:
             sink.body_received(answer.body)
         sink.response_ended()
+
+
+def _content_length(headers: Headers) -> Optional[int]:
+    """The body length a response head announces: a valid ``Content-Length`` without ``Transfer-Encoding``."""
+    if get_first(headers, b"transfer-encoding") is not None:
+        return None
+    value = get_first(headers, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 @implementer(IResponseSink)

@@ -21,7 +21,7 @@ from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
 from powerlb.headers import Headers
 from powerlb.outlier import OutlierEjector
-from powerlb.upstream import IResponseSink, ProxyClientFactory, UpstreamError
+from powerlb.upstream import BackendBusy, IResponseSink, ProxyClientFactory, UpstreamError
 
 log = Logger()
 
@@ -131,9 +131,11 @@ class Dispatch:
 
     def request_failed(self, error: UpstreamError) -> None:
         backend = self._release()
-        backend.failures += 1
-        if self.dispatcher.outliers is not None:
-            self.dispatcher.outliers.failure(backend)
+        if not isinstance(error, BackendBusy):
+            # A full queue says the backend is busy, not that it is failing.
+            backend.failures += 1
+            if self.dispatcher.outliers is not None:
+                self.dispatcher.outliers.failure(backend)
         log.info(
             "{method} {target} via {backend}: {reason}",
             method=self.request.method.decode("latin-1"),

@@ -11,17 +11,26 @@ ambiguous ever reaches a backend. A client that dribbles its headers is cut
 with 408 once ``client_timeout`` has passed since its request began
 (slowloris); one that goes silent is cut by the channel's idle timeout.
 :class:`ProxySite` refuses connections beyond ``max_connections`` with 503.
+
+Cache hits take a shorter way: when a read holds exactly one complete,
+plain ``GET``/``HEAD`` request and the connection has nothing in flight,
+:func:`parse_simple_request` reads it and the site's ``fast_answer`` (the
+same cache layer and policy as every other request) may answer it with
+ready bytes, with no twisted.web ``Request`` built. Anything unusual, and
+every miss, takes the normal way.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Set, Tuple
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from powerlb.config import Config
+from powerlb.headers import Headers
 
 _STATUS_TEXT = {
     400: b"Bad Request",
@@ -56,6 +65,52 @@ class Limits:
         self.max_url_length = config.max_url_length
 
 
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+#: Request headers that need the full request path (framing, upgrades, connection handling).
+_NOT_SIMPLE = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"te", b"keep-alive"}
+)
+
+SimpleRequest = Tuple[bytes, bytes, Headers]
+
+
+def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]:
+    """``(method, target, headers)`` if ``data`` is exactly one plain request, else None.
+
+    Plain: ``GET`` or ``HEAD``, HTTP/1.1, an origin-form target, no body or
+    framing, no ``Connection`` handling, every line well formed and within
+    ``limits``. None means "take the normal way", which also rejects what is
+    malformed; nothing here answers or rejects.
+    """
+    if len(data) > limits.max_header_size or data.find(b"\r\n\r\n") != len(data) - 4:
+        return None
+    lines = data[:-4].split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or len(lines) - 1 > limits.max_headers:
+        return None
+    method, target, version = request_line
+    if (
+        method not in (b"GET", b"HEAD")
+        or version != b"HTTP/1.1"
+        or not target.startswith(b"/")
+        or len(target) > limits.max_url_length
+    ):
+        return None
+    headers: Headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not _TOKEN.issuperset(name) or b"\r" in value or b"\x00" in value:
+            return None
+        name = name.lower()
+        if name in _NOT_SIMPLE:
+            return None
+        headers.append((name, value.strip(b" \t")))
+    return method, target, headers
+
+
+FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[bytes]]
+
+
 class ProxyRequest(Request):
     """A twisted.web request whose body may not grow past the listener's ``max_body``."""
 
@@ -70,21 +125,10 @@ class ProxyRequest(Request):
         super().handleContentChunk(data)
 
 
-class ProxyChannel(HTTPChannel):
-    """twisted.web's HTTP/1.1 channel with powerlb's request limits (see the module docstring)."""
-
-    _in_head = False
-    _head_started = 0.0
-    _head_bytes = 0
-    _head_lines = 0
-    _rejected = False
+class TrackedChannel(HTTPChannel):
+    """An ``HTTPChannel`` that tells its site when it opens and closes (for limits and draining)."""
 
     def connectionMade(self) -> None:
-        limits = self.site.limits
-        # Lines longer than any limit allows are cut by LineReceiver itself.
-        self.MAX_LENGTH = max(limits.max_url_length + 64, limits.max_header_size)
-        self.totalHeadersSize = limits.max_header_size + limits.max_url_length + 64
-        self.maxHeaders = limits.max_headers + 1
         self.site.connection_opened(self)
         super().connectionMade()
 
@@ -92,12 +136,42 @@ class ProxyChannel(HTTPChannel):
         self.site.connection_closed(self)
         super().connectionLost(reason)
 
+
+class ProxyChannel(TrackedChannel):
+    """twisted.web's HTTP/1.1 channel with powerlb's request limits (see the module docstring)."""
+
+    _in_head = False
+    _head_started = 0.0
+    _head_bytes = 0
+    _head_lines = 0
+    _rejected = False
+    _secure = False
+
+    def connectionMade(self) -> None:
+        limits = self.site.limits
+        # Lines longer than any limit allows are cut by LineReceiver itself.
+        self.MAX_LENGTH = max(limits.max_url_length + 64, limits.max_header_size)
+        self.totalHeadersSize = limits.max_header_size + limits.max_url_length + 64
+        self.maxHeaders = limits.max_headers + 1
+        self._secure = ISSLTransport.providedBy(self.transport)
+        super().connectionMade()
+
     def dataReceived(self, data: bytes) -> None:
         if self._rejected:
             return
-        if self._in_head and self._head_overdue():
-            self.reject(408, "request headers not received in time")
-            return
+        if self._in_head:
+            if self._head_overdue():
+                self.reject(408, "request headers not received in time")
+                return
+        elif self.site.fast_answer is not None and not self.requests and not self._buffer:
+            simple = parse_simple_request(data, self.site.limits)
+            if simple is not None:
+                method, target, headers = simple
+                response = self.site.fast_answer(method, target, headers, self._secure)
+                if response is not None:
+                    self.resetTimeout()
+                    self.transport.write(response)
+                    return
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -180,38 +254,48 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
-class ProxySite(Site):
-    """The client-facing ``Site``: powerlb's channel and request, a connection limit, quiet logging.
+class QuietSite(Site):
+    """A ``Site`` that formats no access-log line unless an access log is configured.
 
     twisted.web logs every request to the Twisted log by default, which costs
-    more per request than the proxying itself; here nothing is formatted
-    unless an access log is configured.
+    more per request than the proxying itself; powerlb leaves it off.
+    ``channels`` holds the open client connections (for draining).
     """
 
-    protocol = ProxyChannel
-    requestFactory = ProxyRequest
+    protocol = TrackedChannel
 
-    def __init__(self, resource: Any, reactor: Any, config: Config) -> None:
-        access_log = config.access_log
+    def __init__(self, resource: Any, reactor: Any, access_log: Optional[str] = None) -> None:
         super().__init__(resource, logPath=None if access_log in (None, "-") else access_log, reactor=reactor)
-        self.timeOut = config.client_timeout
         self.noisy = False
-        self.limits = Limits(config)
-        self.max_connections = config.max_connections
-        self.channels: set[ProxyChannel] = set()
-        self._access_log: Optional[str] = access_log
+        self._access_log = access_log
+        self.channels: Set[TrackedChannel] = set()
 
-    def buildProtocol(self, addr: Any) -> Any:
-        if len(self.channels) >= self.max_connections:
-            return _Refusal()
-        return super().buildProtocol(addr)
-
-    def connection_opened(self, channel: ProxyChannel) -> None:
+    def connection_opened(self, channel: TrackedChannel) -> None:
         self.channels.add(channel)
 
-    def connection_closed(self, channel: ProxyChannel) -> None:
+    def connection_closed(self, channel: TrackedChannel) -> None:
         self.channels.discard(channel)
 
     def log(self, request: Any) -> None:
         if self._access_log is not None:
             super().log(request)
+
+
+class ProxySite(QuietSite):
+    """The client-facing ``Site``: powerlb's channel and request, limits, a connection cap, fast hits."""
+
+    protocol = ProxyChannel
+    requestFactory = ProxyRequest
+
+    def __init__(self, resource: Any, reactor: Any, config: Config) -> None:
+        super().__init__(resource, reactor, config.access_log)
+        self.timeOut = config.client_timeout
+        self.limits = Limits(config)
+        self.max_connections = config.max_connections
+        #: ``(method, target, headers, secure) -> response bytes or None``: answers plain cache hits.
+        self.fast_answer: Optional[FastAnswer] = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.channels) >= self.max_connections:
+            return _Refusal()
+        return super().buildProtocol(addr)

@@ -4,30 +4,40 @@
 upstream pools, cache, health checks, listeners — and keeps no global state,
 so several can run in one process. ``twistd powerlb``, ``lb.tac`` and
 embedders all build it through :func:`powerlb.makeService`.
+
+Stopping drains: the listeners stop at once, idle client connections are
+closed, in-flight requests get ``drain_timeout`` seconds to finish, then
+whatever is left is cut and the upstream pools are closed.
+:meth:`PowerLBService.reload` applies a re-read configuration (backends
+added, removed or re-weighted, the algorithm, retries, the drain timeout)
+without dropping in-flight requests; :class:`ReloadOnSighup` does that on
+SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import dataclasses
+import signal
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from powerlb.admin import admin_root
-from powerlb.backend import Backend
+from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
-from powerlb.config import Config
+from powerlb.config import SETTINGS, Config, ConfigError, build_config
 from powerlb.dispatch import Dispatcher
 from powerlb.health import HealthChecker, SlowStart
 from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
-from powerlb.server import ProxySite
+from powerlb.server import ProxySite, QuietSite
 from powerlb.stats import Counters, snapshot
 from powerlb.upstream import ProxyClientFactory, probe
 
@@ -90,21 +100,47 @@ class Listener(Service):
         return None
 
 
-class QuietSite(Site):
-    """A ``Site`` that formats no access-log line unless an access log is configured.
+#: How often a draining site looks for connections whose requests have ended.
+DRAIN_POLL_INTERVAL = 0.05
 
-    twisted.web logs every request to the Twisted log by default, which costs
-    more per request than the proxying itself; powerlb leaves it off.
+
+def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
+    """Close a site's client connections as their requests end; abort those left after ``timeout``.
+
+    ``site.channels`` is the set of its open ``HTTPChannel``\\ s (the site
+    keeps it up to date). Every :data:`DRAIN_POLL_INTERVAL` seconds a
+    connection without a request (idle keep-alive) is closed, and one with
+    requests is made non-persistent, so it closes once they are answered
+    (their responses say ``Connection: close``). After ``timeout`` seconds the
+    rest are aborted. The result fires once no connection is left.
     """
+    done: defer.Deferred = defer.Deferred()
+    deadline = clock.seconds() + timeout
+    closing: Set[Any] = set()
 
-    def __init__(self, resource: Any, reactor: Any, access_log: Optional[str] = None) -> None:
-        super().__init__(resource, logPath=None if access_log in (None, "-") else access_log, reactor=reactor)
-        self.noisy = False
-        self._access_log = access_log
+    def step() -> None:
+        channels = site.channels
+        if not channels:
+            loop.stop()
+            return
+        overdue = clock.seconds() >= deadline
+        for channel in list(channels):
+            if overdue:
+                channel.transport.abortConnection()
+            elif not channel.requests:
+                if channel not in closing:
+                    closing.add(channel)
+                    channel.loseConnection()
+            elif channel.persistent:
+                channel.persistent = False
+                for request in channel.requests:
+                    if not request.startedWriting:
+                        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
-    def log(self, request: Any) -> None:
-        if self._access_log is not None:
-            super().log(request)
+    loop = LoopingCall(step)
+    loop.clock = clock
+    loop.start(DRAIN_POLL_INTERVAL, now=True).addBoth(lambda _: done.callback(None))
+    return done
 
 
 class PowerLBService(MultiService):
@@ -124,15 +160,7 @@ class PowerLBService(MultiService):
         self.backends = [Backend(spec) for spec in config.backends]
         self.balancer = make_balancer(config.algorithm, self.backends)
         self.clients: Dict[Backend, ProxyClientFactory] = {
-            backend: ProxyClientFactory(
-                backend,
-                reactor,
-                connect_timeout=config.connect_timeout,
-                response_timeout=config.response_timeout,
-                keepalive_timeout=config.keepalive_timeout,
-                max_idle=config.keepalive_max_idle,
-            )
-            for backend in self.backends
+            backend: self._make_client(backend) for backend in self.backends
         }
         self.counters = Counters()
         self.cache: Optional[LRUCache] = None
@@ -203,11 +231,24 @@ class PowerLBService(MultiService):
             lambda b: {
                 "open_connections": self.clients[b].open_connections,
                 "idle_connections": self.clients[b].idle_connections,
+                "queued": self.clients[b].queued,
             },
         )
 
     def stopService(self) -> defer.Deferred:
-        d = defer.maybeDeferred(super().stopService)
+        """Stop listening at once, drain the client connections (see :func:`drain`), close the pools.
+
+        The result fires when every client connection is closed, at most
+        ``drain_timeout`` seconds (plus a poll interval) later.
+        """
+        stopped = defer.maybeDeferred(super().stopService)
+        listeners = [self.proxy_listener, self.admin_listener]
+        drained = [
+            drain(listener.factory, self.reactor, self.config.drain_timeout)
+            for listener in listeners
+            if listener is not None
+        ]
+        d = defer.gatherResults([stopped, *drained], consumeErrors=True)
 
         def close_pools(result: Any) -> Any:
             for client in self.clients.values():
@@ -215,3 +256,177 @@ class PowerLBService(MultiService):
             return result
 
         return d.addBoth(close_pools)
+
+    def reload(self, config: Config) -> None:
+        """Apply a re-read configuration without dropping in-flight requests.
+
+        Backends are matched by URL (see :func:`diff_backends`): new ones get a
+        pool and start healthy, removed ones leave the balancer at once and
+        their pool closes as their in-flight requests end, re-weighted ones
+        change in place and keep their counters. A new ``algorithm`` gets a
+        new balancer; ``retries`` applies to the next request and
+        ``drain_timeout`` to the next stop. A change to any other setting is
+        logged as needing a restart and ignored.
+        """
+        old = self.config
+        kept: Dict[str, Any] = {}
+        for setting in SETTINGS:
+            before, after = getattr(old, setting.attr), getattr(config, setting.attr)
+            if setting.attr not in RELOADABLE and after != before:
+                kept[setting.attr] = before
+                log.warn(
+                    "reload: {setting} changed, which needs a restart; still using {value}",
+                    setting=setting.key,
+                    value="off" if before is None else setting.show(before),
+                )
+        self.config = dataclasses.replace(config, **kept)
+        added, removed, reweighted = diff_backends(old.backends, config.backends)
+        by_url = {backend.url: backend for backend in self.backends}
+        for spec in removed:
+            backend = by_url.pop(spec.url)
+            self.clients.pop(backend).close()
+            log.info("reload: backend {url} removed", url=spec.url)
+        for spec in reweighted:
+            backend = by_url[spec.url]
+            ramping = backend.effective_weight != backend.full_weight
+            backend.weight = spec.weight
+            backend.backup = spec.backup
+            backend.effective_weight = (
+                min(backend.effective_weight, backend.full_weight) if ramping else backend.full_weight
+            )
+            log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
+        for spec in added:
+            backend = by_url[spec.url] = Backend(spec)
+            self.clients[backend] = self._make_client(backend)
+            log.info("reload: backend {url} added", url=spec.url)
+        self.backends[:] = [by_url[spec.url] for spec in config.backends]
+        self.health.set_backends(self.backends)
+        if config.algorithm != old.algorithm:
+            self.balancer = make_balancer(config.algorithm, self.backends)
+            self.dispatcher.balancer = self.balancer
+            log.info("reload: algorithm is now {algorithm}", algorithm=config.algorithm)
+        else:
+            self.balancer.set_backends(self.backends)
+        self.dispatcher.retries = config.retries
+        log.info(
+            "config reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted",
+            added=len(added),
+            removed=len(removed),
+            reweighted=len(reweighted),
+        )
+
+    def _make_client(self, backend: Backend) -> ProxyClientFactory:
+        """The upstream pool of one backend (at start, and for backends added by :meth:`reload`)."""
+        config = self.config
+        return ProxyClientFactory(
+            backend,
+            self.reactor,
+            connect_timeout=config.connect_timeout,
+            response_timeout=config.response_timeout,
+            idle_timeout=config.idle_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            max_idle=config.keepalive_max_idle,
+            max_connections=config.backend_max_connections,
+            queue_timeout=config.backend_queue_timeout,
+        )
+
+
+#: Config attributes :meth:`PowerLBService.reload` applies; a change to any other needs a restart.
+RELOADABLE = frozenset({"backends", "algorithm", "retries", "drain_timeout"})
+
+
+def diff_backends(
+    old: Sequence[BackendSpec], new: Sequence[BackendSpec]
+) -> Tuple[List[BackendSpec], List[BackendSpec], List[BackendSpec]]:
+    """What a reload changes, keyed by URL: ``(added, removed, reweighted)``.
+
+    ``added`` and ``reweighted`` are specs from ``new`` (``reweighted``: the
+    URL was there with another weight or backup flag), ``removed`` specs
+    from ``old``; each list is in its configuration's order.
+    """
+    old_by_url = {spec.url: spec for spec in old}
+    new_urls = {spec.url for spec in new}
+    added = [spec for spec in new if spec.url not in old_by_url]
+    removed = [spec for spec in old if spec.url not in new_urls]
+    reweighted = [
+        spec
+        for spec in new
+        if spec.url in old_by_url
+        and (spec.weight, spec.backup) != (old_by_url[spec.url].weight, old_by_url[spec.url].backup)
+    ]
+    return added, removed, reweighted
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSource:
+    """Where a running powerlb's configuration comes from, so SIGHUP can build it again.
+
+    ``path`` is the YAML file (or None), ``cli`` the command-line options
+    (their names as :func:`~powerlb.config.build_config` takes them), which
+    win over the file as at start-up, and ``overrides`` Config fields set
+    after building (a worker's ``workers=1, admin=None``). Picklable.
+    """
+
+    path: Optional[str]
+    cli: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def load(self) -> Config:
+        """Read and validate the configuration again; a bad one raises ConfigError."""
+        return dataclasses.replace(build_config(self.cli, self.path), **self.overrides)
+
+
+class ReloadOnSighup(Service):
+    """While running, SIGHUP re-reads ``source`` and hands the result to ``target.reload``.
+
+    For the top-level process only (``twistd powerlb``, ``lb.tac``, a
+    worker): it installs a process-wide signal handler. The handler only
+    schedules the reload on the reactor. A bad configuration is logged in
+    one line naming the setting, and the running one is kept.
+    """
+
+    def __init__(self, target: Any, source: ConfigSource, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.target = target
+        self.source = source
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+
+    def stopService(self) -> None:
+        if self.running:
+            signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+        super().stopService()
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Re-read the configuration and apply it, or log why it cannot be."""
+        where = self.source.path or "the command line"
+        log.info("SIGHUP: reloading the configuration from {where}", where=where)
+        try:
+            config = self.source.load()
+        except ConfigError as err:
+            log.error("reload failed, keeping the running configuration: {error}", error=str(err))
+            return
+        self.target.reload(config)
+
+
+def reload_on_sighup(service: Any, source: ConfigSource) -> None:
+    """Make ``service`` (from :func:`powerlb.makeService`) re-read ``source`` on SIGHUP.
+
+    A worker supervisor also passes ``source`` to its workers, which re-read
+    it themselves when it forwards SIGHUP to them.
+    """
+    from powerlb.workers import WorkerSupervisor
+
+    if isinstance(service, WorkerSupervisor):
+        service.config_source = source
+    ReloadOnSighup(service, source, service.reactor).setServiceParent(service)

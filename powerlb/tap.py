@@ -27,7 +27,14 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
-    """The service ``twistd powerlb`` runs, from parsed options."""
-    from powerlb import makeService as make_powerlb
+    """The service ``twistd powerlb`` runs, from parsed options; SIGHUP re-reads ``--config``.
 
-    return make_powerlb(options.config)
+    On a reload the command-line options still win over the file.
+    """
+    from powerlb import makeService as make_powerlb
+    from powerlb.service import ConfigSource, reload_on_sighup
+
+    service = make_powerlb(options.config)
+    cli = {name: value for name, value in options.items() if name != "config"}
+    reload_on_sighup(service, ConfigSource(options["config"], cli))
+    return service

@@ -2,10 +2,15 @@
 
 A :class:`ProxyClientFactory` is aimed at one backend and owns its pool: idle
 connections are reused last-in first-out, closed after ``keepalive_timeout``
-seconds idle, and closed on :meth:`ProxyClientFactory.close`. Each request is
-an :class:`Exchange`: it reports the response to an :class:`IResponseSink`
-as it arrives, and is itself the push producer a slow client pauses, so the
-backend read stops instead of powerlb buffering the body.
+seconds idle, and closed on :meth:`ProxyClientFactory.close`. With
+``max_connections`` set, a request that finds no idle connection and no free
+slot waits in a bounded first-in first-out queue for at most
+``queue_timeout`` seconds. Each request is an :class:`Exchange`: it reports
+the response to an :class:`IResponseSink` as it arrives, and is itself the
+push producer a slow client pauses, so the backend read stops instead of
+powerlb buffering the body. A backend that goes silent for ``idle_timeout``
+seconds in the middle of a body fails the exchange; a paused read does not
+count as silence.
 
 The bytes are parsed by the sans-IO :class:`powerlb.http11.ResponseParser`;
 this module only moves them between sockets and callbacks.
@@ -60,8 +65,33 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
+class BackendBusy(UpstreamError):
+    """The backend had no connection to spare for the request; nothing was sent."""
+
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=True)
+
+
+class QueueTimeout(BackendBusy):
+    """No connection to the backend freed up within the queue timeout."""
+
+
+class QueueFull(BackendBusy):
+    """The backend's wait queue was full, so the request was refused without waiting."""
+
+
+#: The most requests that may wait for a connection to one backend; more are refused (503).
+QUEUE_LIMIT = 1024
+
+
 class IResponseSink(Interface):
-    """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it."""
+    """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it.
+
+    No event reaches the sink before :meth:`ProxyClientFactory.request` has
+    returned the exchange.
+    """
 
     def head_received(status: int, reason: bytes, headers: Headers) -> None:
         """The status line and headers arrived (hop-by-hop headers still included)."""
@@ -84,7 +114,16 @@ class Exchange:
     connection) pause and resume the backend read, and stop the exchange.
     """
 
-    __slots__ = ("connection", "factory", "head_request", "idempotent", "paused", "payload", "sink")
+    __slots__ = (
+        "connection",
+        "deadline",
+        "factory",
+        "head_request",
+        "idempotent",
+        "paused",
+        "payload",
+        "sink",
+    )
 
     def __init__(
         self, factory: ProxyClientFactory, payload: bytes, head_request: bool, idempotent: bool, sink: Any
@@ -96,6 +135,8 @@ class Exchange:
         self.sink: Optional[Any] = sink
         self.connection: Optional[UpstreamConnection] = None
         self.paused = False
+        #: When waiting for a free connection slot: the time it gives up; 0 when not.
+        self.deadline = 0.0
 
     @property
     def active(self) -> bool:
@@ -110,7 +151,7 @@ class Exchange:
     def resumeProducing(self) -> None:
         self.paused = False
         if self.connection is not None:
-            self.connection.transport.resumeProducing()
+            self.connection.resume()
 
     def stopProducing(self) -> None:
         self.abort()
@@ -128,7 +169,13 @@ class Exchange:
 
 
 class UpstreamConnection(Protocol):
-    """One HTTP/1.1 connection to a backend, carrying one exchange at a time."""
+    """One HTTP/1.1 connection to a backend, carrying one exchange at a time.
+
+    One timer per exchange enforces both time limits: ``response_timeout``
+    from the request to the response head, then ``idle_timeout`` of silence
+    between pieces of the body. Reads only record the time; the timer, when
+    it fires, re-arms itself for whatever time is left.
+    """
 
     def __init__(self, factory: ProxyClientFactory) -> None:
         self.factory = factory
@@ -136,6 +183,9 @@ class UpstreamConnection(Protocol):
         self.exchange: Optional[Exchange] = None
         self.reused = False
         self.response_started = False
+        self.last_data = 0.0  # when the backend last sent something, or the read last resumed
+        self._seconds = factory.reactor.seconds
+        self._response_deadline = 0.0
         self._timer: Any = None
 
     # -- driven by the factory -------------------------------------------
@@ -154,7 +204,13 @@ class UpstreamConnection(Protocol):
             self.transport.pauseProducing()
         self.transport.write(exchange.payload)
         factory = self.factory
-        self._timer = factory.reactor.callLater(factory.response_timeout, self._response_timed_out)
+        self._response_deadline = self._seconds() + factory.response_timeout
+        self._timer = factory.reactor.callLater(factory._first_check, self._check_timeout)
+
+    def resume(self) -> None:
+        """Read again for a consumer that wants more; silence counts from now."""
+        self.last_data = self._seconds()
+        self.transport.resumeProducing()
 
     def abort(self) -> None:
         """Drop the connection at once (its exchange was abandoned)."""
@@ -165,7 +221,6 @@ class UpstreamConnection(Protocol):
     # -- IResponseEvents, from the parser ----------------------------------
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
-        self._cancel_timer()
         self.response_started = True
         if self.exchange is not None:
             self.exchange.sink.head_received(status, reason, headers)
@@ -180,6 +235,7 @@ class UpstreamConnection(Protocol):
         if exchange is None:
             return  # aborted by its sink while this read was being parsed
         self.exchange = None
+        self._cancel_timer()
         exchange.connection = None
         sink = exchange.sink
         exchange.sink = None
@@ -195,6 +251,7 @@ class UpstreamConnection(Protocol):
             # Bytes on an idle connection, or after an abort: the stream is unusable.
             self.transport.abortConnection()
             return
+        self.last_data = self._seconds()
         try:
             self.parser.feed(data)
         except ProtocolError as e:
@@ -222,9 +279,27 @@ class UpstreamConnection(Protocol):
 
     # -- internals -------------------------------------------------------
 
-    def _response_timed_out(self) -> None:
+    def _check_timeout(self) -> None:
+        """Fail the exchange if its time is up, or wait for the time left."""
         self._timer = None
-        self._fail(UpstreamTimeout("backend did not answer in time"))
+        factory = self.factory
+        if not self.response_started:
+            left = self._response_deadline - self._seconds()
+            if left <= 0:
+                self._time_out("backend did not answer in time")
+                return
+            left = min(left, factory.idle_timeout)  # if the head comes first, its idle time counts from it
+        elif self.exchange.paused:
+            left = factory.idle_timeout  # the consumer holds the read, so silence is not the backend's fault
+        else:
+            left = self.last_data + factory.idle_timeout - self._seconds()
+            if left <= 0:
+                self._time_out(f"backend sent nothing for {factory.idle_timeout:g} s mid-response")
+                return
+        self._timer = factory.reactor.callLater(left, self._check_timeout)
+
+    def _time_out(self, reason: str) -> None:
+        self._fail(UpstreamTimeout(reason))
         self.transport.abortConnection()
 
     def _cancel_timer(self) -> None:
@@ -237,11 +312,9 @@ class UpstreamConnection(Protocol):
         if exchange is None:
             return
         self.exchange = None
+        self._cancel_timer()
         exchange.connection = None
-        sink = exchange.sink
-        exchange.sink = None
-        if sink is not None:
-            sink.request_failed(error)
+        _fail(exchange, error)
 
 
 class ProxyClientFactory(ClientFactory):
@@ -249,7 +322,11 @@ class ProxyClientFactory(ClientFactory):
 
     One instance lives as long as its backend; :meth:`request` sends a
     request on an idle keep-alive connection or on a new one (a connection
-    that frees up first serves the oldest waiting request).
+    that frees up first serves the oldest waiting request). With
+    ``max_connections`` above 0, open and connecting connections never
+    exceed it; a request with no slot waits, oldest first, up to
+    ``queue_timeout`` seconds (then 503), and is refused at once (503) when
+    :data:`QUEUE_LIMIT` requests already wait.
     """
 
     protocol = UpstreamConnection
@@ -264,6 +341,9 @@ class ProxyClientFactory(ClientFactory):
         response_timeout: float = 30.0,
         keepalive_timeout: float = 60.0,
         max_idle: int = 64,
+        idle_timeout: float = 60.0,
+        max_connections: int = 0,
+        queue_timeout: float = 5.0,
     ) -> None:
         self.backend = backend
         self.reactor = reactor
@@ -271,6 +351,11 @@ class ProxyClientFactory(ClientFactory):
         self.response_timeout = response_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.queue_timeout = queue_timeout
+        self._first_check = min(response_timeout, idle_timeout)
+        self._queue_timer: Any = None
         self._idle: List[UpstreamConnection] = []
         self._idle_timers: dict = {}
         self._waiting: Deque[Exchange] = deque()
@@ -290,6 +375,11 @@ class ProxyClientFactory(ClientFactory):
     def open_connections(self) -> int:
         """How many connections to the backend are open, busy or idle."""
         return len(self._connections)
+
+    @property
+    def queued(self) -> int:
+        """How many requests are waiting for a connection."""
+        return len(self._waiting)
 
     def request(
         self,
@@ -320,10 +410,62 @@ class ProxyClientFactory(ClientFactory):
             self._idle_timers.pop(connection).cancel()
             connection.send(exchange, reused=True)
             return
-        self._waiting.append(exchange)
-        if self._connecting < len(self._waiting):
-            self._connecting += 1
-            self.reactor.connectTCP(self.backend.host, self.backend.port, self, timeout=self.connect_timeout)
+        waiting = self._waiting
+        if self._connecting > len(waiting):
+            exchange.deadline = 0.0  # a connection on its way has nobody to serve yet
+        elif self._slot_free():
+            exchange.deadline = 0.0
+            self._connect()
+        elif len(waiting) >= QUEUE_LIMIT:
+            # On the next turn: the caller hears nothing before request() returns.
+            self.reactor.callLater(0, _fail, exchange, QueueFull("backend queue full"))
+            return
+        else:
+            exchange.deadline = self.reactor.seconds() + self.queue_timeout
+            if self._queue_timer is None:
+                self._queue_timer = self.reactor.callLater(self.queue_timeout, self._expire_waiting)
+        waiting.append(exchange)
+
+    def _slot_free(self) -> bool:
+        limit = self.max_connections
+        return not limit or self._connecting + len(self._connections) < limit
+
+    def _connect(self) -> None:
+        self._connecting += 1
+        self.reactor.connectTCP(self.backend.host, self.backend.port, self, timeout=self.connect_timeout)
+
+    def _connect_waiting(self) -> None:
+        """Start connections for waiting requests no attempt covers, as far as the limit allows."""
+        while self._connecting < len(self._waiting) and self._slot_free():
+            self._connect()
+
+    def _next_waiting(self) -> Exchange:
+        exchange = self._waiting.popleft()
+        if not self._waiting:
+            self._cancel_queue_timer()
+        return exchange
+
+    def _expire_waiting(self) -> None:
+        """Fail the requests whose queue time is up; wait for the next deadline."""
+        self._queue_timer = None
+        now = self.reactor.seconds()
+        expired = []
+        # Deadlines are set in queue order, so the first one not yet due ends the search.
+        for exchange in self._waiting:
+            if exchange.deadline > now:
+                self._queue_timer = self.reactor.callLater(exchange.deadline - now, self._expire_waiting)
+                break
+            if exchange.deadline:
+                expired.append(exchange)
+        busy = self._connecting + len(self._connections)
+        for exchange in expired:
+            self._waiting.remove(exchange)
+            _fail(exchange, QueueTimeout(f"backend queue timeout ({busy} connections busy)"))
+
+    def _cancel_queue_timer(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
 
     def _retry_fresh(self, exchange: Exchange) -> None:
         # Idle connections older than the failed one are likely stale too.
@@ -344,12 +486,14 @@ class ProxyClientFactory(ClientFactory):
     def _forget_waiting(self, exchange: Exchange) -> None:
         if exchange in self._waiting:
             self._waiting.remove(exchange)
+            if not self._waiting:
+                self._cancel_queue_timer()
 
     def _connection_made(self, connection: UpstreamConnection) -> None:
         self._connecting -= 1
         self._connections.add(connection)
         if self._waiting:
-            connection.send(self._waiting.popleft(), reused=False)
+            connection.send(self._next_waiting(), reused=False)
         else:
             self._release(connection, True)
 
@@ -358,7 +502,7 @@ class ProxyClientFactory(ClientFactory):
             connection.transport.loseConnection()
             return
         if self._waiting:
-            connection.send(self._waiting.popleft(), reused=True)
+            connection.send(self._next_waiting(), reused=True)
             return
         if len(self._idle) >= self.max_idle:
             connection.transport.loseConnection()
@@ -374,22 +518,28 @@ class ProxyClientFactory(ClientFactory):
         if timer is not None:
             timer.cancel()
             self._idle.remove(connection)
+        self._connect_waiting()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self._connecting -= 1
         if not self._waiting:
             return
-        exchange = self._waiting.popleft()
-        sink = exchange.sink
-        exchange.sink = None
-        if sink is not None:
-            sink.request_failed(ConnectFailed(f"cannot connect to backend: {_describe(reason)}"))
+        _fail(self._next_waiting(), ConnectFailed(f"cannot connect to backend: {_describe(reason)}"))
+        self._connect_waiting()
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         """Connection ends are handled by the protocol itself."""
 
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+def _fail(exchange: Exchange, error: UpstreamError) -> None:
+    """Tell ``exchange``'s sink it failed, unless it has already ended or been aborted."""
+    sink = exchange.sink
+    exchange.sink = None
+    if sink is not None:
+        sink.request_failed(error)
 
 
 def _describe(reason: Failure) -> str:

@@ -12,6 +12,12 @@ connections, health-check state (every worker probes every backend, so the
 views agree within one check interval). Merged: counters, in-flight figures
 and cache sizes are summed; a backend shows as healthy only while every
 worker sees it healthy.
+
+Stopping sends SIGTERM to every worker, which drains its connections (up to
+``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
+is killed. SIGHUP to the main process (see
+:func:`powerlb.service.reload_on_sighup`) is forwarded to every worker, which
+re-reads the configuration itself.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from powerlb.config import Config
+from powerlb.service import ConfigSource
 
 log = Logger()
 
@@ -39,7 +46,10 @@ log = Logger()
 LISTEN_FD = 3
 REPORT_INTERVAL = 1.0
 RESTART_DELAY = 1.0
-STOP_TIMEOUT = 10.0
+#: Seconds a stopping worker gets beyond ``drain_timeout`` before it is killed.
+STOP_MARGIN = 5.0
+#: Config fields the main process owns; a reload cannot change them.
+_SUPERVISOR_SETTINGS = ("listen", "admin", "workers")
 
 
 def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -85,6 +95,14 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.buffer = b""
         self.snapshot: Optional[Dict[str, Any]] = None
         self.ended: defer.Deferred = defer.Deferred()
+        self.reload_pending = False
+
+    def reload(self) -> None:
+        """Send the worker SIGHUP; one that has not reported yet (no handler yet) gets it when it does."""
+        if self.snapshot is None:
+            self.reload_pending = True
+        elif self.transport.pid is not None:
+            self.transport.signalProcess("HUP")
 
     def outReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -94,6 +112,9 @@ class _WorkerProcess(protocol.ProcessProtocol):
                 self.snapshot = json.loads(line)
             except ValueError:
                 log.warn("worker {index} sent an unreadable stats line", index=self.index)
+        if self.reload_pending and self.snapshot is not None:
+            self.reload_pending = False
+            self.reload()
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(None)
@@ -101,7 +122,14 @@ class _WorkerProcess(protocol.ProcessProtocol):
 
 
 class WorkerSupervisor(MultiService):
-    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats."""
+    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats.
+
+    ``config_source`` (set by :func:`powerlb.service.reload_on_sighup`) is
+    passed to the workers so that they can re-read the configuration on
+    SIGHUP; without it they keep the one they started with.
+    """
+
+    config_source: Optional[ConfigSource] = None
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
@@ -117,7 +145,8 @@ class WorkerSupervisor(MultiService):
         self._stopping = False
         if config.admin is not None:
             from powerlb.admin import admin_root
-            from powerlb.service import Listener, QuietSite
+            from powerlb.server import QuietSite
+            from powerlb.service import Listener
 
             admin_site = QuietSite(admin_root(self.stats), reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
@@ -149,8 +178,12 @@ class WorkerSupervisor(MultiService):
         worker = _WorkerProcess(self, index)
         self.workers[index] = worker
         family = socket.AF_INET6 if ":" in self.port.getHost().host else socket.AF_INET
-        child_config = dataclasses.replace(self.config, workers=1, admin=None)
-        payload = base64.b64encode(pickle.dumps((child_config, int(family)))) + b"\n"
+        overrides = {"workers": 1, "admin": None}
+        child_config = dataclasses.replace(self.config, **overrides)
+        source = self.config_source
+        if source is not None:
+            source = dataclasses.replace(source, overrides={**source.overrides, **overrides})
+        payload = base64.b64encode(pickle.dumps((child_config, int(family), source))) + b"\n"
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
@@ -180,16 +213,39 @@ class WorkerSupervisor(MultiService):
         merged["workers"] = [w.transport.pid for w in live if w.transport is not None]
         return merged
 
+    def reload(self, config: Config) -> None:
+        """Take ``config`` for workers started from now on and send every worker SIGHUP.
+
+        ``listen``, ``admin`` and ``workers`` need a restart: a change is
+        logged and ignored. Without a ``config_source`` the workers have no
+        file to re-read and keep their configuration until they restart.
+        """
+        kept = {}
+        for name in _SUPERVISOR_SETTINGS:
+            if getattr(config, name) != getattr(self.config, name):
+                kept[name] = getattr(self.config, name)
+                log.warn("reload: {setting} changed, which needs a restart; ignored", setting=name)
+        self.config = dataclasses.replace(config, **kept)
+        if self.config_source is None:
+            log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
+            return
+        for worker in self.workers:
+            if worker is not None:
+                worker.reload()
+
     def stopService(self) -> defer.Deferred:
+        """Stop accepting at once, let every worker drain and exit (killed if it overstays)."""
         self._stopping = True
+        # The workers hold copies of the socket: it stops accepting once they have closed theirs too.
+        port, self.port = self.port, None
+        if port is not None:
+            port.stopListening()
         live = [w for w in self.workers if w is not None and w.transport.pid is not None]
         for worker in live:
             worker.transport.signalProcess("TERM")
         ended = defer.DeferredList([w.ended for w in live])
-        timer = self.reactor.callLater(STOP_TIMEOUT, self._kill, live)
+        timer = self.reactor.callLater(self.config.drain_timeout + STOP_MARGIN, self._kill, live)
         ended.addBoth(lambda _: timer.active() and timer.cancel())
-        port, self.port = self.port, None
-        ended.addBoth(lambda _: port is not None and port.stopListening())
         return ended.addBoth(lambda _: defer.maybeDeferred(MultiService.stopService, self))
 
     def _kill(self, workers: List[_WorkerProcess]) -> None:
@@ -231,12 +287,15 @@ def worker_main() -> None:
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from powerlb.service import PowerLBService
+    from powerlb.service import PowerLBService, ReloadOnSighup
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    config, family = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
+    config, family, source = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
     endpoint = AdoptedStreamServerEndpoint(reactor, LISTEN_FD, family)
     service = PowerLBService(config, reactor, listen_endpoint=endpoint)
+    if source is not None:
+        # Before the first report: the supervisor sends SIGHUP only once the worker has reported.
+        ReloadOnSighup(service, source, reactor).setServiceParent(service)
     pipe = _SupervisorPipe()
     StandardIO(pipe, reactor=reactor)
     _Reporting(service, pipe.transport, reactor).setServiceParent(service)

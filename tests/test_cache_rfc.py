@@ -479,3 +479,137 @@ async def test_head_uses_stored_get_and_stats_count_results(make_backends, start
     assert (cache["hits"], cache["misses"], cache["stale"], cache["revalidated"]) == (1, 2, 0, 0)
     metrics = await (await http.get(lb.admin_url + "/_powerlb/metrics")).text()
     assert 'powerlb_cache_results_total{result="coalesced"} 0.0' in metrics
+
+
+# --- HEAD updates (RFC 9111 section 4.3.5) ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_response_updates_or_invalidates_the_stored_get(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.5: a forwarded HEAD's 200 updates a matching stored GET, invalidates another one."""
+    (a,) = make_backends(1)
+    state: Dict[str, Any] = {"etag": b'"v1"', "cache_control": b"max-age=60", "seen": 0}
+
+    def respond(request: Any) -> bytes:
+        state["seen"] += 1
+        request.setHeader(b"etag", state["etag"])
+        request.setHeader(b"cache-control", state["cache_control"])
+        request.setHeader(b"x-version", b"%d" % state["seen"])
+        return b"the full body"
+
+    a.routes[b"/h"] = respond
+    lb = start_powerlb([a])
+    await fetch(http, lb.url + "/h")
+    state["cache_control"] = b"max-age=120"
+    head = await fetch(http, lb.url + "/h", method="HEAD", cache_control=b"no-cache")
+    assert (head.x_cache, a.requests[-1].method) == (b"MISS", b"HEAD")
+    hit = await fetch(http, lb.url + "/h")
+    assert (hit.x_cache, hit.body, hit.header(b"x-version")) == (b"HIT", b"the full body", b"2")
+    assert hit.header(b"cache-control") == b"max-age=120"
+    state["etag"] = b'"v2"'
+    await fetch(http, lb.url + "/h", method="HEAD", cache_control=b"no-cache")
+    assert (await fetch(http, lb.url + "/h", cache_control=b"only-if-cached")).code == 504
+    assert lb.service.stats()["cache"]["invalidated"] == 1
+
+
+# --- conditional and range misses (RFC 9111 section 4.3.2, RFC 9110 section 14) -----------------
+
+
+def recording(seen: List[Any], body: bytes = b"0123456789", chunked: bool = False, **headers: bytes) -> Any:
+    """A route answering ``body`` (in chunks: without Content-Length) and recording its request headers."""
+
+    def respond(request: Any) -> Any:
+        seen.append(request.requestHeaders)
+        for name, value in headers.items():
+            request.setHeader(name.replace("_", "-").encode(), value)
+        if not chunked:
+            return body
+        for start in range(0, len(body), 100):
+            request.write(body[start : start + 100])
+        request.finish()
+        return NOT_DONE_YET
+
+    return respond
+
+
+def asked_upstream(seen: List[Any]) -> List[Any]:
+    """The client conditionals and Range the backend received."""
+    names = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
+    return [n for h in seen for n in names if h.hasHeader(n)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_conditional_and_range_misses_store_the_whole_response(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.2, RFC 9110 14: a miss fetches the whole response, stores it and answers from it."""
+    (a,) = make_backends(1)
+    seen: List[Any] = []
+    for path in (b"/inm", b"/range", b"/bad-range"):
+        a.routes[path] = recording(seen, cache_control=b"max-age=60", etag=b'"x"')
+    lb = start_powerlb([a])
+    not_modified = await fetch(http, lb.url + "/inm", if_none_match=b'"x"')
+    assert (not_modified.code, not_modified.body, not_modified.x_cache) == (304, b"", b"MISS")
+    part = await fetch(http, lb.url + "/range", range=b"bytes=2-4", if_range=b'"x"')
+    assert (part.code, part.body, part.header(b"content-range")) == (206, b"234", b"bytes 2-4/10")
+    bad = await fetch(http, lb.url + "/bad-range", range=b"bytes=20-")
+    assert (bad.code, bad.header(b"content-range")) == (416, b"bytes */10")
+    for path in ("/inm", "/range", "/bad-range"):
+        hit = await fetch(http, lb.url + path)
+        assert (hit.code, hit.body, hit.x_cache) == (200, b"0123456789", b"HIT"), path
+    assert asked_upstream(seen) == [] and len(seen) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_unstored_miss_answers_conditional_and_range_from_its_head(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.2, RFC 9110 14: not stored: 304 from the headers, 206 with a known length, else 200."""
+    (a,) = make_backends(1)
+    seen: List[Any] = []
+    big = bytes(range(256)) * 8
+    a.routes[b"/private"] = recording(seen, cache_control=b"private", etag=b'"p"')
+    a.routes[b"/big"] = recording(seen, big, cache_control=b"max-age=60", etag=b'"b"')
+    a.routes[b"/big-chunked"] = recording(seen, big, chunked=True, cache_control=b"max-age=60", etag=b'"c"')
+    lb = start_powerlb([a], cache_max_object=1000)
+    not_modified = await fetch(http, lb.url + "/private", if_none_match=b'"p"')
+    assert (not_modified.code, not_modified.body, not_modified.x_cache) == (304, b"", b"MISS")
+    part = await fetch(http, lb.url + "/private", range=b"bytes=-3")
+    assert (part.code, part.body, part.header(b"content-range")) == (206, b"789", b"bytes 7-9/10")
+    big_part = await fetch(http, lb.url + "/big", range=b"bytes=1000-1001")
+    assert (big_part.code, big_part.body, big_part.length) == (206, big[1000:1002], 2)
+    chunked_part = await fetch(http, lb.url + "/big-chunked", range=b"bytes=1000-1001")
+    assert (chunked_part.code, chunked_part.body) == (200, big)  # length unknown: the whole response
+    chunked_304 = await fetch(http, lb.url + "/big-chunked", if_none_match=b'"c"')
+    assert (chunked_304.code, chunked_304.body) == (304, b"")
+    assert asked_upstream(seen) == [] and len(seen) == 5
+    assert lb.service.stats()["cache"]["entries"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_coalesced_waiters_get_their_conditional_and_range_answered(make_backends, start_powerlb, http):
+    """RFC 9111 4.3.2, RFC 9110 14: waiters for a conditional miss get 304/206 from the stored response."""
+    (a,) = make_backends(1)
+    held: List[Any] = []
+
+    def slow(request: Any) -> Any:
+        request.setHeader(b"cache-control", b"max-age=60")
+        request.setHeader(b"etag", b'"s"')
+        held.append(request)
+        return NOT_DONE_YET
+
+    a.routes[b"/co"] = slow
+    lb = start_powerlb([a])
+    url = lb.url + "/co"
+    lead = defer.ensureDeferred(fetch(http, url, if_none_match=b'"s"'))
+    while not held:
+        await sleep(0.01)
+    waiters = [
+        defer.ensureDeferred(fetch(http, url, range=b"bytes=0-1")),
+        defer.ensureDeferred(fetch(http, url, if_none_match=b'"other"')),
+    ]
+    while sum(len(f.waiters) for f in cache_layer(lb).flights.values()) < 2:
+        await sleep(0.01)
+    held[0].write(b"shared")
+    held[0].finish()
+    first, part, full = await defer.gatherResults([lead, *waiters])
+    assert (first.code, first.x_cache, held[0].getHeader(b"if-none-match")) == (304, b"MISS", None)
+    assert (part.code, part.body, part.x_cache) == (206, b"sh", b"COALESCED")
+    assert (full.code, full.body, full.x_cache) == (200, b"shared", b"COALESCED")
+    assert len(held) == 1

@@ -12,19 +12,26 @@ from powerlb.cachepolicy import (
     FRESH as USE_FRESH,
 )
 from powerlb.cachepolicy import (
+    INVALIDATE,
     MAX_DELTA_SECONDS,
+    NO_BODY,
     REVALIDATE,
     STALE,
     UNSATISFIABLE,
+    UPDATE,
     Answer,
     Rules,
     StorePlan,
+    answer_head,
+    answered_by_cache,
     byte_range,
     cached_answer,
     corrected_initial_age,
     current_age,
+    fetch_headers,
     format_age,
     freshness_lifetime,
+    head_update,
     invalidation_keys,
     not_modified,
     parse_cache_control,
@@ -604,6 +611,75 @@ def test_update_headers_from_304() -> None:
     ]
 
 
+FETCH_CASES: List[Tuple[str, Headers, Headers]] = [
+    (
+        "RFC 9111 4.3.2 If-None-Match answered by the cache",
+        [(b"if-none-match", b'"a"'), (b"x", b"1")],
+        [(b"x", b"1")],
+    ),
+    ("RFC 9111 4.3.2 If-Modified-Since answered by the cache", [(b"if-modified-since", DATE)], []),
+    (
+        "RFC 9110 14.2 Range and If-Range answered by the cache",
+        [(b"range", b"bytes=0-1"), (b"if-range", DATE)],
+        [],
+    ),
+    ("RFC 9110 13.1.1 If-Match left to the origin", [(b"if-match", b'"a"')], [(b"if-match", b'"a"')]),
+    (
+        "RFC 9111 5.2.1.5 no-store: nothing stored, sent as is",
+        [(b"cache-control", b"no-store"), (b"range", b"bytes=0-1")],
+        [(b"cache-control", b"no-store"), (b"range", b"bytes=0-1")],
+    ),
+    ("RFC 9111 3 plain request unchanged", [(b"accept", b"x")], [(b"accept", b"x")]),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "expected"), [c[1:] for c in FETCH_CASES], ids=[c[0] for c in FETCH_CASES]
+)
+def test_fetch_headers(request_headers: Headers, expected: Headers) -> None:
+    """RFC 9111 sections 3 and 4.3.2: a GET to store is sent without what the cache answers itself."""
+    assert fetch_headers(request_headers) == expected
+    assert answered_by_cache(request_headers) is (expected != request_headers)
+
+
+HEAD_200 = [(b"etag", b'"v1"'), (b"last-modified", DATE), (b"content-length", b"10")]
+HEAD_UPDATE_CASES: List[Tuple[str, int, Headers, int, Optional[str]]] = [
+    ("RFC 9111 4.3.5 validators and length match: update", 200, HEAD_200, 200, UPDATE),
+    ("RFC 9111 4.3.5 ETag alone matches: update", 200, [(b"etag", b'"v1"')], 200, UPDATE),
+    ("RFC 9111 4.3.5 Last-Modified alone matches: update", 200, [(b"last-modified", DATE)], 200, UPDATE),
+    ("RFC 9111 4.3.5 other ETag: invalidate", 200, [(b"etag", b'"v2"')], 200, INVALIDATE),
+    ("RFC 9111 4.3.5 weak ETag is another value: invalidate", 200, [(b"etag", b'W/"v1"')], 200, INVALIDATE),
+    (
+        "RFC 9111 4.3.5 other Last-Modified: invalidate",
+        200,
+        [(b"last-modified", DATE_PLUS_100)],
+        200,
+        INVALIDATE,
+    ),
+    (
+        "RFC 9111 4.3.5 other Content-Length: invalidate",
+        200,
+        [(b"etag", b'"v1"'), (b"content-length", b"9")],
+        200,
+        INVALIDATE,
+    ),
+    ("RFC 9111 4.3.5 no validator to match: invalidate", 200, [(b"content-length", b"10")], 200, INVALIDATE),
+    ("RFC 9111 4.3.5 stored response not a 200: invalidate", 200, HEAD_200, 404, INVALIDATE),
+    ("RFC 9111 4.3.5 only a 200 counts", 404, [(b"etag", b'"v2"')], 200, None),
+    ("RFC 9111 4.3.5 a 304 is not a HEAD update", 304, HEAD_200, 200, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "head_headers", "stored_status", "expected"),
+    [c[1:] for c in HEAD_UPDATE_CASES],
+    ids=[c[0] for c in HEAD_UPDATE_CASES],
+)
+def test_head_update(status: int, head_headers: Headers, stored_status: int, expected: Optional[str]) -> None:
+    """RFC 9111 section 4.3.5: a HEAD response updates or invalidates a stored 10-byte GET response."""
+    assert head_update(status, head_headers, stored_status, ETAG, 10) == expected
+
+
 @given(header_lists, header_lists)
 def test_update_headers_is_idempotent(stored: Headers, new: Headers) -> None:
     """RFC 9111 section 3.2: applying the same 304 twice changes nothing more."""
@@ -712,6 +788,33 @@ def test_cached_answer_304_206_416() -> None:
     assert (
         cached_answer(b"GET", [(b"range", b"bytes=2-4")], 404, b"NF", stored, b"0123456789", 0).status == 404
     )
+
+
+ANSWER_HEAD_CASES: List[Tuple[str, Headers, Optional[int], int, Optional[Tuple[int, int]], List[bytes]]] = [
+    ("RFC 9111 4.3.2 304 without knowing the length", [(b"if-none-match", b'"v1"')], None, 304, NO_BODY, []),
+    ("RFC 9110 14.2 Range with an unknown length: whole", [(b"range", b"bytes=2-4")], None, 200, None, []),
+    ("RFC 9110 14.4 Range with a known length: 206", [(b"range", b"bytes=2-4")], 10, 206, (2, 4), [b"3"]),
+    ("RFC 9110 15.5.17 unsatisfiable: 416", [(b"range", b"bytes=10-")], 10, 416, NO_BODY, [b"0"]),
+    ("RFC 9110 8.6 whole, known length", [], 10, 200, None, [b"10"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "length", "status", "span", "content_length"),
+    [c[1:] for c in ANSWER_HEAD_CASES],
+    ids=[c[0] for c in ANSWER_HEAD_CASES],
+)
+def test_answer_head(
+    request_headers: Headers,
+    length: Optional[int],
+    status: int,
+    span: Optional[Tuple[int, int]],
+    content_length: List[bytes],
+) -> None:
+    """RFC 9111 4.3.2, RFC 9110 14: the head of an answer from a response whose length may be unknown."""
+    answer, got = answer_head(b"GET", request_headers, 200, b"OK", ETAG, length, 0)
+    assert (answer.status, got, answer.body) == (status, span, b"")
+    assert [v for k, v in answer.headers if k == b"content-length"] == content_length
 
 
 # --- invalidation and purge keys (RFC 9111 section 4.4) ----------------------------------------

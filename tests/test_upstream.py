@@ -14,9 +14,12 @@ from zope.interface.verify import verifyObject
 
 from powerlb.backend import Backend, BackendSpec
 from powerlb.upstream import (
+    QUEUE_LIMIT,
     ConnectFailed,
     IResponseSink,
     ProxyClientFactory,
+    QueueFull,
+    QueueTimeout,
     UpstreamConnection,
     UpstreamError,
     UpstreamTimeout,
@@ -53,8 +56,8 @@ class Sink:
 class Pool:
     """A factory on a fake reactor, and helpers to play the network's part."""
 
-    def __init__(self, **settings: Any) -> None:
-        self.reactor = MemoryReactorClock()
+    def __init__(self, reactor: Optional[MemoryReactorClock] = None, **settings: Any) -> None:
+        self.reactor = reactor or MemoryReactorClock()
         self.backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
         self.factory = ProxyClientFactory(self.backend, self.reactor, **settings)
 
@@ -366,7 +369,7 @@ def test_response_timeout_stops_at_the_head() -> None:
     pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-    pool.reactor.advance(60)
+    pool.reactor.advance(59)  # from the head on, only the idle timeout (60 s) applies
     assert not transport.disconnected
     proto.dataReceived(b"hello")
     assert sink.events == OK_EVENTS
@@ -591,6 +594,381 @@ def test_pause_after_the_end_is_harmless() -> None:
     exchange.pauseProducing()
     exchange.resumeProducing()
     assert transport.producerState == "producing"
+
+
+# --- idle timeout between body pieces ------------------------------------------------
+
+HEAD_100 = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+
+
+class CountingClock(MemoryReactorClock):
+    """A fake reactor that counts the timers created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timers_created = 0
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        self.timers_created += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def streaming(pool: Pool) -> Tuple[Any, UpstreamConnection, StringTransport, Sink]:
+    """A GET whose response head and first body bytes (of 100) have arrived."""
+    sink = Sink()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(HEAD_100 + b"he")
+    return exchange, proto, transport, sink
+
+
+def test_silence_mid_body_fails_with_504_and_aborts() -> None:
+    pool = Pool(idle_timeout=10, response_timeout=5)
+    _, proto, transport, sink = streaming(pool)
+    pool.reactor.advance(9.9)
+    assert not transport.disconnected
+    assert sink.events[-1] == ("body", b"he")
+    pool.reactor.advance(0.1)
+    assert sink.events[-1] == ("failed", 504, False)
+    assert isinstance(sink.error, UpstreamTimeout)
+    assert sink.error.reason == "backend sent nothing for 10 s mid-response"
+    assert transport.disconnected
+    lose(proto)
+    assert sink.events[-1] == ("failed", 504, False)
+    assert pool.factory.open_connections == 0
+    assert pool.reactor.getDelayedCalls() == []
+
+
+def test_silence_after_a_head_without_body_bytes_fails_with_504() -> None:
+    pool = Pool(idle_timeout=10)
+    sink = Sink()
+    pool.get(sink)
+    proto, _ = pool.connect()
+    proto.dataReceived(HEAD_100)
+    pool.reactor.advance(10)
+    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"100")]), ("failed", 504, False)]
+
+
+def test_idle_timer_rearms_for_the_time_left_across_many_pieces() -> None:
+    clock = CountingClock()
+    pool = Pool(clock, idle_timeout=10, response_timeout=5)
+    _, proto, transport, sink = streaming(pool)
+    for _ in range(49):
+        pool.reactor.advance(1)
+        proto.dataReceived(b"x")
+    assert len(clock.getDelayedCalls()) == 1
+    # One timer for the exchange, re-armed at most once per idle period: not one per piece.
+    assert clock.timers_created <= 1 + 49 // 10 + 1
+    pool.reactor.advance(9.9)  # silence counts from the last piece
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert transport.disconnected
+    assert sink.events[-1] == ("failed", 504, False)
+
+
+def test_pieces_just_before_each_deadline_keep_the_exchange_alive() -> None:
+    pool = Pool(idle_timeout=10)
+    _, proto, transport, sink = streaming(pool)
+    for _ in range(20):
+        pool.reactor.advance(9.9)
+        proto.dataReceived(b"x")
+    assert not transport.disconnected
+    proto.dataReceived(b"y" * 78)
+    assert sink.events[-1] == ("end",)
+    assert pool.factory.idle_connections == 1
+    # Only the keep-alive timer is left.
+    assert len(pool.reactor.getDelayedCalls()) == 1
+
+
+def test_paused_exchange_does_not_time_out_for_idling() -> None:
+    pool = Pool(idle_timeout=10)
+    exchange, _, transport, sink = streaming(pool)
+    pool.reactor.advance(5)
+    exchange.pauseProducing()
+    pool.reactor.advance(100)
+    assert not transport.disconnected
+    assert sink.events[-1] == ("body", b"he")
+    exchange.resumeProducing()  # silence counts from here
+    pool.reactor.advance(9.9)
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert transport.disconnected
+    assert sink.events[-1] == ("failed", 504, False)
+
+
+def test_brief_pause_between_checks_counts_silence_from_the_resume() -> None:
+    pool = Pool(idle_timeout=10)
+    exchange, _, transport, _ = streaming(pool)
+    pool.reactor.advance(8)
+    exchange.pauseProducing()
+    pool.reactor.advance(1)
+    exchange.resumeProducing()
+    pool.reactor.advance(9.9)
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert transport.disconnected
+
+
+def test_idle_timeout_shorter_than_the_response_timeout() -> None:
+    pool = Pool(idle_timeout=2, response_timeout=30)
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    pool.reactor.advance(29.9)  # the head may take the whole response timeout
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert sink.events == [("failed", 504, False)]
+    assert sink.error.reason == "backend did not answer in time"
+
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    pool.reactor.advance(3)
+    proto.dataReceived(HEAD_100)
+    pool.reactor.advance(1.9)
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert sink.events[-1] == ("failed", 504, False)
+
+
+def test_idle_timeout_applies_soon_after_a_head_under_a_long_response_timeout() -> None:
+    pool = Pool(idle_timeout=60, response_timeout=300)
+    sink = Sink()
+    pool.get(sink)
+    proto, transport = pool.connect()
+    pool.reactor.advance(10)
+    proto.dataReceived(HEAD_100)
+    pool.reactor.advance(59.9)
+    assert not transport.disconnected
+    pool.reactor.advance(0.1)
+    assert sink.events[-1] == ("failed", 504, False)
+
+
+def test_response_end_cancels_the_timer() -> None:
+    pool = Pool(keepalive_timeout=1000)
+    _, _, sink = served(pool)
+    assert sink.events == OK_EVENTS
+    (keepalive,) = pool.reactor.getDelayedCalls()
+    assert keepalive.getTime() == 1000
+
+
+# --- connection limit and wait queue -----------------------------------------------
+
+
+def get_numbered(pool: Pool, n: int) -> List[Sink]:
+    """GET /0 ... /n-1; their sinks."""
+    sinks = [Sink() for _ in range(n)]
+    for i, sink in enumerate(sinks):
+        pool.get(sink, b"/%d" % i)
+    return sinks
+
+
+def sent_target(transport: StringTransport) -> bytes:
+    target = transport.value().split(b" ")[1]
+    transport.clear()
+    return target
+
+
+def test_limit_caps_connections_and_the_queue_is_served_first_in_first_out() -> None:
+    pool = Pool(max_connections=2)
+    sinks = get_numbered(pool, 5)
+    assert pool.connects == 2
+    assert pool.factory.queued == 5
+    proto_a, transport_a = pool.connect()
+    proto_b, transport_b = pool.connect()
+    assert (sent_target(transport_a), sent_target(transport_b)) == (b"/0", b"/1")
+    assert pool.factory.queued == 3
+    proto_b.dataReceived(OK)
+    assert sent_target(transport_b) == b"/2"
+    proto_a.dataReceived(OK)
+    assert sent_target(transport_a) == b"/3"
+    proto_a.dataReceived(OK)
+    assert sent_target(transport_a) == b"/4"
+    assert pool.factory.queued == 0
+    proto_b.dataReceived(OK)
+    proto_a.dataReceived(OK)
+    assert all(sink.events == OK_EVENTS for sink in sinks)
+    assert pool.connects == 2
+    assert pool.factory.idle_connections == 2
+
+
+def test_limit_holds_while_connections_come_and_go() -> None:
+    pool = Pool(max_connections=3)
+    sinks = get_numbered(pool, 20)
+    live: List[UpstreamConnection] = []
+    closed = answered = 0
+    while True:
+        while pool.connects - closed > len(live):  # attempts not yet connected
+            live.append(pool.connect()[0])
+        assert pool.connects - closed <= 3
+        busy = [p for p in live if p.exchange is not None]
+        if not busy:
+            break
+        # Every other answer closes its connection, so slots also free through connection loss.
+        proto = busy[0]
+        if answered % 2:
+            proto.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            lose(proto)
+            live.remove(proto)
+            closed += 1
+        else:
+            proto.dataReceived(OK)
+        answered += 1
+    assert answered == 20
+    assert all(sink.events[-1] == ("end",) for sink in sinks)
+    assert pool.connects > 3
+    assert pool.factory.queued == 0
+
+
+def test_idle_connection_is_reused_under_the_limit() -> None:
+    pool = Pool(max_connections=1)
+    served(pool)
+    sink = Sink()
+    pool.get(sink)
+    assert pool.connects == 1
+    assert pool.factory.queued == 0
+
+
+def test_queue_timeout_fails_with_503_and_removes_the_request() -> None:
+    pool = Pool(max_connections=1, queue_timeout=5)
+    first, second = get_numbered(pool, 2)
+    proto, transport = pool.connect()
+    transport.clear()
+    pool.reactor.advance(4.9)
+    assert second.events == []
+    pool.reactor.advance(0.1)
+    assert second.events == [("failed", 503, True)]
+    assert isinstance(second.error, QueueTimeout)
+    assert second.error.reason == "backend queue timeout (1 connections busy)"
+    assert pool.factory.queued == 0
+    proto.dataReceived(OK)
+    assert first.events == OK_EVENTS
+    assert transport.value() == b""
+    assert pool.factory.idle_connections == 1
+
+
+def test_each_queued_request_gets_its_own_deadline_from_one_timer() -> None:
+    pool = Pool(max_connections=1, queue_timeout=5, response_timeout=100)
+    pool.get(Sink())
+    pool.connect()
+    early = Sink()
+    pool.get(early)
+    pool.reactor.advance(2)
+    late = Sink()
+    pool.get(late)
+    assert len(pool.reactor.getDelayedCalls()) == 2  # the response timer, one queue timer
+    pool.reactor.advance(3)
+    assert early.events == [("failed", 503, True)]
+    assert late.events == []
+    pool.reactor.advance(1.9)
+    assert late.events == []
+    pool.reactor.advance(0.1)
+    assert late.events == [("failed", 503, True)]
+    assert len(pool.reactor.getDelayedCalls()) == 1
+
+
+def test_request_waiting_for_a_connect_in_progress_has_no_queue_deadline() -> None:
+    pool = Pool(max_connections=1, queue_timeout=1, connect_timeout=5)
+    sink = Sink()
+    pool.get(sink)
+    pool.reactor.advance(3)
+    assert sink.events == []
+    _, transport = pool.connect()
+    assert transport.value() == GET_HEAD
+
+
+def test_full_queue_refuses_at_once_with_503() -> None:
+    pool = Pool(max_connections=1)
+    get_numbered(pool, QUEUE_LIMIT)
+    assert pool.factory.queued == QUEUE_LIMIT
+    sink = Sink()
+    exchange = pool.get(sink)
+    assert sink.events == []  # not before request() returns
+    pool.reactor.advance(0)
+    assert sink.events == [("failed", 503, True)]
+    assert isinstance(sink.error, QueueFull)
+    assert sink.error.reason == "backend queue full"
+    assert not exchange.active
+    assert pool.factory.queued == QUEUE_LIMIT
+
+
+def test_refused_request_aborted_before_the_refusal_hears_nothing() -> None:
+    pool = Pool(max_connections=1)
+    get_numbered(pool, QUEUE_LIMIT)
+    sink = Sink()
+    pool.get(sink).abort()
+    pool.reactor.advance(0)
+    assert sink.events == []
+
+
+def test_abort_of_a_queued_request_removes_it_and_cancels_its_timer() -> None:
+    pool = Pool(max_connections=1, queue_timeout=5)
+    first = Sink()
+    pool.get(first)
+    proto, transport = pool.connect()
+    (response_timer,) = pool.reactor.getDelayedCalls()
+    sink = Sink()
+    exchange = pool.get(sink)
+    assert pool.factory.queued == 1
+    exchange.abort()
+    assert pool.factory.queued == 0
+    assert pool.reactor.getDelayedCalls() == [response_timer]
+    pool.reactor.advance(5)
+    assert sink.events == []
+    transport.clear()
+    proto.dataReceived(OK)
+    assert transport.value() == b""
+    assert pool.factory.idle_connections == 1
+
+
+def test_abort_of_one_queued_request_leaves_the_others_deadlines() -> None:
+    pool = Pool(max_connections=1, queue_timeout=5)
+    pool.get(Sink())
+    pool.connect()
+    aborted, kept = Sink(), Sink()
+    exchange = pool.get(aborted)
+    pool.get(kept)
+    exchange.abort()
+    pool.reactor.advance(5)
+    assert aborted.events == []
+    assert kept.events == [("failed", 503, True)]
+
+
+def test_connection_closed_after_a_response_frees_a_slot_for_the_queue() -> None:
+    pool = Pool(max_connections=1)
+    _, second = get_numbered(pool, 2)
+    proto, _ = pool.connect()
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+    assert pool.connects == 1  # still open until the close completes
+    lose(proto)
+    assert pool.connects == 2
+    proto, transport = pool.connect()
+    assert sent_target(transport) == b"/1"
+    proto.dataReceived(OK)
+    assert second.events == OK_EVENTS
+
+
+def test_connect_failure_frees_a_slot_for_the_queue() -> None:
+    pool = Pool(max_connections=1)
+    first, _ = get_numbered(pool, 2)
+    pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert first.events == [("failed", 502, True)]
+    assert pool.connects == 2
+    _, transport = pool.connect()
+    assert sent_target(transport) == b"/1"
+
+
+def test_stale_retry_waits_for_a_slot_under_the_limit() -> None:
+    pool = Pool(max_connections=1)
+    proto, _, _ = served(pool)
+    sink = Sink()
+    pool.get(sink)
+    lose(proto)  # stale keep-alive connection: the request is sent again on a fresh one
+    assert pool.connects == 2
+    proto, transport = pool.connect()
+    assert transport.value() == GET_HEAD
+    proto.dataReceived(OK)
+    assert sink.events == OK_EVENTS
 
 
 # --- probe -------------------------------------------------------------------------
