@@ -211,7 +211,10 @@ class PowerLBService(MultiService):
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
-        self.proxy_listener = Listener(listen_endpoint, ProxySite(resource, reactor, config))
+        site = ProxySite(resource, reactor, config)
+        if cache_layer is not None:
+            site.fast_answer = cache_layer.fast_response
+        self.proxy_listener = Listener(listen_endpoint, site)
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
