@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
@@ -54,6 +55,11 @@ from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
+
+#: Seconds a key whose response could not be stored skips request coalescing.
+HIT_FOR_PASS = 60.0
+#: Most keys remembered as not storable (the oldest are forgotten first).
+MAX_PASSES = 10_000
 
 HIT = b"HIT"
 MISS = b"MISS"
@@ -107,6 +113,8 @@ class CacheLayer:
         self.purge_allow = [ipaddress.ip_network(network) for network in purge_allow]
         #: Keys with a request on its way upstream, and who waits for it.
         self.flights: Dict[bytes, _Flight] = {}
+        #: Keys whose last response could not be stored, and until when their misses skip coalescing.
+        self.passes: OrderedDict[bytes, float] = OrderedDict()
 
     # -- the request path ------------------------------------------------
 
@@ -146,10 +154,11 @@ class CacheLayer:
                 request, client, MISS, lambda sink: HeadSink(self, sink, client, key, entry, now)
             )
         flight = self.flights.get(key)
-        if flight is not None and b"no-cache" not in directives:
+        lead = b"no-cache" not in directives and not self._passing(key, now)
+        if flight is not None and lead:
             flight.wait(self, resource, request, client, key)
             return NOT_DONE_YET
-        return self.fetch(resource, request, client, key, entry, lead=b"no-cache" not in directives)
+        return self.fetch(resource, request, client, key, entry, lead=lead)
 
     def fetch(
         self,
@@ -261,6 +270,24 @@ class CacheLayer:
         else:
             self.store.remove(key)
         return updated
+
+    def mark_pass(self, key: bytes, now: float) -> None:
+        """``key``'s response could not be stored: for :data:`HIT_FOR_PASS` seconds its misses go
+        upstream at once instead of queueing behind each other (Varnish's hit-for-pass)."""
+        passes = self.passes
+        passes[key] = now + HIT_FOR_PASS
+        passes.move_to_end(key)
+        if len(passes) > MAX_PASSES:
+            passes.popitem(last=False)
+
+    def _passing(self, key: bytes, now: float) -> bool:
+        until = self.passes.get(key)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self.passes[key]
+        return False
 
     def land(self, key: bytes, flight: _Flight) -> None:
         """``flight`` is over (stored, not storable, failed or abandoned): release who waits for it."""
@@ -527,6 +554,11 @@ class FetchSink(Relay):
         if plan is not None and (length is None or length <= layer.max_object):
             self.plan, self.parts = plan, []
             self.held = self.answers
+            layer.passes.pop(self.key, None)
+        else:
+            # Nothing will be stored: whoever waits for this response may go upstream now.
+            layer.mark_pass(self.key, now)
+            self._release()
         self._count(MISS)
         if not self.held:
             self._pass_head(now)
@@ -643,8 +675,13 @@ class FetchSink(Relay):
 
     def _land(self) -> None:
         self.done = True
-        if self.flight is not None:
-            self.layer.land(self.key, self.flight)
+        self._release()
+
+    def _release(self) -> None:
+        """Release the requests waiting for this response (once)."""
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            self.layer.land(self.key, flight)
 
     def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
         """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
