@@ -11,7 +11,7 @@ never reached a backend. Whoever asked hears the outcome through an
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, Optional, Set, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -21,7 +21,7 @@ from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
 from powerlb.headers import Headers
 from powerlb.outlier import OutlierEjector
-from powerlb.upstream import BackendBusy, IResponseSink, ProxyClientFactory, UpstreamError
+from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
 
 log = Logger()
 
@@ -40,7 +40,9 @@ class UpstreamRequest:
 
     __slots__ = ("body", "headers", "method", "target")
 
-    def __init__(self, method: bytes, target: bytes, headers: Headers, body: bytes = b"") -> None:
+    def __init__(
+        self, method: bytes, target: bytes, headers: Headers, body: Union[bytes, BodyStream] = b""
+    ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
@@ -143,7 +145,9 @@ class Dispatch:
             backend=backend.url,
             reason=error.reason,
         )
-        retry = error.retryable and self.request.method in IDEMPOTENT_METHODS
+        body = self.request.body
+        body_sent = isinstance(body, BodyStream) and body.started
+        retry = error.retryable and self.request.method in IDEMPOTENT_METHODS and not body_sent
         if retry and len(self.tried) <= self.dispatcher.retries:
             self.attempt()
         else:

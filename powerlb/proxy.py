@@ -81,7 +81,9 @@ class ProxyResource(Resource):
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
         responder = ClientResponder(request, self.counters, x_cache)
         sink = responder if wrap is None else wrap(responder)
-        body = request.content.read() if request.content is not None else b""
+        body = getattr(request, "body_stream", None)
+        if body is None:
+            body = request.content.read() if request.content is not None else b""
         responder.start(self.dispatcher.send(client.upstream(body), sink, client.client_host))
         return NOT_DONE_YET
 

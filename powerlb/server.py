@@ -22,6 +22,7 @@ every miss, takes the normal way.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Callable, Optional, Set, Tuple
 
 from twisted.internet.interfaces import ISSLTransport
@@ -31,6 +32,7 @@ from twisted.web.server import Request, Site
 
 from powerlb.config import Config
 from powerlb.headers import Headers
+from powerlb.upstream import BodyStream
 
 _STATUS_TEXT = {
     400: b"Bad Request",
@@ -112,17 +114,64 @@ FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[bytes]]
 
 
 class ProxyRequest(Request):
-    """A twisted.web request whose body may not grow past the listener's ``max_body``."""
+    """A twisted.web request whose body streams to the backend as it arrives.
 
+    twisted.web reads a whole body before it renders a request; here a
+    request with a body is rendered as soon as its headers are complete, and
+    the body flows into a :class:`~powerlb.upstream.BodyStream` (``body_stream``)
+    that the upstream connection drains with flow control, so an upload of
+    any size passes with bounded memory. A body may not grow past the
+    listener's ``max_body`` (413).
+    """
+
+    body_stream: Optional[BodyStream] = None
     _body_size = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        channel = self.channel
+        if length is not None and length > channel.site.limits.max_body:
+            channel.reject(413, "request body larger than the limit")
+            return
+        if length == 0:
+            super().gotLength(length)
+            return
+        self.content = io.BytesIO()
+        self.body_stream = BodyStream(length, channel.transport)
+        # The headers are complete: render now (twisted.web would wait for the body).
+        Request.requestReceived(self, channel._command, channel._path, channel._version)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_size += len(data)
         channel = self.channel
         if self._body_size > channel.site.limits.max_body:
-            channel.reject(413, "request body larger than the limit")
+            self._body_too_large()
             return
-        super().handleContentChunk(data)
+        if not self.finished:
+            self.body_stream.feed(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        stream = self.body_stream
+        if stream is None:
+            super().requestReceived(command, path, version)
+        elif not self.finished:
+            stream.finish()  # rendered already; this is the end of the body
+
+    def finish(self) -> None:
+        stream = self.body_stream
+        if stream is not None and not stream.complete:
+            # Answered before the whole body arrived: the rest cannot be told from a next
+            # request, so the connection closes after this response and stops reading.
+            channel = self.channel
+            channel.persistent = False
+            channel._handlingRequest = True
+        super().finish()
+
+    def _body_too_large(self) -> None:
+        # Closing the connection also abandons the upstream request (the responder sees the client go).
+        if self.startedWriting:
+            self.channel.transport.abortConnection()
+        else:
+            self.channel.reject(413, "request body larger than the limit")
 
 
 class TrackedChannel(HTTPChannel):
@@ -178,10 +227,7 @@ class ProxyChannel(TrackedChannel):
         if self._in_head:
             if not line:
                 self._in_head = False
-                super().lineReceived(line)
-                self._check_length()
-                return
-            if not self._check_header_line(line):
+            elif not self._check_header_line(line):
                 return
         elif line and not self._start_request(line):
             return
@@ -239,11 +285,6 @@ class ProxyChannel(TrackedChannel):
         else:
             return True
         return False
-
-    def _check_length(self) -> None:
-        length = self.length
-        if length is not None and length > self.site.limits.max_body:
-            self.reject(413, "request body larger than the limit")
 
 
 class _Refusal(Protocol):

@@ -19,7 +19,7 @@ this module only moves them between sockets and callbacks.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, Optional, Set
+from typing import Any, Deque, List, Optional, Set, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
@@ -106,6 +106,82 @@ class IResponseSink(Interface):
         """The exchange failed; ``error.status`` says 502 or 504."""
 
 
+#: Request body bytes held while no backend connection takes them; beyond this the client is paused.
+STREAM_BUFFER = 256 * 1024
+
+
+@implementer(IPushProducer)
+class BodyStream:
+    r"""A request body sent upstream while it arrives from the client.
+
+    The client side calls :meth:`feed` and :meth:`finish`; the backend
+    connection :meth:`attach`\ es itself once its request head is written.
+    Until then (at most :data:`STREAM_BUFFER` bytes) the body is held and the
+    client paused beyond that. Registered as the producer of the backend
+    connection, it pauses the client while the backend reads slowly, so the
+    body never piles up in powerlb. ``source`` is the client connection's
+    producer.
+    """
+
+    __slots__ = ("buffered", "complete", "held", "length", "source", "source_paused", "started", "writer")
+
+    def __init__(self, length: Optional[int], source: Any) -> None:
+        self.length = length
+        self.source = source
+        self.held: List[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        #: True once a backend connection took any of the body: it can never be sent again.
+        self.started = False
+        self.writer: Optional[UpstreamConnection] = None
+        self.source_paused = False
+
+    def feed(self, data: bytes) -> None:
+        """A piece of the body arrived from the client."""
+        writer = self.writer
+        if writer is not None:
+            writer.write_body(data)
+            return
+        self.held.append(data)
+        self.buffered += len(data)
+        if self.buffered > STREAM_BUFFER and not self.source_paused:
+            self.source_paused = True
+            self.source.pauseProducing()
+
+    def finish(self) -> None:
+        """The whole body arrived from the client."""
+        self.complete = True
+        if self.writer is not None:
+            self.writer.end_body()
+
+    def attach(self, writer: UpstreamConnection) -> None:
+        """``writer`` sends the body from now on: what was held first."""
+        self.writer = writer
+        self.started = True
+        held, self.held, self.buffered = self.held, [], 0
+        for data in held:
+            writer.write_body(data)
+        if self.complete:
+            writer.end_body()
+        if self.source_paused:
+            self.resumeProducing()
+
+    def detach(self) -> None:
+        """The backend connection is done with the body (answered, failed or aborted)."""
+        self.writer = None
+
+    def pauseProducing(self) -> None:
+        self.source_paused = True
+        self.source.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.source_paused = False
+        self.source.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.writer = None
+
+
 @implementer(IPushProducer)
 class Exchange:
     """One request to a backend and its response: the handle the caller keeps.
@@ -123,13 +199,22 @@ class Exchange:
         "paused",
         "payload",
         "sink",
+        "stream",
     )
 
     def __init__(
-        self, factory: ProxyClientFactory, payload: bytes, head_request: bool, idempotent: bool, sink: Any
+        self,
+        factory: ProxyClientFactory,
+        payload: bytes,
+        head_request: bool,
+        idempotent: bool,
+        sink: Any,
+        stream: Optional[BodyStream] = None,
     ) -> None:
         self.factory = factory
         self.payload = payload
+        #: A body still arriving from the client, sent after ``payload`` (the head).
+        self.stream = stream
         self.head_request = head_request
         self.idempotent = idempotent
         self.sink: Optional[Any] = sink
@@ -206,6 +291,30 @@ class UpstreamConnection(Protocol):
         factory = self.factory
         self._response_deadline = self._seconds() + factory.response_timeout
         self._timer = factory.reactor.callLater(factory._first_check, self._check_timeout)
+        stream = exchange.stream
+        if stream is not None:
+            self.transport.registerProducer(stream, True)
+            stream.attach(self)
+
+    def write_body(self, data: bytes) -> None:
+        """Send a piece of the exchange's streamed body (chunk-framed when its length is unknown)."""
+        if self.exchange.stream.length is None:
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        """The streamed body is complete: the wait for the response starts now."""
+        if self.exchange.stream.length is None:
+            self.transport.write(b"0\r\n\r\n")
+        self._release_stream()
+        self._response_deadline = self._seconds() + self.factory.response_timeout
+
+    def _release_stream(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.stream is not None and exchange.stream.writer is self:
+            exchange.stream.detach()
+            self.transport.unregisterProducer()
 
     def resume(self) -> None:
         """Read again for a consumer that wants more; silence counts from now."""
@@ -214,6 +323,7 @@ class UpstreamConnection(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once (its exchange was abandoned)."""
+        self._release_stream()
         self.exchange = None
         self._cancel_timer()
         self.transport.abortConnection()
@@ -234,6 +344,9 @@ class UpstreamConnection(Protocol):
         exchange = self.exchange
         if exchange is None:
             return  # aborted by its sink while this read was being parsed
+        if exchange.stream is not None and not exchange.stream.complete:
+            keep_alive = False  # answered before the whole body was sent: the stream is out of step
+        self._release_stream()
         self.exchange = None
         self._cancel_timer()
         exchange.connection = None
@@ -283,6 +396,10 @@ class UpstreamConnection(Protocol):
         """Fail the exchange if its time is up, or wait for the time left."""
         self._timer = None
         factory = self.factory
+        stream = self.exchange.stream
+        if stream is not None and not stream.complete:
+            # Still sending the body: the client's pace is the client channel's business.
+            self._response_deadline = self._seconds() + factory.response_timeout
         if not self.response_started:
             left = self._response_deadline - self._seconds()
             if left <= 0:
@@ -311,6 +428,7 @@ class UpstreamConnection(Protocol):
         exchange = self.exchange
         if exchange is None:
             return
+        self._release_stream()
         self.exchange = None
         self._cancel_timer()
         exchange.connection = None
@@ -386,14 +504,25 @@ class ProxyClientFactory(ClientFactory):
         method: bytes,
         target: bytes,
         headers: Headers,
-        body: bytes,
+        body: Union[bytes, BodyStream],
         sink: Any,
         idempotent: bool,
     ) -> Exchange:
-        """Send ``method target`` with ``headers`` and ``body``; ``sink`` hears the response."""
-        content_length = len(body) if body or method in _BODY_METHODS else None
-        payload = serialize_request_head(method, target, headers, content_length) + body
-        exchange = Exchange(self, payload, method == b"HEAD", idempotent, sink)
+        """Send ``method target`` with ``headers`` and ``body``; ``sink`` hears the response.
+
+        ``body`` is the whole body, or a :class:`BodyStream` still arriving
+        (sent with its length, or chunked when the length is unknown).
+        """
+        if isinstance(body, BodyStream):
+            stream: Optional[BodyStream] = body
+            if body.length is None:
+                headers = [*headers, (b"transfer-encoding", b"chunked")]
+            payload = serialize_request_head(method, target, headers, body.length)
+        else:
+            stream = None
+            content_length = len(body) if body or method in _BODY_METHODS else None
+            payload = serialize_request_head(method, target, headers, content_length) + body
+        exchange = Exchange(self, payload, method == b"HEAD", idempotent, sink, stream)
         self._dispatch(exchange)
         return exchange
 
