@@ -142,8 +142,17 @@ def lb_and_backend(tmp_path: Path) -> Iterator[List[int]]:
     )
 
     def make(ports: List[int]) -> Process:
-        args = [script("twistd"), "-n", "--pidfile=", "powerlb", "--max-body", "2GiB", "--health-interval", "5",
-                "--listen", f"tcp:{ports[0]}:interface={HOST}", "--backend", f"http://{HOST}:{backend_port}"]  # fmt: skip
+        args = [
+            script("twistd"),
+            "-n",
+            "--pidfile=",
+            "powerlb",
+            "--max-body",
+            "2GiB",
+            "--health-interval",
+            "5",
+        ]
+        args += ["--listen", f"tcp:{ports[0]}:interface={HOST}", "--backend", f"http://{HOST}:{backend_port}"]
         return Process(args, tmp_path / "powerlb.log", cwd=tmp_path, env=clean_env())
 
     lb, (lb_port,) = start_server(make, 1, lambda ports: accepts(ports[0]))
