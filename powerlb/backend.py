@@ -33,15 +33,18 @@ class Backend:
     ``in_flight`` goes up when a request is sent and down when it completes,
     fails or is aborted; ``requests``, ``failures`` and ``ejections`` only grow.
 
-    A backend takes traffic while ``healthy`` (active health checks) and not
-    ``ejected`` (passive outlier detection). ``weight`` is the configured
-    weight; ``effective_weight`` is what weighted balancers use, in
+    A backend takes new requests while ``healthy`` (active health checks),
+    not ``ejected`` (passive outlier detection) and not ``draining`` (set by
+    the admin drain endpoint: requests in flight finish, health checks go
+    on). ``weight`` is the configured weight (:meth:`set_weight` changes it at
+    run time); ``effective_weight`` is what weighted balancers use, in
     :data:`WEIGHT_SCALE` units: ``weight * WEIGHT_SCALE`` except while a slow
     start ramps it up.
     """
 
     __slots__ = (
         "backup",
+        "draining",
         "effective_weight",
         "ejected",
         "ejections",
@@ -64,6 +67,7 @@ class Backend:
         self.effective_weight = self.full_weight
         self.healthy = True
         self.ejected = False
+        self.draining = False
         self.ejections = 0
         self.in_flight = 0
         self.requests = 0
@@ -74,9 +78,26 @@ class Backend:
         """``effective_weight`` outside a slow start: the configured weight in WEIGHT_SCALE units."""
         return self.weight * WEIGHT_SCALE
 
+    def set_weight(self, weight: int) -> None:
+        """Change the weight in place (admin endpoint, config reload), keeping a slow start coherent.
+
+        Outside a slow start ``effective_weight`` becomes the new full weight at
+        once; during one it is capped at the new full weight and the ramp goes
+        on towards it (``SlowStart`` reads ``full_weight`` on every step).
+        Balancers read ``effective_weight`` on every pick, so the next request
+        sees the change.
+        """
+        ramping = self.effective_weight != self.full_weight
+        self.weight = weight
+        self.effective_weight = min(self.effective_weight, self.full_weight) if ramping else self.full_weight
+
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"
-        extra = (" backup" if self.backup else "") + (" ejected" if self.ejected else "")
+        extra = (
+            (" backup" if self.backup else "")
+            + (" ejected" if self.ejected else "")
+            + (" draining" if self.draining else "")
+        )
         return f"<Backend {self.url} weight={self.weight} {state}{extra} in_flight={self.in_flight}>"
 
     def snapshot(self) -> Dict[str, Any]:
@@ -88,6 +109,7 @@ class Backend:
             "backup": self.backup,
             "healthy": self.healthy,
             "ejected": self.ejected,
+            "draining": self.draining,
             "ejections": self.ejections,
             "in_flight": self.in_flight,
             "requests": self.requests,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
@@ -14,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import powerlb
+from tests.support import start_demo_backends
 
 Handler = Callable[[Request], Any]
 
@@ -179,6 +181,22 @@ def http() -> Any:
     client = treq.client.HTTPClient(Agent(reactor, pool=pool))
     yield client
     pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+@pytest.fixture
+def demo_backends(tmp_path: Path) -> Any:
+    """``demo_backends(n)`` starts n demo backends (``python -m powerlb.demo``) in one process
+    and returns their ports; the process is stopped by PID after the test."""
+    processes: List[Any] = []
+
+    def start(n: int) -> List[int]:
+        process, ports = start_demo_backends(tmp_path, n)
+        processes.append(process)
+        return ports
+
+    yield start
+    for process in processes:
+        process.stop()
 
 
 def sleep(seconds: float) -> defer.Deferred:

@@ -30,7 +30,6 @@ from tests.support import (
     clean_env,
     get,
     script,
-    start_demo_backends,
     start_server,
     stats,
     wait_until,
@@ -265,13 +264,9 @@ async def test_stop_cuts_requests_still_running_after_the_drain_timeout(make_bac
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[List[int]]:
-    """Three demo backend processes' ports; stopped by PID afterwards."""
-    proc, ports = start_demo_backends(tmp_path, 3)
-    try:
-        yield ports
-    finally:
-        proc.stop()
+def demo(demo_backends: Any) -> List[int]:
+    """Three demo backends' ports."""
+    return demo_backends(3)
 
 
 def lb_ready(ports: List[int]) -> bool:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
@@ -30,7 +30,6 @@ from tests.support import (
     clean_env,
     get,
     script,
-    start_demo_backends,
     start_server,
     stats,
     wait_until,
@@ -38,13 +37,9 @@ from tests.support import (
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[List[int]]:
-    """Two demo backend processes' ports; the process is stopped by PID afterwards."""
-    proc, ports = start_demo_backends(tmp_path, 2)
-    try:
-        yield ports
-    finally:
-        proc.stop()
+def demo(demo_backends: Any) -> List[int]:
+    """Two demo backends' ports."""
+    return demo_backends(2)
 
 
 def lb_ready(ports: List[int]) -> bool:

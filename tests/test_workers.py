@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -17,7 +17,6 @@ from tests.support import (
     clean_env,
     get,
     script,
-    start_demo_backends,
     start_server,
     stats,
     wait_until,
@@ -50,12 +49,9 @@ def test_merge_sums_counters_keeps_identity_and_needs_every_worker_healthy() -> 
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[List[int]]:
-    proc, ports = start_demo_backends(tmp_path, 2)
-    try:
-        yield ports
-    finally:
-        proc.stop()
+def demo(demo_backends: Any) -> List[int]:
+    """Two demo backends' ports."""
+    return demo_backends(2)
 
 
 def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, demo: List[int]) -> None:
