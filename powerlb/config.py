@@ -155,13 +155,14 @@ def parse_backend(text: str) -> BackendSpec:
             )
         if weight is not None:
             raise ValueError(f"{text!r} gives the weight twice; give ,weight=N once")
-        weight = _weight(value, text)
+        weight = parse_weight(value, text)
     shown = f"[{host}]" if ":" in host else host
     port = 80 if port is None else port
     return BackendSpec(url=f"http://{shown}:{port}", host=host, port=port, weight=weight or 1, backup=backup)
 
 
-def _weight(value: str, text: str) -> int:
+def parse_weight(value: str, text: str) -> int:
+    """A backend weight: a whole number >= 1 (``text`` names it in the error)."""
     if re.fullmatch(r"\s*[+-]?[0-9]{1,9}\s*", value) is None or int(value) < 1:
         raise ValueError(f"{text!r} has weight {value.strip()!r}; give a whole number >= 1")
     return int(value)

@@ -220,7 +220,7 @@ class PowerLBService(MultiService):
         if config.admin is not None:
             self.admin_listener = Listener(
                 serverFromString(reactor, config.admin),
-                QuietSite(admin_root(self.stats, cache_layer, config.admin_token), reactor),
+                QuietSite(admin_root(self.stats, cache_layer, config.admin_token, self.backends), reactor),
             )
             self.admin_listener.setServiceParent(self)
 
@@ -291,12 +291,8 @@ class PowerLBService(MultiService):
             log.info("reload: backend {url} removed", url=spec.url)
         for spec in reweighted:
             backend = by_url[spec.url]
-            ramping = backend.effective_weight != backend.full_weight
-            backend.weight = spec.weight
+            backend.set_weight(spec.weight)
             backend.backup = spec.backup
-            backend.effective_weight = (
-                min(backend.effective_weight, backend.full_weight) if ramping else backend.full_weight
-            )
             log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
         for spec in added:
             backend = by_url[spec.url] = Backend(spec)

@@ -9,6 +9,7 @@ from typing import List, Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from powerlb.backend import WEIGHT_SCALE, Backend, BackendSpec
@@ -21,8 +22,10 @@ from powerlb.balancing import (
     SmoothWeightedRoundRobin,
     SourceHash,
     WithBackups,
+    _eligible,
     make_balancer,
 )
+from powerlb.health import SlowStart, ramp_weight
 
 NAMES = "abcdefghij"
 
@@ -96,6 +99,41 @@ def test_never_picks_ejected(name: str) -> None:
     a.ejected = c.ejected = True
     assert balancer.pick(b"10.0.0.1") is None
     b.ejected = False
+    assert balancer.pick(b"10.0.0.1") is b
+
+
+def test_eligible_honours_draining() -> None:
+    (a,) = make_backends(1)
+    assert _eligible(a, ())
+    a.draining = True
+    assert not _eligible(a, ())
+    a.draining = False
+    for flag in ("healthy", "ejected"):
+        setattr(a, flag, not getattr(a, flag))
+        assert not _eligible(a, ())
+        setattr(a, flag, not getattr(a, flag))
+    assert _eligible(a, ()) and not _eligible(a, (a,))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_never_picks_draining_and_undrain_brings_it_back(name: str) -> None:
+    a, b, c = make_backends(2, 1, 3)
+    b.draining = True
+    balancer = build(name, [a, b, c])
+    assert {balancer.pick(f"10.0.0.{i}".encode()) for i in range(200)} == {a, c}
+    a.draining = c.draining = True
+    assert balancer.pick(b"10.0.0.1") is None
+    b.draining = False
+    assert balancer.pick(b"10.0.0.1") is b
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_backups_take_over_while_every_primary_drains(name: str) -> None:
+    a, b, c = make_backends(1, 1, 1, backups="c")
+    a.draining = b.draining = True
+    balancer = build(name, [a, b, c])
+    assert balancer.pick(b"10.0.0.1") is c
+    b.draining = False
     assert balancer.pick(b"10.0.0.1") is b
 
 
@@ -535,7 +573,9 @@ def test_backups_set_backends_splits_tiers_and_keeps_state() -> None:
 @given(
     name=st.sampled_from(ALL_NAMES),
     flags=st.lists(
-        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=6
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=6,
     ),
     key=st.binary(max_size=8),
 )
@@ -543,12 +583,17 @@ def test_backup_rule_holds_for_any_state(name: str, flags: List[tuple], key: byt
     """The pick is eligible, and a backup only when no primary is eligible."""
     backends = make_backends(*range(1, len(flags) + 1))
     excluded = []
-    for backend, (backup, healthy, ejected, exclude) in zip(backends, flags):
+    for backend, (backup, healthy, ejected, draining, exclude) in zip(backends, flags):
         # the backup flag comes from the spec; set it directly to explore every mix
-        backend.backup, backend.healthy, backend.ejected = backup, healthy, ejected
+        backend.backup, backend.healthy, backend.ejected, backend.draining = (
+            backup,
+            healthy,
+            ejected,
+            draining,
+        )
         if exclude:
             excluded.append(backend)
-    eligible = [b for b in backends if b.healthy and not b.ejected and b not in excluded]
+    eligible = [b for b in backends if b.healthy and not b.ejected and not b.draining and b not in excluded]
     tier = [b for b in eligible if not b.backup] or eligible
     balancer = build(name, backends)
     for _ in range(3):
@@ -571,14 +616,46 @@ def test_backend_weights_and_snapshot() -> None:
         "backup": False,
         "healthy": True,
         "ejected": False,
+        "draining": False,
         "ejections": 0,
         "in_flight": 0,
         "requests": 0,
         "failures": 0,
     }
     assert backup.snapshot()["backup"] is True
-    backup.ejected = True
-    assert repr(backup) == "<Backend http://b:80 weight=1 up backup ejected in_flight=0>"
+    backup.ejected = backup.draining = True
+    assert repr(backup) == "<Backend http://b:80 weight=1 up backup ejected draining in_flight=0>"
+
+
+def test_set_weight_outside_a_slow_start() -> None:
+    a, b = make_backends(1, 1)
+    balancer = SmoothWeightedRoundRobin([a, b])
+    assert picks(balancer, 4) == "abab"
+    a.set_weight(3)
+    assert (a.weight, a.effective_weight, a.snapshot()["effective_weight"]) == (3, 48, 3.0)
+    assert picks(balancer, 8) == "aabaaaba"
+    a.set_weight(1)
+    assert (a.weight, a.effective_weight) == (1, 16)
+    assert Counter(picks(balancer, 8)) == {"a": 4, "b": 4}
+
+
+def test_set_weight_during_a_slow_start_keeps_the_ramp() -> None:
+    clock = Clock()
+    slow_start = SlowStart(clock, 10.0)
+    (a,) = make_backends(4)
+    slow_start.begin(a)
+    clock.advance(5.0)
+    assert a.effective_weight == ramp_weight(64, 5.0, 10.0) == 32
+    a.set_weight(8)  # higher: the ramp goes on towards the new full weight
+    assert a.effective_weight == 32
+    clock.advance(2.0)
+    assert a.effective_weight == ramp_weight(128, 7.0, 10.0)
+    a.set_weight(1)  # lower than the ramp so far: capped at once
+    assert a.effective_weight == 16
+    clock.advance(3.0)
+    assert a.effective_weight == a.full_weight == 16
+    a.set_weight(2)  # the ramp is over: full weight at once
+    assert a.effective_weight == 32
 
 
 def test_swrr_follows_effective_weight() -> None:
