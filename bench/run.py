@@ -7,8 +7,8 @@
 One nginx process with three server blocks plays the backends. Each row starts
 its balancer, waits until it answers, checks the answer (cache rows: a real
 hit), warms up for a second, measures with wrk and stops it again; rounds are
-interleaved (for each round, every row). A final check streams large bodies
-through powerlb (CPython) and samples its RSS.
+interleaved (for each round, every row). A final check streams 1 GiB through
+powerlb (CPython) in each direction and samples its RSS.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import http.client
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -25,10 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -46,8 +49,13 @@ WARMUP_SECONDS = 1
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 30.0
 DOWNLOAD_BYTES = 1024 * MIB
-UPLOAD_BYTES = 256 * MIB
+UPLOAD_BYTES = 1024 * MIB
+MAX_BODY_OPTION = ("--max-body", "2GiB")  # above UPLOAD_BYTES, so the upload is not answered 413
 RSS_SAMPLE_INTERVAL = 0.2
+# A transfer is stopped (and reported as failed) once powerlb has grown by this much: a regression
+# that buffers whole bodies must not eat the shared machine's memory.
+MAX_GROWTH_BYTES = 1536 * MIB
+TRANSFER_TIMEOUT = 300  # curl --max-time, seconds
 
 
 METHOD = """\
@@ -72,7 +80,14 @@ METHOD = """\
 - Memory: a fresh powerlb per transfer; curl discards the response (`-o /dev/null`); powerlb's RSS is
   read every 0.2 s, and growth is the highest RSS minus the RSS just before the transfer. VmHWM (reset
   through `/proc/PID/clear_refs` first) also catches peaks between samples. The 1 GiB file is sparse,
-  served by the nginx backends; the upload goes to a backend location that discards it."""
+  served by the nginx backends. The upload POSTs the same file with `curl -X POST -T` (read from disk
+  as sent, with Content-Length) through a powerlb started with `{max_body}`, whose backend is a small
+  HTTP server in run.py that reads each body to the end before it answers (nginx `return 200` answers
+  first) and checks that every byte arrived. A transfer is stopped by PID and reported as failed if
+  powerlb grows by more than {max_growth} MiB or curl takes over {transfer_timeout} s.
+- Other load: the machine's busy CPU time (`/proc/stat` user + nice + system + steal) during each
+  measured wrk run, minus the balancer's, the backends' and wrk's (and run.py's) own, as a share of all
+  cores; well above 0 % means other work (e.g. someone's test suite) shared the machine during the run."""
 
 
 class BenchError(Exception):
@@ -114,6 +129,7 @@ class Sample:
     p99_ms: float
     cpu_us: float  # balancer CPU time (user + system, whole process tree) per request
     idle_rss_mib: float
+    other_load_pct: float  # CPU used by processes outside the benchmark, % of all cores
 
 
 @dataclass
@@ -141,6 +157,7 @@ class Context:
     www: Path
     backend_ports: tuple[int, int, int]
     tools: dict[str, str]
+    backend_pid: int = 0  # the nginx backends, once started
 
 
 def summary(err: BenchError) -> str:
@@ -185,6 +202,24 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / CLOCK_TICKS
+
+
+def system_busy_seconds() -> float:
+    """CPU time all cores spent in processes since boot (user, nice, system) or stolen by the host.
+
+    irq and softirq time is left out: loopback traffic of the benchmark itself lands there."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + steal) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of run.py and of its children that have been waited for (wrk, curl)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def rss_bytes(pid: int) -> int:
@@ -411,25 +446,109 @@ def measure(ctx: Context, row: Row, setting: Setting, duration: int) -> Sample:
         url = f"http://{HOST}:{port}{row.path(setting)}"
         run_wrk(ctx, url, setting.connections, WARMUP_SECONDS)
         cpu_before = tree_cpu_seconds(process.pid)
+        ours_before = tree_cpu_seconds(ctx.backend_pid) + own_cpu_seconds()
+        busy_before, began = system_busy_seconds(), time.monotonic()
         rps, requests, errors, p50, p99 = run_wrk(ctx, url, setting.connections, duration)
+        busy, wall = system_busy_seconds() - busy_before, time.monotonic() - began
         cpu = tree_cpu_seconds(process.pid) - cpu_before
-    return Sample(rps, requests, errors, p50, p99, cpu * 1e6 / max(requests, 1), idle_rss)
+        ours = cpu + tree_cpu_seconds(ctx.backend_pid) + own_cpu_seconds() - ours_before
+    other_pct = max(0.0, busy - ours) * 100 / (wall * (os.cpu_count() or 1))
+    return Sample(rps, requests, errors, p50, p99, cpu * 1e6 / max(requests, 1), idle_rss, other_pct)
+
+
+class UploadSink(ThreadingHTTPServer):
+    """The upload's backend: reads every request body to the end, then answers 200 with its length.
+
+    nginx's `return 200` answers before it has read a body, and a streaming proxy may then end the
+    upload early; this backend answers only after the last byte, and counts the bytes."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((HOST, 0), UploadSinkHandler)
+        self.received: list[int] = []
+
+
+class UploadSinkHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: UploadSink
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # health probes and readiness polls
+        self.answer(b"ok\n")
+
+    def discard(self, length: int) -> int:
+        left = length
+        while left:
+            chunk = self.rfile.read(min(left, 256 * 1024))
+            if not chunk:
+                break
+            left -= len(chunk)
+        return length - left
+
+    def do_POST(self) -> None:
+        received = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                length = int(self.rfile.readline().split(b";")[0], 16)
+                if length == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                received += self.discard(length)
+                self.rfile.readline()
+        else:
+            received = self.discard(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append(received)
+        self.answer(f"{received}\n".encode())
+
+
+@contextmanager
+def upload_sink() -> Iterator[UploadSink]:
+    sink = UploadSink()
+    thread = threading.Thread(target=sink.serve_forever, name="upload-sink", daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        sink.shutdown()
+        sink.server_close()
+        thread.join(STOP_TIMEOUT)
 
 
 def stream_through_powerlb(
     ctx: Context, label: str, path: str, size: int, upload: Path | None
 ) -> MemoryResult:
+    if upload is None:
+        return stream_once(ctx, label, path, size, None, None)
+    with upload_sink() as sink:
+        port = int(sink.server_address[1])
+        return stream_once(replace(ctx, backend_ports=(port, port, port)), label, path, size, upload, sink)
+
+
+def stream_once(
+    ctx: Context, label: str, path: str, size: int, upload: Path | None, sink: UploadSink | None
+) -> MemoryResult:
     """curl a large body through a fresh CPython powerlb, sampling powerlb's RSS every RSS_SAMPLE_INTERVAL."""
     port = free_port()
     venv = Path(sys.executable).parent.parent
     # The upload must not hit the request body limit (413) that newer powerlb versions have.
-    options = ("--max-body", "1GiB") if upload is not None and has_option(venv, "--max-body") else ()
+    options = MAX_BODY_OPTION if upload is not None and has_option(venv, "--max-body") else ()
     row = Row("powerlb", "powerlb", cached=False, venv=venv, options=options)
     label += f" with `{' '.join(options)}`" if options else ""
     body_args = (
         []
         if upload is None
-        else ["-H", "Expect:", "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{upload}"]
+        else ["-X", "POST", "-T", str(upload), "-H", "Expect:", "-H", "Content-Type: application/x-bench"]
     )
     argv = [
         ctx.tools["curl"],
@@ -437,7 +556,7 @@ def stream_through_powerlb(
         "-o",
         "/dev/null",
         "--max-time",
-        "600",
+        str(TRANSFER_TIMEOUT),
         "-w",
         "%{http_code} %{size_download} %{size_upload}",
         *body_args,
@@ -451,17 +570,27 @@ def stream_through_powerlb(
         with running("curl", argv, ctx) as client:
             while client.popen.poll() is None:
                 highest = max(highest, rss_bytes(lb.pid))
+                if highest - baseline > MAX_GROWTH_BYTES:
+                    client.stop()
+                    raise BenchError(
+                        f"{label}: stopped, powerlb grew by {(highest - baseline) / MIB:.0f} MiB "
+                        f"(limit {MAX_GROWTH_BYTES // MIB} MiB)"
+                    )
                 time.sleep(RSS_SAMPLE_INTERVAL)
             seconds = time.monotonic() - started
             highest = max(highest, rss_bytes(lb.pid))
         hwm_kib = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{lb.pid}/status").read_text())
-    status, downloaded, uploaded = (client.log.read_text().split() or ["-", "0", "0"])[-3:]
+    # curl's -w line comes last; error messages (-sS) may precede it on the same line.
+    written = re.findall(r"(\d{3}) (\d+) (\d+)", client.log.read_text(errors="replace"))
+    status, downloaded, uploaded = written[-1] if written else ("-", "0", "0")
     moved = int(downloaded if upload is None else uploaded)
     if client.popen.returncode != 0 or status != "200" or moved != size:
         raise BenchError(
             f"{label}: curl exit {client.popen.returncode}, HTTP {status}, {moved} of {size} bytes:\n"
             f"{client.log_tail()}"
         )
+    if sink is not None and sink.received[-1:] != [size]:
+        raise BenchError(f"{label}: the backend received {sink.received} bytes, not {size}")
     peak = int(hwm_kib.group(1)) * 1024 if hwm_kib else highest
     return MemoryResult(
         label, size, baseline / MIB, (highest - baseline) / MIB, (peak - baseline) / MIB, seconds
@@ -470,20 +599,18 @@ def stream_through_powerlb(
 
 def memory_checks(ctx: Context) -> tuple[list[MemoryResult], list[str]]:
     """The streaming transfers that worked, and one line per transfer that failed."""
-    upload = ctx.www / "upload.bin"
-    with upload.open("wb") as f:
-        f.truncate(UPLOAD_BYTES)  # sparse
+    upload = ctx.www / "1g"  # sparse, DOWNLOAD_BYTES == UPLOAD_BYTES
     transfers = [
         ("download 1 GiB, uncacheable (`no-store`)", "/nocache/1g", DOWNLOAD_BYTES, None),
         ("download 1 GiB, cacheable but over `--cache-max-object`", "/cached/1g", DOWNLOAD_BYTES, None),
-        ("upload 256 MiB (`curl --data-binary @file`)", "/upload", UPLOAD_BYTES, upload),
+        ("upload 1 GiB (`curl -X POST -T file`)", "/upload", UPLOAD_BYTES, upload),
     ]
     results, failures = [], []
     for label, path, size, body in transfers:
         try:
             result = stream_through_powerlb(ctx, label, path, size, body)
         except BenchError as err:
-            failures.append(f"{label}: {summary(err)}")
+            failures.append(summary(err))  # starts with the label
             print(f"memory: {label}: FAILED: {err}", flush=True)
             continue
         results.append(result)
@@ -566,15 +693,15 @@ def ratio(value: float, reference: RowResult | None) -> str:
 def results_table(rows: Sequence[Row], results: dict[str, RowResult]) -> list[str]:
     lines = [
         "| row | req/s | vs HAProxy | vs nginx cache | p50 ms | p99 ms | CPU us/req | idle RSS MiB "
-        "| errors | req/s per round |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| errors | other load % | req/s per round |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     haproxy = results.get("HAProxy")
     nginx_cache = results.get("nginx proxy_cache (hits)")
     for row in rows:
         result = results[row.label]
         if not result.samples:
-            lines.append(f"| {row.label} | failed: {'; '.join(result.failures)[:200]} |" + " - |" * 8)
+            lines.append(f"| {row.label} | failed: {'; '.join(result.failures)[:200]} |" + " - |" * 9)
             continue
         rps = result.median("rps")
         rounds = ", ".join(f"{s.rps:,.0f}" for s in result.samples)
@@ -585,7 +712,7 @@ def results_table(rows: Sequence[Row], results: dict[str, RowResult]) -> list[st
             f"| {result.median('p50_ms'):.2f} | {result.median('p99_ms'):.2f} "
             f"| {result.median('cpu_us'):.1f} "
             f"| {result.median('idle_rss_mib'):.1f} | {sum(s.errors for s in result.samples)} "
-            f"| {rounds}{failures} |"
+            f"| {result.median('other_load_pct'):.0f} | {rounds}{failures} |"
         )
     return lines
 
@@ -621,6 +748,28 @@ def write_chart(
     plt.close(fig)
 
 
+SHARED_LOAD_PCT = 5.0  # median other load above which the report says the machine was shared
+
+
+def load_note(results: dict[tuple[str, str], RowResult]) -> list[str]:
+    """A paragraph on CPU used by other processes during the measured runs."""
+    loads = sorted(s.other_load_pct for r in results.values() for s in r.samples)
+    if not loads:
+        return []
+    text = (
+        f"Other load (CPU used outside the benchmark during the measured wrk runs, % of all cores): "
+        f"median {statistics.median(loads):.0f} %, max {loads[-1]:.0f} %."
+    )
+    if statistics.median(loads) >= SHARED_LOAD_PCT:
+        text += (
+            " **This run shared the machine with other work**, so absolute figures are lower and noisier"
+            " than on a quiet machine; compare rows within this run (rounds are interleaved)."
+        )
+    elif loads[-1] >= 4 * SHARED_LOAD_PCT:
+        text += " Some measurements shared the machine with other work (see the other load column)."
+    return [text, ""]
+
+
 def write_report(
     rows: Sequence[Row],
     results: dict[tuple[str, str], RowResult],
@@ -654,6 +803,7 @@ def write_report(
         "",
         "wrk, the balancer under test and the backends share these cores.",
         "",
+        *load_note(results),
         "![req/s per row](bench/chart.png)",
         "",
         *(f"Skipped: {row}." for row in skipped),
@@ -685,7 +835,13 @@ def write_report(
         *([""] if memory_failures else []),
         "## How the figures are computed",
         "",
-        METHOD.format(duration=args.duration, tick=1000 // CLOCK_TICKS),
+        METHOD.format(
+            duration=args.duration,
+            tick=1000 // CLOCK_TICKS,
+            max_body=" ".join(MAX_BODY_OPTION),
+            max_growth=MAX_GROWTH_BYTES // MIB,
+            transfer_timeout=TRANSFER_TIMEOUT,
+        ),
     ]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
 
@@ -755,6 +911,7 @@ def main(argv: Sequence[str]) -> None:
         ports = (free_port(), free_port(), free_port())
         ctx = Context(Path(tmp), www, ports, tools)
         with running("nginx-backends", nginx_argv(ctx, "nginx-backends.conf", 0), ctx) as backends:
+            ctx.backend_pid = backends.pid
             for port in ports:
                 wait_ready(backends, port, "/health")
             for round_no in range(1, args.rounds + 1):
@@ -771,7 +928,8 @@ def main(argv: Sequence[str]) -> None:
                         result.samples.append(sample)
                         print(
                             f"{prefix} {sample.rps:>9,.0f} req/s  p99 {sample.p99_ms:7.2f} ms  "
-                            f"{sample.cpu_us:6.1f} µs/req  errors {sample.errors}",
+                            f"{sample.cpu_us:6.1f} µs/req  errors {sample.errors}  "
+                            f"other load {sample.other_load_pct:.0f}%",
                             flush=True,
                         )
             memory, memory_failures = memory_checks(ctx)

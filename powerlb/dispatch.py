@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
-from powerlb.headers import Headers
+from powerlb.headers import Headers, get_first
 from powerlb.outlier import OutlierEjector
 from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
 
@@ -27,6 +27,10 @@ log = Logger()
 
 #: Methods that may be sent again when the first attempt certainly never reached a backend.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+#: A response with a Content-Length up to this is held until complete before the client sees it,
+#: so a backend failing in the middle of it can still be retried (idempotent) or answered 502/504.
+HOLD_LIMIT = 64 * 1024
 
 
 class NoBackend(UpstreamError):
@@ -79,7 +83,18 @@ class Dispatch:
     response events through and failures on only when no retry is left.
     """
 
-    __slots__ = ("backend", "balance_key", "dispatcher", "exchange", "paused", "request", "sink", "tried")
+    __slots__ = (
+        "backend",
+        "balance_key",
+        "committed",
+        "dispatcher",
+        "exchange",
+        "held",
+        "paused",
+        "request",
+        "sink",
+        "tried",
+    )
 
     def __init__(
         self, dispatcher: Dispatcher, request: UpstreamRequest, sink: Any, balance_key: bytes
@@ -92,11 +107,18 @@ class Dispatch:
         self.backend: Optional[Backend] = None
         self.exchange: Any = None
         self.paused = False
+        #: True once the response head went to the sink: from then on nothing can be retried.
+        self.committed = False
+        #: While a small response is held: [head, body pieces...]; None when passing through.
+        self.held: Optional[list] = None
 
-    def attempt(self) -> None:
-        """Send the request to a healthy backend not tried yet, or fail with 503."""
+    def attempt(self, previous: Optional[UpstreamError] = None) -> None:
+        """Send the request to a healthy backend not tried yet, or fail (503, or ``previous``)."""
         backend = self.dispatcher.balancer.pick(self.balance_key, self.tried)
         if backend is None:
+            if previous is not None and not previous.retryable:
+                self._fail(previous)  # it reached a backend: its own failure (502/504) says more
+                return
             reason = "no healthy backend" if not self.tried else "no other healthy backend to retry on"
             self._fail(NoBackend(reason))
             return
@@ -121,18 +143,35 @@ class Dispatch:
                 outliers.failure(self.backend)
             else:
                 outliers.success(self.backend)
-        self.sink.head_received(status, reason, headers)
+        length = get_first(headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
+            self.held = [(status, reason, headers)]
+            return
+        self._commit(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
-        self.sink.body_received(data)
+        if self.held is not None:
+            self.held.append(data)
+        else:
+            self.sink.body_received(data)
 
     def response_ended(self) -> None:
         self._release()
+        held, self.held = self.held, None
+        if held is not None:
+            self._commit(*held[0])
+            for data in held[1:]:
+                self.sink.body_received(data)
         sink, self.sink = self.sink, None
         sink.response_ended()
 
+    def _commit(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.committed = True
+        self.sink.head_received(status, reason, headers)
+
     def request_failed(self, error: UpstreamError) -> None:
         backend = self._release()
+        self.held = None  # a held response is dropped whole: the client never saw it
         if not isinstance(error, BackendBusy):
             # A full queue says the backend is busy, not that it is failing.
             backend.failures += 1
@@ -147,9 +186,11 @@ class Dispatch:
         )
         body = self.request.body
         body_sent = isinstance(body, BodyStream) and body.started
-        retry = error.retryable and self.request.method in IDEMPOTENT_METHODS and not body_sent
+        # An idempotent request may go again while its client has seen nothing of the response:
+        # it never reached a backend, or that backend failed before a response came out of it.
+        retry = self.request.method in IDEMPOTENT_METHODS and not body_sent and not self.committed
         if retry and len(self.tried) <= self.dispatcher.retries:
-            self.attempt()
+            self.attempt(error)
         else:
             self._fail(error)
 

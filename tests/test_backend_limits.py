@@ -42,11 +42,11 @@ class Slow:
             call.cancel()
 
 
-def hang_after(first_bytes: bytes) -> Callable[[Request], Any]:
-    """A route that announces 100 bytes, sends ``first_bytes`` and then nothing more."""
+def hang_after(first_bytes: bytes, length: int = 100) -> Callable[[Request], Any]:
+    """A route that announces ``length`` bytes, sends ``first_bytes`` and then nothing more."""
 
     def handler(request: Request) -> Any:
-        request.setHeader(b"content-length", b"100")
+        request.setHeader(b"content-length", b"%d" % length)
         request.write(first_bytes)  # b"" still sends the head
         return NOT_DONE_YET
 
@@ -66,7 +66,7 @@ async def test_backend_silent_mid_body_cuts_the_client_within_the_idle_timeout(
     make_backends: Any, start_powerlb: Any, http: Any
 ) -> None:
     (a,) = make_backends(1)
-    a.routes[b"/hung"] = hang_after(b"part")
+    a.routes[b"/hung"] = hang_after(b"part", length=1 << 20)  # over HOLD_LIMIT: streamed, not held
     lb = start_powerlb([a], idle_timeout="300ms", **PLAIN)
     start = time.monotonic()
     response = await http.get(lb.url + "/hung")
