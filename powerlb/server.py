@@ -112,6 +112,9 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
 
 FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[bytes]]
 
+#: Bytes per second a request body must average once ``client_timeout`` has passed (slow-body attacks).
+MIN_BODY_RATE = 1024
+
 
 class ProxyRequest(Request):
     """A twisted.web request whose body streams to the backend as it arrives.
@@ -121,11 +124,13 @@ class ProxyRequest(Request):
     the body flows into a :class:`~powerlb.upstream.BodyStream` (``body_stream``)
     that the upstream connection drains with flow control, so an upload of
     any size passes with bounded memory. A body may not grow past the
-    listener's ``max_body`` (413).
+    listener's ``max_body`` (413), nor arrive slower than ``client_timeout``
+    plus one second per :data:`MIN_BODY_RATE` bytes (408).
     """
 
     body_stream: Optional[BodyStream] = None
     _body_size = 0
+    _body_started = 0.0
 
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
@@ -136,15 +141,20 @@ class ProxyRequest(Request):
             super().gotLength(length)
             return
         self.content = io.BytesIO()
+        self._body_started = channel.site.reactor.seconds()
         self.body_stream = BodyStream(length, channel.transport)
         # The headers are complete: render now (twisted.web would wait for the body).
         Request.requestReceived(self, channel._command, channel._path, channel._version)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_size += len(data)
-        channel = self.channel
-        if self._body_size > channel.site.limits.max_body:
-            self._body_too_large()
+        site = self.channel.site
+        if self._body_size > site.limits.max_body:
+            self._cut(413, "request body larger than the limit")
+            return
+        allowed = site.limits.client_timeout + self._body_size / MIN_BODY_RATE
+        if site.reactor.seconds() - self._body_started > allowed:
+            self._cut(408, "request body arriving too slowly")
             return
         if not self.finished:
             self.body_stream.feed(data)
@@ -166,12 +176,12 @@ class ProxyRequest(Request):
             channel._handlingRequest = True
         super().finish()
 
-    def _body_too_large(self) -> None:
+    def _cut(self, status: int, reason: str) -> None:
         # Closing the connection also abandons the upstream request (the responder sees the client go).
         if self.startedWriting:
             self.channel.transport.abortConnection()
         else:
-            self.channel.reject(413, "request body larger than the limit")
+            self.channel.reject(status, reason)
 
 
 class TrackedChannel(HTTPChannel):

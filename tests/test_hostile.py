@@ -134,6 +134,17 @@ async def test_slowloris_is_cut_with_408_and_others_are_served(make_backends, st
 
 
 @pytest_twisted.ensureDeferred
+async def test_slow_body_is_cut_with_408(make_backends, start_powerlb):
+    (a,) = make_backends(1)
+    lb = start_powerlb([a], client_timeout=0.5)
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    answer = await raw(lb.port, head, *([b"b"] * 100), pause=0.05, timeout=4.0)
+    assert status_of(answer) == 408
+    assert b"request body arriving too slowly" in answer
+    assert a.served() == 0  # the backend never got a complete request
+
+
+@pytest_twisted.ensureDeferred
 async def test_silent_client_connection_is_closed_after_client_timeout(make_backends, start_powerlb):
     (a,) = make_backends(1)
     lb = start_powerlb([a], client_timeout=0.3)
