@@ -131,6 +131,7 @@ class ProxyRequest(Request):
     body_stream: Optional[BodyStream] = None
     _body_size = 0
     _body_started = 0.0
+    _finish_pending = False
 
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
@@ -163,17 +164,18 @@ class ProxyRequest(Request):
         stream = self.body_stream
         if stream is None:
             super().requestReceived(command, path, version)
-        elif not self.finished:
-            stream.finish()  # rendered already; this is the end of the body
+            return
+        stream.finish()  # rendered already; this is the end of the body
+        if self._finish_pending:
+            super().finish()
 
     def finish(self) -> None:
         stream = self.body_stream
         if stream is not None and not stream.complete:
-            # Answered before the whole body arrived: the rest cannot be told from a next
-            # request, so the connection closes after this response and stops reading.
-            channel = self.channel
-            channel.persistent = False
-            channel._handlingRequest = True
+            # Answered before the whole body arrived: the rest is read and dropped
+            # (BodyStream.detach), and the response ends once it is in.
+            self._finish_pending = True
+            return
         super().finish()
 
     def _cut(self, status: int, reason: str) -> None:

@@ -123,7 +123,17 @@ class BodyStream:
     producer.
     """
 
-    __slots__ = ("buffered", "complete", "held", "length", "source", "source_paused", "started", "writer")
+    __slots__ = (
+        "buffered",
+        "complete",
+        "discarding",
+        "held",
+        "length",
+        "source",
+        "source_paused",
+        "started",
+        "writer",
+    )
 
     def __init__(self, length: Optional[int], source: Any) -> None:
         self.length = length
@@ -135,9 +145,13 @@ class BodyStream:
         self.started = False
         self.writer: Optional[UpstreamConnection] = None
         self.source_paused = False
+        #: The backend is done with the request (answered or failed): the rest of the body is dropped.
+        self.discarding = False
 
     def feed(self, data: bytes) -> None:
         """A piece of the body arrived from the client."""
+        if self.discarding:
+            return
         writer = self.writer
         if writer is not None:
             writer.write_body(data)
@@ -167,8 +181,18 @@ class BodyStream:
             self.resumeProducing()
 
     def detach(self) -> None:
-        """The backend connection is done with the body (answered, failed or aborted)."""
+        """The backend connection is done with the body (answered, failed or aborted).
+
+        What is still to come from the client is read and dropped, so that the
+        client, which may not look at the response before it has sent
+        everything, is not cut off mid-upload (a lingering close).
+        """
         self.writer = None
+        if not self.complete:
+            self.discarding = True
+            self.held, self.buffered = [], 0
+            if self.source_paused:
+                self.resumeProducing()
 
     def pauseProducing(self) -> None:
         self.source_paused = True

@@ -74,6 +74,39 @@ async def test_request_body_reaches_the_backend_while_the_client_still_sends(sta
         await port.stopListening()
 
 
+class EarlyAnswer(protocol.Protocol):
+    """Answers as soon as a request head arrives and ignores any body (as nginx's ``return 200``)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_answering_before_the_body_does_not_cut_the_upload(start_powerlb):
+    """Lingering close: the rest of the upload is read and dropped, then the response ends."""
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(EarlyAnswer), interface="127.0.0.1")
+    try:
+        lb = start_powerlb([f"http://127.0.0.1:{port.getHost().port}"])
+        pieces = [b"u" * 65536] * 64  # 4 MiB, one piece per reactor turn
+        head = b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % (
+            len(pieces) * 65536
+        )
+        client = RawClient([head, *pieces], 0.001)
+        unsent: List[int] = []
+        client.connectionLost = lambda reason: (
+            unsent.append(len(client.pieces)),
+            RawClient.connectionLost(client, reason),
+        )  # type: ignore[method-assign]
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", lb.port)
+        response = await client.closed
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert response.endswith(b"early")
+        assert unsent == [0]  # the whole body was sent before powerlb closed
+    finally:
+        await port.stopListening()
+
+
 # --- 1 GiB each way, against powerlb as a process --------------------------------------------
 
 
