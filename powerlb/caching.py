@@ -191,8 +191,10 @@ class CacheLayer:
         self.count(x_cache)
         return serve_answer(request, self.answer(client.method, client.headers, entry, now), x_cache)
 
-    def fast_response(self, method: bytes, target: bytes, headers: Headers, secure: bool) -> Optional[bytes]:
-        """The whole response to a plain ``GET``/``HEAD`` that a fresh stored response answers, else None.
+    def fast_response(
+        self, method: bytes, target: bytes, headers: Headers, secure: bool
+    ) -> Optional[Tuple[bytes, bytes]]:
+        """The response (head, body) to a plain ``GET``/``HEAD`` a fresh stored response answers, else None.
 
         The client-facing channel's short way for cache hits (no twisted.web
         request is built): the same store, policy and answer as :meth:`render`,

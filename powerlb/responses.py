@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.server import NOT_DONE_YET, Request
@@ -46,11 +46,13 @@ def serve_answer(request: Request, answer: cachepolicy.Answer, x_cache: bytes) -
     return NOT_DONE_YET
 
 
-def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> bytes:
-    """``answer`` as the bytes of an HTTP/1.1 response: what :func:`serve_answer` sends via twisted.web.
+def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bytes]:
+    """``answer`` as an HTTP/1.1 response: (head, body), what :func:`serve_answer` sends via twisted.web.
 
     For the client channel's short way for cache hits. A ``Date`` is added
-    only when the stored response has none, as twisted.web does.
+    only when the stored response has none, as twisted.web does. Head and
+    body stay apart so that a large body is never copied to join them (on
+    PyPy that copy halved the throughput of 32 KiB hits).
     """
     parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason or _reason_phrase(answer.status).encode())]
     dated = False
@@ -59,8 +61,8 @@ def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     if not dated:
         parts += (b"date: ", datetimeToString(), b"\r\n")
-    parts += (b"via: 1.1 powerlb\r\nx-cache: ", x_cache, b"\r\n\r\n", answer.body)
-    return b"".join(parts)
+    parts += (b"via: 1.1 powerlb\r\nx-cache: ", x_cache, b"\r\n\r\n")
+    return (b"".join(parts), answer.body)
 
 
 def error_response(request: Request, status: int, reason: str) -> bytes:

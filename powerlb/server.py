@@ -110,7 +110,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     return method, target, headers
 
 
-FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[bytes]]
+FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[Tuple[bytes, bytes]]]
 
 #: Bytes per second a request body must average once ``client_timeout`` has passed (slow-body attacks).
 MIN_BODY_RATE = 1024
@@ -231,7 +231,7 @@ class ProxyChannel(TrackedChannel):
                 response = self.site.fast_answer(method, target, headers, self._secure)
                 if response is not None:
                     self.resetTimeout()
-                    self.transport.write(response)
+                    self.transport.writeSequence(response)
                     return
         super().dataReceived(data)
 
@@ -345,7 +345,7 @@ class ProxySite(QuietSite):
         self.timeOut = config.client_timeout
         self.limits = Limits(config)
         self.max_connections = config.max_connections
-        #: ``(method, target, headers, secure) -> response bytes or None``: answers plain cache hits.
+        #: ``(method, target, headers, secure) -> (head, body) or None``: answers plain cache hits.
         self.fast_answer: Optional[FastAnswer] = None
 
     def buildProtocol(self, addr: Any) -> Any:
