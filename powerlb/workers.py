@@ -281,6 +281,22 @@ class _Reporting(Service):
             self.loop.stop()
 
 
+def _accept_one_at_a_time(port: Any) -> None:
+    """Make ``port`` accept one connection per wake-up, so the workers share new connections.
+
+    Every worker is woken when a connection arrives on the shared socket;
+    Twisted's accept loop would let the first one take a whole burst (up to
+    100 and growing), leaving the others idle.
+    """
+    accept = port.doRead
+
+    def doRead() -> Any:
+        port.numberAccepts = 1
+        return accept()
+
+    port.doRead = doRead
+
+
 def worker_main() -> None:
     """Entry point of a worker process: config on stdin, the listening socket on fd 3."""
     from twisted.internet import reactor
@@ -300,6 +316,7 @@ def worker_main() -> None:
     StandardIO(pipe, reactor=reactor)
     _Reporting(service, pipe.transport, reactor).setServiceParent(service)
     service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy
+    _accept_one_at_a_time(service.proxy_listener.port)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 
