@@ -240,3 +240,26 @@ def check_weighted_balancer(proxy_port: int, admin_port: int, weights: Dict[int,
     assert cache["misses"] == rounds * total + 1
     assert cache["entries"] >= 1
     assert cache["max_bytes"] == 64 * 1024 * 1024
+
+
+def lb_ready(ports: List[int]) -> bool:
+    """Ready once the admin API answers (ports[1]) and the proxy port (ports[0]) accepts,
+    without sending the proxy a request that would move the balancer."""
+    return accepts(ports[0]) and bool(stats(ports[1]))
+
+
+def start_twistd_powerlb(
+    tmp_path: Path, backend_ports: Sequence[int], *extra: str
+) -> Tuple[Process, List[int]]:
+    """``twistd -n powerlb`` in front of ``backend_ports`` on fresh (listen, admin) ports, with ``extra``
+    options; returned once ready (see :func:`lb_ready`), to be stopped by PID."""
+
+    def make(ports: List[int]) -> Process:
+        listen, admin = ports
+        args = [script("twistd"), "-n", "--pidfile=", "powerlb"]
+        args += ["--listen", f"tcp:{listen}:interface={HOST}", "--admin", f"tcp:{admin}:interface={HOST}"]
+        for port in backend_ports:
+            args += ["--backend", f"http://{HOST}:{port}"]
+        return Process([*args, *extra], tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
+
+    return start_server(make, 2, lb_ready)

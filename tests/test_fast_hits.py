@@ -104,14 +104,15 @@ async def exchange(port: int, data: bytes, count: int = 1) -> List[bytes]:
     return responses
 
 
+def cacheable(request: Any) -> bytes:
+    request.setHeader(b"cache-control", b"max-age=60")
+    request.setHeader(b"etag", b'"e1"')
+    return b"stored body"
+
+
 @pytest_twisted.ensureDeferred
 async def test_fast_hit_equals_the_normal_way(make_backends, start_powerlb):
     (a,) = make_backends(1)
-
-    def cacheable(request: Any) -> bytes:
-        request.setHeader(b"cache-control", b"max-age=60")
-        request.setHeader(b"etag", b'"e1"')
-        return b"stored body"
 
     a.routes[b"/c"] = cacheable
     lb = start_powerlb([a])
@@ -137,11 +138,6 @@ async def test_fast_hit_equals_the_normal_way(make_backends, start_powerlb):
 @pytest_twisted.ensureDeferred
 async def test_stale_or_conditional_requests_are_not_answered_the_short_way(make_backends, start_powerlb):
     (a,) = make_backends(1)
-
-    def cacheable(request: Any) -> bytes:
-        request.setHeader(b"cache-control", b"max-age=60")
-        request.setHeader(b"etag", b'"e1"')
-        return b"stored body"
 
     a.routes[b"/c"] = cacheable
     lb = start_powerlb([a])

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.support import HOST, Process, clean_env, get, script, start_server, wait_until
+from tests.support import HOST, Process, clean_env, get, start_server, start_twistd_powerlb, wait_until
 
 BACKEND = Path(__file__).resolve().parent / "fault_backend.py"
 NAMES = ("a", "b", "c")
@@ -124,25 +124,6 @@ class Backends:
 
 def _answers_health(ports: List[int]) -> bool:
     return get(ports[0], "/health", timeout=2.0).status == 200
-
-
-def start_powerlb(tmp: Path, backend_ports: List[int]) -> Tuple[Process, int, int]:
-    def make(ports: List[int]) -> Process:
-        listen, admin = ports
-        args = [
-            script("twistd"), "-n", "--pidfile=", "powerlb",
-            "--listen", f"tcp:{listen}:interface={HOST}",
-            "--admin", f"tcp:{admin}:interface={HOST}",
-            *itertools.chain.from_iterable(("--backend", f"http://{HOST}:{p}") for p in backend_ports),
-            *LB_OPTIONS,
-        ]  # fmt: skip
-        return Process(args, tmp / "twistd.log", cwd=tmp, env=clean_env())
-
-    def ready(ports: List[int]) -> bool:
-        return get(ports[0], "/", timeout=2.0).status == 200
-
-    proc, (listen, admin) = start_server(make, 2, ready)
-    return proc, listen, admin
 
 
 # --- the client load -------------------------------------------------------------------
@@ -248,7 +229,7 @@ def run_scenario(tmp: Path, steps: List[Step]) -> Run:
     per_thread: List[List[Result]] = [[] for _ in range(THREADS)]
     try:
         backends.start_all()
-        lb, listen, admin = start_powerlb(tmp, [backends.ports[name] for name in NAMES])
+        lb, (listen, admin) = start_twistd_powerlb(tmp, [backends.ports[name] for name in NAMES], *LB_OPTIONS)
         t0 = time.monotonic()
         for number in range(THREADS):
             thread = threading.Thread(
@@ -453,7 +434,7 @@ def one_by_one(
     lb: Optional[Process] = None
     try:
         backends.start_all()
-        lb, listen, _ = start_powerlb(tmp, [backends.ports[name] for name in names])
+        lb, (listen, _) = start_twistd_powerlb(tmp, [backends.ports[name] for name in names], *LB_OPTIONS)
         for name, mode in faults.items():
             backends.set_mode(name, mode)
         t0 = time.monotonic()

@@ -31,6 +31,7 @@ from tests.support import (
     get,
     script,
     start_server,
+    start_twistd_powerlb,
     stats,
     wait_until,
 )
@@ -269,10 +270,6 @@ def demo(demo_backends: Any) -> List[int]:
     return demo_backends(3)
 
 
-def lb_ready(ports: List[int]) -> bool:
-    return accepts(ports[0]) and bool(stats(ports[1]))
-
-
 def in_thread(target: Any) -> Dict[str, Any]:
     """Run ``target()`` in a daemon thread; the dict gets "result" or "error", and "thread"."""
     box: Dict[str, Any] = {}
@@ -307,28 +304,13 @@ def refused(port: int) -> bool:
     return False
 
 
-def start_twistd(tmp_path: Path, backends: List[int], *extra: str) -> Any:
-    def make(ports: List[int]) -> Process:
-        listen, admin = ports
-        args = [
-            script("twistd"), "-n", "--pidfile=", "powerlb",
-            "--listen", f"tcp:{listen}:interface={HOST}",
-            "--admin", f"tcp:{admin}:interface={HOST}",
-            *(arg for port in backends for arg in ("--backend", f"http://{HOST}:{port}")),
-            *extra,
-        ]  # fmt: skip
-        return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
-
-    return start_server(make, 2, lb_ready)
-
-
 def assert_clean_exit(proc: Process, status: Any) -> None:
     assert status in (0, -signal.SIGTERM), proc.describe()
     assert "Traceback" not in proc.output(), proc.describe()
 
 
 def test_sigterm_waits_for_the_request_in_flight(tmp_path: Path, demo: List[int]) -> None:
-    proc, (listen, admin) = start_twistd(tmp_path, demo[:1], "--drain-timeout", "10s")
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, demo[:1], "--drain-timeout", "10s")
     try:
         box = in_thread(lambda: slow_get(listen, 1.5))
         wait_until(lambda: stats(admin)["backends"][0]["in_flight"] == 1, "the slow request upstream")
@@ -344,7 +326,7 @@ def test_sigterm_waits_for_the_request_in_flight(tmp_path: Path, demo: List[int]
 
 
 def test_sigterm_cuts_a_request_slower_than_the_drain_timeout(tmp_path: Path, demo: List[int]) -> None:
-    proc, (listen, admin) = start_twistd(tmp_path, demo[:1], "--drain-timeout", "1s")
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, demo[:1], "--drain-timeout", "1s")
     try:
         box = in_thread(lambda: slow_get(listen, 30))
         wait_until(lambda: stats(admin)["backends"][0]["in_flight"] == 1, "the slow request upstream")
@@ -379,7 +361,7 @@ def test_sighup_reloads_backends_from_the_config_file(tmp_path: Path, demo: List
     b1, b2, b3 = demo
     config = tmp_path / "lb.yaml"
     write_backends(config, "weighted-round-robin", f"{b1}", f"{b2}")
-    proc, (listen, admin) = start_twistd(tmp_path, [], "--config", str(config))
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, [], "--config", str(config))
     try:
         # The first pick is b1: keep a request in flight there across the reload.
         box = in_thread(lambda: slow_get(listen, 1.5))
@@ -405,7 +387,7 @@ def test_sighup_with_a_broken_file_keeps_serving(tmp_path: Path, demo: List[int]
     b1, b2, _ = demo
     config = tmp_path / "lb.yaml"
     write_backends(config, "round-robin", f"{b1}", f"{b2}")
-    proc, (listen, _) = start_twistd(tmp_path, [], "--config", str(config))
+    proc, (listen, _) = start_twistd_powerlb(tmp_path, [], "--config", str(config))
     try:
         config.write_text(f"backends: [http://{HOST}:{b1}]\nalgorithm: fastest\n", encoding="utf-8")
         os.kill(proc.pid, signal.SIGHUP)

@@ -25,10 +25,10 @@ from tests.support import (
     HOST,
     REPO,
     Process,
-    accepts,
     check_weighted_balancer,
     clean_env,
     get,
+    lb_ready,
     script,
     start_server,
     stats,
@@ -40,12 +40,6 @@ from tests.support import (
 def demo(demo_backends: Any) -> List[int]:
     """Two demo backends' ports."""
     return demo_backends(2)
-
-
-def lb_ready(ports: List[int]) -> bool:
-    """Ready once the admin API answers (ports[1]) and the proxy port (ports[0]) accepts,
-    without sending the proxy a request that would move the balancer."""
-    return accepts(ports[0]) and bool(stats(ports[1]))
 
 
 def assert_clean_shutdown(proc: Process, status: Optional[int]) -> None:
