@@ -665,10 +665,6 @@ def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> C
     return _finish(values)
 
 
-def load_config_file(path: str) -> Config:
-    """The Config from the YAML file at ``path`` alone (for ``lb.tac``)."""
-    return build_config({}, path)
-
 
 class Options(usage.Options):
     """Command-line options of ``twistd powerlb``; after parsing, ``self.config`` is the Config."""

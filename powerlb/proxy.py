@@ -11,7 +11,7 @@ twisted.web request. Decisions come from the pure modules (``headers``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -24,7 +24,7 @@ from powerlb.dispatch import Dispatcher, UpstreamRequest
 from powerlb.headers import Headers, forward_request_headers, forward_response_headers, get_first
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
-from powerlb.upstream import IResponseSink, UpstreamError
+from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
 
 
 class ClientRequest:
@@ -43,7 +43,7 @@ class ClientRequest:
         self.scheme = b"https" if request.isSecure() else b"http"
         self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
 
-    def upstream(self, body: bytes) -> UpstreamRequest:
+    def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
         """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
         return UpstreamRequest(self.method, self.target, headers, body)

@@ -24,7 +24,6 @@ from powerlb.config import (
     build_config,
     config_from_mapping,
     format_size,
-    load_config_file,
     parse_admin_endpoint,
     parse_backend,
     parse_duration,
@@ -526,7 +525,7 @@ access-log: /var/log/powerlb.log
 
 
 def test_yaml_every_key(tmp_path: Path) -> None:
-    config = load_config_file(write_yaml(tmp_path, FULL_YAML))
+    config = build_config({}, write_yaml(tmp_path, FULL_YAML))
     assert config == Config(
         listen="tcp:7070",
         backends=(
@@ -555,7 +554,7 @@ def test_yaml_every_key(tmp_path: Path) -> None:
 
 def test_yaml_null_turns_optional_settings_off(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, f"backends: [{B1}]\nadmin: null\naccess-log:\nadmin-token: ~\n")
-    config = load_config_file(path)
+    config = build_config({}, path)
     assert (config.admin, config.access_log, config.admin_token) == (None, None, None)
 
 
@@ -638,7 +637,7 @@ def test_config_from_mapping_errors(mapping: Dict[str, Any], field: str, problem
 def test_unknown_yaml_key_lists_valid_keys(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, f"backends: [{B1}]\ncache_size: 1MiB\n")
     with pytest.raises(ConfigError) as info:
-        load_config_file(path)
+        build_config({}, path)
     assert info.value.field == "config"
     valid = ", ".join(setting.key for setting in SETTINGS)
     assert info.value.problem == f"unknown key 'cache_size'; valid keys are: {valid}"
@@ -656,7 +655,7 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path: Path) -> None:
 def test_bad_yaml_file(tmp_path: Path, text: str, problem: str) -> None:
     path = write_yaml(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config_file(path)
+        build_config({}, path)
     assert info.value.field == "config"
     assert problem in info.value.problem
     assert repr(path) in info.value.problem
@@ -665,7 +664,7 @@ def test_bad_yaml_file(tmp_path: Path, text: str, problem: str) -> None:
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "listen: tcp:1\nbackends:\n  - http://a:1\n bad: [\n")
     with pytest.raises(ConfigError) as info:
-        load_config_file(path)
+        build_config({}, path)
     assert "at line 4, column" in info.value.problem
     assert info.value.problem.endswith("; fix the syntax there")
     assert "\n" not in str(info.value)
@@ -674,14 +673,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
 def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "")
     with pytest.raises(ConfigError, match="no backends given"):
-        load_config_file(path)
+        build_config({}, path)
     assert build_config({"backend": [B1]}, path) == Config(backends=(parse_backend(B1),))
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
     path = str(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError) as info:
-        load_config_file(path)
+        build_config({}, path)
     assert info.value.field == "config"
     assert info.value.problem == (
         f"cannot read {path!r} (No such file or directory); give the path of a readable YAML file"
@@ -690,7 +689,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_config_file_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config: cannot read .*\(Is a directory\)"):
-        load_config_file(str(tmp_path))
+        build_config({}, str(tmp_path))
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
@@ -698,7 +697,7 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, f"backends: [{B1}]\n")
     os.chmod(path, 0)
     with pytest.raises(ConfigError, match=r"config: cannot read .*\(Permission denied\)"):
-        load_config_file(path)
+        build_config({}, path)
 
 
 def test_config_is_frozen() -> None:
@@ -732,7 +731,7 @@ def test_backup_backends_from_command_line_and_yaml(tmp_path: Path) -> None:
     )
     assert not parse_backend("http://127.0.0.1:9003").backup
     path = write_yaml(tmp_path, "backends:\n  - {url: 'http://127.0.0.1:9003', backup: true}\n")
-    assert load_config_file(path).backends[0].backup
+    assert build_config({}, path).backends[0].backup
 
 
 def test_bad_backup_flag_names_the_field() -> None:
