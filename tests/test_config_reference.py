@@ -1,0 +1,67 @@
+"""docs/configuration.md is the configuration reference: it must match the code, row by row."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Dict, List
+
+import pytest
+import yaml
+
+from powerlb.config import SETTINGS, Setting, config_from_mapping
+
+DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+ANY_BACKEND = ["http://127.0.0.1:9"]
+
+
+def _cells(line: str) -> List[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _rows() -> Dict[str, List[str]]:
+    """The settings table, by YAML key: [option, YAML form, default, meaning] with code quotes removed."""
+    rows: Dict[str, List[str]] = {}
+    for line in DOC.read_text().splitlines():
+        if not line.startswith(("| `--", "| (CLI: no)")):
+            continue
+        cells = [re.sub(r"^`(.*)`$", r"\1", cell) for cell in _cells(line)]
+        if cells[0] == "--config":
+            continue
+        key = cells[1].split(":", 1)[0]
+        assert key not in rows, f"{key} has two rows"
+        rows[key] = cells
+    return rows
+
+
+def _expected_default(setting: Setting) -> str:
+    if setting.many:
+        return "—"
+    return "off" if setting.default is None else setting.show(setting.default)
+
+
+def test_every_setting_has_one_row_and_nothing_else_does() -> None:
+    assert sorted(_rows()) == sorted(setting.key for setting in SETTINGS)
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.key)
+def test_row_names_the_option_default_and_a_working_yaml_form(setting: Setting) -> None:
+    option, yaml_form, default, meaning = _rows()[setting.key]
+    assert option == (f"--{setting.name}" if setting.cli else "(CLI: no)")
+    assert default == _expected_default(setting)
+    assert meaning
+    mapping = yaml.safe_load(yaml_form)
+    assert list(mapping) == [setting.key]
+    config = config_from_mapping({"backends": ANY_BACKEND, **mapping})
+    assert getattr(config, setting.attr) != setting.default, "the YAML form should show a non-default value"
+
+
+def test_example_configuration_parses_and_sets_every_key() -> None:
+    text = DOC.read_text()
+    block = re.search(r"<!-- example-config -->\n```yaml\n(.*?)```", text, re.S)
+    assert block is not None, "the example configuration block is missing"
+    mapping = yaml.safe_load(block.group(1))
+    assert sorted(mapping) == sorted(setting.key for setting in SETTINGS)
+    config = config_from_mapping(mapping)
+    assert len(config.backends) == 3 and config.backends[2].backup
+
