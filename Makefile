@@ -5,6 +5,8 @@ VENV ?= .venv$(if $(filter python3,$(notdir $(PYTHON))),,-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The dashboard test drives Debian's headless Chromium through chromedriver.
+CHROMEDRIVER := /usr/bin/chromedriver
 
 .PHONY: run test bench clean
 
@@ -20,11 +22,15 @@ run: $(STAMP)
 	@echo "try:  curl -i http://127.0.0.1:8080/            (X-Backend says which backend answered)"
 	@echo "      curl -i http://127.0.0.1:8080/cached      (twice: the second says X-Cache: HIT, Age: N)"
 	@echo "      curl http://127.0.0.1:8081/_powerlb/stats"
+	@echo "      open http://127.0.0.1:8081/                (the live dashboard)"
 	@$(BIN)/python -m powerlb.demo --ports 9001,9002,9003 & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/twistd -n --pidfile= powerlb --config lb.yaml
 
-test: $(STAMP)
+$(CHROMEDRIVER):
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+
+test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -14,6 +14,7 @@ setup(
     # twisted/plugins has no __init__.py on purpose: listing it here ships only
     # powerlb_plugin.py into Twisted's plugin directory.
     packages=["powerlb", "twisted.plugins"],
+    package_data={"powerlb": ["dashboard.html"]},
     install_requires=[
         "twisted>=22.10",
         "treq>=22.1",
@@ -23,7 +24,14 @@ setup(
     ],
     extras_require={
         "bench": ["matplotlib"],
-        "test": ["pytest>=7", "pytest-twisted>=1.13", "pytest-timeout>=2", "hypothesis>=6", "ruff"],
+        "test": [
+            "pytest>=7",
+            "pytest-twisted>=1.13",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "ruff",
+            "selenium>=4.11",
+        ],
     },
     entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
 )

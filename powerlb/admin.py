@@ -1,4 +1,5 @@
-"""The admin listener: ``/_powerlb/stats`` (JSON), ``/_powerlb/metrics`` (Prometheus text),
+"""The admin listener: the dashboard at ``/``, ``/_powerlb/stats`` and ``/api/v1/stats`` (JSON),
+``/_powerlb/metrics`` (Prometheus text),
 and the state-changing ``POST`` endpoints, which need the bearer token: ``/_powerlb/purge``
 (remove cached responses), ``/_powerlb/backends/drain`` and ``/_powerlb/backends/weight``."""
 
@@ -16,6 +17,7 @@ from powerlb.backend import Backend
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
 from powerlb.config import parse_backend, parse_weight
+from powerlb.dashboard import DashboardResource
 from powerlb.stats import prometheus_families
 
 log = Logger()
@@ -252,6 +254,12 @@ def admin_root(
     drain and weight endpoints.
     """
     root = Resource()
+    root.putChild(b"", DashboardResource())
+    api = Resource()
+    root.putChild(b"api", api)
+    version = Resource()
+    api.putChild(b"v1", version)
+    version.putChild(b"stats", StatsResource(stats))
     namespace = Resource()
     root.putChild(b"_powerlb", namespace)
     namespace.putChild(b"stats", StatsResource(stats))

@@ -1,0 +1,262 @@
+"""The admin listener's dashboard: the resource and its CSP, and the page live in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import pytest_twisted
+
+from powerlb.dashboard import PAGE_PATH, content_security_policy, inline_hashes
+from tests.support import (
+    HOST,
+    Process,
+    clean_env,
+    get,
+    start_demo_backends,
+    start_twistd_powerlb,
+    stats,
+    wait_until,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+#: Health checks that see a backend go down or come back within about half a second.
+FAST_CHECKS = ("--health-interval=0.2", "--health-timeout=0.5", "--health-fall=1", "--health-rise=1")
+PAGE_WAIT = 20.0  # seconds the page may take to show a change
+
+
+class _InlineBlocks(HTMLParser):
+    """Collects the text of every <script> and <style> element and every src/href attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: Dict[str, List[str]] = {"script": [], "style": []}
+        self.references: List[str] = []
+        self._open: Optional[str] = None
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Any]]) -> None:
+        self.references += [value for name, value in attrs if name in ("src", "href")]
+        if tag in self.blocks:
+            self.blocks[tag].append("")
+            self._open = tag
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._open:
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.blocks[self._open][-1] += data
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _directives(policy: str) -> Dict[str, List[str]]:
+    parts = [part.split() for part in policy.split(";") if part.strip()]
+    return {part[0]: part[1:] for part in parts}
+
+
+def test_inline_hashes_match_the_csp_specification_example():
+    # CSP Level 3, "hash-source": the hash of this script body.
+    html = "<p>x</p><script>alert('Hello, world.');</script>"
+    assert inline_hashes(html, "script") == ["'sha256-qznLcsROx4GACP2dm0UCKCzCG+HiZ1guq6ZZDob/Tng='"]
+    assert inline_hashes(html, "style") == []
+    policy = _directives(content_security_policy(html))
+    assert policy["script-src"] == ["'sha256-qznLcsROx4GACP2dm0UCKCzCG+HiZ1guq6ZZDob/Tng='"]
+    assert policy["style-src"] == ["'none'"]
+    assert policy["default-src"] == ["'none'"]
+
+
+def test_every_inline_block_gets_its_own_hash():
+    html = "<style>a{}</style><script>1</script>\n<style>\nb{}\n</style><script src=x></script>"
+    assert inline_hashes(html, "style") == [_csp_hash("a{}"), _csp_hash("\nb{}\n")]
+    # a script with attributes is not inline code the policy should allow
+    assert inline_hashes(html, "script") == [_csp_hash("1")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_is_served_with_a_strict_policy_for_its_own_inline_blocks(
+    make_backends, start_powerlb, http
+):
+    (a,) = make_backends(1)
+    lb = start_powerlb([a], admin="tcp:0:interface=127.0.0.1")
+    response = await http.get(lb.admin_url + "/")
+    body = (await response.content()).decode()
+    assert response.code == 200
+    assert body == PAGE_PATH.read_text(encoding="utf-8")
+
+    def header(name: bytes) -> str:
+        (value,) = response.headers.getRawHeaders(name)
+        return value.decode()
+
+    assert header(b"content-type") == "text/html; charset=utf-8"
+    assert header(b"x-content-type-options") == "nosniff"
+    assert header(b"cache-control") == "no-store"
+    policy = _directives(header(b"content-security-policy"))
+    parsed = _InlineBlocks()
+    parsed.feed(body)
+    assert len(parsed.blocks["script"]) == len(parsed.blocks["style"]) == 1
+    assert policy["script-src"] == [_csp_hash(text) for text in parsed.blocks["script"]]
+    assert policy["style-src"] == [_csp_hash(text) for text in parsed.blocks["style"]]
+    assert policy["default-src"] == ["'none'"]
+    assert policy["connect-src"] == ["'self'"]
+    assert parsed.references == ["data:,"]  # no external assets
+    assert "http://" not in body and "https://" not in body
+
+    head = await http.head(lb.admin_url + "/")
+    assert head.code == 200
+    assert head.headers.getRawHeaders(b"content-length") == [str(len(body.encode())).encode()]
+    assert head.headers.getRawHeaders(b"content-security-policy") == response.headers.getRawHeaders(
+        b"content-security-policy"
+    )
+    assert await head.content() == b""
+
+    # the stats the page polls, by the relative URL it uses
+    polled = await http.get(lb.admin_url + "/api/v1/stats")
+    assert polled.code == 200
+    figures = await polled.json()
+    assert [backend["url"] for backend in figures["backends"]] == [a.url]
+    assert (await http.get(lb.admin_url + "/dashboard/extra")).code == 404
+
+
+# --- the page in a real browser: blocking selenium, so backends and powerlb run as processes ---
+
+
+@pytest.fixture
+def processes() -> Iterator[List[Process]]:
+    """Processes a test starts; each is stopped by PID afterwards."""
+    started: List[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Debian Chromium driven through chromedriver, with a fresh profile and console logging."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver; `make test` does it)",
+            pytrace=False,
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is missing: pip install -e '.[test]' (`make test` does it)", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _start_demo_backend(tmp_path: Path, name: str, processes: List[Process]) -> int:
+    home = tmp_path / name
+    home.mkdir()
+    process, (port,) = start_demo_backends(home, 1)
+    processes.append(process)
+    return port
+
+
+def _backend_rows(driver: Any) -> Dict[str, Dict[str, Any]]:
+    """The backends table as shown: visible URL -> {"state": text, "requests": text, "badge": element}."""
+    from selenium.webdriver.common.by import By
+
+    rows = {}
+    for row in driver.find_elements(By.CSS_SELECTOR, "#backends tr"):
+        cells = row.find_elements(By.TAG_NAME, "td")
+        rows[cells[0].text] = {
+            "state": cells[1].text,
+            "requests": cells[7].text,
+            "badge": cells[1].find_element(By.CSS_SELECTOR, ".state"),
+        }
+    return rows
+
+
+def _severe(driver: Any) -> List[Dict[str, Any]]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_dashboard_in_chromium_shows_every_backend_and_one_going_down(tmp_path, browser, processes):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ports = [_start_demo_backend(tmp_path, name, processes) for name in ("a", "b")]
+    lb, (listen, admin) = start_twistd_powerlb(tmp_path, ports, *FAST_CHECKS, "--cache-size", "1MiB")
+    processes.append(lb)
+    urls = [f"http://{HOST}:{port}" for port in ports]
+    for path in ("/", "/", "/cached", "/cached"):
+        assert get(listen, path).status == 200
+    sent = {backend["url"]: backend["requests"] for backend in stats(admin)["backends"]}
+
+    browser.get(f"http://{HOST}:{admin}/")
+    assert browser.title == "powerlb"
+    wait = WebDriverWait(browser, PAGE_WAIT, ignored_exceptions=(StaleElementReferenceException,))
+
+    def shows(states: Dict[str, str]) -> bool:
+        rows = _backend_rows(browser)
+        return all(url in rows and rows[url]["state"] == state for url, state in states.items())
+
+    wait.until(lambda d: d.find_element(By.ID, "connection").text == "live")
+    wait.until(lambda d: shows(dict.fromkeys(urls, "up")))
+    rows = _backend_rows(browser)
+    assert sorted(rows) == sorted(urls)
+    assert {url: int(row["requests"]) for url, row in rows.items()} == sent
+    assert all(row["badge"].is_displayed() for row in rows.values())
+    assert browser.find_element(By.ID, "cache-hits").text == "1"
+    assert browser.find_element(By.ID, "cache-misses").text == "3"
+    assert browser.find_element(By.ID, "cache-hit_ratio").text == "25.0%"
+    assert _severe(browser) == []
+
+    down_url, up_url = urls
+    processes[0].stop()
+    wait.until(lambda d: shows({down_url: "down", up_url: "up"}))
+    rows = _backend_rows(browser)
+    # the inline style applies (the CSP let it in): down and up have different colours
+    colour = {url: row["badge"].value_of_css_property("background-color") for url, row in rows.items()}
+    assert colour[down_url] != colour[up_url]
+    assert "rgba(0, 0, 0, 0)" not in colour.values()
+
+    restarted = Process(
+        [sys.executable, "-m", "powerlb.demo", "--ports", str(ports[0])],
+        tmp_path / "a" / "restarted.log",
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    processes.append(restarted)
+    wait_until(lambda: get(ports[0], "/health").status == 200, "restarted demo backend")
+    wait.until(lambda d: shows(dict.fromkeys(urls, "up")))
+    assert _severe(browser) == []
+
+    lb.stop()
+    wait.until(lambda d: d.find_element(By.ID, "connection").text.startswith("connection lost"))
+    assert sorted(_backend_rows(browser)) == sorted(urls)  # the last figures stay on show
