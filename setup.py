@@ -23,7 +23,18 @@ setup(
     ],
     extras_require={
         "bench": ["matplotlib"],
-        "test": ["pytest>=7", "pytest-twisted>=1.13", "pytest-timeout>=2", "hypothesis>=6", "ruff"],
+        # TLS listeners and https:// backends (pyOpenSSL, service_identity for hostname checks).
+        "tls": ["twisted[tls]>=22.10"],
+        # TLS listeners that also speak HTTP/2 (negotiated with ALPN).
+        "http2": ["twisted[tls,http2]>=22.10"],
+        "test": [
+            "pytest>=7",
+            "pytest-twisted>=1.13",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "ruff",
+            "twisted[tls,http2]>=22.10",
+        ],
     },
     entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
 )
