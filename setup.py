@@ -24,6 +24,10 @@ setup(
     ],
     extras_require={
         "bench": ["matplotlib"],
+        # TLS listeners and https:// backends (pyOpenSSL, service_identity for hostname checks).
+        "tls": ["twisted[tls]>=22.10"],
+        # TLS listeners that also speak HTTP/2 (negotiated with ALPN).
+        "http2": ["twisted[tls,http2]>=22.10"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.13",
@@ -31,6 +35,7 @@ setup(
             "hypothesis>=6",
             "ruff",
             "selenium>=4.11",
+            "twisted[tls,http2]>=22.10",
         ],
     },
     entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},

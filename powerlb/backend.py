@@ -17,13 +17,15 @@ BackendHook = Callable[["Backend"], object]
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A configured backend: its URL, address, weight, and whether it is a backup (immutable)."""
+    """A configured backend: its URL, address, weight, whether it is a backup, and its scheme
+    (``https`` backends are reached over TLS) (immutable)."""
 
     url: str
     host: str
     port: int
     weight: int = 1
     backup: bool = False
+    scheme: str = "http"
 
 
 class Backend:
@@ -54,6 +56,7 @@ class Backend:
         "in_flight",
         "port",
         "requests",
+        "scheme",
         "url",
         "weight",
     )
@@ -62,6 +65,7 @@ class Backend:
         self.url = spec.url
         self.host = spec.host
         self.port = spec.port
+        self.scheme = spec.scheme
         self.weight = spec.weight
         self.backup = spec.backup
         self.effective_weight = self.full_weight

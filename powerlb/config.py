@@ -24,6 +24,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from powerlb.backend import BackendSpec
+from powerlb.tls import TLS_EXTRA_HINT, load_ca_file, tls_available
 
 
 class ConfigError(ValueError):
@@ -114,20 +115,24 @@ def _above_zero(parse: Callable[[str], Any], example: str) -> Callable[[str], An
     return parse_positive
 
 
-_BACKEND_SYNTAX = "write http://HOST:PORT[,weight=N][,backup]"
+_BACKEND_SYNTAX = "write http://HOST:PORT[,weight=N][,backup] (https:// for TLS)"
+
+#: The port of a backend URL without one, by scheme.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_backend(text: str) -> BackendSpec:
-    """A backend from ``"http://HOST[:PORT][,weight=N][,backup]"`` (port 80, weight 1, primary by default).
+    """A backend from ``"http[s]://HOST[:PORT][,weight=N][,backup]"`` (port 80 or 443, weight 1, primary).
 
     A backup backend takes traffic only while no primary backend is healthy.
+    An ``https://`` backend is reached over TLS with its certificate verified.
     """
     url, *options = text.strip().split(",")
     scheme = url.partition("://")[0].lower()
-    if scheme == "https":
-        raise ValueError(f"{text!r}: https backends are not supported yet; use http://")
-    if scheme != "http" or "://" not in url:
+    if scheme not in _DEFAULT_PORTS or "://" not in url:
         raise ValueError(f"{text!r} is not an http:// URL; {_BACKEND_SYNTAX}")
+    if scheme == "https" and not tls_available():
+        raise ValueError(f"{text!r} is an https backend, which needs TLS support; {TLS_EXTRA_HINT}")
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
@@ -157,8 +162,15 @@ def parse_backend(text: str) -> BackendSpec:
             raise ValueError(f"{text!r} gives the weight twice; give ,weight=N once")
         weight = parse_weight(value, text)
     shown = f"[{host}]" if ":" in host else host
-    port = 80 if port is None else port
-    return BackendSpec(url=f"http://{shown}:{port}", host=host, port=port, weight=weight or 1, backup=backup)
+    port = _DEFAULT_PORTS[scheme] if port is None else port
+    return BackendSpec(
+        url=f"{scheme}://{shown}:{port}",
+        host=host,
+        port=port,
+        weight=weight or 1,
+        backup=backup,
+        scheme=scheme,
+    )
 
 
 def parse_weight(value: str, text: str) -> int:
@@ -225,6 +237,12 @@ def parse_networks(text: str) -> Tuple[str, ...]:
             example = "127.0.0.1,10.0.0.0/8"
             raise ValueError(f"{part!r} is not an IP address or network; write e.g. {example}") from None
     return tuple(out)
+
+
+def _parse_ca_file(text: str) -> str:
+    """``text`` if it names a readable PEM file of CA certificates."""
+    load_ca_file(text)
+    return text
 
 
 def _parse_header_name(text: str) -> str:
@@ -304,6 +322,7 @@ class Config:
     outlier_failures: int = 5
     outlier_backoff: float = 10.0
     slow_start: float = 0.0
+    backend_ca_file: Optional[str] = None
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
@@ -352,7 +371,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "backend",
         "backends",
         _parse_backend_entry,
-        "backend http://HOST[:PORT][,weight=N]; repeat for more (YAML: backends: [...])",
+        "backend http[s]://HOST[:PORT][,weight=N]; repeat for more (YAML: backends: [...])",
         many=True,
         yaml_key="backends",
     ),
@@ -561,6 +580,12 @@ SETTINGS: Tuple[Setting, ...] = (
         show=_format_duration,
     ),
     Setting(
+        "backend-ca-file",
+        "backend_ca_file",
+        _parse_ca_file,
+        "PEM file of the CAs that https:// backend certificates must chain to; default: the system's",
+    ),
+    Setting(
         "admin",
         "admin",
         parse_admin_endpoint,
@@ -663,7 +688,6 @@ def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> C
         if raw not in (None, [], ()):
             values[_BY_NAME[name].attr] = _parse_setting(_BY_NAME[name], raw)
     return _finish(values)
-
 
 
 class Options(usage.Options):

@@ -131,7 +131,7 @@ class ClientResponder:
             return
         if self.request.startedWriting:
             # The status line is out: the only honest signal left is a cut connection.
-            self.request.transport.abortConnection()
+            self.request.abort()
             return
         self.counters.errors += 1
         self.counters.upstream_errors += error.status != 503

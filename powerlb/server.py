@@ -11,6 +11,8 @@ ambiguous ever reaches a backend. A client that dribbles its headers is cut
 with 408 once ``client_timeout`` has passed since its request began
 (slowloris); one that goes silent is cut by the channel's idle timeout.
 :class:`ProxySite` refuses connections beyond ``max_connections`` with 503.
+On a TLS listener with HTTP/2 support, a :class:`NegotiatingChannel` hands
+connections that negotiated ``h2`` (ALPN) to :mod:`powerlb.http2`.
 
 Cache hits take a shorter way: when a read holds exactly one complete,
 plain ``GET``/``HEAD`` request and the connection has nothing in flight,
@@ -23,7 +25,7 @@ every miss, takes the normal way.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -44,10 +46,15 @@ _STATUS_TEXT = {
 }
 
 
+def plain_body(status: int, reason: str) -> bytes:
+    """The one-line plain-text body of powerlb's own answer ``status`` with ``reason``."""
+    return b"%d %s: %s\n" % (status, _STATUS_TEXT[status], reason.encode())
+
+
 def plain_response(status: int, reason: str) -> bytes:
     """A complete ``Connection: close`` response with a one-line plain-text body."""
     phrase = _STATUS_TEXT[status]
-    body = b"%d %s: %s\n" % (status, phrase, reason.encode())
+    body = plain_body(status, reason)
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
         b"connection: close\r\nserver: powerlb\r\n\r\n%s" % (status, phrase, len(body), body)
@@ -136,16 +143,35 @@ class ProxyRequest(Request):
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
         if length is not None and length > channel.site.limits.max_body:
-            channel.reject(413, "request body larger than the limit")
+            self.reject(413, "request body larger than the limit")
             return
         if length == 0:
             super().gotLength(length)
             return
         self.content = io.BytesIO()
         self._body_started = channel.site.reactor.seconds()
-        self.body_stream = BodyStream(length, channel.transport)
-        # The headers are complete: render now (twisted.web would wait for the body).
+        self.body_stream = BodyStream(length, self.body_source())
+        self.headers_complete()
+
+    def body_source(self) -> Any:
+        """The producer that the body stream pauses while the backend is slow: the client connection."""
+        return self.channel.transport
+
+    def headers_complete(self) -> None:
+        """Render a request with a body as soon as its headers are in (twisted.web would wait for the body).
+
+        An HTTP/1.1 request's headers are complete when its length is known.
+        """
+        channel = self.channel
         Request.requestReceived(self, channel._command, channel._path, channel._version)
+
+    def reject(self, status: int, reason: str) -> None:
+        """Answer ``status`` with a short ``reason`` instead of the request; the connection closes."""
+        self.channel.reject(status, reason)
+
+    def abort(self) -> None:
+        """Cut the response off: after its status line only a cut connection tells the client."""
+        self.channel.transport.abortConnection()
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_size += len(data)
@@ -181,9 +207,9 @@ class ProxyRequest(Request):
     def _cut(self, status: int, reason: str) -> None:
         # Closing the connection also abandons the upstream request (the responder sees the client go).
         if self.startedWriting:
-            self.channel.transport.abortConnection()
+            self.abort()
         else:
-            self.channel.reject(status, reason)
+            self.reject(status, reason)
 
 
 class TrackedChannel(HTTPChannel):
@@ -196,6 +222,14 @@ class TrackedChannel(HTTPChannel):
     def connectionLost(self, reason: Any) -> None:
         self.site.connection_closed(self)
         super().connectionLost(reason)
+
+    def close_after_requests(self) -> None:
+        """Serve the requests in progress, then close (their responses say ``Connection: close``)."""
+        if self.persistent:
+            self.persistent = False
+            for request in self.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
 
 class ProxyChannel(TrackedChannel):
@@ -299,6 +333,43 @@ class ProxyChannel(TrackedChannel):
         return False
 
 
+class NegotiatingChannel(Protocol):
+    """A TLS connection's protocol until ALPN has spoken: HTTP/1.1 (``channel``) or HTTP/2.
+
+    The first bytes come after the handshake, so the negotiated protocol is
+    known then: for ``h2`` the site's ``h2_protocol()`` takes the connection
+    over from the HTTP/1.1 channel, which never saw a byte.
+    """
+
+    def __init__(self, channel: ProxyChannel) -> None:
+        self.channel: Any = channel
+        self._negotiated = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.channel.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._negotiated:
+            self._negotiated = True
+            if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+                self._switch_to_h2()
+        self.channel.dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.channel.connectionLost(reason)
+
+    def _switch_to_h2(self) -> None:
+        http11 = self.channel
+        site = http11.site
+        http11.setTimeout(None)
+        self.transport.unregisterProducer()
+        site.connection_closed(http11)
+        self.channel = site.h2_protocol()
+        self.channel.makeConnection(self.transport)
+        self.transport.registerProducer(self.channel, True)
+
+
 class _Refusal(Protocol):
     """Answers 503 at once and closes: the connection limit is reached."""
 
@@ -347,8 +418,16 @@ class ProxySite(QuietSite):
         self.max_connections = config.max_connections
         #: ``(method, target, headers, secure) -> (head, body) or None``: answers plain cache hits.
         self.fast_answer: Optional[FastAnswer] = None
+        #: Builds the HTTP/2 connection of a TLS connection that negotiated ``h2`` (ALPN);
+        #: None: HTTP/1.1 only (set for TLS listeners when HTTP/2 support is installed).
+        self.h2_protocol: Optional[Callable[[], Protocol]] = None
+
+    def acceptableProtocols(self) -> List[bytes]:
+        """The protocols offered over ALPN: ``h2`` only when a connection can switch to it."""
+        return [b"h2", b"http/1.1"] if self.h2_protocol is not None else [b"http/1.1"]
 
     def buildProtocol(self, addr: Any) -> Any:
         if len(self.channels) >= self.max_connections:
             return _Refusal()
-        return super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)
+        return channel if self.h2_protocol is None else NegotiatingChannel(channel)

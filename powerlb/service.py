@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -39,6 +39,7 @@ from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
 from powerlb.server import ProxySite, QuietSite
 from powerlb.stats import Counters, snapshot
+from powerlb.tls import BackendTLS
 from powerlb.upstream import ProxyClientFactory, probe
 
 log = Logger()
@@ -107,12 +108,12 @@ DRAIN_POLL_INTERVAL = 0.05
 def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
     """Close a site's client connections as their requests end; abort those left after ``timeout``.
 
-    ``site.channels`` is the set of its open ``HTTPChannel``\\ s (the site
-    keeps it up to date). Every :data:`DRAIN_POLL_INTERVAL` seconds a
-    connection without a request (idle keep-alive) is closed, and one with
-    requests is made non-persistent, so it closes once they are answered
-    (their responses say ``Connection: close``). After ``timeout`` seconds the
-    rest are aborted. The result fires once no connection is left.
+    ``site.channels`` is the set of its open ``HTTPChannel``\\ s and HTTP/2
+    connections (the site keeps it up to date). Every :data:`DRAIN_POLL_INTERVAL`
+    seconds a connection without a request (idle keep-alive) is closed, and one
+    with requests is told to ``close_after_requests()`` (HTTP/1.1: their
+    responses say ``Connection: close``; HTTP/2: new streams are refused).
+    After ``timeout`` seconds the rest are aborted. The result fires once no connection is left.
     """
     done: defer.Deferred = defer.Deferred()
     deadline = clock.seconds() + timeout
@@ -131,11 +132,8 @@ def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
                 if channel not in closing:
                     closing.add(channel)
                     channel.loseConnection()
-            elif channel.persistent:
-                channel.persistent = False
-                for request in channel.requests:
-                    if not request.startedWriting:
-                        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            else:
+                channel.close_after_requests()
 
     loop = LoopingCall(step)
     loop.clock = clock
@@ -158,6 +156,7 @@ class PowerLBService(MultiService):
         self.config = config
         self.reactor = reactor
         self.backends = [Backend(spec) for spec in config.backends]
+        self.backend_tls = BackendTLS(config.backend_ca_file)
         self.balancer = make_balancer(config.algorithm, self.backends)
         self.clients: Dict[Backend, ProxyClientFactory] = {
             backend: self._make_client(backend) for backend in self.backends
@@ -183,7 +182,9 @@ class PowerLBService(MultiService):
             self.outliers.setServiceParent(self)
         self.health = HealthChecker(
             self.backends,
-            lambda backend: probe(reactor, backend, health_path, config.health_timeout),
+            lambda backend: probe(
+                reactor, backend, health_path, config.health_timeout, self.backend_tls.creator_for(backend)
+            ),
             reactor,
             config.health_interval,
             config.health_timeout,
@@ -212,6 +213,8 @@ class PowerLBService(MultiService):
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
         site = ProxySite(resource, reactor, config)
+        if config.listen.split(":", 1)[0].strip().lower() == "ssl":
+            site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
             site.fast_answer = cache_layer.fast_response
         self.proxy_listener = Listener(listen_endpoint, site)
@@ -327,7 +330,17 @@ class PowerLBService(MultiService):
             max_idle=config.keepalive_max_idle,
             max_connections=config.backend_max_connections,
             queue_timeout=config.backend_queue_timeout,
+            tls=self.backend_tls.creator_for(backend),
         )
+
+
+def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:
+    """What makes the HTTP/2 connections of a TLS listener, or None without ``twisted[http2]``."""
+    try:
+        from powerlb.http2 import ProxyH2Connection
+    except ImportError:
+        return None  # HTTP/1.1 only
+    return lambda: ProxyH2Connection(site)
 
 
 #: Config attributes :meth:`PowerLBService.reload` applies; a change to any other needs a restart.

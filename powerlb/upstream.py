@@ -25,12 +25,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from powerlb.backend import Backend
 from powerlb.headers import Headers
 from powerlb.http11 import ProtocolError, ResponseParser, serialize_request_head
+from powerlb.tls import tls_failure
 
 log = Logger()
 
@@ -404,6 +406,12 @@ class UpstreamConnection(Protocol):
             self.parser.feed_eof()
         except ProtocolError:
             exchange = self.exchange
+            fresh = not self.reused and not self.response_started
+            tls_problem = tls_failure(reason) if fresh else None
+            if tls_problem is not None:
+                # The handshake or the certificate check failed: nothing reached the backend.
+                self._fail(ConnectFailed(tls_problem))
+                return
             stale = self.reused and not self.response_started
             if stale and exchange.idempotent:
                 # A keep-alive connection the backend had already closed: the
@@ -486,7 +494,10 @@ class ProxyClientFactory(ClientFactory):
         idle_timeout: float = 60.0,
         max_connections: int = 0,
         queue_timeout: float = 5.0,
+        tls: Any = None,
     ) -> None:
+        """``tls`` is the ``IOpenSSLClientConnectionCreator`` of an https backend (see
+        :class:`powerlb.tls.BackendTLS`), or None to speak plain HTTP."""
         self.backend = backend
         self.reactor = reactor
         self.connect_timeout = connect_timeout
@@ -504,6 +515,10 @@ class ProxyClientFactory(ClientFactory):
         self._connecting = 0
         self._connections: Set[UpstreamConnection] = set()
         self._closed = False
+        self._connect_to: ClientFactory = self
+        if tls is not None:
+            self._connect_to = TLSMemoryBIOFactory(tls, True, self)
+            self._connect_to.noisy = False
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
         return self.protocol(self)
@@ -585,7 +600,8 @@ class ProxyClientFactory(ClientFactory):
 
     def _connect(self) -> None:
         self._connecting += 1
-        self.reactor.connectTCP(self.backend.host, self.backend.port, self, timeout=self.connect_timeout)
+        backend = self.backend
+        self.reactor.connectTCP(backend.host, backend.port, self._connect_to, timeout=self.connect_timeout)
 
     def _connect_waiting(self) -> None:
         """Start connections for waiting requests no attempt covers, as far as the limit allows."""
@@ -721,14 +737,17 @@ class _StatusProbe:
         self.deferred.errback(error)
 
 
-def probe(reactor: IReactorTCP | IReactorTime, backend: Backend, path: bytes, timeout: float) -> Deferred:
+def probe(
+    reactor: IReactorTCP | IReactorTime, backend: Backend, path: bytes, timeout: float, tls: Any = None
+) -> Deferred:
     """GET ``path`` from ``backend`` on a fresh connection; fires with the status code.
 
     Uses the same client as proxied traffic, with no pooling, so a probe
-    also proves the backend accepts new connections.
+    also proves the backend accepts new connections (over TLS with ``tls``,
+    as for :class:`ProxyClientFactory`, so a bad certificate fails it).
     """
     factory = ProxyClientFactory(
-        backend, reactor, connect_timeout=timeout, response_timeout=timeout, max_idle=0
+        backend, reactor, connect_timeout=timeout, response_timeout=timeout, max_idle=0, tls=tls
     )
     sink = _StatusProbe()
     host = f"{backend.host}:{backend.port}".encode()

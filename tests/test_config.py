@@ -188,6 +188,15 @@ def test_parse_size_number_like_text(text: str) -> None:
         ("http://example.com", BackendSpec("http://example.com:80", "example.com", 80, 1)),
         ("http://Example.COM:81/", BackendSpec("http://example.com:81", "example.com", 81, 1)),
         ("HTTP://h:1, weight = 2", BackendSpec("http://h:1", "h", 1, 2)),
+        (
+            "https://example.com",
+            BackendSpec("https://example.com:443", "example.com", 443, 1, scheme="https"),
+        ),
+        (
+            "HTTPS://127.0.0.1:8443,backup",
+            BackendSpec("https://127.0.0.1:8443", "127.0.0.1", 8443, 1, True, "https"),
+        ),
+        ("https://[::1]:9443,weight=2", BackendSpec("https://[::1]:9443", "::1", 9443, 2, scheme="https")),
     ],
 )
 def test_parse_backend(text: str, expected: BackendSpec) -> None:
@@ -199,7 +208,12 @@ def test_parse_backend(text: str, expected: BackendSpec) -> None:
     [
         ("htp://x:1", "'htp://x:1' is not an http:// URL; write http://HOST:PORT[,weight=N]"),
         ("127.0.0.1:9001", "is not an http:// URL; write http://HOST:PORT"),
-        ("https://x:1", "https backends are not supported yet; use http://"),
+        (
+            "ftp://x:1",
+            "'ftp://x:1' is not an http:// URL; write http://HOST:PORT[,weight=N][,backup] (https://",
+        ),
+        ("https://x:1/app", "has a path; backends take no path"),
+        ("https://x:0", "has port 0"),
         ("http://x:1/app", "has a path; backends take no path, write http://HOST:PORT"),
         ("http://x:1?a=b", "has a path"),
         ("http://x:1,weight=0", "has weight '0'; give a whole number >= 1"),
@@ -338,6 +352,7 @@ def test_options_long_names() -> None:
         "backend-queue-timeout",
         "drain-timeout",
         "keepalive-timeout",
+        "backend-ca-file",
         "admin",
         "admin-token",
         "access-log",

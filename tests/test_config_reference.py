@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import pathlib
 import re
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import pytest
 import yaml
 
 from powerlb.config import SETTINGS, Setting, config_from_mapping
+from tests.test_tls import PKI
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 ANY_BACKEND = ["http://127.0.0.1:9"]
+#: The file the documentation names for backend-ca-file; the tests put a real CA there.
+DOCUMENTED_CA_FILE = "/etc/powerlb/internal-ca.pem"
+
+
+@pytest.fixture
+def real_files(tmp_path: pathlib.Path) -> Callable[[str], str]:
+    """Rewrites documented file paths in YAML text to real files of the right kind."""
+    ca_file = str(PKI(tmp_path).ca_file)
+    return lambda text: text.replace(DOCUMENTED_CA_FILE, ca_file)
 
 
 def _cells(line: str) -> List[str]:
@@ -45,22 +55,24 @@ def test_every_setting_has_one_row_and_nothing_else_does() -> None:
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.key)
-def test_row_names_the_option_default_and_a_working_yaml_form(setting: Setting) -> None:
+def test_row_names_the_option_default_and_a_working_yaml_form(
+    setting: Setting, real_files: Callable[[str], str]
+) -> None:
     option, yaml_form, default, meaning = _rows()[setting.key]
     assert option == (f"--{setting.name}" if setting.cli else "(CLI: no)")
     assert default == _expected_default(setting)
     assert meaning
-    mapping = yaml.safe_load(yaml_form)
+    mapping = yaml.safe_load(real_files(yaml_form))
     assert list(mapping) == [setting.key]
     config = config_from_mapping({"backends": ANY_BACKEND, **mapping})
     assert getattr(config, setting.attr) != setting.default, "the YAML form should show a non-default value"
 
 
-def test_example_configuration_parses_and_sets_every_key() -> None:
+def test_example_configuration_parses_and_sets_every_key(real_files: Callable[[str], str]) -> None:
     text = DOC.read_text()
     block = re.search(r"<!-- example-config -->\n```yaml\n(.*?)```", text, re.S)
     assert block is not None, "the example configuration block is missing"
-    mapping = yaml.safe_load(block.group(1))
+    mapping = yaml.safe_load(real_files(block.group(1)))
     assert sorted(mapping) == sorted(setting.key for setting in SETTINGS)
     config = config_from_mapping(mapping)
     assert len(config.backends) == 3 and config.backends[2].backup
