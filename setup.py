@@ -25,5 +25,7 @@ setup(
         "bench": ["matplotlib"],
         "test": ["pytest>=7", "pytest-twisted>=1.13", "pytest-timeout>=2", "hypothesis>=6", "ruff"],
     },
-    entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
+    entry_points={
+        "console_scripts": ["powerlb-demo-backends=powerlb.demo:main", "powerlb-ctl=powerlb.ctl:main"]
+    },
 )
