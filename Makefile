@@ -21,7 +21,8 @@ run: $(STAMP)
 	@echo "powerlb on http://127.0.0.1:8080, admin on http://127.0.0.1:8081, demo backends on 9001-9003"
 	@echo "try:  curl -i http://127.0.0.1:8080/            (X-Backend says which backend answered)"
 	@echo "      curl -i http://127.0.0.1:8080/cached      (twice: the second says X-Cache: HIT, Age: N)"
-	@echo "      curl http://127.0.0.1:8081/_powerlb/stats"
+	@echo "      curl http://127.0.0.1:8081/api/v1/stats"
+	@echo "      $(BIN)/powerlb-ctl backends              (the runtime API; see README)"
 	@echo "      open http://127.0.0.1:8081/                (the live dashboard)"
 	@$(BIN)/python -m powerlb.demo --ports 9001,9002,9003 & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \

@@ -38,5 +38,7 @@ setup(
             "twisted[tls,http2]>=22.10",
         ],
     },
-    entry_points={"console_scripts": ["powerlb-demo-backends=powerlb.demo:main"]},
+    entry_points={
+        "console_scripts": ["powerlb-demo-backends=powerlb.demo:main", "powerlb-ctl=powerlb.ctl:main"]
+    },
 )

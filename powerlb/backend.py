@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, Tuple
 
 #: Weighted balancers compare ``Backend.effective_weight``, which counts in 1/16ths of a
 #: weight so that a slow start can ramp even a weight-1 backend. A power of two, so
 #: scaling every weight by it changes no balancing decision.
 WEIGHT_SCALE = 16
+
+
+#: What an operator can set a backend to (admin API): ``enabled`` takes requests; ``draining`` takes
+#: no new ones while those in flight finish and health checks go on; ``disabled`` (maintenance) is
+#: draining without health checks.
+BACKEND_STATES: Tuple[str, ...] = ("enabled", "draining", "disabled")
 
 
 #: A callback taking a backend (its return value is ignored), e.g. ``SlowStart.begin``.
@@ -36,16 +42,19 @@ class Backend:
     fails or is aborted; ``requests``, ``failures`` and ``ejections`` only grow.
 
     A backend takes new requests while ``healthy`` (active health checks),
-    not ``ejected`` (passive outlier detection) and not ``draining`` (set by
-    the admin drain endpoint: requests in flight finish, health checks go
-    on). ``weight`` is the configured weight (:meth:`set_weight` changes it at
+    not ``ejected`` (passive outlier detection), not ``draining`` and not
+    ``disabled`` (both set through :meth:`set_state` by the admin API:
+    requests in flight finish; a disabled backend is not health-checked
+    either). ``weight`` is the configured weight (:meth:`set_weight` changes it at
     run time); ``effective_weight`` is what weighted balancers use, in
     :data:`WEIGHT_SCALE` units: ``weight * WEIGHT_SCALE`` except while a slow
     start ramps it up.
     """
 
     __slots__ = (
+        "_spec",
         "backup",
+        "disabled",
         "draining",
         "effective_weight",
         "ejected",
@@ -62,6 +71,7 @@ class Backend:
     )
 
     def __init__(self, spec: BackendSpec) -> None:
+        self._spec = spec
         self.url = spec.url
         self.host = spec.host
         self.port = spec.port
@@ -72,6 +82,7 @@ class Backend:
         self.healthy = True
         self.ejected = False
         self.draining = False
+        self.disabled = False
         self.ejections = 0
         self.in_flight = 0
         self.requests = 0
@@ -81,6 +92,27 @@ class Backend:
     def full_weight(self) -> int:
         """``effective_weight`` outside a slow start: the configured weight in WEIGHT_SCALE units."""
         return self.weight * WEIGHT_SCALE
+
+    @property
+    def id(self) -> str:
+        """How the admin API names the backend: ``host:port`` as in its URL (``[::1]:80`` for IPv6)."""
+        return self.url.partition("://")[2]
+
+    @property
+    def state(self) -> str:
+        """The operator's setting, one of :data:`BACKEND_STATES`."""
+        return "disabled" if self.disabled else "draining" if self.draining else "enabled"
+
+    def set_state(self, state: str) -> None:
+        """Set ``draining`` and ``disabled`` for ``state`` (one of :data:`BACKEND_STATES`)."""
+        if state not in BACKEND_STATES:
+            raise ValueError(f"unknown backend state {state!r}; choose one of: {', '.join(BACKEND_STATES)}")
+        self.draining = state == "draining"
+        self.disabled = state == "disabled"
+
+    def spec(self) -> BackendSpec:
+        """The backend as configured now: its spec with the weight and backup flag it has now."""
+        return replace(self._spec, weight=self.weight, backup=self.backup)
 
     def set_weight(self, weight: int) -> None:
         """Change the weight in place (admin endpoint, config reload), keeping a slow start coherent.
@@ -101,19 +133,23 @@ class Backend:
             (" backup" if self.backup else "")
             + (" ejected" if self.ejected else "")
             + (" draining" if self.draining else "")
+            + (" disabled" if self.disabled else "")
         )
         return f"<Backend {self.url} weight={self.weight} {state}{extra} in_flight={self.in_flight}>"
 
     def snapshot(self) -> Dict[str, Any]:
         """The figures the stats endpoint shows for this backend."""
         return {
+            "id": self.id,
             "url": self.url,
+            "state": self.state,
             "weight": self.weight,
             "effective_weight": self.effective_weight / WEIGHT_SCALE,
             "backup": self.backup,
             "healthy": self.healthy,
             "ejected": self.ejected,
             "draining": self.draining,
+            "disabled": self.disabled,
             "ejections": self.ejections,
             "in_flight": self.in_flight,
             "requests": self.requests,

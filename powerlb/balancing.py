@@ -6,8 +6,8 @@ classes and :func:`make_balancer` builds one by name, wrapped in
 :class:`WithBackups` so backup backends work the same for every algorithm.
 
 A backend is eligible while it is healthy (active checks), not ejected
-(outlier detection), not draining (admin drain) and not excluded by the
-caller. ``pick()`` runs once per
+(outlier detection), not draining or disabled (admin API) and not excluded by
+the caller. ``pick()`` runs once per
 proxied request, so each implementation is a single O(n) pass (a few passes at
 most) over the backends without building lists and without logging. Weighted
 algorithms use ``Backend.effective_weight``, a positive integer that a slow
@@ -44,7 +44,13 @@ class IBalancer(Interface):
 
 def _eligible(backend: Backend, exclude: Collection[Backend]) -> bool:
     """Whether ``backend`` may take the next request: the one eligibility rule of every balancer."""
-    return backend.healthy and not backend.ejected and not backend.draining and backend not in exclude
+    return (
+        backend.healthy
+        and not backend.ejected
+        and not backend.draining
+        and not backend.disabled
+        and backend not in exclude
+    )
 
 
 class _CursorBalancer:
@@ -262,7 +268,7 @@ class WithBackups:
     Holds two balancers built by ``factory``: ``primary`` over the backends
     whose ``backup`` is false and ``backup`` over the others. A pick asks the
     backup balancer only when the primary one has no healthy, admitted,
-    non-draining, non-excluded backend left, so backups take traffic exactly while no
+    non-draining, enabled, non-excluded backend left, so backups take traffic exactly while no
     primary can. Each tier keeps its own algorithm state.
     """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -91,7 +92,8 @@ def parse_duration(text: str) -> float:
 
 
 def _format_duration(seconds: float) -> str:
-    return f"{seconds:g}s"
+    """``seconds`` in positional notation, exactly as :func:`parse_duration` reads it back (``"0.5s"``)."""
+    return format(Decimal(repr(seconds)).normalize(), "f") + "s"
 
 
 def _parse_count(text: str) -> int:
@@ -171,6 +173,12 @@ def parse_backend(text: str) -> BackendSpec:
         backup=backup,
         scheme=scheme,
     )
+
+
+def format_backend(spec: BackendSpec) -> str:
+    """A backend as a config file writes it: ``http://HOST:PORT[,weight=N][,backup]``."""
+    weight = f",weight={spec.weight}" if spec.weight != 1 else ""
+    return spec.url + weight + (",backup" if spec.backup else "")
 
 
 def parse_weight(value: str, text: str) -> int:
@@ -344,6 +352,7 @@ class Setting:
     cli: bool = True
     many: bool = False
     yaml_key: str = ""
+    secret: bool = False
 
     @property
     def key(self) -> str:
@@ -360,7 +369,17 @@ class Setting:
         if self.many:
             return self.help
         shown = "off" if self.default is None else self.show(self.default)
-        return f"{self.help} [default: {shown}]"
+        return f"{self.help} [default: {shown or 'none'}]"
+
+    def written(self, value: Any) -> Any:
+        """``value`` as a config file writes it (None when off; numbers stay numbers; lists for ``many``)."""
+        if value is None:
+            return None
+        if self.many:
+            return [self.show(item) for item in value]
+        if self.show is str and isinstance(value, (int, float)):
+            return value
+        return self.show(value)
 
 
 _positive_duration = _above_zero(parse_duration, "2s")
@@ -372,6 +391,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "backends",
         _parse_backend_entry,
         "backend http[s]://HOST[:PORT][,weight=N]; repeat for more (YAML: backends: [...])",
+        show=format_backend,
         many=True,
         yaml_key="backends",
     ),
@@ -450,7 +470,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "purge_allow",
         parse_networks,
         "addresses or networks (comma-separated) allowed to send PURGE on the proxy listener",
-        show=lambda networks: ",".join(networks) or "none",
+        show=",".join,
     ),
     Setting(
         "response-timeout",
@@ -595,7 +615,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "admin-token",
         "admin_token",
         _parse_text,
-        "bearer token required by state-changing admin endpoints",
+        "bearer token required for changes through the runtime API (/api/v1/)",
+        secret=True,
     ),
     Setting("access-log", "access_log", _parse_text, "access log file, or - for stdout"),
 )
@@ -611,6 +632,22 @@ def _as_text(raw: Any) -> str:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return str(raw)
     raise ValueError(f"{raw!r} is not a single value; give text or a number")
+
+
+def backend_from_entry(entry: Any) -> BackendSpec:
+    """One backend as the ``backends`` setting reads it: a URL string or a ``{url, weight, backup}``
+    mapping; a bad one raises ConfigError naming the ``backend`` field."""
+    return _parse_setting(_BY_KEY["backends"], [entry])[0]
+
+
+def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:
+    """``config`` with the YAML keys, values as a config file writes them (:func:`config_from_mapping`
+    reads it back); ``redact`` hides secrets such as the admin token."""
+    out: Dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = setting.written(getattr(config, setting.attr))
+        out[setting.key] = "<redacted>" if redact and setting.secret and value is not None else value
+    return out
 
 
 def _parse_setting(setting: Setting, raw: Any) -> Any:

@@ -67,7 +67,7 @@ def _describe(result: Union[int, Failure]) -> str:
 
 
 class HealthChecker(Service):
-    """Probes every backend each ``interval`` seconds and flips ``Backend.healthy``.
+    """Probes every backend (but disabled ones) each ``interval`` seconds and flips ``Backend.healthy``.
 
     ``probe(backend)`` returns a Deferred firing with the HTTP status of a GET
     on the health path. A probe that raises, fails or takes longer than
@@ -147,8 +147,12 @@ class HealthChecker(Service):
             probe.cancel()
 
     def check_all(self) -> Deferred[None]:
-        """Probe every backend at once; the result fires (never fails) when all have ended."""
-        round_ = gatherResults([self._check(backend) for backend in self._backends])
+        """Probe every backend that is not disabled at once; fires (never fails) when all have ended.
+
+        A disabled backend (maintenance) is not probed and keeps the health it
+        had; checks resume with the first round after it is enabled again.
+        """
+        round_ = gatherResults([self._check(backend) for backend in self._backends if not backend.disabled])
         return round_.addCallback(lambda _: None)
 
     def _check(self, backend: Backend) -> Deferred[None]:

@@ -221,14 +221,12 @@ class PowerLBService(MultiService):
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
-            self.admin_listener = Listener(
-                serverFromString(reactor, config.admin),
-                QuietSite(admin_root(self.stats, cache_layer, config.admin_token, self.backends), reactor),
-            )
+            admin = admin_root(self.stats, lambda: self.config, self, cache_layer, config.admin_token)
+            self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
 
     def stats(self) -> Dict[str, Any]:
-        """The live figures shown by ``/_powerlb/stats``."""
+        """The live figures shown by ``/api/v1/stats``."""
         return snapshot(
             self.backends,
             self.counters,
@@ -286,11 +284,14 @@ class PowerLBService(MultiService):
                     value="off" if before is None else setting.show(before),
                 )
         self.config = dataclasses.replace(config, **kept)
+        if config.algorithm != old.algorithm:
+            self.balancer = make_balancer(config.algorithm, self.backends)
+            self.dispatcher.balancer = self.balancer
+            log.info("reload: algorithm is now {algorithm}", algorithm=config.algorithm)
         added, removed, reweighted = diff_backends(old.backends, config.backends)
         by_url = {backend.url: backend for backend in self.backends}
         for spec in removed:
-            backend = by_url.pop(spec.url)
-            self.clients.pop(backend).close()
+            self.remove_backend(by_url.pop(spec.url))
             log.info("reload: backend {url} removed", url=spec.url)
         for spec in reweighted:
             backend = by_url[spec.url]
@@ -298,17 +299,9 @@ class PowerLBService(MultiService):
             backend.backup = spec.backup
             log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
         for spec in added:
-            backend = by_url[spec.url] = Backend(spec)
-            self.clients[backend] = self._make_client(backend)
+            by_url[spec.url] = self.add_backend(spec)
             log.info("reload: backend {url} added", url=spec.url)
-        self.backends[:] = [by_url[spec.url] for spec in config.backends]
-        self.health.set_backends(self.backends)
-        if config.algorithm != old.algorithm:
-            self.balancer = make_balancer(config.algorithm, self.backends)
-            self.dispatcher.balancer = self.balancer
-            log.info("reload: algorithm is now {algorithm}", algorithm=config.algorithm)
-        else:
-            self.balancer.set_backends(self.backends)
+        self._set_backends([by_url[spec.url] for spec in config.backends])
         self.dispatcher.retries = config.retries
         log.info(
             "config reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted",
@@ -317,8 +310,38 @@ class PowerLBService(MultiService):
             reweighted=len(reweighted),
         )
 
+    def add_backend(self, spec: BackendSpec) -> Backend:
+        """Start sending requests to a new backend (reload, admin API); it starts healthy.
+
+        Its URL must not be one of the backends' already. ``config.backends``
+        follows, so the effective config and the next reload see it.
+        """
+        backend = Backend(spec)
+        self.clients[backend] = self._make_client(backend)
+        self._set_backends([*self.backends, backend])
+        return backend
+
+    def remove_backend(self, backend: Backend) -> None:
+        """Take a backend out at once (reload, admin API): it gets no new requests, those in
+        flight finish and its pool closes as they end."""
+        self._set_backends([other for other in self.backends if other is not backend])
+        self.clients.pop(backend).close()
+
+    def set_backend_weight(self, backend: Backend, weight: int) -> None:
+        """Change a backend's weight now (admin API, see ``Backend.set_weight``); config.backends follows."""
+        backend.set_weight(weight)
+        self._set_backends(self.backends)
+
+    def _set_backends(self, backends: List[Backend]) -> None:
+        """Make ``backends`` the live set, in order: the list itself (shared with the health checker and
+        the stats), the balancer's tiers and ``config.backends``."""
+        self.backends[:] = backends
+        self.health.set_backends(self.backends)
+        self.balancer.set_backends(self.backends)
+        self.config = dataclasses.replace(self.config, backends=tuple(b.spec() for b in self.backends))
+
     def _make_client(self, backend: Backend) -> ProxyClientFactory:
-        """The upstream pool of one backend (at start, and for backends added by :meth:`reload`)."""
+        """The upstream pool of one backend (at start, and for each one added later)."""
         config = self.config
         return ProxyClientFactory(
             backend,

@@ -49,7 +49,7 @@ def snapshot(
     last_check: Callable[[Backend], Optional[str]],
     connections: Callable[[Backend], Dict[str, int]],
 ) -> Dict[str, Any]:
-    """Everything ``GET /_powerlb/stats`` returns, as plain JSON-ready data."""
+    """Everything ``GET /api/v1/stats`` returns, as plain JSON-ready data."""
     from_cache = (
         counters.cache_hits + counters.cache_stale + counters.cache_revalidated + counters.cache_coalesced
     )

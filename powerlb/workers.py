@@ -148,7 +148,7 @@ class WorkerSupervisor(MultiService):
             from powerlb.server import QuietSite
             from powerlb.service import Listener
 
-            admin_site = QuietSite(admin_root(self.stats), reactor)
+            admin_site = QuietSite(admin_root(self.stats, lambda: self.config), reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
 
     def privilegedStartService(self) -> None:

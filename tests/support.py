@@ -126,9 +126,21 @@ class Response:
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> Response:
     """GET http://127.0.0.1:PORT/PATH on a fresh connection."""
+    return request(port, "GET", path, timeout=timeout)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: Optional[bytes] = None,
+    headers: Optional[Dict[str, str]] = None,
+    timeout: float = 5.0,
+) -> Response:
+    """``method`` http://127.0.0.1:PORT/PATH with ``body`` and ``headers`` on a fresh connection."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body, headers or {})
         resp = conn.getresponse()
         body = resp.read()
         headers = {name.lower(): value for name, value in resp.getheaders()}
@@ -196,8 +208,8 @@ def start_demo_backends(tmp_path: Path, count: int) -> Tuple[Process, List[int]]
 
 
 def stats(admin_port: int) -> Dict[str, Any]:
-    """The JSON of GET /_powerlb/stats on the admin port."""
-    resp = get(admin_port, "/_powerlb/stats")
+    """The JSON of GET /api/v1/stats on the admin port."""
+    resp = get(admin_port, "/api/v1/stats")
     assert resp.status == 200, resp.body
     assert resp.headers.get("content-type") == "application/json"
     return resp.json()

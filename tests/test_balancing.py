@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from powerlb.backend import WEIGHT_SCALE, Backend, BackendSpec
+from powerlb.backend import BACKEND_STATES, WEIGHT_SCALE, Backend, BackendSpec
 from powerlb.balancing import (
     ALGORITHMS,
     IBalancer,
@@ -102,13 +102,13 @@ def test_never_picks_ejected(name: str) -> None:
     assert balancer.pick(b"10.0.0.1") is b
 
 
-def test_eligible_honours_draining() -> None:
+def test_eligible_honours_draining_and_disabled() -> None:
     (a,) = make_backends(1)
     assert _eligible(a, ())
     a.draining = True
     assert not _eligible(a, ())
     a.draining = False
-    for flag in ("healthy", "ejected"):
+    for flag in ("healthy", "ejected", "disabled"):
         setattr(a, flag, not getattr(a, flag))
         assert not _eligible(a, ())
         setattr(a, flag, not getattr(a, flag))
@@ -573,7 +573,9 @@ def test_backups_set_backends_splits_tiers_and_keeps_state() -> None:
 @given(
     name=st.sampled_from(ALL_NAMES),
     flags=st.lists(
-        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+        st.tuples(
+            st.booleans(), st.booleans(), st.booleans(), st.sampled_from(BACKEND_STATES), st.booleans()
+        ),
         min_size=1,
         max_size=6,
     ),
@@ -583,17 +585,15 @@ def test_backup_rule_holds_for_any_state(name: str, flags: List[tuple], key: byt
     """The pick is eligible, and a backup only when no primary is eligible."""
     backends = make_backends(*range(1, len(flags) + 1))
     excluded = []
-    for backend, (backup, healthy, ejected, draining, exclude) in zip(backends, flags):
+    for backend, (backup, healthy, ejected, state, exclude) in zip(backends, flags):
         # the backup flag comes from the spec; set it directly to explore every mix
-        backend.backup, backend.healthy, backend.ejected, backend.draining = (
-            backup,
-            healthy,
-            ejected,
-            draining,
-        )
+        backend.backup, backend.healthy, backend.ejected = backup, healthy, ejected
+        backend.set_state(state)
         if exclude:
             excluded.append(backend)
-    eligible = [b for b in backends if b.healthy and not b.ejected and not b.draining and b not in excluded]
+    eligible = [
+        b for b in backends if b.healthy and not b.ejected and b.state == "enabled" and b not in excluded
+    ]
     tier = [b for b in eligible if not b.backup] or eligible
     balancer = build(name, backends)
     for _ in range(3):
@@ -610,13 +610,16 @@ def test_backend_weights_and_snapshot() -> None:
     assert WEIGHT_SCALE == 16
     primary.effective_weight = 12
     assert primary.snapshot() == {
+        "id": "a:80",
         "url": "http://a:80",
+        "state": "enabled",
         "weight": 3,
         "effective_weight": 0.75,
         "backup": False,
         "healthy": True,
         "ejected": False,
         "draining": False,
+        "disabled": False,
         "ejections": 0,
         "in_flight": 0,
         "requests": 0,
@@ -625,6 +628,24 @@ def test_backend_weights_and_snapshot() -> None:
     assert backup.snapshot()["backup"] is True
     backup.ejected = backup.draining = True
     assert repr(backup) == "<Backend http://b:80 weight=1 up backup ejected draining in_flight=0>"
+
+
+def test_backend_states_id_and_spec() -> None:
+    (a,) = make_backends(3)
+    assert (a.id, a.state, a.draining, a.disabled) == ("a:80", "enabled", False, False)
+    for state, flags in (
+        ("draining", (True, False)),
+        ("disabled", (False, True)),
+        ("enabled", (False, False)),
+    ):
+        a.set_state(state)
+        assert (a.state, (a.draining, a.disabled), a.snapshot()["state"]) == (state, flags, state)
+    with pytest.raises(ValueError, match="state 'off'; choose one of: enabled, draining, disabled"):
+        a.set_state("off")
+    assert a.state == "enabled"
+    a.set_weight(5)
+    assert a.spec() == BackendSpec("http://a:80", "a", 80, weight=5)
+    assert Backend(BackendSpec("http://[::1]:8080", "::1", 8080)).id == "[::1]:8080"
 
 
 def test_set_weight_outside_a_slow_start() -> None:

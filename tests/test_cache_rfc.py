@@ -476,7 +476,7 @@ async def test_head_uses_stored_get_and_stats_count_results(make_backends, start
     await fetch(http, lb.url + "/h")
     head = await fetch(http, lb.url + "/h", method="HEAD")
     assert (head.x_cache, head.body, head.header(b"content-length")) == (b"HIT", b"", b"7")
-    figures = await (await http.get(lb.admin_url + "/_powerlb/stats")).json()
+    figures = await (await http.get(lb.admin_url + "/api/v1/stats")).json()
     cache: Optional[Dict[str, Any]] = figures["cache"]
     assert (cache["hits"], cache["misses"], cache["stale"], cache["revalidated"]) == (1, 2, 0, 0)
     metrics = await (await http.get(lb.admin_url + "/_powerlb/metrics")).text()

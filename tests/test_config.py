@@ -23,6 +23,7 @@ from powerlb.config import (
     Options,
     build_config,
     config_from_mapping,
+    config_to_mapping,
     format_size,
     parse_admin_endpoint,
     parse_backend,
@@ -565,6 +566,35 @@ def test_yaml_every_key(tmp_path: Path) -> None:
         admin_token="token",
         access_log="/var/log/powerlb.log",
     )
+
+
+def test_config_to_mapping_writes_what_the_file_reads(tmp_path: Path) -> None:
+    config = build_config({}, write_yaml(tmp_path, FULL_YAML + "purge-allow: 10.0.0.0/8, ::1\n"))
+    written = config_to_mapping(config, redact=False)
+    assert list(written) == [setting.key for setting in SETTINGS]
+    assert written["backends"] == [B1, "http://127.0.0.1:9002,weight=5", "http://[::1]:9003"]
+    assert (written["health-timeout"], written["cache-size"], written["health-rise"]) == ("0.5s", "16MiB", 1)
+    assert (written["purge-allow"], written["admin-token"]) == ("10.0.0.0/8,::1/128", "token")
+    assert config_from_mapping(written) == config
+    assert config_to_mapping(config)["admin-token"] == "<redacted>"
+    defaults = config_from_mapping({"backends": [f"{B1},backup"]})
+    assert config_from_mapping(config_to_mapping(defaults, redact=False)) == defaults
+    assert (config_to_mapping(defaults)["admin-token"], config_to_mapping(defaults)["purge-allow"]) == (
+        None,
+        "",
+    )
+
+
+@given(
+    st.decimals(min_value=0, max_value=10**9, places=4).map(str),
+    st.sampled_from(["", "s", "ms", "m", "h"]),
+)
+def test_durations_are_written_exactly(number: str, unit: str) -> None:
+    (setting,) = [setting for setting in SETTINGS if setting.key == "cache-grace"]
+    seconds = parse_duration(number + unit)
+    written = setting.written(seconds)
+    assert re.fullmatch(r"[0-9]+(\.[0-9]+)?s", written)
+    assert parse_duration(written) == seconds
 
 
 def test_yaml_null_turns_optional_settings_off(tmp_path: Path) -> None:

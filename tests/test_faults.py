@@ -255,7 +255,7 @@ def run_scenario(tmp: Path, steps: List[Step]) -> Run:
         for thread in threads:
             thread.join(CLIENT_TIMEOUT + 2)
         assert not any(thread.is_alive() for thread in threads), "a client thread is stuck"
-        run.lb_stats = get(admin, "/_powerlb/stats").json()
+        run.lb_stats = get(admin, "/api/v1/stats").json()
     finally:
         stop.set()
         if lb is not None:

@@ -244,6 +244,25 @@ def test_each_backend_has_its_own_state() -> None:
     checker.stopService()
 
 
+def test_disabled_backends_are_not_probed_and_keep_their_health() -> None:
+    a, b = make_backends(2)
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([a, b], probes, clock, fall=1)
+    checker.startService()
+    probes.answer_all(200)
+    b.set_state("disabled")
+    clock.advance(INTERVAL)
+    assert probes.calls == [a, b, a]
+    probes.answer_all(503)
+    assert (a.healthy, b.healthy, checker.last_result(b)) == (False, True, "200")
+    b.set_state("draining")  # draining backends are still checked
+    clock.advance(INTERVAL)
+    assert probes.calls[3:] == [a, b]
+    probes.answer_all(503)
+    assert (b.healthy, checker.last_result(b)) == (False, "503")
+    checker.stopService()
+
+
 def test_last_result_is_none_before_any_check() -> None:
     backends = make_backends(1)
     checker = make_checker(backends, FakeProbes(), Clock())

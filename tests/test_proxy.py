@@ -384,7 +384,7 @@ async def test_stats_endpoint_reports_backends_and_cache(make_backends, start_po
     for _ in range(3):
         await (await http.get(lb.url + "/c")).content()
     await (await http.get(lb.url + "/")).content()
-    stats = await (await http.get(lb.admin_url + "/_powerlb/stats")).json()
+    stats = await (await http.get(lb.admin_url + "/api/v1/stats")).json()
     assert [x["url"] for x in stats["backends"]] == [a.url, b.url]
     assert sum(x["requests"] for x in stats["backends"]) == 2
     assert all(x["healthy"] and x["in_flight"] == 0 and x["failures"] == 0 for x in stats["backends"])
@@ -396,7 +396,7 @@ async def test_stats_endpoint_reports_backends_and_cache(make_backends, start_po
     assert 'powerlb_cache_results_total{result="hits"} 2.0' in metrics
     assert "powerlb_requests_total 4.0" in metrics
     # The admin listener is separate: the proxy port does not serve it.
-    proxied = await http.get(lb.url + "/_powerlb/stats")
+    proxied = await http.get(lb.url + "/api/v1/stats")
     assert (await proxied.json())["backend"] in ("a", "b")
 
 

@@ -234,7 +234,7 @@ async def test_two_embedded_instances_do_not_interfere() -> None:
         assert lb["b"].stats()["cache"]["hits"] == 0
         assert [b["requests"] for b in lb["a"].stats()["backends"]] == [4]
         assert [b["requests"] for b in lb["b"].stats()["backends"]] == [2]
-        resp = await treq.get(f"http://{HOST}:{admin['b']}/_powerlb/stats", persistent=False, timeout=5)
+        resp = await treq.get(f"http://{HOST}:{admin['b']}/api/v1/stats", persistent=False, timeout=5)
         figures = await resp.json()
         assert figures["requests"] == 2
         assert [b["url"] for b in figures["backends"]] == [f"http://{HOST}:{backend_port['b']}"]

@@ -16,6 +16,7 @@ from tests.support import (
     accepts,
     clean_env,
     get,
+    request,
     script,
     start_server,
     stats,
@@ -81,6 +82,21 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
             assert get(listen, "/").status == 200
         merged = wait_until(lambda: (s := stats(admin)) and s["requests"] == 30 and s, "merged stats")
         assert sum(b["requests"] for b in merged["backends"]) == 30
+        # the runtime API: reads show the merged figures, changes are refused (each worker has its own state)
+        listed = get(admin, "/api/v1/backends").json()["backends"]
+        assert [(b["id"], b["state"]) for b in listed] == [(f"{HOST}:{port}", "enabled") for port in demo]
+        assert get(admin, f"/api/v1/backends/{HOST}:{demo[0]}").json()["url"] == f"http://{HOST}:{demo[0]}"
+        config = get(admin, "/api/v1/config").json()
+        assert (config["workers"], config["backends"]) == (2, [f"http://{HOST}:{port}" for port in demo])
+        refused = request(
+            admin,
+            "PATCH",
+            f"/api/v1/backends/{HOST}:{demo[0]}",
+            b'{"state": "draining"}',
+            {"Content-Type": "application/json", "Authorization": "Bearer x"},
+        )
+        assert refused.status == 403
+        assert "each worker process has its own backends and cache" in refused.json()["error"]
         first, second = merged["workers"]
         os.kill(first, signal.SIGKILL)
         restarted = wait_until(

@@ -1,0 +1,334 @@
+"""The runtime API: JSON over HTTP under ``/api/v1/`` on the admin listener.
+
+Reads (``GET``) are open; every change needs ``Authorization: Bearer
+<admin-token>``. A change is made in the request handler, on the reactor
+thread, after every check has passed, so it is atomic and shows at once in
+the stats and metrics. Changes last until the next reload or restart.
+
+The pure part (routing, request bodies, backend ids) is here as functions
+that raise :class:`ApiError`; :class:`ApiResource` is the thin Twisted shell.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
+from powerlb.cachepolicy import url_key
+from powerlb.caching import CacheLayer
+from powerlb.config import (
+    Config,
+    ConfigError,
+    backend_from_entry,
+    config_to_mapping,
+    parse_backend,
+    parse_weight,
+)
+
+log = Logger()
+
+#: Where the API lives on the admin listener.
+API_ROOT = "/api/v1/"
+
+#: The endpoints: a path under :data:`API_ROOT` (``{id}`` is one segment, a backend id) -> its methods.
+ENDPOINTS: Dict[str, Tuple[str, ...]] = {
+    "stats": ("GET",),
+    "backends": ("GET", "POST"),
+    "backends/{id}": ("GET", "PATCH", "DELETE"),
+    "cache/purge": ("POST",),
+    "config": ("GET",),
+}
+
+#: The largest request body the API reads.
+MAX_BODY = 64 * 1024
+
+_WORKERS_REASON = (
+    "changes are not available with --workers: each worker process has its own backends and cache; "
+    "run a single process to change them at run time"
+)
+
+
+class ApiError(Exception):
+    """A request the API refuses: the HTTP ``status``, a one-line ``message`` and, for 405, ``allow``."""
+
+    def __init__(self, status: int, message: str, allow: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.allow = tuple(allow)
+
+
+class BackendControl(Protocol):
+    """What the API changes: the live backends of one powerlb (``PowerLBService``)."""
+
+    backends: List[Backend]
+
+    def add_backend(self, spec: BackendSpec) -> Backend:
+        """Start sending requests to a new backend."""
+
+    def remove_backend(self, backend: Backend) -> None:
+        """Take a backend out; requests in flight finish."""
+
+    def set_backend_weight(self, backend: Backend, weight: int) -> None:
+        """Change a backend's weight."""
+
+
+# --- the pure part ---------------------------------------------------------------------------
+
+
+def match_endpoint(segments: Sequence[str]) -> Tuple[str, List[str]]:
+    """The endpoint (a key of :data:`ENDPOINTS`) and its ``{id}`` arguments for the path segments
+    after ``/api/``; ApiError 404 when there is none. A trailing slash is ignored."""
+    parts = list(segments)
+    if parts and parts[-1] == "":
+        parts.pop()
+    if parts[:1] == ["v1"]:
+        rest = parts[1:]
+        for endpoint in ENDPOINTS:
+            pattern = endpoint.split("/")
+            if len(pattern) == len(rest) and all(p in ("{id}", r) for p, r in zip(pattern, rest)):
+                return endpoint, [r for p, r in zip(pattern, rest) if p == "{id}"]
+    known = ", ".join(API_ROOT + endpoint for endpoint in ENDPOINTS)
+    raise ApiError(404, f"no such endpoint /api/{'/'.join(parts)}; the endpoints are: {known}")
+
+
+def allowed_methods(endpoint: str) -> Tuple[str, ...]:
+    """The methods an endpoint answers, as an ``Allow`` header lists them (HEAD with GET)."""
+    methods = ENDPOINTS[endpoint]
+    return (*methods, "HEAD") if "GET" in methods else methods
+
+
+def parse_json_body(content_type: Optional[bytes], body: bytes) -> Dict[str, Any]:
+    """A request body that must be a JSON object: 415 unless the Content-Type is JSON, 413 when it
+    is longer than :data:`MAX_BODY`, 400 when it is not a JSON object."""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media != b"application/json" and not media.endswith(b"+json"):
+        raise ApiError(415, "send the body as JSON with Content-Type: application/json")
+    if len(body) > MAX_BODY:
+        raise ApiError(413, f"the body is longer than {MAX_BODY} bytes")
+    try:
+        value = json.loads(body)
+    except ValueError as exc:  # also bad UTF-8
+        raise ApiError(400, f"the body is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def canonical_id(text: str) -> str:
+    """A backend id as the API names backends (``host:port``, lower-case host, port 80 by default,
+    ``[v6]:port``), from what a client wrote; ApiError 400 when it is not one."""
+    bad = ApiError(400, f"{text!r} is not a backend id; write host:port as in the backend's URL")
+    if not text or any(char in text for char in ",/@?#") or any(char.isspace() for char in text):
+        raise bad
+    try:
+        spec = parse_backend(f"http://{text}")
+    except ValueError:
+        raise bad from None
+    return spec.url.partition("://")[2]
+
+
+def parse_new_backend(body: Mapping[str, Any]) -> BackendSpec:
+    """The backend a ``POST /api/v1/backends`` body asks for (``{"url": U, "weight": N, "backup": B}``,
+    read as the ``backends`` setting reads it); ApiError 400 with the config error otherwise."""
+    try:
+        return backend_from_entry(body)
+    except ConfigError as err:
+        raise ApiError(400, str(err)) from None
+
+
+def parse_backend_change(body: Mapping[str, Any], backend_id: str) -> Tuple[Optional[int], Optional[str]]:
+    """``(weight, state)`` from a ``PATCH`` body (``{"weight": N}`` and/or ``{"state": S}``; None where
+    not given); ApiError 400 when a key is unknown, a value bad, or nothing is asked."""
+    unknown = sorted(key for key in body if key not in ("weight", "state"))
+    if unknown:
+        raise ApiError(400, f"unknown key {unknown[0]!r}; give weight and/or state")
+    if not body:
+        raise ApiError(400, 'nothing to change; give {"weight": N} and/or {"state": "enabled"}')
+    weight = state = None
+    if "weight" in body:
+        try:
+            weight = parse_weight(str(body["weight"]), backend_id)
+        except ValueError as exc:
+            raise ApiError(400, f"weight: {exc}") from None
+    if "state" in body:
+        state = body["state"]
+        if state not in BACKEND_STATES:
+            raise ApiError(400, f"state: {state!r} is not a state; give one of: {', '.join(BACKEND_STATES)}")
+    return weight, state
+
+
+def parse_purge(body: Mapping[str, Any]) -> Tuple[bytes, bool]:
+    """``(cache key, is a prefix)`` from a purge body, ``{"url": U}`` or ``{"prefix": P}``; else 400."""
+    if len(body) != 1 or not set(body) <= {"url", "prefix"}:
+        raise ApiError(
+            400, 'give exactly one of {"url": "http://host/path"} or {"prefix": "http://host/img/"}'
+        )
+    ((name, value),) = body.items()
+    key = url_key(value.encode("utf-8")) if isinstance(value, str) else None
+    if key is None:
+        raise ApiError(400, f"{name}: {value!r} is not an absolute URL; write http://host/path")
+    return key, name == "prefix"
+
+
+def check_token(authorization: Optional[bytes], token: Optional[bytes]) -> None:
+    """The bearer-token rule for changes: 403 when no admin token is configured, 401 (in constant
+    time) when ``authorization`` is not ``Bearer <token>``."""
+    if token is None:
+        raise ApiError(403, "set admin-token to enable changes through the API")
+    scheme, _, credentials = (authorization or b"").partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), token):
+        raise ApiError(401, "a valid Authorization: Bearer <admin-token> is required")
+
+
+# --- the Twisted shell -----------------------------------------------------------------------
+
+
+class ApiResource(Resource):
+    """``/api/``: every endpoint of :data:`ENDPOINTS`, JSON in and out.
+
+    ``stats`` gives the live figures, ``config`` the effective Config,
+    ``control`` the live backends (None with ``--workers``: the main process
+    serves merged stats and refuses changes with 403), ``cache`` serves
+    purges (None when the cache is off) and ``token`` guards every change
+    (None: changes are off).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        stats: Callable[[], Dict[str, Any]],
+        config: Callable[[], Config],
+        control: Optional[BackendControl] = None,
+        cache: Optional[CacheLayer] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self._stats = stats
+        self._config = config
+        self._control = control
+        self._cache = cache
+        self._token = None if token is None else token.encode()
+        self._handlers: Dict[Tuple[str, str], Callable[..., Tuple[int, Any]]] = {
+            ("stats", "GET"): self.get_stats,
+            ("backends", "GET"): self.list_backends,
+            ("backends", "POST"): self.add_backend,
+            ("backends/{id}", "GET"): self.get_backend,
+            ("backends/{id}", "PATCH"): self.change_backend,
+            ("backends/{id}", "DELETE"): self.remove_backend,
+            ("cache/purge", "POST"): self.purge,
+            ("config", "GET"): self.get_config,
+        }
+
+    def render(self, request: Request) -> bytes:
+        try:
+            endpoint, args = match_endpoint([part.decode("utf-8", "replace") for part in request.postpath])
+            method = request.method.decode("ascii", "replace")
+            method = "GET" if method == "HEAD" else method
+            if method not in ENDPOINTS[endpoint]:
+                allow = allowed_methods(endpoint)
+                raise ApiError(405, f"{API_ROOT}{endpoint} answers {', '.join(allow)}", allow)
+            if method != "GET":
+                if self._control is None:
+                    raise ApiError(403, _WORKERS_REASON)
+                check_token(request.getHeader(b"authorization"), self._token)
+            status, body = self._handlers[endpoint, method](request, *args)
+        except ApiError as err:
+            if err.allow:
+                request.setHeader(b"allow", ", ".join(err.allow).encode())
+            if err.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="powerlb"')
+            status, body = err.status, {"error": err.message}
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, indent=2).encode() + b"\n"
+
+    def _body(self, request: Request) -> Dict[str, Any]:
+        return parse_json_body(request.getHeader(b"content-type"), request.content.read(MAX_BODY + 1))
+
+    def _live(self, backend_id: str) -> Backend:
+        """The live backend called ``backend_id``; 404 naming the known ones when there is none."""
+        assert self._control is not None
+        wanted = canonical_id(backend_id)
+        for backend in self._control.backends:
+            if backend.id == wanted:
+                return backend
+        raise self._unknown(backend_id, [backend.id for backend in self._control.backends])
+
+    def _snapshot(self, backend_id: str) -> Dict[str, Any]:
+        """A backend's entry in the stats (which the main process of ``--workers`` has merged)."""
+        wanted = canonical_id(backend_id)
+        snapshots = self._stats().get("backends", [])
+        for snapshot in snapshots:
+            if snapshot["id"] == wanted:
+                return snapshot
+        raise self._unknown(backend_id, [snapshot["id"] for snapshot in snapshots])
+
+    @staticmethod
+    def _unknown(backend_id: str, known: List[str]) -> ApiError:
+        return ApiError(404, f"no backend {backend_id!r}; the backends are: {', '.join(known) or 'none'}")
+
+    def get_stats(self, request: Request) -> Tuple[int, Any]:
+        """``GET /api/v1/stats``: counters, backends and cache figures."""
+        return 200, self._stats()
+
+    def list_backends(self, request: Request) -> Tuple[int, Any]:
+        """``GET /api/v1/backends``: every backend's figures and state."""
+        return 200, {"backends": self._stats().get("backends", [])}
+
+    def get_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+        """``GET /api/v1/backends/<id>``: one backend's figures and state."""
+        return 200, self._snapshot(backend_id)
+
+    def add_backend(self, request: Request) -> Tuple[int, Any]:
+        """``POST /api/v1/backends``: a new backend, healthy until its checks say otherwise; 409 if known."""
+        assert self._control is not None
+        spec = parse_new_backend(self._body(request))
+        if any(backend.url == spec.url for backend in self._control.backends):
+            raise ApiError(409, f"backend {spec.url} exists; change it with PATCH {API_ROOT}backends/<id>")
+        backend = self._control.add_backend(spec)
+        log.info("api: backend {url} added with weight {weight}", url=backend.url, weight=backend.weight)
+        request.setHeader(b"location", f"{API_ROOT}backends/{backend.id}".encode())
+        return 201, self._snapshot(backend.id)
+
+    def change_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+        """``PATCH /api/v1/backends/<id>``: a new weight and/or state, both checked before either is set."""
+        assert self._control is not None
+        backend = self._live(backend_id)
+        weight, state = parse_backend_change(self._body(request), backend.id)
+        if weight is not None:
+            self._control.set_backend_weight(backend, weight)
+            log.info("api: backend {url} now has weight {weight}", url=backend.url, weight=weight)
+        if state is not None:
+            backend.set_state(state)
+            log.info("api: backend {url} is now {state}", url=backend.url, state=state)
+        return 200, self._snapshot(backend.id)
+
+    def remove_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+        """``DELETE /api/v1/backends/<id>``: out of the balancer now; requests in flight finish."""
+        assert self._control is not None
+        backend = self._live(backend_id)
+        if len(self._control.backends) == 1:
+            raise ApiError(409, f"{backend.id} is the last backend; add another before removing it")
+        self._control.remove_backend(backend)
+        log.info("api: backend {url} removed", url=backend.url)
+        return 200, {"removed": backend.id}
+
+    def purge(self, request: Request) -> Tuple[int, Any]:
+        """``POST /api/v1/cache/purge``: remove every stored response of a URL or a URL prefix."""
+        if self._cache is None:
+            raise ApiError(404, "the cache is off (cache-size 0)")
+        key, prefix = parse_purge(self._body(request))
+        return 200, {"purged": self._cache.purge(key, prefix=prefix)}
+
+    def get_config(self, request: Request) -> Tuple[int, Any]:
+        """``GET /api/v1/config``: the effective configuration with the YAML keys, secrets redacted."""
+        return 200, config_to_mapping(self._config())
