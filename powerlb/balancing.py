@@ -3,7 +3,8 @@
 Pure logic: no sockets, no reactor, no clock. Every balancer implements
 :class:`IBalancer`; :data:`ALGORITHMS` maps the configuration names to the
 classes and :func:`make_balancer` builds one by name, wrapped in
-:class:`WithBackups` so backup backends work the same for every algorithm.
+:class:`WithBackups` so backup backends work the same for every algorithm,
+and in :class:`StickySessions` when sticky sessions are on.
 
 A backend is eligible while it is healthy (active checks), not ejected
 (outlier detection), not draining or disabled (admin API) and not excluded by
@@ -22,20 +23,24 @@ import functools
 import hashlib
 import math
 import random
-from typing import Callable, Collection, Dict, List, Optional, Sequence
+from fractions import Fraction
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from zope.interface import Interface, implementer
 
 from powerlb.backend import Backend
+from powerlb.hashkey import KeyFunction, RoutedRequest, client_key, key_function
+from powerlb.sticky import StickyCookie, backend_id
 
 
 class IBalancer(Interface):
     """Chooses the backend for the next request."""
 
-    def pick(key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()) -> Optional[Backend]:
         """A healthy backend not in ``exclude``, or None when there is none.
 
-        ``key`` is the client address, used by hash-based algorithms only.
+        ``request`` is the parsed client request, read only by the algorithms
+        that route on it (hashing, sticky cookies); the others ignore it.
         """
 
     def set_backends(backends: Sequence[Backend]) -> None:
@@ -51,6 +56,11 @@ def _eligible(backend: Backend, exclude: Collection[Backend]) -> bool:
         and not backend.disabled
         and backend not in exclude
     )
+
+
+def _serves_sessions(backend: Backend, exclude: Collection[Backend]) -> bool:
+    """Whether ``backend`` may take a request of a client stuck to it: as :func:`_eligible`, draining too."""
+    return backend.healthy and not backend.ejected and backend not in exclude
 
 
 class _CursorBalancer:
@@ -72,7 +82,9 @@ class _CursorBalancer:
 class RoundRobin(_CursorBalancer):
     """``round-robin``: cycle over the backends in order, skipping unhealthy or excluded ones."""
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
         backends = self._backends
         count = len(backends)
         start = self._next
@@ -94,7 +106,9 @@ class LeastConnections(_CursorBalancer):
     first minimum, so tied backends take turns.
     """
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
         backends = self._backends
         count = len(backends)
         start = self._next
@@ -138,7 +152,9 @@ class SmoothWeightedRoundRobin:
         self._backends = list(backends)
         self._current = [kept.get(backend, 0) for backend in self._backends]
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
         backends = self._backends
         current = self._current
         total = 0
@@ -190,7 +206,9 @@ class PowerOfTwoChoices:
                 return backend
         raise AssertionError("total weight does not match the eligible backends")
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
         total = 0
         count = 0
         only: Optional[Backend] = None
@@ -215,14 +233,24 @@ _HASH_SCALE = 2.0**-52
 
 
 @implementer(IBalancer)
-class SourceHash:
-    """``source-hash``: weighted rendezvous (HRW) hashing of the client address.
+class ConsistentHash:
+    """``consistent-hash`` (alias ``source-hash``): weighted rendezvous (HRW) hashing of a request key.
 
-    Each backend scores ``-effective_weight / ln(u)`` where ``u`` in (0, 1) comes from a
-    hash of (backend URL, key); the highest score wins. A client therefore
-    sticks to one backend, backends get keys in proportion to their weight, and
-    when a backend goes away or down only the keys it had move (the other
-    scores do not change).
+    ``key_of`` gives the key of a request (see :mod:`powerlb.hashkey`; the
+    client address by default). Each backend scores
+    ``-effective_weight / ln(u)`` where ``u`` in (0, 1) comes from a hash of
+    (backend URL, key); the highest score wins. A key therefore sticks to one
+    backend, backends get keys in proportion to their weight, and when a
+    backend goes away or down only the keys it had move, about 1/N of them
+    (the other scores do not change).
+
+    Bounded loads (Mirrokni, Thorup and Zadimoghaddam; HAProxy's
+    ``hash-balance-factor``): with ``balance_factor`` c > 1 a backend takes a
+    new request only while ``in_flight + 1 <= ceil(c * (total_in_flight + 1)
+    * weight_share)``, so one hot key cannot overload its backend: the request
+    goes to the best-scoring backend still under its bound, i.e. the next in
+    the key's preference order. Some backend always is under its bound. 0
+    turns the bound off.
 
     The hash is BLAKE2b with an 8-byte digest: it is in the standard library,
     fast, stable across processes and restarts (unlike ``hash()``), and, unlike
@@ -230,7 +258,17 @@ class SourceHash:
     per-backend URL prefix is hashed once and the state copied on each pick.
     """
 
-    def __init__(self, backends: Sequence[Backend] = ()) -> None:
+    def __init__(
+        self, backends: Sequence[Backend] = (), key_of: KeyFunction = client_key, balance_factor: float = 0.0
+    ) -> None:
+        self.key_of = key_of
+        #: The balance factor as an exact ratio (numerator, denominator), or None when unbounded.
+        self._factor: Optional[Tuple[int, int]] = None
+        if balance_factor:
+            if balance_factor <= 1:
+                raise ValueError(f"balance factor {balance_factor} must be more than 1 (or 0: unbounded)")
+            ratio = Fraction(balance_factor).limit_denominator(10_000)
+            self._factor = (ratio.numerator, ratio.denominator)
         self._backends: List[Backend] = []
         self._seeds: List[hashlib.blake2b] = []
         self.set_backends(backends)
@@ -243,14 +281,36 @@ class SourceHash:
             for backend in self._backends
         ]
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
+        return self.choose(b"" if request is None else self.key_of(request), exclude)
+
+    def choose(self, key: bytes, exclude: Collection[Backend] = ()) -> Optional[Backend]:
+        """The backend for ``key``: the best-scoring eligible one (under its bound, when bounded)."""
         backends = self._backends
         seeds = self._seeds
+        factor = self._factor
+        load = scale = 0
+        if factor is not None:
+            # A backend fits while in_flight + 1 <= ceil(c * load * weight / total_weight), with
+            # load = total in flight + 1; for whole in_flight that is in_flight < c * load * weight / total.
+            numerator, denominator = factor
+            total_weight = 0
+            load = 1
+            for backend in backends:
+                if _eligible(backend, exclude):
+                    load += backend.in_flight
+                    total_weight += backend.effective_weight
+            load *= numerator
+            scale = total_weight * denominator
         best: Optional[Backend] = None
         best_score = 0.0
         for index in range(len(backends)):
             backend = backends[index]
             if not _eligible(backend, exclude):
+                continue
+            if factor is not None and backend.in_flight * scale >= load * backend.effective_weight:
                 continue
             digest = seeds[index].copy()
             digest.update(key)
@@ -284,11 +344,48 @@ class WithBackups:
         self.primary.set_backends([backend for backend in backends if not backend.backup])
         self.backup.set_backends([backend for backend in backends if backend.backup])
 
-    def pick(self, key: bytes = b"", exclude: Collection[Backend] = ()) -> Optional[Backend]:
-        backend = self.primary.pick(key, exclude)
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
+        backend = self.primary.pick(request, exclude)
         if backend is None:
-            backend = self.backup.pick(key, exclude)
+            backend = self.backup.pick(request, exclude)
         return backend
+
+
+@implementer(IBalancer)
+class StickySessions:
+    """Sticky sessions over any balancer: a request whose sticky cookie names a backend goes there.
+
+    The cookie (see :mod:`powerlb.sticky`) names a backend by
+    :func:`~powerlb.sticky.backend_id`. That backend takes the request while
+    it is healthy, not ejected and not excluded (a retry) — also while it
+    drains, as HAProxy does, so sessions on it can finish — and even when it
+    is a backup. Otherwise, or without the cookie, ``inner`` picks; the
+    client response then gets the cookie of that backend.
+    """
+
+    def __init__(self, inner: IBalancer, cookie: StickyCookie, backends: Sequence[Backend] = ()) -> None:
+        self.inner = inner
+        self.cookie = cookie
+        self._by_id: Dict[bytes, Backend] = {}
+        self.set_backends(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """Replace the backends of ``inner`` and of the cookie look-up."""
+        self.inner.set_backends(backends)
+        self._by_id = {backend_id(backend.url): backend for backend in backends}
+
+    def pick(
+        self, request: Optional[RoutedRequest] = None, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
+        if request is not None:
+            wanted = self.cookie.wanted(request.headers)
+            if wanted is not None:
+                backend = self._by_id.get(wanted)
+                if backend is not None and _serves_sessions(backend, exclude):
+                    return backend
+        return self.inner.pick(request, exclude)
 
 
 ALGORITHMS: Dict[str, Callable[..., IBalancer]] = {
@@ -296,16 +393,35 @@ ALGORITHMS: Dict[str, Callable[..., IBalancer]] = {
     "weighted-round-robin": SmoothWeightedRoundRobin,
     "least-connections": LeastConnections,
     "random-two-choices": PowerOfTwoChoices,
-    "source-hash": SourceHash,
+    "consistent-hash": ConsistentHash,
+    "source-hash": ConsistentHash,
 }
 
 
-def make_balancer(name: str, backends: Sequence[Backend], rng: Optional[random.Random] = None) -> WithBackups:
-    """Build the balancer called ``name`` over ``backends``, with backups; ``rng`` feeds the random one."""
+def make_balancer(
+    name: str,
+    backends: Sequence[Backend],
+    rng: Optional[random.Random] = None,
+    *,
+    hash_key: str = "client",
+    balance_factor: float = 0.0,
+    sticky: Optional[StickyCookie] = None,
+) -> IBalancer:
+    """Build the balancer called ``name`` over ``backends``, with backups and ``sticky`` sessions (if given).
+
+    ``rng`` feeds the random algorithm; ``hash_key`` (a parsed ``hash-key``)
+    and ``balance_factor`` configure the hashing one.
+    """
     factory = ALGORITHMS.get(name)
     if factory is None:
         choices = ", ".join(sorted(ALGORITHMS))
         raise ValueError(f"unknown algorithm {name!r}; choose one of: {choices}")
     if factory is PowerOfTwoChoices:
         factory = functools.partial(PowerOfTwoChoices, rng=rng)
-    return WithBackups(factory, backends)
+    elif factory is ConsistentHash:
+        factory = functools.partial(
+            ConsistentHash, key_of=key_function(hash_key), balance_factor=balance_factor
+        )
+    if sticky is None:
+        return WithBackups(factory, backends)
+    return StickySessions(WithBackups(factory), sticky, backends)

@@ -356,7 +356,7 @@ class CacheLayer:
         sink = FetchSink(
             self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
         )
-        resource.dispatcher.send(upstream.upstream(b""), sink, client.client_host)
+        resource.send(upstream, b"", sink)
 
 
 class _Waiter:

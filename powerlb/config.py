@@ -25,6 +25,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from powerlb.backend import BackendSpec
+from powerlb.hashkey import parse_hash_key
+from powerlb.headers import TOKEN
 from powerlb.tls import TLS_EXTRA_HINT, load_ca_file, tls_available
 
 
@@ -254,9 +256,34 @@ def _parse_ca_file(text: str) -> str:
 
 
 def _parse_header_name(text: str) -> str:
-    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", text):
+    if not TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a header name; write e.g. CDN-Cache-Control")
     return text
+
+
+def _parse_cookie_name(text: str) -> str:
+    if not TOKEN.fullmatch(text):
+        raise ValueError(f"{text!r} is not a cookie name; write e.g. lb")
+    return text
+
+
+def _parse_balance_factor(text: str) -> float:
+    """A ``hash-balance-factor``: a number above 1, or 0 / ``off`` for no bound."""
+    if text.strip().lower() == "off":
+        return 0.0
+    found = re.fullmatch(r"\s*([0-9]{1,6}(?:\.[0-9]{0,6})?)\s*", text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a number; give a factor such as 1.25, or 0 for no bound")
+    value = float(found.group(1))
+    if value and value <= 1:
+        raise ValueError(
+            f"{text!r} must be more than 1; give e.g. 1.25 (25% over a backend's share), or 0 for no bound"
+        )
+    return value
+
+
+def _format_factor(value: float) -> str:
+    return f"{value:g}" if value else "off"
 
 
 class _PlaceholderReactor:
@@ -299,6 +326,9 @@ class Config:
     listen: str = "tcp:8080"
     backends: Tuple[BackendSpec, ...] = ()
     algorithm: str = "round-robin"
+    hash_key: str = "client"
+    hash_balance_factor: float = 0.0
+    sticky_cookie: Optional[str] = None
     health_path: str = "/health"
     health_interval: float = 2.0
     health_timeout: float = 1.0
@@ -396,6 +426,26 @@ SETTINGS: Tuple[Setting, ...] = (
         yaml_key="backends",
     ),
     Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm"),
+    Setting(
+        "hash-key",
+        "hash_key",
+        parse_hash_key,
+        "what consistent-hash hashes: client, uri, header:NAME or cookie:NAME (missing: client address)",
+    ),
+    Setting(
+        "hash-balance-factor",
+        "hash_balance_factor",
+        _parse_balance_factor,
+        "consistent-hash bounded loads: a backend takes at most this times its share of the requests "
+        "in flight (e.g. 1.25); 0 = unbounded",
+        show=_format_factor,
+    ),
+    Setting(
+        "sticky-cookie",
+        "sticky_cookie",
+        _parse_cookie_name,
+        "cookie keeping each client on the backend that first answered it, over any algorithm",
+    ),
     Setting("health-path", "health_path", _parse_path, "path probed on each backend"),
     Setting(
         "health-interval",
@@ -679,9 +729,28 @@ def _finish(values: Mapping[str, Any]) -> Config:
     if not values.get("backends"):
         raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
     config = Config(**values)
+    _check_hashing(config)
     if config.workers > 1 and config.listen.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
     return config
+
+
+def _check_hashing(config: Config) -> None:
+    """The hashing settings are set only with an algorithm that reads them."""
+    from powerlb.balancing import ALGORITHMS, ConsistentHash
+
+    if ALGORITHMS[config.algorithm] is ConsistentHash:
+        return
+    for setting, is_set in (
+        ("hash-key", config.hash_key != "client"),
+        ("hash-balance-factor", config.hash_balance_factor),
+    ):
+        if is_set:
+            raise ConfigError(
+                setting,
+                f"only consistent-hash uses it, not {config.algorithm}; "
+                f"set algorithm: consistent-hash or leave {setting} out",
+            )
 
 
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:

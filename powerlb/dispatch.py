@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
+from powerlb.hashkey import RoutedRequest
 from powerlb.headers import Headers, get_first
 from powerlb.outlier import OutlierEjector
 from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
@@ -68,9 +69,12 @@ class Dispatcher:
         self.retries = retries
         self.outliers = outliers
 
-    def send(self, request: UpstreamRequest, sink: Any, balance_key: bytes = b"") -> Dispatch:
-        """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504)."""
-        dispatch = Dispatch(self, request, sink, balance_key)
+    def send(self, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest] = None) -> Dispatch:
+        """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504).
+
+        ``client`` is the client request it comes from, which the balancer may route on.
+        """
+        dispatch = Dispatch(self, request, sink, client)
         dispatch.attempt()
         return dispatch
 
@@ -85,7 +89,7 @@ class Dispatch:
 
     __slots__ = (
         "backend",
-        "balance_key",
+        "client",
         "committed",
         "dispatcher",
         "exchange",
@@ -97,12 +101,12 @@ class Dispatch:
     )
 
     def __init__(
-        self, dispatcher: Dispatcher, request: UpstreamRequest, sink: Any, balance_key: bytes
+        self, dispatcher: Dispatcher, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest]
     ) -> None:
         self.dispatcher = dispatcher
         self.request = request
         self.sink: Optional[Any] = sink
-        self.balance_key = balance_key
+        self.client = client
         self.tried: Set[Backend] = set()
         self.backend: Optional[Backend] = None
         self.exchange: Any = None
@@ -114,7 +118,7 @@ class Dispatch:
 
     def attempt(self, previous: Optional[UpstreamError] = None) -> None:
         """Send the request to a healthy backend not tried yet, or fail (503, or ``previous``)."""
-        backend = self.dispatcher.balancer.pick(self.balance_key, self.tried)
+        backend = self.dispatcher.balancer.pick(self.client, self.tried)
         if backend is None:
             if previous is not None and not previous.retryable:
                 self._fail(previous)  # it reached a backend: its own failure (502/504) says more

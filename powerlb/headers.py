@@ -7,9 +7,13 @@ socket or a clock.
 
 from __future__ import annotations
 
+import re
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 Headers = List[Tuple[bytes, bytes]]
+
+#: An HTTP token (RFC 9110 section 5.6.2): what header and cookie names are made of.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded by a proxy.
 HOP_BY_HOP: FrozenSet[bytes] = frozenset(
@@ -50,6 +54,32 @@ def split_tokens(values: Iterable[bytes]) -> List[bytes]:
             part = part.strip()
             if part:
                 out.append(part)
+    return out
+
+
+def get_cookie(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    """The value of the first cookie ``name`` (case-sensitive) in the ``Cookie`` headers, or None."""
+    for k, v in headers:
+        if k == b"cookie" and name in v:
+            for pair in v.split(b";"):
+                key, equals, value = pair.strip().partition(b"=")
+                if equals and key == name:
+                    return value
+    return None
+
+
+def strip_cookie(headers: Headers, name: bytes) -> Headers:
+    """``headers`` without cookie ``name``; a ``Cookie`` header left empty is dropped."""
+    if not any(k == b"cookie" and name in v for k, v in headers):
+        return headers
+    out = []
+    for k, v in headers:
+        if k == b"cookie":
+            pairs = [pair.strip() for pair in v.split(b";")]
+            v = b"; ".join(p for p in pairs if p and p.partition(b"=")[0] != name)
+            if not v:
+                continue
+        out.append((k, v))
     return out
 
 

@@ -20,10 +20,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from powerlb.caching import CacheLayer
-from powerlb.dispatch import Dispatcher, UpstreamRequest
+from powerlb.dispatch import Dispatch, Dispatcher, UpstreamRequest
 from powerlb.headers import Headers, forward_request_headers, forward_response_headers, get_first
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
+from powerlb.sticky import StickyCookie
 from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
 
 
@@ -50,15 +51,26 @@ class ClientRequest:
 
 
 class ProxyResource(Resource):
-    """Entry point for every client request: the cache layer first, if any, then the dispatcher."""
+    """Entry point for every client request: the cache layer first, if any, then the dispatcher.
+
+    With ``sticky`` (the sticky-session cookie) that cookie is removed from
+    requests sent upstream and set on client responses (see :mod:`powerlb.sticky`).
+    """
 
     isLeaf = True
 
-    def __init__(self, dispatcher: Dispatcher, cache: Optional[CacheLayer], counters: Counters) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        cache: Optional[CacheLayer],
+        counters: Counters,
+        sticky: Optional[StickyCookie] = None,
+    ) -> None:
         super().__init__()
         self.dispatcher = dispatcher
         self.cache = cache
         self.counters = counters
+        self.sticky = sticky
 
     def render(self, request: Request) -> Any:
         self.counters.requests += 1
@@ -79,13 +91,20 @@ class ProxyResource(Resource):
         wrap: Optional[Callable[[Any], Any]] = None,
     ) -> Any:
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
-        responder = ClientResponder(request, self.counters, x_cache)
+        responder = ClientResponder(request, self.counters, x_cache, self.sticky)
         sink = responder if wrap is None else wrap(responder)
         body = getattr(request, "body_stream", None)
         if body is None:
             body = request.content.read() if request.content is not None else b""
-        responder.start(self.dispatcher.send(client.upstream(body), sink, client.client_host))
+        responder.start(self.send(client, body, sink))
         return NOT_DONE_YET
+
+    def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
+        """Send ``client``'s request upstream (routed on it, sticky cookie removed); ``sink`` hears back."""
+        upstream = client.upstream(body)
+        if self.sticky is not None:
+            upstream.headers = self.sticky.strip(upstream.headers)
+        return self.dispatcher.send(upstream, sink, client)
 
 
 @implementer(IResponseSink, IPushProducer)
@@ -94,15 +113,20 @@ class ClientResponder:
 
     As the producer registered with the client connection it passes a slow
     client's pause on to the backend read, and a client that goes away
-    abandons the upstream request.
+    abandons the upstream request. With ``sticky`` a response a backend
+    answered gets the sticky cookie of that backend, unless the client
+    already sent it.
     """
 
-    __slots__ = ("counters", "dispatch", "done", "request", "x_cache")
+    __slots__ = ("counters", "dispatch", "done", "request", "sticky", "x_cache")
 
-    def __init__(self, request: Request, counters: Counters, x_cache: bytes) -> None:
+    def __init__(
+        self, request: Request, counters: Counters, x_cache: bytes, sticky: Optional[StickyCookie] = None
+    ) -> None:
         self.request = request
         self.counters = counters
         self.x_cache = x_cache
+        self.sticky = sticky
         self.dispatch: Any = None
         self.done = False
         request.registerProducer(self, True)
@@ -117,7 +141,10 @@ class ClientResponder:
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.request.setResponseCode(status, reason or None)
-        set_response_headers(self.request, forward_response_headers(headers), self.x_cache)
+        headers = forward_response_headers(headers)
+        if self.sticky is not None:
+            self._stick(headers)
+        set_response_headers(self.request, headers, self.x_cache)
 
     def body_received(self, data: bytes) -> None:
         self.request.write(data)
@@ -152,6 +179,17 @@ class ClientResponder:
         self._client_gone(None)
 
     # -- internals -------------------------------------------------------
+
+    def _stick(self, headers: Headers) -> None:
+        """Add the sticky cookie of the backend whose response this is (none for one made from the cache
+        after the backend failed)."""
+        dispatch = self.dispatch
+        if dispatch is not None and dispatch.committed:
+            cookie = self.sticky.set_cookie(
+                dispatch.client.headers, dispatch.backend.url, self.request.isSecure()
+            )
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie))
 
     def _end(self) -> bool:
         """Mark the response over; False when it already was (the client left)."""

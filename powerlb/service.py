@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from powerlb.admin import admin_root
 from powerlb.backend import Backend, BackendSpec
-from powerlb.balancing import make_balancer
+from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
 from powerlb.config import SETTINGS, Config, ConfigError, build_config
@@ -39,6 +39,7 @@ from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
 from powerlb.server import ProxySite, QuietSite
 from powerlb.stats import Counters, snapshot
+from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
 from powerlb.upstream import ProxyClientFactory, probe
 
@@ -157,7 +158,8 @@ class PowerLBService(MultiService):
         self.reactor = reactor
         self.backends = [Backend(spec) for spec in config.backends]
         self.backend_tls = BackendTLS(config.backend_ca_file)
-        self.balancer = make_balancer(config.algorithm, self.backends)
+        self.sticky = StickyCookie(config.sticky_cookie) if config.sticky_cookie else None
+        self.balancer = self._make_balancer(config)
         self.clients: Dict[Backend, ProxyClientFactory] = {
             backend: self._make_client(backend) for backend in self.backends
         }
@@ -209,7 +211,7 @@ class PowerLBService(MultiService):
                 lock_timeout=config.cache_lock_timeout,
                 purge_allow=config.purge_allow,
             )
-        resource = ProxyResource(self.dispatcher, cache_layer, self.counters)
+        resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
         site = ProxySite(resource, reactor, config)
@@ -267,10 +269,11 @@ class PowerLBService(MultiService):
         Backends are matched by URL (see :func:`diff_backends`): new ones get a
         pool and start healthy, removed ones leave the balancer at once and
         their pool closes as their in-flight requests end, re-weighted ones
-        change in place and keep their counters. A new ``algorithm`` gets a
-        new balancer; ``retries`` applies to the next request and
-        ``drain_timeout`` to the next stop. A change to any other setting is
-        logged as needing a restart and ignored.
+        change in place and keep their counters. A new ``algorithm``,
+        ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
+        ``retries`` applies to the next request and ``drain_timeout`` to the
+        next stop. A change to any other setting is logged as needing a
+        restart and ignored.
         """
         old = self.config
         kept: Dict[str, Any] = {}
@@ -284,10 +287,6 @@ class PowerLBService(MultiService):
                     value="off" if before is None else setting.show(before),
                 )
         self.config = dataclasses.replace(config, **kept)
-        if config.algorithm != old.algorithm:
-            self.balancer = make_balancer(config.algorithm, self.backends)
-            self.dispatcher.balancer = self.balancer
-            log.info("reload: algorithm is now {algorithm}", algorithm=config.algorithm)
         added, removed, reweighted = diff_backends(old.backends, config.backends)
         by_url = {backend.url: backend for backend in self.backends}
         for spec in removed:
@@ -302,6 +301,15 @@ class PowerLBService(MultiService):
             by_url[spec.url] = self.add_backend(spec)
             log.info("reload: backend {url} added", url=spec.url)
         self._set_backends([by_url[spec.url] for spec in config.backends])
+        if any(getattr(config, name) != getattr(old, name) for name in _BALANCER_SETTINGS):
+            self.balancer = self._make_balancer(config)
+            self.dispatcher.balancer = self.balancer
+            log.info(
+                "reload: algorithm is now {algorithm} (hash-key {hash_key}, hash-balance-factor {factor})",
+                algorithm=config.algorithm,
+                hash_key=config.hash_key,
+                factor=config.hash_balance_factor,
+            )
         self.dispatcher.retries = config.retries
         log.info(
             "config reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted",
@@ -340,6 +348,16 @@ class PowerLBService(MultiService):
         self.balancer.set_backends(self.backends)
         self.config = dataclasses.replace(self.config, backends=tuple(b.spec() for b in self.backends))
 
+    def _make_balancer(self, config: Config) -> IBalancer:
+        """The balancer ``config`` asks for over the current backends (at start, and on reload)."""
+        return make_balancer(
+            config.algorithm,
+            self.backends,
+            hash_key=config.hash_key,
+            balance_factor=config.hash_balance_factor,
+            sticky=self.sticky,
+        )
+
     def _make_client(self, backend: Backend) -> ProxyClientFactory:
         """The upstream pool of one backend (at start, and for each one added later)."""
         config = self.config
@@ -367,7 +385,12 @@ def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:
 
 
 #: Config attributes :meth:`PowerLBService.reload` applies; a change to any other needs a restart.
-RELOADABLE = frozenset({"backends", "algorithm", "retries", "drain_timeout"})
+RELOADABLE = frozenset(
+    {"backends", "algorithm", "hash_key", "hash_balance_factor", "retries", "drain_timeout"}
+)
+
+#: Config attributes a new balancer is built for when a reload changes one of them.
+_BALANCER_SETTINGS = ("algorithm", "hash_key", "hash_balance_factor")
 
 
 def diff_backends(

@@ -103,8 +103,10 @@ class TestBackend:
         port, self.port = self.port, None
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         for channel in self.site.channels:
-            if getattr(channel, "transport", None) is not None and channel.transport.connected:
-                channel.transport.abortConnection()
+            # twisted.web wraps each HTTPChannel (to switch to HTTP/2): the transport is the inner one's
+            transport = getattr(getattr(channel, "_channel", channel), "transport", None)
+            if transport is not None and transport.connected:
+                transport.abortConnection()
         return d
 
     def connections_used(self) -> int:

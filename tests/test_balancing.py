@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
-from typing import List, Sequence
+from fractions import Fraction
+from typing import List, NamedTuple, Sequence, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -15,17 +17,20 @@ from zope.interface.verify import verifyObject
 from powerlb.backend import BACKEND_STATES, WEIGHT_SCALE, Backend, BackendSpec
 from powerlb.balancing import (
     ALGORITHMS,
+    ConsistentHash,
     IBalancer,
     LeastConnections,
     PowerOfTwoChoices,
     RoundRobin,
     SmoothWeightedRoundRobin,
-    SourceHash,
+    StickySessions,
     WithBackups,
     _eligible,
     make_balancer,
 )
+from powerlb.hashkey import client_key, key_function, parse_hash_key, uri_key
 from powerlb.health import SlowStart, ramp_weight
+from powerlb.sticky import StickyCookie, backend_id
 
 NAMES = "abcdefghij"
 
@@ -38,11 +43,24 @@ def make_backends(*weights: int, backups: str = "") -> List[Backend]:
     ]
 
 
+class Routed(NamedTuple):
+    """A client request as balancers see it."""
+
+    target: bytes
+    headers: List[Tuple[bytes, bytes]]
+    client_host: bytes
+
+
+def req(client_host: bytes, target: bytes = b"/", headers: Sequence[Tuple[bytes, bytes]] = ()) -> Routed:
+    """A request from ``client_host``."""
+    return Routed(target, list(headers), client_host)
+
+
 def picks(balancer: IBalancer, count: int, key: bytes = b"") -> str:
     """The hosts of ``count`` consecutive picks, as one string ("-" for None)."""
     out = []
     for _ in range(count):
-        backend = balancer.pick(key)
+        backend = balancer.pick(req(key))
         out.append("-" if backend is None else backend.host)
     return "".join(out)
 
@@ -64,7 +82,7 @@ def test_provides_interface(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_empty_gives_none(name: str) -> None:
-    assert build(name, []).pick(b"10.0.0.1") is None
+    assert build(name, []).pick(req(b"10.0.0.1")) is None
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -72,13 +90,13 @@ def test_all_unhealthy_gives_none(name: str) -> None:
     backends = make_backends(1, 3, 2)
     for backend in backends:
         backend.healthy = False
-    assert build(name, backends).pick(b"10.0.0.1") is None
+    assert build(name, backends).pick(req(b"10.0.0.1")) is None
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_all_excluded_gives_none(name: str) -> None:
     backends = make_backends(1, 3, 2)
-    assert build(name, backends).pick(b"10.0.0.1", exclude=backends) is None
+    assert build(name, backends).pick(req(b"10.0.0.1"), exclude=backends) is None
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -86,7 +104,7 @@ def test_never_picks_unhealthy_or_excluded(name: str) -> None:
     a, b, c, d = make_backends(2, 1, 3, 1)
     b.healthy = False
     balancer = build(name, [a, b, c, d])
-    seen = {balancer.pick(f"10.0.0.{i}".encode(), exclude=(c,)) for i in range(200)}
+    seen = {balancer.pick(req(f"10.0.0.{i}".encode()), exclude=(c,)) for i in range(200)}
     assert seen == {a, d}
 
 
@@ -95,11 +113,11 @@ def test_never_picks_ejected(name: str) -> None:
     a, b, c = make_backends(2, 1, 3)
     b.ejected = True
     balancer = build(name, [a, b, c])
-    assert {balancer.pick(f"10.0.0.{i}".encode()) for i in range(200)} == {a, c}
+    assert {balancer.pick(req(f"10.0.0.{i}".encode())) for i in range(200)} == {a, c}
     a.ejected = c.ejected = True
-    assert balancer.pick(b"10.0.0.1") is None
+    assert balancer.pick(req(b"10.0.0.1")) is None
     b.ejected = False
-    assert balancer.pick(b"10.0.0.1") is b
+    assert balancer.pick(req(b"10.0.0.1")) is b
 
 
 def test_eligible_honours_draining_and_disabled() -> None:
@@ -120,11 +138,11 @@ def test_never_picks_draining_and_undrain_brings_it_back(name: str) -> None:
     a, b, c = make_backends(2, 1, 3)
     b.draining = True
     balancer = build(name, [a, b, c])
-    assert {balancer.pick(f"10.0.0.{i}".encode()) for i in range(200)} == {a, c}
+    assert {balancer.pick(req(f"10.0.0.{i}".encode())) for i in range(200)} == {a, c}
     a.draining = c.draining = True
-    assert balancer.pick(b"10.0.0.1") is None
+    assert balancer.pick(req(b"10.0.0.1")) is None
     b.draining = False
-    assert balancer.pick(b"10.0.0.1") is b
+    assert balancer.pick(req(b"10.0.0.1")) is b
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -132,34 +150,34 @@ def test_backups_take_over_while_every_primary_drains(name: str) -> None:
     a, b, c = make_backends(1, 1, 1, backups="c")
     a.draining = b.draining = True
     balancer = build(name, [a, b, c])
-    assert balancer.pick(b"10.0.0.1") is c
+    assert balancer.pick(req(b"10.0.0.1")) is c
     b.draining = False
-    assert balancer.pick(b"10.0.0.1") is b
+    assert balancer.pick(req(b"10.0.0.1")) is b
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_single_eligible_is_always_picked(name: str) -> None:
     a, b = make_backends(1, 5)
     balancer = build(name, [a, b])
-    assert {balancer.pick(f"k{i}".encode(), exclude=[b]) for i in range(20)} == {a}
+    assert {balancer.pick(req(f"k{i}".encode()), exclude=[b]) for i in range(20)} == {a}
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_set_backends_switches_to_the_new_set(name: str) -> None:
     a, b, c = make_backends(1, 1, 1)
     balancer = build(name, [a, b])
-    balancer.pick(b"k")
+    balancer.pick(req(b"k"))
     balancer.set_backends([c])
-    assert {balancer.pick(f"k{i}".encode()) for i in range(20)} == {c}
+    assert {balancer.pick(req(f"k{i}".encode())) for i in range(20)} == {c}
     balancer.set_backends([])
-    assert balancer.pick(b"k") is None
+    assert balancer.pick(req(b"k")) is None
 
 
 def test_make_balancer_unknown_name() -> None:
     with pytest.raises(ValueError) as info:
         make_balancer("fastest", [])
     assert str(info.value) == (
-        "unknown algorithm 'fastest'; choose one of: least-connections, "
+        "unknown algorithm 'fastest'; choose one of: consistent-hash, least-connections, "
         "random-two-choices, round-robin, source-hash, weighted-round-robin"
     )
 
@@ -171,7 +189,8 @@ def test_make_balancer_builds_each_class_for_both_tiers() -> None:
         "weighted-round-robin": SmoothWeightedRoundRobin,
         "least-connections": LeastConnections,
         "random-two-choices": PowerOfTwoChoices,
-        "source-hash": SourceHash,
+        "consistent-hash": ConsistentHash,
+        "source-hash": ConsistentHash,
     }
     for name, cls in expected.items():
         balancer = make_balancer(name, backends)
@@ -408,7 +427,7 @@ def test_p2c_is_deterministic_with_seeded_rng() -> None:
     assert set(first) == set("abcd")
 
 
-# --- source hash ---------------------------------------------------------------------
+# --- consistent hash (alias source-hash) ---------------------------------------------
 
 
 def client_keys(count: int) -> List[bytes]:
@@ -416,22 +435,22 @@ def client_keys(count: int) -> List[bytes]:
 
 
 def test_source_hash_is_sticky() -> None:
-    balancer = SourceHash(make_backends(1, 1, 1))
+    balancer = ConsistentHash(make_backends(1, 1, 1))
     for key in client_keys(100):
         assert picks(balancer, 5, key) == picks(balancer, 1, key) * 5
 
 
 def test_source_hash_is_stable_across_instances() -> None:
     keys = client_keys(200)
-    first = SourceHash(make_backends(1, 2, 3))
-    second = SourceHash(make_backends(1, 2, 3))
+    first = ConsistentHash(make_backends(1, 2, 3))
+    second = ConsistentHash(make_backends(1, 2, 3))
     hosts = [picks(first, 1, key) for key in keys]
     assert hosts == [picks(second, 1, key) for key in keys]
     assert set(hosts) == set("abc")
 
 
 def test_source_hash_spreads_by_weight() -> None:
-    balancer = SourceHash(make_backends(3, 1))
+    balancer = ConsistentHash(make_backends(3, 1))
     counts = Counter(picks(balancer, 1, key) for key in client_keys(4000))
     assert 2800 < counts["a"] < 3200
     assert 800 < counts["b"] < 1200
@@ -439,40 +458,40 @@ def test_source_hash_spreads_by_weight() -> None:
 
 def test_source_hash_unhealthy_only_moves_its_keys() -> None:
     backends = make_backends(1, 2, 1, 1)
-    balancer = SourceHash(backends)
+    balancer = ConsistentHash(backends)
     keys = client_keys(2000)
-    before = {key: balancer.pick(key) for key in keys}
+    before = {key: balancer.pick(req(key)) for key in keys}
     backends[1].healthy = False
-    after = {key: balancer.pick(key) for key in keys}
+    after = {key: balancer.pick(req(key)) for key in keys}
     moved = {key for key in keys if before[key] is not after[key]}
     assert moved == {key for key in keys if before[key] is backends[1]}
     assert moved  # the down backend did have clients
     backends[1].healthy = True
-    assert {key: balancer.pick(key) for key in keys} == before
+    assert {key: balancer.pick(req(key)) for key in keys} == before
 
 
 def test_source_hash_exclude_only_moves_its_keys() -> None:
     backends = make_backends(1, 1, 1)
-    balancer = SourceHash(backends)
+    balancer = ConsistentHash(backends)
     for key in client_keys(500):
-        home = balancer.pick(key)
-        runner_up = balancer.pick(key, exclude=[home])
+        home = balancer.pick(req(key))
+        runner_up = balancer.pick(req(key), exclude=[home])
         assert runner_up is not None and runner_up is not home
         third = [b for b in backends if b is not home and b is not runner_up]
-        assert balancer.pick(key, exclude=third) is home
-        assert balancer.pick(key, exclude=[home, *third]) is runner_up
+        assert balancer.pick(req(key), exclude=third) is home
+        assert balancer.pick(req(key), exclude=[home, *third]) is runner_up
 
 
 def test_source_hash_set_backends_only_moves_keys_of_removed() -> None:
     a, b, c, d = make_backends(1, 1, 1, 1)
-    balancer = SourceHash([a, b, c])
+    balancer = ConsistentHash([a, b, c])
     keys = client_keys(1500)
-    before = {key: balancer.pick(key) for key in keys}
+    before = {key: balancer.pick(req(key)) for key in keys}
     balancer.set_backends([c, a])  # b removed, order changed
-    after = {key: balancer.pick(key) for key in keys}
+    after = {key: balancer.pick(req(key)) for key in keys}
     assert {k for k in keys if before[k] is not after[k]} == {k for k in keys if before[k] is b}
     balancer.set_backends([c, a, d])  # d added: keys only move onto d
-    added = {key: balancer.pick(key) for key in keys}
+    added = {key: balancer.pick(req(key)) for key in keys}
     assert all(added[k] is after[k] or added[k] is d for k in keys)
     assert any(added[k] is d for k in keys)
 
@@ -486,13 +505,301 @@ def test_source_hash_set_backends_only_moves_keys_of_removed() -> None:
 def test_source_hash_minimal_disruption_property(weights: List[int], down: int, keys: List[bytes]) -> None:
     backends = make_backends(*weights)
     victim = backends[down % len(backends)]
-    balancer = SourceHash(backends)
-    before = [balancer.pick(key) for key in keys]
+    balancer = ConsistentHash(backends)
+    before = [balancer.pick(req(key)) for key in keys]
     victim.healthy = False
-    after = [balancer.pick(key) for key in keys]
+    after = [balancer.pick(req(key)) for key in keys]
     for old, new in zip(before, after):
         assert new is not victim
         assert (new is old) == (old is not victim)
+
+
+# --- consistent hash: distribution, minimal disruption, bounded loads -----------------
+
+
+def uri_keys(count: int) -> List[bytes]:
+    return [b"/item/%d?page=%d" % (i, i % 7) for i in range(count)]
+
+
+def test_consistent_hash_spreads_10k_keys_by_weight() -> None:
+    backends = make_backends(1, 2, 3, 4)
+    balancer = ConsistentHash(backends)
+    counts = Counter(balancer.choose(key).host for key in uri_keys(10_000))
+    for backend in backends:
+        expected = 10_000 * backend.weight / 10
+        assert abs(counts[backend.host] - expected) < 0.1 * expected, counts
+
+
+@pytest.mark.parametrize("count", [5, 10])
+def test_consistent_hash_moves_only_about_one_nth_when_a_backend_leaves_and_back_when_it_returns(
+    count: int,
+) -> None:
+    backends = make_backends(*[1] * count)
+    balancer = ConsistentHash(backends)
+    keys = uri_keys(10_000)
+    before = {key: balancer.choose(key) for key in keys}
+    leaving = backends[count // 2]
+    balancer.set_backends([b for b in backends if b is not leaving])
+    after = {key: balancer.choose(key) for key in keys}
+    moved = {key for key in keys if after[key] is not before[key]}
+    assert moved == {key for key in keys if before[key] is leaving}
+    assert 0.7 / count <= len(moved) / len(keys) <= 1.3 / count
+    balancer.set_backends(backends)
+    assert {key: balancer.choose(key) for key in keys} == before
+
+
+def test_consistent_hash_routes_on_its_key_function() -> None:
+    backends = make_backends(1, 1, 1, 1)
+    by_uri = ConsistentHash(backends, key_of=uri_key)
+    by_client = ConsistentHash(backends, key_of=client_key)
+    paths = [b"/a", b"/b", b"/c", b"/d", b"/e", b"/f", b"/g", b"/h"]
+    # the same path from any client goes to one backend; different paths spread
+    for path in paths:
+        assert len({by_uri.pick(req(b"10.0.0.%d" % i, path)) for i in range(20)}) == 1
+    assert len({by_uri.pick(req(b"10.0.0.1", path)) for path in paths}) > 1
+    assert by_uri.pick(req(b"10.0.0.1", b"/a")) is by_uri.choose(b"/a")
+    assert by_client.pick(req(b"10.0.0.1", b"/a")) is by_client.choose(b"10.0.0.1")
+    assert by_uri.pick() is by_uri.choose(b"")
+
+
+def test_balance_factor_must_exceed_one() -> None:
+    for factor in (1.0, 0.5):
+        with pytest.raises(ValueError, match="must be more than 1"):
+            ConsistentHash(make_backends(1), balance_factor=factor)
+
+
+def preference(backends: Sequence[Backend], key: bytes, exclude: Sequence[Backend]) -> List[Backend]:
+    """The unbounded HRW order of the eligible ``backends`` for ``key``."""
+    unbounded = ConsistentHash(backends)
+    order: List[Backend] = []
+    while True:
+        backend = unbounded.choose(key, [*exclude, *order])
+        if backend is None:
+            return order
+        order.append(backend)
+
+
+def load_bound(backend: Backend, eligible: Sequence[Backend], factor: Fraction) -> int:
+    """The most requests ``backend`` may have in flight once it takes one more (the brief's formula)."""
+    total = sum(b.in_flight for b in eligible)
+    weights = sum(b.effective_weight for b in eligible)
+    return math.ceil(factor * (total + 1) * backend.effective_weight / weights)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    state=st.lists(
+        st.tuples(st.integers(1, 5), st.integers(0, 40), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=7,
+    ),
+    factor=st.sampled_from(["1.05", "1.1", "1.25", "1.5", "2", "3.75"]),
+    key=st.binary(max_size=12),
+)
+def test_bounded_loads_take_the_first_backend_under_its_bound(
+    state: List[tuple], factor: str, key: bytes
+) -> None:
+    backends = make_backends(*[weight for weight, _, _, _ in state])
+    excluded = []
+    for backend, (_, in_flight, healthy, exclude) in zip(backends, state):
+        backend.in_flight, backend.healthy = in_flight, healthy
+        if exclude:
+            excluded.append(backend)
+    eligible = [b for b in backends if b.healthy and b not in excluded]
+    picked = ConsistentHash(backends, balance_factor=float(factor)).choose(key, excluded)
+    if not eligible:
+        assert picked is None
+        return
+    bound = {b: load_bound(b, eligible, Fraction(factor)) for b in eligible}
+    assert picked is not None and picked.in_flight + 1 <= bound[picked]
+    order = preference(backends, key, excluded)
+    for backend in order[: order.index(picked)]:
+        assert backend.in_flight + 1 > bound[backend]  # every better choice is full
+
+
+def test_hot_key_spills_to_its_second_choice_and_no_backend_exceeds_its_bound() -> None:
+    backends = make_backends(1, 1, 1, 1, 1)
+    hot = b"/hot"
+    home, second, *_ = preference(backends, hot, [])
+    bounded = ConsistentHash(backends, balance_factor=1.25)
+    taken = []
+    for _ in range(100):  # 100 requests for one key, none finishing
+        backend = bounded.choose(hot)
+        assert backend.in_flight + 1 <= load_bound(backend, backends, Fraction("1.25"))
+        backend.in_flight += 1
+        taken.append(backend)
+    assert taken[0] is home
+    assert next(b for b in taken if b is not home) is second
+    assert max(b.in_flight for b in backends) <= math.ceil(1.25 * 100 / 5)
+    counts = [Counter(taken)[b] for b in preference(backends, hot, [])]
+    assert counts == sorted(counts, reverse=True)  # each spills to the next in the key's order
+    assert counts[-1] < counts[0]
+    # without a bound every one of them goes home
+    assert {ConsistentHash(backends).choose(hot) for _ in range(10)} == {home}
+
+
+def test_bounded_loads_follow_weights() -> None:
+    a, b = make_backends(3, 1)
+    key = next(k for k in uri_keys(100) if ConsistentHash([a, b]).choose(k) is a)
+    bounded = ConsistentHash([a, b], balance_factor=1.25)
+    # a's share is 3/4, so its bound is ceil(1.25 * (in_flight + 1) * 3/4) while b has none in flight
+    a.in_flight = 14  # ceil(14.06) = 15 >= 14 + 1: a still fits
+    assert bounded.choose(key) is a
+    a.in_flight = 15  # ceil(15) = 15 < 15 + 1: a is full, b takes it
+    assert bounded.choose(key) is b
+    b.effective_weight = 1  # b's share shrinks, so a's grows: ceil(1.25 * 16 * 48/49) = 20
+    assert bounded.choose(key) is a
+
+
+def test_make_balancer_passes_hash_key_and_balance_factor() -> None:
+    backends = make_backends(1, 1, 1)
+    balancer = make_balancer("consistent-hash", backends, hash_key="uri", balance_factor=1.5)
+    assert isinstance(balancer, WithBackups)
+    primary = balancer.primary
+    assert isinstance(primary, ConsistentHash)
+    assert primary.key_of is uri_key
+    assert primary.pick(req(b"10.0.0.1", b"/x")) is ConsistentHash(backends).choose(b"/x")
+    backends[1].in_flight = backends[2].in_flight = 5
+    backends[0].in_flight = 11  # 11 + 1 > ceil(1.5 * 22 / 3) = 11: a is full
+    assert {primary.choose(k) for k in uri_keys(50)} == set(backends[1:])
+    assert make_balancer("source-hash", backends).primary.key_of is client_key
+
+
+# --- hash keys -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("client", "client"),
+        ("URI", "uri"),
+        (" uri ", "uri"),
+        ("header:X-User", "header:x-user"),
+        ("HEADER:x-user", "header:x-user"),
+        ("cookie:Session_ID", "cookie:Session_ID"),
+    ],
+)
+def test_parse_hash_key(text: str, parsed: str) -> None:
+    assert parse_hash_key(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text", ["", "host", "client:x", "uri:", "header:", "cookie:", "header:a b", "query"]
+)
+def test_parse_hash_key_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"client, uri, header:NAME or cookie:NAME|write e\.g\."):
+        parse_hash_key(text)
+
+
+HEADERS = [
+    (b"host", b"example.com"),
+    (b"x-user", b"alice"),
+    (b"x-user", b"bob"),
+    (b"x-empty", b""),
+    (b"cookie", b"theme=dark; sid=abc123"),
+    (b"cookie", b"lang=en"),
+]
+
+
+@pytest.mark.parametrize(
+    ("hash_key", "expected"),
+    [
+        ("client", b"10.1.2.3"),
+        ("uri", b"/path/x?q=1"),
+        ("header:x-user", b"alice, bob"),
+        ("header:x-missing", b"10.1.2.3"),
+        ("header:x-empty", b"10.1.2.3"),
+        ("cookie:sid", b"abc123"),
+        ("cookie:lang", b"en"),
+        ("cookie:SID", b"10.1.2.3"),  # cookie names are case-sensitive
+        ("cookie:missing", b"10.1.2.3"),
+    ],
+)
+def test_key_function_extracts_each_form(hash_key: str, expected: bytes) -> None:
+    key_of = key_function(parse_hash_key(hash_key))
+    assert key_of(req(b"10.1.2.3", b"/path/x?q=1", HEADERS)) == expected
+
+
+@given(client=st.binary(min_size=1, max_size=16), target=st.binary(max_size=32))
+def test_key_without_header_or_cookie_is_the_client_address(client: bytes, target: bytes) -> None:
+    for hash_key in ("client", "header:x-user", "cookie:sid"):
+        assert key_function(hash_key)(req(client, target)) == client
+    assert key_function("uri")(req(client, target)) == target
+
+
+# --- sticky sessions -------------------------------------------------------------------
+
+
+def sticky_request(backend: Backend, client: bytes = b"10.0.0.1") -> Routed:
+    return req(client, b"/", [(b"cookie", b"theme=x; lb=" + backend_id(backend.url))])
+
+
+def test_backend_id_is_short_stable_and_hides_the_address() -> None:
+    ident = backend_id("http://10.0.0.7:8080")
+    assert ident == backend_id("http://10.0.0.7:8080")
+    assert len(ident) == 12 and all(c in b"0123456789abcdef" for c in ident)
+    assert b"10.0.0.7" not in ident and b"8080" not in ident
+    assert len({backend_id(f"http://10.0.0.{i}:80") for i in range(256)}) == 256
+
+
+def test_sticky_cookie_set_cookie_value() -> None:
+    cookie = StickyCookie("lb")
+    url = "http://10.0.0.7:8080"
+    ident = backend_id(url)
+    assert cookie.set_cookie([], url, secure=False) == b"lb=" + ident + b"; Path=/; HttpOnly; SameSite=Lax"
+    assert cookie.set_cookie([], url, secure=True).endswith(b"; SameSite=Lax; Secure")
+    assert cookie.set_cookie([(b"cookie", b"lb=" + ident)], url, secure=False) is None
+    assert cookie.set_cookie([(b"cookie", b"lb=0123")], url, secure=False) is not None
+    assert cookie.wanted([(b"cookie", b"a=1; lb=" + ident)]) == ident
+    assert cookie.strip([(b"cookie", b"a=1; lb=" + ident), (b"x", b"y")]) == [
+        (b"cookie", b"a=1"),
+        (b"x", b"y"),
+    ]
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_sticky_cookie_wins_over_any_algorithm(name: str) -> None:
+    backends = make_backends(1, 1, 1, 1)
+    balancer = make_balancer(name, backends, rng=random.Random(1), sticky=StickyCookie("lb"))
+    assert isinstance(balancer, StickySessions)
+    assert verifyObject(IBalancer, balancer)
+    for backend in backends:
+        assert {balancer.pick(sticky_request(backend, b"10.0.0.%d" % i)) for i in range(10)} == {backend}
+
+
+def test_sticky_sessions_fall_back_to_the_algorithm() -> None:
+    a, b, c = backends = make_backends(1, 1, 1)
+    balancer = make_balancer("round-robin", backends, sticky=StickyCookie("lb"))
+    assert picks(balancer, 3) == "abc"  # no cookie
+    unknown = req(b"10.0.0.1", b"/", [(b"cookie", b"lb=000000000000")])
+    assert [balancer.pick(unknown).host for _ in range(3)] == ["a", "b", "c"]
+    other_name = req(b"10.0.0.1", b"/", [(b"cookie", b"LB=" + backend_id(c.url))])
+    assert balancer.pick(other_name) is a
+    b.healthy = False
+    assert balancer.pick(sticky_request(b)) is c  # down: rebalanced (round-robin goes on)
+    b.healthy, b.ejected = True, True
+    assert balancer.pick(sticky_request(b)) is a
+    b.ejected = False
+    assert balancer.pick(sticky_request(b), exclude=[b]) is c  # a retry goes elsewhere
+    assert balancer.pick(sticky_request(b)) is b
+
+
+def test_draining_backend_keeps_its_sticky_clients_only() -> None:
+    backends = make_backends(1, 1)
+    b = backends[1]
+    balancer = make_balancer("round-robin", backends, sticky=StickyCookie("lb"))
+    b.draining = True
+    assert balancer.pick(sticky_request(b)) is b
+    assert picks(balancer, 4) == "aaaa"  # new clients do not go to it
+
+
+def test_sticky_sessions_follow_set_backends() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    balancer = make_balancer("round-robin", [a, b], sticky=StickyCookie("lb"))
+    assert balancer.pick(sticky_request(c)) is a  # c is not a backend (yet)
+    balancer.set_backends([b, c])
+    assert balancer.pick(sticky_request(c)) is c
+    assert balancer.pick(sticky_request(a)).host in "bc"  # a left
 
 
 # --- backup backends (every algorithm, through WithBackups) --------------------------
@@ -500,7 +807,7 @@ def test_source_hash_minimal_disruption_property(weights: List[int], down: int, 
 
 def hosts_seen(balancer: IBalancer, exclude: Sequence[Backend] = ()) -> str:
     """The hosts picked over 200 client keys, sorted and deduplicated ("" when none)."""
-    seen = {balancer.pick(f"10.1.{i}.9".encode(), exclude) for i in range(200)}
+    seen = {balancer.pick(req(f"10.1.{i}.9".encode()), exclude) for i in range(200)}
     return "".join(sorted(b.host for b in seen if b is not None))
 
 
@@ -597,7 +904,7 @@ def test_backup_rule_holds_for_any_state(name: str, flags: List[tuple], key: byt
     tier = [b for b in eligible if not b.backup] or eligible
     balancer = build(name, backends)
     for _ in range(3):
-        picked = balancer.pick(key, excluded)
+        picked = balancer.pick(req(key), excluded)
         assert picked in tier if tier else picked is None
 
 
@@ -706,7 +1013,7 @@ def test_p2c_follows_effective_weight() -> None:
 def test_source_hash_follows_effective_weight() -> None:
     a, b = make_backends(1, 1)
     a.effective_weight = 4
-    counts = Counter(picks(SourceHash([a, b]), 1, key) for key in client_keys(2000))
+    counts = Counter(picks(ConsistentHash([a, b]), 1, key) for key in client_keys(2000))
     assert 300 < counts["a"] < 500  # 4/20 of the keys
 
 
@@ -731,4 +1038,4 @@ def test_scaling_effective_weights_changes_no_decision(name: str, weights: List[
             backend.in_flight = index % 3
     keys = client_keys(40)
     first, second = build(name, scaled), build(name, plain)
-    assert [first.pick(k).host for k in keys] == [second.pick(k).host for k in keys]
+    assert [first.pick(req(k)).host for k in keys] == [second.pick(req(k)).host for k in keys]

@@ -324,6 +324,9 @@ def test_options_long_names() -> None:
         "listen",
         "backend",
         "algorithm",
+        "hash-key",
+        "hash-balance-factor",
+        "sticky-cookie",
         "health-path",
         "health-interval",
         "health-timeout",
@@ -448,6 +451,7 @@ def test_options_every_option() -> None:
         "weighted-round-robin",
         "least-connections",
         "random-two-choices",
+        "consistent-hash",
         "source-hash",
     ],
 )
@@ -499,8 +503,8 @@ def test_algorithm_error_lists_choices() -> None:
         build_config({"backend": [B1], "algorithm": "fastest"})
     assert info.value.field == "algorithm"
     assert info.value.problem == (
-        "unknown algorithm 'fastest'; choose one of: least-connections, random-two-choices, "
-        "round-robin, source-hash, weighted-round-robin"
+        "unknown algorithm 'fastest'; choose one of: consistent-hash, least-connections, "
+        "random-two-choices, round-robin, source-hash, weighted-round-robin"
     )
     assert str(info.value) == f"algorithm: {info.value.problem}"
 
@@ -784,3 +788,69 @@ def test_bad_backup_flag_names_the_field() -> None:
         config_from_mapping({"backends": [{"url": "http://127.0.0.1:9003", "backup": "maybe"}]})
     with pytest.raises(ConfigError, match=r"^backend: .*backup=1.*options are ,weight=N and ,backup"):
         build_config({"backend": ["http://127.0.0.1:9003,backup=1"]})
+
+
+# --- hashing and sticky sessions ---
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ("client", 0.0, None)),
+        (["--hash-key", "uri"], ("uri", 0.0, None)),
+        (["--hash-key", "Header:X-User", "--hash-balance-factor", "1.25"], ("header:x-user", 1.25, None)),
+        (["--hash-key", "cookie:Session", "--hash-balance-factor", "off"], ("cookie:Session", 0.0, None)),
+        (["--hash-balance-factor", "0", "--sticky-cookie", "lb"], ("client", 0.0, "lb")),
+    ],
+)
+def test_hashing_settings(args: List[str], expected: tuple) -> None:
+    config = parse_args(["--backend", B1, "--algorithm", "consistent-hash", *args])
+    assert (config.hash_key, config.hash_balance_factor, config.sticky_cookie) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--hash-key", "host"],
+            "hash-key: 'host' is not a hash key; write client, uri, header:NAME or cookie:NAME",
+        ),
+        (["--hash-key", "header:"], "hash-key: 'header:' has no valid header name after 'header:'"),
+        (["--hash-key", "cookie:a b"], "hash-key: 'cookie:a b' has no valid cookie name after 'cookie:'"),
+        (["--hash-balance-factor", "1"], "hash-balance-factor: '1' must be more than 1"),
+        (["--hash-balance-factor", "0.5"], "hash-balance-factor: '0.5' must be more than 1"),
+        (["--hash-balance-factor", "-2"], "hash-balance-factor: '-2' is not a number"),
+        (["--hash-balance-factor", "lots"], "hash-balance-factor: 'lots' is not a number"),
+        (["--sticky-cookie", "a;b"], "sticky-cookie: 'a;b' is not a cookie name; write e.g. lb"),
+    ],
+)
+def test_hashing_setting_errors(args: List[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions(["--backend", B1, "--algorithm", "consistent-hash", *args])
+    assert str(info.value).startswith(message)
+    assert ";" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "field"),
+    [
+        ({"hash-key": "uri"}, "hash-key"),
+        ({"hash-balance-factor": 1.5}, "hash-balance-factor"),
+    ],
+)
+def test_hashing_settings_need_a_hashing_algorithm(mapping: Dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"backends": [B1], "algorithm": "round-robin", **mapping})
+    assert info.value.field == field
+    assert info.value.problem == (
+        f"only consistent-hash uses it, not round-robin; set algorithm: consistent-hash or leave {field} out"
+    )
+    # source-hash is consistent-hash under its old name
+    config = config_from_mapping({"backends": [B1], "algorithm": "source-hash", **mapping})
+    assert config.algorithm == "source-hash"
+
+
+def test_sticky_cookie_goes_with_any_algorithm(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "backends: [http://a:1]\nalgorithm: least-connections\nsticky-cookie: srv\n")
+    config = build_config({}, path)
+    assert (config.algorithm, config.sticky_cookie) == ("least-connections", "srv")

@@ -13,7 +13,6 @@ from powerlb.config import SETTINGS, Setting, config_from_mapping
 from tests.test_tls import PKI
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-ANY_BACKEND = ["http://127.0.0.1:9"]
 #: The file the documentation names for backend-ca-file; the tests put a real CA there.
 DOCUMENTED_CA_FILE = "/etc/powerlb/internal-ca.pem"
 
@@ -23,6 +22,13 @@ def real_files(tmp_path: pathlib.Path) -> Callable[[str], str]:
     """Rewrites documented file paths in YAML text to real files of the right kind."""
     ca_file = str(PKI(tmp_path).ca_file)
     return lambda text: text.replace(DOCUMENTED_CA_FILE, ca_file)
+
+
+def _example(real_files: Callable[[str], str]) -> Dict[str, object]:
+    """The example configuration at the end of the page, as a mapping."""
+    block = re.search(r"<!-- example-config -->\n```yaml\n(.*?)```", DOC.read_text(), re.S)
+    assert block is not None, "the example configuration block is missing"
+    return yaml.safe_load(real_files(block.group(1)))
 
 
 def _cells(line: str) -> List[str]:
@@ -66,16 +72,13 @@ def test_row_names_the_option_default_and_a_working_yaml_form(
     assert meaning
     mapping = yaml.safe_load(real_files(yaml_form))
     assert list(mapping) == [setting.key]
-    config = config_from_mapping({"backends": ANY_BACKEND, **mapping})
+    # In the context of the example (e.g. hash-key needs a hashing algorithm).
+    config = config_from_mapping({**_example(real_files), **mapping})
     assert getattr(config, setting.attr) != setting.default, "the YAML form should show a non-default value"
 
 
 def test_example_configuration_parses_and_sets_every_key(real_files: Callable[[str], str]) -> None:
-    text = DOC.read_text()
-    block = re.search(r"<!-- example-config -->\n```yaml\n(.*?)```", text, re.S)
-    assert block is not None, "the example configuration block is missing"
-    mapping = yaml.safe_load(real_files(block.group(1)))
+    mapping = _example(real_files)
     assert sorted(mapping) == sorted(setting.key for setting in SETTINGS)
     config = config_from_mapping(mapping)
     assert len(config.backends) == 3 and config.backends[2].backup
-

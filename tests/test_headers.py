@@ -14,8 +14,10 @@ from powerlb.headers import (
     forward_request_headers,
     forward_response_headers,
     get_all,
+    get_cookie,
     get_first,
     split_tokens,
+    strip_cookie,
     strip_hop_by_hop,
 )
 
@@ -235,3 +237,51 @@ def test_forward_response_headers_property(headers: Headers) -> None:
     end_to_end = [(k, v) for k, v in headers if not is_hop(headers, k)]
     assert out[:-1] == end_to_end
     assert out[-1] == (b"via", b"1.1 powerlb")
+
+
+# --- cookies ---
+
+COOKIES: Headers = [
+    (b"host", b"example.com"),
+    (b"cookie", b"a=1; lb=0123abcd;theme=dark"),
+    (b"cookie", b"lb=second"),
+    (b"x-lb", b"lb=not-a-cookie"),
+]
+
+
+def test_get_cookie() -> None:
+    assert get_cookie(COOKIES, b"lb") == b"0123abcd"  # the first one
+    assert get_cookie(COOKIES, b"theme") == b"dark"
+    assert get_cookie(COOKIES, b"a") == b"1"
+    assert get_cookie(COOKIES, b"LB") is None  # names are case-sensitive
+    assert get_cookie(COOKIES, b"l") is None
+    assert get_cookie([(b"cookie", b"lbx=1; xlb=2")], b"lb") is None
+    assert get_cookie([(b"cookie", b"lb=")], b"lb") == b""
+    assert get_cookie([], b"lb") is None
+
+
+def test_strip_cookie() -> None:
+    assert strip_cookie(COOKIES, b"lb") == [
+        (b"host", b"example.com"),
+        (b"cookie", b"a=1; theme=dark"),
+        (b"x-lb", b"lb=not-a-cookie"),
+    ]
+    assert strip_cookie(COOKIES, b"nope") is COOKIES  # untouched: not even copied
+    assert strip_cookie([(b"cookie", b"lb=1")], b"lb") == []
+
+
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", b"lb", b"lbx"]),
+            st.binary(max_size=6).filter(lambda v: b";" not in v),
+        ),
+        max_size=6,
+    )
+)
+def test_strip_cookie_removes_only_that_cookie(pairs: List[Tuple[bytes, bytes]]) -> None:
+    headers = [(b"cookie", b"; ".join(name + b"=" + value for name, value in pairs))] if pairs else []
+    stripped = strip_cookie(headers, b"lb")
+    assert get_cookie(stripped, b"lb") is None
+    for name in (b"a", b"b", b"lbx"):
+        assert get_cookie(stripped, name) == get_cookie(headers, name)

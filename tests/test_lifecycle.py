@@ -171,6 +171,40 @@ async def test_reload_changes_the_algorithm_and_ignores_restart_settings(
 
 
 @pytest_twisted.ensureDeferred
+async def test_reload_applies_hash_settings_but_not_a_sticky_cookie(
+    make_backends, start_powerlb, http, logged
+) -> None:
+    a, b, c = make_backends(3)
+    lb = start_powerlb([a, b, c], algorithm="consistent-hash", cache_size=0)
+    service = lb.service
+    by_client = service.balancer
+    paths = [f"{lb.url}/p{number}" for number in range(12)]
+    assert len({name for path in paths for name in await names_of(http, path, 1)}) == 1  # the client is key
+    service.reload(reloaded(lb, algorithm="consistent-hash", hash_key="uri", sticky_cookie="lb"))
+    assert service.balancer is not by_client and service.dispatcher.balancer is service.balancer
+    assert service.config.hash_key == "uri"
+    assert service.config.sticky_cookie is None  # kept: needs a restart
+    assert any("reload: sticky-cookie changed" in line for line in logged), logged
+    # the URI is the key now: the same client's paths spread, each path staying on one backend
+    assert len({name for path in paths for name in await names_of(http, path, 1)}) > 1
+    assert len(set(await names_of(http, paths[0], 4))) == 1
+    by_uri = service.balancer
+    service.reload(reloaded(lb, algorithm="consistent-hash", hash_key="uri", hash_balance_factor=1.5))
+    assert service.balancer is not by_uri
+    assert service.config.hash_balance_factor == 1.5
+    assert any("hash-balance-factor 1.5" in line for line in logged), logged
+
+
+async def names_of(http: Any, url: str, count: int) -> List[str]:
+    """The backend answering each of ``count`` GETs of ``url``."""
+    out = []
+    for _ in range(count):
+        resp = await http.get(url, timeout=5)
+        out.append((await resp.json())["backend"])
+    return out
+
+
+@pytest_twisted.ensureDeferred
 async def test_reload_from_a_bad_file_keeps_the_running_config(
     tmp_path: Path, make_backends, start_powerlb, http, logged
 ) -> None:
