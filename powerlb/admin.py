@@ -1,4 +1,4 @@
-"""The admin listener: ``/_powerlb/stats`` (JSON), ``/_powerlb/metrics`` (Prometheus text),
+"""The admin listener: ``/_powerlb/stats`` (JSON), ``/metrics`` (Prometheus text),
 and the state-changing ``POST`` endpoints, which need the bearer token: ``/_powerlb/purge``
 (remove cached responses), ``/_powerlb/backends/drain`` and ``/_powerlb/backends/weight``."""
 
@@ -47,7 +47,11 @@ class StatsResource(Resource):
 
 
 class MetricsResource(Resource):
-    """``GET /_powerlb/metrics``: the same figures in the Prometheus text format."""
+    """``GET /metrics``: the same figures in the Prometheus text format.
+
+    Each resource has its own registry (two instances in one process never
+    mix), and renders on the reactor thread, where the figures live.
+    """
 
     isLeaf = True
 
@@ -252,10 +256,10 @@ def admin_root(
     drain and weight endpoints.
     """
     root = Resource()
+    root.putChild(b"metrics", MetricsResource(stats))
     namespace = Resource()
     root.putChild(b"_powerlb", namespace)
     namespace.putChild(b"stats", StatsResource(stats))
-    namespace.putChild(b"metrics", MetricsResource(stats))
     namespace.putChild(b"purge", PurgeResource(cache, token))
     backend_changes = Resource()
     namespace.putChild(b"backends", backend_changes)

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
+from powerlb.latency import LatencyHistogram
+
 #: Weighted balancers compare ``Backend.effective_weight``, which counts in 1/16ths of a
 #: weight so that a slow start can ramp even a weight-1 backend. A power of two, so
 #: scaling every weight by it changes no balancing decision.
 WEIGHT_SCALE = 16
 
+
+#: The kinds of upstream timeout counted in ``Backend.timeouts``.
+TIMEOUT_KINDS = ("connect", "response", "idle")
 
 #: A callback taking a backend (its return value is ignored), e.g. ``SlowStart.begin``.
 BackendHook = Callable[["Backend"], object]
@@ -31,7 +36,11 @@ class Backend:
 
     Counters are plain attributes mutated from the reactor thread only:
     ``in_flight`` goes up when a request is sent and down when it completes,
-    fails or is aborted; ``requests``, ``failures`` and ``ejections`` only grow.
+    fails or is aborted; ``requests``, ``failures``, ``ejections``,
+    ``timeouts`` (by kind: connect, response, idle), ``queue_waits`` and
+    ``queue_timeouts`` (the pool's wait queue), ``checks`` (health-check
+    results: pass, fail) and ``latency`` (a :class:`LatencyHistogram` of
+    proxied responses) only grow.
 
     A backend takes new requests while ``healthy`` (active health checks),
     not ``ejected`` (passive outlier detection) and not ``draining`` (set by
@@ -43,7 +52,9 @@ class Backend:
     """
 
     __slots__ = (
+        "address",
         "backup",
+        "checks",
         "draining",
         "effective_weight",
         "ejected",
@@ -52,14 +63,20 @@ class Backend:
         "healthy",
         "host",
         "in_flight",
+        "latency",
         "port",
+        "queue_timeouts",
+        "queue_waits",
         "requests",
+        "timeouts",
         "url",
         "weight",
     )
 
     def __init__(self, spec: BackendSpec) -> None:
         self.url = spec.url
+        #: ``host:port`` as the access log shows it (``[::1]:80`` for IPv6).
+        self.address = spec.url.partition("://")[2]
         self.host = spec.host
         self.port = spec.port
         self.weight = spec.weight
@@ -72,6 +89,11 @@ class Backend:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        self.timeouts: Dict[str, int] = dict.fromkeys(TIMEOUT_KINDS, 0)
+        self.queue_waits = 0
+        self.queue_timeouts = 0
+        self.checks: Dict[str, int] = {"pass": 0, "fail": 0}
+        self.latency = LatencyHistogram()
 
     @property
     def full_weight(self) -> int:
@@ -114,4 +136,9 @@ class Backend:
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,
+            "timeouts": dict(self.timeouts),
+            "queue_waits": self.queue_waits,
+            "queue_timeouts": self.queue_timeouts,
+            "checks": dict(self.checks),
+            **self.latency.snapshot(),
         }

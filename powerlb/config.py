@@ -227,6 +227,16 @@ def parse_networks(text: str) -> Tuple[str, ...]:
     return tuple(out)
 
 
+#: The ``access-log-format`` values (see :mod:`powerlb.accesslog`).
+ACCESS_LOG_FORMATS = ("combined", "json")
+
+
+def _parse_access_log_format(text: str) -> str:
+    if text not in ACCESS_LOG_FORMATS:
+        raise ValueError(f"unknown format {text!r}; choose one of: {', '.join(ACCESS_LOG_FORMATS)}")
+    return text
+
+
 def _parse_header_name(text: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", text):
         raise ValueError(f"{text!r} is not a header name; write e.g. CDN-Cache-Control")
@@ -307,6 +317,7 @@ class Config:
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
+    access_log_format: str = "combined"
 
 
 _DEFAULTS: Dict[str, Any] = {field.name: field.default for field in fields(Config)}
@@ -573,6 +584,12 @@ SETTINGS: Tuple[Setting, ...] = (
         "bearer token required by state-changing admin endpoints",
     ),
     Setting("access-log", "access_log", _parse_text, "access log file, or - for stdout"),
+    Setting(
+        "access-log-format",
+        "access_log_format",
+        _parse_access_log_format,
+        "access log lines: combined (plus upstream, upstream_time, cache) or json",
+    ),
 )
 
 _BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS if setting.cli}
@@ -663,7 +680,6 @@ def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> C
         if raw not in (None, [], ()):
             values[_BY_NAME[name].attr] = _parse_setting(_BY_NAME[name], raw)
     return _finish(values)
-
 
 
 class Options(usage.Options):

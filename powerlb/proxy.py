@@ -84,7 +84,8 @@ class ProxyResource(Resource):
         body = getattr(request, "body_stream", None)
         if body is None:
             body = request.content.read() if request.content is not None else b""
-        responder.start(self.dispatcher.send(client.upstream(body), sink, client.client_host))
+        request.dispatch = dispatch = self.dispatcher.send(client.upstream(body), sink, client.client_host)
+        responder.start(dispatch)
         return NOT_DONE_YET
 
 
@@ -129,14 +130,18 @@ class ClientResponder:
     def request_failed(self, error: UpstreamError) -> None:
         if not self._end():
             return
-        if self.request.startedWriting:
+        request = self.request
+        request.x_cache = self.x_cache
+        if request.startedWriting:
             # The status line is out: the only honest signal left is a cut connection.
-            self.request.transport.abortConnection()
+            # twisted.web logs only finished requests, so this one is logged here.
+            request.channel.site.log(request)
+            request.transport.abortConnection()
             return
         self.counters.errors += 1
         self.counters.upstream_errors += error.status != 503
-        self.request.write(error_response(self.request, error.status, error.reason))
-        self.request.finish()
+        request.write(error_response(request, error.status, error.reason))
+        request.finish()
 
     # -- IPushProducer (the client connection's flow control) --------------
 
