@@ -1,5 +1,5 @@
 """The admin listener: the dashboard at ``/``, the runtime API under ``/api/v1/`` (see
-:mod:`powerlb.api`) and ``/_powerlb/metrics`` (Prometheus text)."""
+:mod:`powerlb.api`) and ``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ class _Families:
 
 
 class MetricsResource(Resource):
-    """``GET /_powerlb/metrics``: the stats figures in the Prometheus text format."""
+    """``GET /metrics``: the same figures in the Prometheus text format.
+
+    Each resource has its own registry (two instances in one process never
+    mix), and renders on the reactor thread, where the figures live.
+    """
 
     isLeaf = True
 
@@ -59,8 +63,6 @@ def admin_root(
     """
     root = Resource()
     root.putChild(b"", DashboardResource())
-    namespace = Resource()
-    root.putChild(b"_powerlb", namespace)
-    namespace.putChild(b"metrics", MetricsResource(stats))
+    root.putChild(b"metrics", MetricsResource(stats))
     root.putChild(b"api", ApiResource(stats, config, control, cache, token))
     return root

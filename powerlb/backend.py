@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Tuple
 
+from powerlb.latency import LatencyHistogram
+
 #: Weighted balancers compare ``Backend.effective_weight``, which counts in 1/16ths of a
 #: weight so that a slow start can ramp even a weight-1 backend. A power of two, so
 #: scaling every weight by it changes no balancing decision.
@@ -16,6 +18,8 @@ WEIGHT_SCALE = 16
 #: draining without health checks.
 BACKEND_STATES: Tuple[str, ...] = ("enabled", "draining", "disabled")
 
+#: The kinds of upstream timeout counted in ``Backend.timeouts``.
+TIMEOUT_KINDS = ("connect", "response", "idle")
 
 #: A callback taking a backend (its return value is ignored), e.g. ``SlowStart.begin``.
 BackendHook = Callable[["Backend"], object]
@@ -39,7 +43,11 @@ class Backend:
 
     Counters are plain attributes mutated from the reactor thread only:
     ``in_flight`` goes up when a request is sent and down when it completes,
-    fails or is aborted; ``requests``, ``failures`` and ``ejections`` only grow.
+    fails or is aborted; ``requests``, ``failures``, ``ejections``,
+    ``timeouts`` (by kind: connect, response, idle), ``queue_waits`` and
+    ``queue_timeouts`` (the pool's wait queue), ``checks`` (health-check
+    results: pass, fail) and ``latency`` (a :class:`LatencyHistogram` of
+    proxied responses) only grow.
 
     A backend takes new requests while ``healthy`` (active health checks),
     not ``ejected`` (passive outlier detection), not ``draining`` and not
@@ -53,7 +61,9 @@ class Backend:
 
     __slots__ = (
         "_spec",
+        "address",
         "backup",
+        "checks",
         "disabled",
         "draining",
         "effective_weight",
@@ -63,9 +73,13 @@ class Backend:
         "healthy",
         "host",
         "in_flight",
+        "latency",
         "port",
+        "queue_timeouts",
+        "queue_waits",
         "requests",
         "scheme",
+        "timeouts",
         "url",
         "weight",
     )
@@ -73,6 +87,8 @@ class Backend:
     def __init__(self, spec: BackendSpec) -> None:
         self._spec = spec
         self.url = spec.url
+        #: ``host:port`` as the access log shows it (``[::1]:80`` for IPv6).
+        self.address = spec.url.partition("://")[2]
         self.host = spec.host
         self.port = spec.port
         self.scheme = spec.scheme
@@ -87,6 +103,11 @@ class Backend:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        self.timeouts: Dict[str, int] = dict.fromkeys(TIMEOUT_KINDS, 0)
+        self.queue_waits = 0
+        self.queue_timeouts = 0
+        self.checks: Dict[str, int] = {"pass": 0, "fail": 0}
+        self.latency = LatencyHistogram()
 
     @property
     def full_weight(self) -> int:
@@ -154,4 +175,9 @@ class Backend:
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,
+            "timeouts": dict(self.timeouts),
+            "queue_waits": self.queue_waits,
+            "queue_timeouts": self.queue_timeouts,
+            "checks": dict(self.checks),
+            **self.latency.snapshot(),
         }

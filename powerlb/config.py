@@ -255,6 +255,16 @@ def _parse_ca_file(text: str) -> str:
     return text
 
 
+#: The ``access-log-format`` values (see :mod:`powerlb.accesslog`).
+ACCESS_LOG_FORMATS = ("combined", "json")
+
+
+def _parse_access_log_format(text: str) -> str:
+    if text not in ACCESS_LOG_FORMATS:
+        raise ValueError(f"unknown format {text!r}; choose one of: {', '.join(ACCESS_LOG_FORMATS)}")
+    return text
+
+
 def _parse_header_name(text: str) -> str:
     if not TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a header name; write e.g. CDN-Cache-Control")
@@ -364,6 +374,7 @@ class Config:
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
+    access_log_format: str = "combined"
 
 
 _DEFAULTS: Dict[str, Any] = {field.name: field.default for field in fields(Config)}
@@ -669,6 +680,12 @@ SETTINGS: Tuple[Setting, ...] = (
         secret=True,
     ),
     Setting("access-log", "access_log", _parse_text, "access log file, or - for stdout"),
+    Setting(
+        "access-log-format",
+        "access_log_format",
+        _parse_access_log_format,
+        "access log lines: combined (plus upstream, upstream_time, cache) or json",
+    ),
 )
 
 _BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS if setting.cli}

@@ -22,6 +22,7 @@ from powerlb.balancing import IBalancer
 from powerlb.hashkey import RoutedRequest
 from powerlb.headers import Headers, get_first
 from powerlb.outlier import OutlierEjector
+from powerlb.stats import Counters
 from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
 
 log = Logger()
@@ -55,7 +56,12 @@ class UpstreamRequest:
 
 
 class Dispatcher:
-    """Picks backends for requests and sends them, retrying where that is safe."""
+    """Picks backends for requests and sends them, retrying where that is safe.
+
+    Each retry adds one to ``counters.retries``; each response head, its
+    upstream time to the backend's latency histogram, and each timeout to the
+    backend's ``timeouts`` by kind.
+    """
 
     def __init__(
         self,
@@ -63,11 +69,13 @@ class Dispatcher:
         clients: Dict[Backend, ProxyClientFactory],
         retries: int = 1,
         outliers: Optional[OutlierEjector] = None,
+        counters: Optional[Counters] = None,
     ) -> None:
         self.balancer = balancer
         self.clients = clients
         self.retries = retries
         self.outliers = outliers
+        self.counters = Counters() if counters is None else counters
 
     def send(self, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest] = None) -> Dispatch:
         """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504).
@@ -85,6 +93,8 @@ class Dispatch:
 
     It sits between the backend's exchange and the caller's sink, passing
     response events through and failures on only when no retry is left.
+    ``backend`` is the backend tried last (None when none was), and
+    ``upstream_time`` the seconds its response head took (-1 until one came).
     """
 
     __slots__ = (
@@ -98,6 +108,7 @@ class Dispatch:
         "request",
         "sink",
         "tried",
+        "upstream_time",
     )
 
     def __init__(
@@ -115,9 +126,13 @@ class Dispatch:
         self.committed = False
         #: While a small response is held: [head, body pieces...]; None when passing through.
         self.held: Optional[list] = None
+        self.upstream_time = -1.0
 
     def attempt(self, previous: Optional[UpstreamError] = None) -> None:
-        """Send the request to a healthy backend not tried yet, or fail (503, or ``previous``)."""
+        """Send the request to a healthy backend not tried yet, or fail (503, or ``previous``).
+
+        ``previous`` is the failure that makes this a retry (counted when a backend takes it).
+        """
         backend = self.dispatcher.balancer.pick(self.client, self.tried)
         if backend is None:
             if previous is not None and not previous.retryable:
@@ -126,6 +141,8 @@ class Dispatch:
             reason = "no healthy backend" if not self.tried else "no other healthy backend to retry on"
             self._fail(NoBackend(reason))
             return
+        if previous is not None:
+            self.dispatcher.counters.retries += 1
         self.backend = backend
         self.tried.add(backend)
         backend.in_flight += 1
@@ -141,6 +158,8 @@ class Dispatch:
     # -- IResponseSink: events from the backend exchange -------------------
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        elapsed = self.upstream_time = self.exchange.response_time
+        self.backend.latency.observe(elapsed)
         outliers = self.dispatcher.outliers
         if outliers is not None:
             if status >= 500:
@@ -181,6 +200,8 @@ class Dispatch:
             backend.failures += 1
             if self.dispatcher.outliers is not None:
                 self.dispatcher.outliers.failure(backend)
+        if error.timeout_kind:
+            backend.timeouts[error.timeout_kind] += 1
         log.info(
             "{method} {target} via {backend}: {reason}",
             method=self.request.method.decode("latin-1"),

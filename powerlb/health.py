@@ -74,6 +74,7 @@ class HealthChecker(Service):
     ``timeout`` seconds counts as a failed check. A round waits for all of its
     probes, so rounds never overlap; a slow round delays the next one.
 
+    Every outcome counts in ``Backend.checks`` (``pass`` or ``fail``).
     ``on_pass(backend)`` is called for every passed check (e.g. to end an
     outlier ejection early) and ``on_up(backend)`` when a backend goes from
     DOWN to UP (e.g. to start its slow start).
@@ -178,6 +179,7 @@ class HealthChecker(Service):
         label = _describe(result)
         self._last[backend] = label
         ok = isinstance(result, int) and is_healthy_status(result)
+        backend.checks["pass" if ok else "fail"] += 1
         if ok and self._on_pass is not None:
             self._on_pass(backend)
         flipped = state.record(ok)

@@ -96,7 +96,8 @@ class ProxyResource(Resource):
         body = getattr(request, "body_stream", None)
         if body is None:
             body = request.content.read() if request.content is not None else b""
-        responder.start(self.send(client, body, sink))
+        request.dispatch = dispatch = self.send(client, body, sink)
+        responder.start(dispatch)
         return NOT_DONE_YET
 
     def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
@@ -156,14 +157,18 @@ class ClientResponder:
     def request_failed(self, error: UpstreamError) -> None:
         if not self._end():
             return
-        if self.request.startedWriting:
+        request = self.request
+        request.x_cache = self.x_cache
+        if request.startedWriting:
             # The status line is out: the only honest signal left is a cut connection.
-            self.request.abort()
+            # twisted.web logs only finished requests, so this one is logged here.
+            request.channel.factory.log(request)
+            request.abort()
             return
         self.counters.errors += 1
         self.counters.upstream_errors += error.status != 503
-        self.request.write(error_response(self.request, error.status, error.reason))
-        self.request.finish()
+        request.write(error_response(request, error.status, error.reason))
+        request.finish()
 
     # -- IPushProducer (the client connection's flow control) --------------
 

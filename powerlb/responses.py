@@ -16,8 +16,10 @@ def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> 
     """Replace the twisted.web response headers with ``headers`` plus ``X-Cache``.
 
     twisted.web's own ``Server`` header is dropped; its ``Date`` is kept only
-    when the response has none.
+    when the response has none. ``x_cache`` is also noted on the request (for
+    :mod:`powerlb.outcomes`).
     """
+    request.x_cache = x_cache
     out = request.responseHeaders
     date = out.getRawHeaders(b"date")
     out.removeHeader(b"server")

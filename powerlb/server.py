@@ -34,6 +34,7 @@ from twisted.web.server import Request, Site
 
 from powerlb.config import Config
 from powerlb.headers import Headers
+from powerlb.outcomes import Outcomes
 from powerlb.upstream import BodyStream
 
 _STATUS_TEXT = {
@@ -133,9 +134,15 @@ class ProxyRequest(Request):
     any size passes with bounded memory. A body may not grow past the
     listener's ``max_body`` (413), nor arrive slower than ``client_timeout``
     plus one second per :data:`MIN_BODY_RATE` bytes (408).
+
+    The request path notes on it what :class:`~powerlb.outcomes.Outcomes`
+    counts once it is finished: ``dispatch``, its way to a backend (None when
+    it went to none), and ``x_cache``, its cache result (``b""`` when none).
     """
 
     body_stream: Optional[BodyStream] = None
+    dispatch: Any = None
+    x_cache = b""
     _body_size = 0
     _body_started = 0.0
     _finish_pending = False
@@ -262,10 +269,12 @@ class ProxyChannel(TrackedChannel):
             simple = parse_simple_request(data, self.site.limits)
             if simple is not None:
                 method, target, headers = simple
-                response = self.site.fast_answer(method, target, headers, self._secure)
+                site = self.site
+                response = site.fast_answer(method, target, headers, self._secure)
                 if response is not None:
                     self.resetTimeout()
                     self.transport.writeSequence(response)
+                    site.outcomes.fast_hit(self.transport, method, target, headers, *response)
                     return
         super().dataReceived(data)
 
@@ -379,19 +388,19 @@ class _Refusal(Protocol):
 
 
 class QuietSite(Site):
-    """A ``Site`` that formats no access-log line unless an access log is configured.
+    """A ``Site`` that logs no requests.
 
     twisted.web logs every request to the Twisted log by default, which costs
-    more per request than the proxying itself; powerlb leaves it off.
-    ``channels`` holds the open client connections (for draining).
+    more per request than the proxying itself; powerlb's access log is
+    :mod:`powerlb.accesslog`. ``channels`` holds the open client connections
+    (for draining).
     """
 
     protocol = TrackedChannel
 
-    def __init__(self, resource: Any, reactor: Any, access_log: Optional[str] = None) -> None:
-        super().__init__(resource, logPath=None if access_log in (None, "-") else access_log, reactor=reactor)
+    def __init__(self, resource: Any, reactor: Any) -> None:
+        super().__init__(resource, reactor=reactor)
         self.noisy = False
-        self._access_log = access_log
         self.channels: Set[TrackedChannel] = set()
 
     def connection_opened(self, channel: TrackedChannel) -> None:
@@ -401,18 +410,21 @@ class QuietSite(Site):
         self.channels.discard(channel)
 
     def log(self, request: Any) -> None:
-        if self._access_log is not None:
-            super().log(request)
+        """Nothing: requests are not logged here."""
 
 
 class ProxySite(QuietSite):
-    """The client-facing ``Site``: powerlb's channel and request, limits, a connection cap, fast hits."""
+    """The client-facing ``Site``: powerlb's channel and request, limits, a connection cap, fast hits.
+
+    Every finished request, and every fast hit, goes to ``outcomes`` (counts and access log).
+    """
 
     protocol = ProxyChannel
     requestFactory = ProxyRequest
 
-    def __init__(self, resource: Any, reactor: Any, config: Config) -> None:
-        super().__init__(resource, reactor, config.access_log)
+    def __init__(self, resource: Any, reactor: Any, config: Config, outcomes: Outcomes) -> None:
+        super().__init__(resource, reactor)
+        self.outcomes = outcomes
         self.timeOut = config.client_timeout
         self.limits = Limits(config)
         self.max_connections = config.max_connections
@@ -425,6 +437,10 @@ class ProxySite(QuietSite):
     def acceptableProtocols(self) -> List[bytes]:
         """The protocols offered over ALPN: ``h2`` only when a connection can switch to it."""
         return [b"h2", b"http/1.1"] if self.h2_protocol is not None else [b"http/1.1"]
+
+    def log(self, request: Any) -> None:
+        """Called by twisted.web as each request finishes."""
+        self.outcomes.completed(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         if len(self.channels) >= self.max_connections:

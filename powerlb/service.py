@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from powerlb.accesslog import AccessLog
 from powerlb.admin import admin_root
 from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import IBalancer, make_balancer
@@ -35,6 +36,7 @@ from powerlb.caching import CacheLayer
 from powerlb.config import SETTINGS, Config, ConfigError, build_config
 from powerlb.dispatch import Dispatcher
 from powerlb.health import HealthChecker, SlowStart
+from powerlb.outcomes import Outcomes
 from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
 from powerlb.server import ProxySite, QuietSite
@@ -197,7 +199,11 @@ class PowerLBService(MultiService):
         )
         self.health.setServiceParent(self)
         self.dispatcher = Dispatcher(
-            self.balancer, self.clients, retries=config.retries, outliers=self.outliers
+            self.balancer,
+            self.clients,
+            retries=config.retries,
+            outliers=self.outliers,
+            counters=self.counters,
         )
         cache_layer = None
         if self.cache is not None:
@@ -214,7 +220,12 @@ class PowerLBService(MultiService):
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
-        site = ProxySite(resource, reactor, config)
+        #: The access log (None when off); started before and stopped after the listeners' drain.
+        self.access_log: Optional[AccessLog] = None
+        if config.access_log is not None:
+            self.access_log = AccessLog(config.access_log, config.access_log_format, reactor)
+        self.outcomes = Outcomes(reactor, None if self.access_log is None else self.access_log.logger)
+        site = ProxySite(resource, reactor, config, self.outcomes)
         if config.listen.split(":", 1)[0].strip().lower() == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
@@ -239,7 +250,23 @@ class PowerLBService(MultiService):
                 "idle_connections": self.clients[b].idle_connections,
                 "queued": self.clients[b].queued,
             },
+            self.outcomes.snapshot(),
         )
+
+    def privilegedStartService(self) -> None:
+        if self.access_log is not None:
+            self.access_log.privilegedStartService()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.access_log is not None and not self.access_log.running:
+            self.access_log.startService()
+        super().startService()
+
+    def reopen_logs(self) -> None:
+        """Open the access log file again, if there is one (after logrotate moved it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def stopService(self) -> defer.Deferred:
         """Stop listening at once, drain the client connections (see :func:`drain`), close the pools.
@@ -259,6 +286,8 @@ class PowerLBService(MultiService):
         def close_pools(result: Any) -> Any:
             for client in self.clients.values():
                 client.close()
+            if self.access_log is not None and self.access_log.running:
+                self.access_log.stopService()
             return result
 
         return d.addBoth(close_pools)

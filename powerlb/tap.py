@@ -27,14 +27,18 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
-    """The service ``twistd powerlb`` runs, from parsed options; SIGHUP re-reads ``--config``.
+    """The service ``twistd powerlb`` runs, from parsed options; SIGHUP re-reads ``--config``,
+    SIGUSR1 reopens the ``--access-log`` file.
 
     On a reload the command-line options still win over the file.
     """
     from powerlb import makeService as make_powerlb
+    from powerlb.accesslog import ReopenOnSigusr1
     from powerlb.service import ConfigSource, reload_on_sighup
 
     service = make_powerlb(options.config)
     cli = {name: value for name, value in options.items() if name != "config"}
     reload_on_sighup(service, ConfigSource(options["config"], cli))
+    if options.config.access_log is not None:
+        ReopenOnSigusr1(service.reopen_logs, service.reactor).setServiceParent(service)
     return service

@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any, Deque, List, Optional, Set, Union
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError as TCPTimeoutError
 from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -43,10 +44,12 @@ class UpstreamError(Exception):
     ``retryable`` is true when the request certainly did not reach the
     backend's application (the connection could not be made, or a reused
     keep-alive connection closed before any response byte), so an idempotent
-    request may be sent again elsewhere.
+    request may be sent again elsewhere. ``timeout_kind`` names the time
+    limit that ran out (``connect``, ``response``, ``idle``), "" for other failures.
     """
 
     status = 502
+    timeout_kind = ""
 
     def __init__(self, reason: str, retryable: bool = False) -> None:
         super().__init__(reason)
@@ -61,10 +64,20 @@ class ConnectFailed(UpstreamError):
         super().__init__(reason, retryable=True)
 
 
+class ConnectTimeout(ConnectFailed):
+    """The connection to the backend was not made within ``connect_timeout``; nothing was sent."""
+
+    timeout_kind = "connect"
+
+
 class UpstreamTimeout(UpstreamError):
-    """The backend did not answer in time."""
+    """The backend did not answer in time: ``kind`` is ``response`` (no head) or ``idle`` (mid-body)."""
 
     status = 504
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.timeout_kind = kind
 
 
 class BackendBusy(UpstreamError):
@@ -224,6 +237,7 @@ class Exchange:
         "idempotent",
         "paused",
         "payload",
+        "response_time",
         "sink",
         "stream",
     )
@@ -248,6 +262,8 @@ class Exchange:
         self.paused = False
         #: When waiting for a free connection slot: the time it gives up; 0 when not.
         self.deadline = 0.0
+        #: Seconds from the request sent to the response head (set when the head arrives).
+        self.response_time = 0.0
 
     @property
     def active(self) -> bool:
@@ -295,6 +311,7 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.response_started = False
         self.last_data = 0.0  # when the backend last sent something, or the read last resumed
+        self.sent_at = 0.0  # when the exchange's request head was written
         self._seconds = factory.reactor.seconds
         self._response_deadline = 0.0
         self._timer: Any = None
@@ -315,7 +332,8 @@ class UpstreamConnection(Protocol):
             self.transport.pauseProducing()
         self.transport.write(exchange.payload)
         factory = self.factory
-        self._response_deadline = self._seconds() + factory.response_timeout
+        self.sent_at = self._seconds()
+        self._response_deadline = self.sent_at + factory.response_timeout
         self._timer = factory.reactor.callLater(factory._first_check, self._check_timeout)
         stream = exchange.stream
         if stream is not None:
@@ -358,8 +376,10 @@ class UpstreamConnection(Protocol):
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
         self.response_started = True
-        if self.exchange is not None:
-            self.exchange.sink.head_received(status, reason, headers)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_time = self._seconds() - self.sent_at
+            exchange.sink.head_received(status, reason, headers)
 
     def response_body(self, data: bytes) -> None:
         exchange = self.exchange
@@ -435,7 +455,7 @@ class UpstreamConnection(Protocol):
         if not self.response_started:
             left = self._response_deadline - self._seconds()
             if left <= 0:
-                self._time_out("backend did not answer in time")
+                self._time_out("backend did not answer in time", "response")
                 return
             left = min(left, factory.idle_timeout)  # if the head comes first, its idle time counts from it
         elif self.exchange.paused:
@@ -443,12 +463,12 @@ class UpstreamConnection(Protocol):
         else:
             left = self.last_data + factory.idle_timeout - self._seconds()
             if left <= 0:
-                self._time_out(f"backend sent nothing for {factory.idle_timeout:g} s mid-response")
+                self._time_out(f"backend sent nothing for {factory.idle_timeout:g} s mid-response", "idle")
                 return
         self._timer = factory.reactor.callLater(left, self._check_timeout)
 
-    def _time_out(self, reason: str) -> None:
-        self._fail(UpstreamTimeout(reason))
+    def _time_out(self, reason: str, kind: str) -> None:
+        self._fail(UpstreamTimeout(reason, kind))
         self.transport.abortConnection()
 
     def _cancel_timer(self) -> None:
@@ -589,6 +609,7 @@ class ProxyClientFactory(ClientFactory):
             self.reactor.callLater(0, _fail, exchange, QueueFull("backend queue full"))
             return
         else:
+            self.backend.queue_waits += 1
             exchange.deadline = self.reactor.seconds() + self.queue_timeout
             if self._queue_timer is None:
                 self._queue_timer = self.reactor.callLater(self.queue_timeout, self._expire_waiting)
@@ -629,6 +650,7 @@ class ProxyClientFactory(ClientFactory):
         busy = self._connecting + len(self._connections)
         for exchange in expired:
             self._waiting.remove(exchange)
+            self.backend.queue_timeouts += 1
             _fail(exchange, QueueTimeout(f"backend queue timeout ({busy} connections busy)"))
 
     def _cancel_queue_timer(self) -> None:
@@ -693,7 +715,8 @@ class ProxyClientFactory(ClientFactory):
         self._connecting -= 1
         if not self._waiting:
             return
-        _fail(self._next_waiting(), ConnectFailed(f"cannot connect to backend: {_describe(reason)}"))
+        kind = ConnectTimeout if reason.check(TCPTimeoutError) else ConnectFailed
+        _fail(self._next_waiting(), kind(f"cannot connect to backend: {_describe(reason)}"))
         self._connect_waiting()
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:

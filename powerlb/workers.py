@@ -3,15 +3,17 @@
 The main process binds the socket (so privileged ports work before twistd
 drops privileges) but never accepts on it; each worker adopts it and runs a
 whole powerlb: its own upstream pools, health checks and cache. Workers send
-their stats snapshot to the main process once a second over their stdout
-pipe, and the main process's admin listener serves the merged figures. A
-worker that dies is started again.
+their stats snapshot to the main process once a second over a pipe (fd
+:data:`REPORT_FD`; their stdout and stderr are the main process's, e.g. for
+``access-log: -``), and the main process's admin listener serves the merged
+figures, JSON and Prometheus metrics alike. A worker that dies is started again.
 
 Per process: the cache (each worker stores what it fetched), upstream
 connections, health-check state (every worker probes every backend, so the
-views agree within one check interval). Merged: counters, in-flight figures
-and cache sizes are summed; a backend shows as healthy only while every
-worker sees it healthy.
+views agree within one check interval), the access log's buffer (each writes
+whole lines to the same file). Merged: counters, in-flight figures, cache
+sizes and latency histogram buckets are summed; a backend shows as healthy
+only while every worker sees it healthy.
 
 Stopping sends SIGTERM to every worker, which drains its connections (up to
 ``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
@@ -44,6 +46,8 @@ log = Logger()
 
 #: The fd number a worker finds the shared listening socket on.
 LISTEN_FD = 3
+#: The fd number a worker writes its stats snapshots to (a pipe to the main process).
+REPORT_FD = 4
 REPORT_INTERVAL = 1.0
 RESTART_DELAY = 1.0
 #: Seconds a stopping worker gets beyond ``drain_timeout`` before it is killed.
@@ -53,10 +57,13 @@ _SUPERVISOR_SETTINGS = ("listen", "admin", "workers")
 
 
 def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """One stats snapshot from several workers' (same shape): numbers summed, flags all-true.
+    """One stats snapshot from several workers': numbers summed, flags all-true.
 
-    Identity and configuration fields (``url``, ``weight``, ``max_bytes`` ...)
-    are taken from the first; ``hit_ratio`` is recomputed.
+    Mappings merge key by key over the keys any worker has (``responses`` is
+    keyed by what each worker has seen); lists of the same length element by
+    element (backends, latency histogram buckets). Identity and configuration
+    fields (``url``, ``weight``, ``max_bytes`` ...) are taken from the first;
+    ``hit_ratio`` is recomputed.
     """
     if not snapshots:
         return {}
@@ -80,7 +87,8 @@ def _merge(values: List[Any], key: str = "") -> Any:
     if isinstance(first, (int, float)):
         return sum(v for v in values if isinstance(v, (int, float)))
     if isinstance(first, dict):
-        return {k: _merge([v.get(k, first[k]) for v in values], k) for k in first}
+        keys = dict.fromkeys(k for v in values if isinstance(v, dict) for k in v)
+        return {k: _merge([v[k] for v in values if isinstance(v, dict) and k in v], k) for k in keys}
     if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
         return [_merge([v[i] for v in values]) for i in range(len(first))]
     return first
@@ -104,7 +112,12 @@ class _WorkerProcess(protocol.ProcessProtocol):
         elif self.transport.pid is not None:
             self.transport.signalProcess("HUP")
 
-    def outReceived(self, data: bytes) -> None:
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == REPORT_FD:
+            self.report_received(data)
+
+    def report_received(self, data: bytes) -> None:
+        """Bytes of the worker's stats lines (one JSON snapshot a line)."""
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
@@ -189,7 +202,7 @@ class WorkerSupervisor(MultiService):
             sys.executable,
             [sys.executable, "-m", "powerlb.workers"],
             env=dict(os.environ),
-            childFDs={0: "w", 1: "r", 2: 2, LISTEN_FD: self.port.fileno()},
+            childFDs={0: "w", 1: 1, 2: 2, LISTEN_FD: self.port.fileno(), REPORT_FD: "r"},
         )
         process.write(payload)
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
@@ -232,6 +245,13 @@ class WorkerSupervisor(MultiService):
         for worker in self.workers:
             if worker is not None:
                 worker.reload()
+
+    def reopen_logs(self) -> None:
+        """Make every worker open its access log file again (SIGUSR1; workers that have not
+        reported yet have no handler, and open the file afresh anyway)."""
+        for worker in self.workers:
+            if worker is not None and worker.snapshot is not None and worker.transport.pid is not None:
+                worker.transport.signalProcess("USR1")
 
     def stopService(self) -> defer.Deferred:
         """Stop accepting at once, let every worker drain and exit (killed if it overstays)."""
@@ -298,11 +318,12 @@ def _accept_one_at_a_time(port: Any) -> None:
 
 
 def worker_main() -> None:
-    """Entry point of a worker process: config on stdin, the listening socket on fd 3."""
+    """Entry point of a worker process: config on stdin, the listening socket on fd 3, reports to fd 4."""
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from powerlb.accesslog import ReopenOnSigusr1
     from powerlb.service import PowerLBService, ReloadOnSighup
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
@@ -312,8 +333,10 @@ def worker_main() -> None:
     if source is not None:
         # Before the first report: the supervisor sends SIGHUP only once the worker has reported.
         ReloadOnSighup(service, source, reactor).setServiceParent(service)
+    if service.access_log is not None:
+        ReopenOnSigusr1(service.reopen_logs, reactor).setServiceParent(service)
     pipe = _SupervisorPipe()
-    StandardIO(pipe, reactor=reactor)
+    StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)
     _Reporting(service, pipe.transport, reactor).setServiceParent(service)
     service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy
     _accept_one_at_a_time(service.proxy_listener.port)

@@ -931,6 +931,13 @@ def test_backend_weights_and_snapshot() -> None:
         "in_flight": 0,
         "requests": 0,
         "failures": 0,
+        "timeouts": {"connect": 0, "response": 0, "idle": 0},
+        "queue_waits": 0,
+        "queue_timeouts": 0,
+        "checks": {"pass": 0, "fail": 0},
+        "latency_sum": 0.0,
+        "latency_count": 0,
+        "latency_buckets": [0] * 16,
     }
     assert backup.snapshot()["backup"] is True
     backup.ejected = backup.draining = True

@@ -479,7 +479,7 @@ async def test_head_uses_stored_get_and_stats_count_results(make_backends, start
     figures = await (await http.get(lb.admin_url + "/api/v1/stats")).json()
     cache: Optional[Dict[str, Any]] = figures["cache"]
     assert (cache["hits"], cache["misses"], cache["stale"], cache["revalidated"]) == (1, 2, 0, 0)
-    metrics = await (await http.get(lb.admin_url + "/_powerlb/metrics")).text()
+    metrics = await (await http.get(lb.admin_url + "/metrics")).text()
     assert 'powerlb_cache_results_total{result="coalesced"} 0.0' in metrics
 
 

@@ -360,6 +360,7 @@ def test_options_long_names() -> None:
         "admin",
         "admin-token",
         "access-log",
+        "access-log-format",
         "config",
     }
 
@@ -486,6 +487,10 @@ def test_every_algorithm_accepted(name: str) -> None:
         (["--backend", B1, "--admin", "tcp:abc"], "admin: 'tcp:abc:interface=127.0.0.1' is not"),
         (["--backend", B1, "--admin-token", ""], "admin-token: an empty value is not allowed"),
         (["--backend", B1, "--access-log", ""], "access-log: an empty value is not allowed"),
+        (
+            ["--backend", B1, "--access-log-format", "clf"],
+            "access-log-format: unknown format 'clf'; choose one of: combined, json",
+        ),
         (["--backend", B1, "--config", "/nonexistent.yaml"], "config: cannot read"),
     ],
 )

@@ -392,9 +392,9 @@ async def test_stats_endpoint_reports_backends_and_cache(make_backends, start_po
     assert (cache["hits"], cache["misses"], cache["stores"], cache["entries"]) == (2, 2, 1, 1)
     assert cache["hit_ratio"] == 0.5
     assert cache["bytes"] > len(b"cached body")
-    metrics = await (await http.get(lb.admin_url + "/_powerlb/metrics")).text()
+    metrics = await (await http.get(lb.admin_url + "/metrics")).text()
     assert 'powerlb_cache_results_total{result="hits"} 2.0' in metrics
-    assert "powerlb_requests_total 4.0" in metrics
+    assert 'powerlb_requests_total{backend="",cache="hit",code="2xx"} 2.0' in metrics
     # The admin listener is separate: the proxy port does not serve it.
     proxied = await http.get(lb.url + "/api/v1/stats")
     assert (await proxied.json())["backend"] in ("a", "b")

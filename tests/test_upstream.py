@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -16,6 +16,7 @@ from powerlb.backend import Backend, BackendSpec
 from powerlb.upstream import (
     QUEUE_LIMIT,
     ConnectFailed,
+    ConnectTimeout,
     IResponseSink,
     ProxyClientFactory,
     QueueFull,
@@ -357,6 +358,7 @@ def test_response_timeout() -> None:
     pool.reactor.advance(0.1)
     assert sink.events == [("failed", 504, False)]
     assert isinstance(sink.error, UpstreamTimeout)
+    assert sink.error.timeout_kind == "response"
     assert transport.disconnected
     lose(proto)
     assert sink.events == [("failed", 504, False)]
@@ -385,6 +387,27 @@ def test_interim_response_does_not_stop_the_timeout() -> None:
     assert sink.events == [("failed", 504, False)]
 
 
+def test_connect_timeout_is_a_retryable_connect_failure_of_its_own_kind() -> None:
+    pool = Pool()
+    sink = Sink()
+    pool.get(sink)
+    pool.factory.clientConnectionFailed(None, Failure(TimeoutError()))
+    assert sink.events == [("failed", 502, True)]
+    assert isinstance(sink.error, ConnectTimeout) and sink.error.timeout_kind == "connect"
+
+
+def test_response_time_is_measured_from_the_request_sent_to_the_head() -> None:
+    pool = Pool()
+    exchange = pool.get(Sink())
+    pool.reactor.advance(3)  # connecting does not count
+    proto, _ = pool.connect()
+    pool.reactor.advance(0.25)
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    pool.reactor.advance(7)  # nor does the body
+    proto.dataReceived(b"hello")
+    assert exchange.response_time == 0.25
+
+
 def test_connect_failure_is_retryable() -> None:
     pool = Pool()
     sink = Sink()
@@ -393,6 +416,7 @@ def test_connect_failure_is_retryable() -> None:
     assert sink.events == [("failed", 502, True)]
     assert isinstance(sink.error, ConnectFailed)
     assert "cannot connect to backend" in sink.error.reason
+    assert sink.error.timeout_kind == ""
     assert not exchange.active
     # A later request still gets its own connection attempt.
     pool.get(Sink())
@@ -632,6 +656,7 @@ def test_silence_mid_body_fails_with_504_and_aborts() -> None:
     assert sink.events[-1] == ("failed", 504, False)
     assert isinstance(sink.error, UpstreamTimeout)
     assert sink.error.reason == "backend sent nothing for 10 s mid-response"
+    assert sink.error.timeout_kind == "idle"
     assert transport.disconnected
     lose(proto)
     assert sink.events[-1] == ("failed", 504, False)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any, List
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from powerlb.workers import merge_snapshots
 from tests.support import (
@@ -21,6 +23,11 @@ from tests.support import (
     start_server,
     stats,
     wait_until,
+)
+
+ACCESS_LINE = re.compile(
+    r'127\.0\.0\.1 - - \[[^\]]+\] "GET / HTTP/1\.1" 200 \d+ "-" "-" '
+    r"upstream=127\.0\.0\.1:\d+ upstream_time=\d+\.\d{3} cache=MISS"
 )
 
 
@@ -49,6 +56,26 @@ def test_merge_sums_counters_keeps_identity_and_needs_every_worker_healthy() -> 
     assert merge_snapshots([]) == {}
 
 
+def test_merge_takes_every_worker_keys_and_sums_histogram_buckets() -> None:
+    one = {
+        "responses": {"http://b": {"2xx": {"miss": 2}}},
+        "backends": [{"url": "http://b", "latency_sum": 0.5, "latency_buckets": [1, 0, 1]}],
+    }
+    two = {
+        "responses": {
+            "http://b": {"2xx": {"miss": 1, "bypass": 1}, "5xx": {"miss": 1}},
+            "": {"2xx": {"hit": 4}},
+        },
+        "backends": [{"url": "http://b", "latency_sum": 0.25, "latency_buckets": [0, 2, 1]}],
+    }
+    merged = merge_snapshots([one, two])
+    assert merged["responses"] == {
+        "http://b": {"2xx": {"miss": 3, "bypass": 1}, "5xx": {"miss": 1}},
+        "": {"2xx": {"hit": 4}},
+    }
+    assert merged["backends"] == [{"url": "http://b", "latency_sum": 0.75, "latency_buckets": [1, 2, 2]}]
+
+
 @pytest.fixture
 def demo(demo_backends: Any) -> List[int]:
     """Two demo backends' ports."""
@@ -69,6 +96,8 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
             f"tcp:{listen}:interface={HOST}",
             "--admin",
             f"tcp:{admin}:interface={HOST}",
+            "--access-log",
+            "-",
         ]
         args += [arg for port in demo for arg in ("--backend", f"http://{HOST}:{port}")]
         return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
@@ -97,6 +126,14 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
         )
         assert refused.status == 403
         assert "each worker process has its own backends and cache" in refused.json()["error"]
+        metrics = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(get(admin, "/metrics").body.decode())
+            for sample in family.samples
+        }
+        assert sum(v for (name, _), v in metrics.items() if name == "powerlb_requests_total") == 30
+        latency = [v for (name, _), v in metrics.items() if name == "powerlb_upstream_response_seconds_count"]
+        assert len(latency) == 2 and sum(latency) == 30
         first, second = merged["workers"]
         os.kill(first, signal.SIGKILL)
         restarted = wait_until(
@@ -110,6 +147,12 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
         status = proc.stop()
     assert status in (0, -signal.SIGTERM), proc.describe()
     assert "Traceback" not in proc.output(), proc.describe()
+    assert "unreadable stats line" not in proc.output(), proc.describe()
+    # Each worker wrote its access log to the main process's stdout; a killed worker's unwritten
+    # lines are lost, the rest are whole.
+    access = [line for line in proc.output().splitlines() if " cache=" in line]
+    assert 10 <= len(access) <= 40, proc.describe()
+    assert all(ACCESS_LINE.fullmatch(line) for line in access), access
     for pid in (second, *restarted):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
