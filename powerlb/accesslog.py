@@ -218,7 +218,8 @@ class AccessLog(Service):
 
 
 class ReopenOnSigusr1(Service):
-    """For top-level ``twistd`` runs: SIGUSR1 calls ``reopen`` on the reactor thread (after logrotate).
+    """For top-level ``twistd`` runs: SIGUSR1 calls ``reopen`` on the reactor thread (after logrotate),
+    then the handler it replaced.
 
     Signal handlers are per process, so embedders that run several instances
     call :meth:`AccessLog.reopen` themselves.
@@ -240,3 +241,5 @@ class ReopenOnSigusr1(Service):
 
     def _signalled(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reopen)
+        if callable(self._previous):  # e.g. twistd rotating its own --logfile on SIGUSR1
+            self._previous(signum, frame)

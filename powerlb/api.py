@@ -292,8 +292,10 @@ class ApiResource(Resource):
         """``POST /api/v1/backends``: a new backend, healthy until its checks say otherwise; 409 if known."""
         assert self._control is not None
         spec = parse_new_backend(self._body(request))
-        if any(backend.url == spec.url for backend in self._control.backends):
-            raise ApiError(409, f"backend {spec.url} exists; change it with PATCH {API_ROOT}backends/<id>")
+        if any(backend.id == spec.id for backend in self._control.backends):
+            raise ApiError(
+                409, f"backend {spec.id} exists; change it with PATCH {API_ROOT}backends/{spec.id}"
+            )
         backend = self._control.add_backend(spec)
         log.info("api: backend {url} added with weight {weight}", url=backend.url, weight=backend.weight)
         request.setHeader(b"location", f"{API_ROOT}backends/{backend.id}".encode())

@@ -37,6 +37,11 @@ class BackendSpec:
     backup: bool = False
     scheme: str = "http"
 
+    @property
+    def id(self) -> str:
+        """``host:port`` as in the URL (``[::1]:80`` for IPv6): unique among the backends."""
+        return self.url.partition("://")[2]
+
 
 class Backend:
     """One upstream server at run time: its spec, health and live counters.
@@ -61,7 +66,6 @@ class Backend:
 
     __slots__ = (
         "_spec",
-        "address",
         "backup",
         "checks",
         "disabled",
@@ -72,6 +76,7 @@ class Backend:
         "failures",
         "healthy",
         "host",
+        "id",
         "in_flight",
         "latency",
         "port",
@@ -87,8 +92,9 @@ class Backend:
     def __init__(self, spec: BackendSpec) -> None:
         self._spec = spec
         self.url = spec.url
-        #: ``host:port`` as the access log shows it (``[::1]:80`` for IPv6).
-        self.address = spec.url.partition("://")[2]
+        #: ``host:port`` as in the URL (``[::1]:80`` for IPv6): the admin API's name for the backend,
+        #: and the upstream address in the access log.
+        self.id = spec.id
         self.host = spec.host
         self.port = spec.port
         self.scheme = spec.scheme
@@ -113,11 +119,6 @@ class Backend:
     def full_weight(self) -> int:
         """``effective_weight`` outside a slow start: the configured weight in WEIGHT_SCALE units."""
         return self.weight * WEIGHT_SCALE
-
-    @property
-    def id(self) -> str:
-        """How the admin API names the backend: ``host:port`` as in its URL (``[::1]:80`` for IPv6)."""
-        return self.url.partition("://")[2]
 
     @property
     def state(self) -> str:

@@ -59,8 +59,9 @@ def _eligible(backend: Backend, exclude: Collection[Backend]) -> bool:
 
 
 def _serves_sessions(backend: Backend, exclude: Collection[Backend]) -> bool:
-    """Whether ``backend`` may take a request of a client stuck to it: as :func:`_eligible`, draining too."""
-    return backend.healthy and not backend.ejected and backend not in exclude
+    """Whether ``backend`` may take a request of a client stuck to it: as :func:`_eligible`, draining too
+    (but never while disabled)."""
+    return backend.healthy and not backend.ejected and not backend.disabled and backend not in exclude
 
 
 class _CursorBalancer:
@@ -359,9 +360,9 @@ class StickySessions:
 
     The cookie (see :mod:`powerlb.sticky`) names a backend by
     :func:`~powerlb.sticky.backend_id`. That backend takes the request while
-    it is healthy, not ejected and not excluded (a retry) — also while it
-    drains, as HAProxy does, so sessions on it can finish — and even when it
-    is a backup. Otherwise, or without the cookie, ``inner`` picks; the
+    it is healthy, not ejected, not disabled and not excluded (a retry) — also
+    while it drains, as HAProxy does, so sessions on it can finish — and even
+    when it is a backup. Otherwise, or without the cookie, ``inner`` picks; the
     client response then gets the cookie of that backend.
     """
 

@@ -93,9 +93,14 @@ def parse_duration(text: str) -> float:
     return float(_parse_quantity(text, _DURATION_UNITS, "duration", "2s or 500ms"))
 
 
+def _format_number(value: float) -> str:
+    """``value`` in positional notation, exactly (``0.5``, ``1.123456``, ``2``)."""
+    return format(Decimal(repr(value)).normalize(), "f")
+
+
 def _format_duration(seconds: float) -> str:
-    """``seconds`` in positional notation, exactly as :func:`parse_duration` reads it back (``"0.5s"``)."""
-    return format(Decimal(repr(seconds)).normalize(), "f") + "s"
+    """``seconds`` as :func:`parse_duration` reads it back (``"0.5s"``)."""
+    return _format_number(seconds) + "s"
 
 
 def _parse_count(text: str) -> int:
@@ -293,7 +298,7 @@ def _parse_balance_factor(text: str) -> float:
 
 
 def _format_factor(value: float) -> str:
-    return f"{value:g}" if value else "off"
+    return _format_number(value) if value else "off"
 
 
 class _PlaceholderReactor:
@@ -746,10 +751,23 @@ def _finish(values: Mapping[str, Any]) -> Config:
     if not values.get("backends"):
         raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
     config = Config(**values)
+    _check_backends_differ(config.backends)
     _check_hashing(config)
     if config.workers > 1 and config.listen.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
     return config
+
+
+def _check_backends_differ(backends: Tuple[BackendSpec, ...]) -> None:
+    """Each backend (``host:port``) is given once."""
+    seen: Dict[str, str] = {}
+    for spec in backends:
+        if spec.id in seen:
+            raise ConfigError(
+                "backend",
+                f"{seen[spec.id]} and {spec.url} are the same server {spec.id}; give each backend once",
+            )
+        seen[spec.id] = spec.url
 
 
 def _check_hashing(config: Config) -> None:

@@ -28,10 +28,19 @@ class ApiFailure(Exception):
     """The API refused the request, or could not be reached; the message says why."""
 
 
+#: The port of a backend URL that gives none.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def backend_path(backend: str) -> str:
-    """The API path of a backend given as its id (``host:port``) or its URL (``http://host:port``)."""
-    backend_id = backend.partition("://")[2] if "://" in backend else backend
-    return "backends/" + quote(backend_id.rstrip("/"), safe=":[]")
+    """The API path of a backend given as its id (``host:port``) or its URL (``https://host[:port]``)."""
+    backend_id = backend.rstrip("/")
+    scheme, sep, address = backend_id.partition("://")
+    if sep and ":" not in address.rpartition("]")[2]:  # a URL without a port
+        backend_id = f"{address}:{DEFAULT_PORTS.get(scheme.lower(), 80)}"
+    elif sep:
+        backend_id = address
+    return "backends/" + quote(backend_id, safe=":[]")
 
 
 def _set_state(state: str) -> Any:

@@ -129,17 +129,15 @@ class Dispatch:
         self.upstream_time = -1.0
 
     def attempt(self, previous: Optional[UpstreamError] = None) -> None:
-        """Send the request to a healthy backend not tried yet, or fail (503, or ``previous``).
+        """Send the request to a healthy backend not tried yet, or fail: 503 when none was
+        eligible at all, else with ``previous``.
 
-        ``previous`` is the failure that makes this a retry (counted when a backend takes it).
+        ``previous`` is the failure that makes this a retry (counted when a backend takes it);
+        with no other backend to retry on, it is the answer (e.g. 502 for a refused connection).
         """
         backend = self.dispatcher.balancer.pick(self.client, self.tried)
         if backend is None:
-            if previous is not None and not previous.retryable:
-                self._fail(previous)  # it reached a backend: its own failure (502/504) says more
-                return
-            reason = "no healthy backend" if not self.tried else "no other healthy backend to retry on"
-            self._fail(NoBackend(reason))
+            self._fail(previous if previous is not None else NoBackend("no healthy backend"))
             return
         if previous is not None:
             self.dispatcher.counters.retries += 1

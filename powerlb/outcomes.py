@@ -65,7 +65,7 @@ class Outcomes:
             request.sentLength,
             request.getHeader(b"referer"),
             request.getHeader(b"user-agent"),
-            None if backend is None else backend.address,
+            None if backend is None else backend.id,
             upstream_time,
             request.x_cache,
         )

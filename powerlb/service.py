@@ -305,17 +305,7 @@ class PowerLBService(MultiService):
         restart and ignored.
         """
         old = self.config
-        kept: Dict[str, Any] = {}
-        for setting in SETTINGS:
-            before, after = getattr(old, setting.attr), getattr(config, setting.attr)
-            if setting.attr not in RELOADABLE and after != before:
-                kept[setting.attr] = before
-                log.warn(
-                    "reload: {setting} changed, which needs a restart; still using {value}",
-                    setting=setting.key,
-                    value="off" if before is None else setting.show(before),
-                )
-        self.config = dataclasses.replace(config, **kept)
+        self.config = reloaded(old, config)
         added, removed, reweighted = diff_backends(old.backends, config.backends)
         by_url = {backend.url: backend for backend in self.backends}
         for spec in removed:
@@ -420,6 +410,22 @@ RELOADABLE = frozenset(
 
 #: Config attributes a new balancer is built for when a reload changes one of them.
 _BALANCER_SETTINGS = ("algorithm", "hash_key", "hash_balance_factor")
+
+
+def reloaded(old: Config, new: Config) -> Config:
+    """What a reload from ``old`` to ``new`` runs with: ``new``, but every setting outside
+    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart)."""
+    kept: Dict[str, Any] = {}
+    for setting in SETTINGS:
+        before, after = getattr(old, setting.attr), getattr(new, setting.attr)
+        if setting.attr not in RELOADABLE and after != before:
+            kept[setting.attr] = before
+            log.warn(
+                "reload: {setting} changed, which needs a restart; still using {value}",
+                setting=setting.key,
+                value="off" if before is None else setting.show(before),
+            )
+    return dataclasses.replace(new, **kept)
 
 
 def diff_backends(

@@ -53,6 +53,14 @@ class Counters:
 CACHE_RESULTS = ("hits", "misses", "stale", "revalidated", "coalesced", "bypass")
 
 
+def hit_ratio(results: Mapping[str, int]) -> float:
+    """The share of cache look-ups answered from the cache (hits, stale, revalidated, coalesced)
+    among those and the misses, from the snapshot's ``cache`` figures; 0.0 before any."""
+    from_cache = sum(results.get(result, 0) for result in ("hits", "stale", "revalidated", "coalesced"))
+    lookups = from_cache + results.get("misses", 0)
+    return round(from_cache / lookups, 4) if lookups else 0.0
+
+
 def snapshot(
     backends: Sequence[Backend],
     counters: Counters,
@@ -66,17 +74,13 @@ def snapshot(
     ``responses`` is :meth:`powerlb.outcomes.Outcomes.snapshot`: completed requests by
     backend, status class and cache result.
     """
-    from_cache = (
-        counters.cache_hits + counters.cache_stale + counters.cache_revalidated + counters.cache_coalesced
-    )
-    lookups = from_cache + counters.cache_misses
     cache_figures: Dict[str, Any] = {
         "enabled": cache is not None,
         **{result: getattr(counters, f"cache_{result}") for result in CACHE_RESULTS},
         "purged": counters.cache_purged,
         "invalidated": counters.cache_invalidated,
-        "hit_ratio": round(from_cache / lookups, 4) if lookups else 0.0,
     }
+    cache_figures["hit_ratio"] = hit_ratio(cache_figures)
     if cache is not None:
         cache_figures.update(cache.stats())
     return {
@@ -140,7 +144,9 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
         ),
     }
     up = GaugeMetricFamily(
-        "powerlb_backend_up", "1 while health checks pass and it is not ejected as an outlier", labels=label
+        "powerlb_backend_up",
+        "1 while health checks pass and it is neither ejected as an outlier nor disabled",
+        labels=label,
     )
     checks = CounterMetricFamily(
         "powerlb_health_checks", "Health-check results", labels=["backend", "result"]
@@ -155,7 +161,9 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
     )
     for backend in backends:
         url = [backend["url"]]
-        up.add_metric(url, float(backend["healthy"] and not backend.get("ejected", False)))
+        up.add_metric(
+            url, float(backend["healthy"] and not backend.get("ejected") and not backend.get("disabled"))
+        )
         for field, family in (*gauges.items(), *counters.items()):
             if field in backend:
                 family.add_metric(url, backend[field])

@@ -40,7 +40,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from powerlb.config import Config
-from powerlb.service import ConfigSource
+from powerlb.service import ConfigSource, reloaded
+from powerlb.stats import hit_ratio
 
 log = Logger()
 
@@ -52,30 +53,36 @@ REPORT_INTERVAL = 1.0
 RESTART_DELAY = 1.0
 #: Seconds a stopping worker gets beyond ``drain_timeout`` before it is killed.
 STOP_MARGIN = 5.0
-#: Config fields the main process owns; a reload cannot change them.
-_SUPERVISOR_SETTINGS = ("listen", "admin", "workers")
 
 
 def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
     """One stats snapshot from several workers': numbers summed, flags all-true.
 
     Mappings merge key by key over the keys any worker has (``responses`` is
-    keyed by what each worker has seen); lists of the same length element by
-    element (backends, latency histogram buckets). Identity and configuration
-    fields (``url``, ``weight``, ``max_bytes`` ...) are taken from the first;
-    ``hit_ratio`` is recomputed.
+    keyed by what each worker has seen); backends by URL, in the order they
+    first appear (during a reload workers may briefly list different ones);
+    other lists of the same length element by element (latency histogram
+    buckets). Identity and configuration fields (``url``, ``weight``,
+    ``effective_weight``, ``max_bytes`` ...) are taken from the first worker
+    that has them; ``hit_ratio`` is recomputed.
     """
     if not snapshots:
         return {}
-    merged = _merge(snapshots)
+    by_url: Dict[str, List[Any]] = {}
+    for snapshot in snapshots:
+        for backend in snapshot.get("backends", []):
+            by_url.setdefault(backend["url"], []).append(backend)
+    merged = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
+    merged["backends"] = [_merge(same) for same in by_url.values()]
     cache = merged.get("cache")
     if isinstance(cache, dict):
-        lookups = cache.get("hits", 0) + cache.get("misses", 0)
-        cache["hit_ratio"] = round(cache.get("hits", 0) / lookups, 4) if lookups else 0.0
+        cache["hit_ratio"] = hit_ratio(cache)
     return merged
 
 
-_SAME_IN_EVERY_WORKER = frozenset({"url", "weight", "backup", "max_bytes", "max_object", "enabled"})
+_SAME_IN_EVERY_WORKER = frozenset(
+    {"url", "id", "weight", "effective_weight", "backup", "max_bytes", "max_object", "enabled"}
+)
 
 
 def _merge(values: List[Any], key: str = "") -> Any:
@@ -229,16 +236,12 @@ class WorkerSupervisor(MultiService):
     def reload(self, config: Config) -> None:
         """Take ``config`` for workers started from now on and send every worker SIGHUP.
 
-        ``listen``, ``admin`` and ``workers`` need a restart: a change is
-        logged and ignored. Without a ``config_source`` the workers have no
-        file to re-read and keep their configuration until they restart.
+        Settings a reload cannot change (see :func:`powerlb.service.reloaded`)
+        are logged and kept, so workers started later run as the others.
+        Without a ``config_source`` the workers have no file to re-read and
+        keep their configuration until they restart.
         """
-        kept = {}
-        for name in _SUPERVISOR_SETTINGS:
-            if getattr(config, name) != getattr(self.config, name):
-                kept[name] = getattr(self.config, name)
-                log.warn("reload: {setting} changed, which needs a restart; ignored", setting=name)
-        self.config = dataclasses.replace(config, **kept)
+        self.config = reloaded(self.config, config)
         if self.config_source is None:
             log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
             return

@@ -186,7 +186,7 @@ async def test_added_backend_takes_traffic_and_shows_everywhere(make_backends, s
 
     again = await call(http, lb, "POST", "backends", {"url": c.url + "/"})  # the same URL
     assert again.code == 409
-    assert f"backend {c.url} exists" in again.json_body["error"]
+    assert f"backend {backend_id(c)} exists" in again.json_body["error"]
 
 
 @pytest.mark.parametrize(

@@ -793,6 +793,15 @@ def test_draining_backend_keeps_its_sticky_clients_only() -> None:
     assert picks(balancer, 4) == "aaaa"  # new clients do not go to it
 
 
+def test_disabled_backend_loses_its_sticky_clients() -> None:
+    a, b = make_backends(1, 1)
+    balancer = make_balancer("round-robin", [a, b], sticky=StickyCookie("lb"))
+    b.set_state("disabled")
+    assert all(balancer.pick(sticky_request(b)) is a for _ in range(4))
+    b.set_state("enabled")
+    assert balancer.pick(sticky_request(b)) is b
+
+
 def test_sticky_sessions_follow_set_backends() -> None:
     a, b, c = make_backends(1, 1, 1)
     balancer = make_balancer("round-robin", [a, b], sticky=StickyCookie("lb"))

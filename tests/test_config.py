@@ -666,6 +666,16 @@ def test_config_from_mapping() -> None:
         ({"backend": [B1]}, "config", "unknown key 'backend'; valid keys are: listen, backends"),
         ({"backends": B1}, "backend", "is not a list; give a YAML list"),
         ({"backends": []}, "backend", "no backends given; add --backend http://HOST:PORT"),
+        (
+            {"backends": ["http://h:80", "http://H"]},
+            "backend",
+            "http://h:80 and http://h:80 are the same server h:80; give each backend once",
+        ),
+        (
+            {"backends": ["http://h:8443", "https://h:8443,weight=2"]},
+            "backend",
+            "http://h:8443 and https://h:8443 are the same server h:8443; give each backend once",
+        ),
         ({"backends": [42]}, "backend", "42 is not a backend; write http://HOST:PORT"),
         ({"backends": [{"weight": 2}]}, "backend", "has no url string; give url: http://"),
         ({"backends": [{"url": B1, "wieght": 2}]}, "backend", "unknown key 'wieght'"),

@@ -76,6 +76,27 @@ def test_merge_takes_every_worker_keys_and_sums_histogram_buckets() -> None:
     assert merged["backends"] == [{"url": "http://b", "latency_sum": 0.75, "latency_buckets": [1, 2, 2]}]
 
 
+def test_merge_matches_backends_by_url_and_keeps_per_backend_settings() -> None:
+    def backend(url: str, requests: int) -> dict:
+        return {"url": url, "id": url[7:], "weight": 2, "effective_weight": 2.0, "requests": requests}
+
+    # mid-reload: the second worker already has c and no longer b
+    one = {"backends": [backend("http://a", 1), backend("http://b", 2)]}
+    two = {"backends": [backend("http://a", 10), backend("http://c", 30)]}
+    merged = merge_snapshots([one, two])["backends"]
+    assert [(b["url"], b["requests"], b["weight"], b["effective_weight"]) for b in merged] == [
+        ("http://a", 11, 2, 2.0),
+        ("http://b", 2, 2, 2.0),
+        ("http://c", 30, 2, 2.0),
+    ]
+
+
+def test_merged_hit_ratio_counts_every_answer_from_the_cache_as_one_process_does() -> None:
+    cache = {"hits": 1, "stale": 1, "revalidated": 0, "coalesced": 1, "misses": 1}
+    merged = merge_snapshots([{"cache": dict(cache)}, {"cache": dict(cache)}])
+    assert merged["cache"]["hit_ratio"] == 0.75
+
+
 @pytest.fixture
 def demo(demo_backends: Any) -> List[int]:
     """Two demo backends' ports."""
