@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -566,3 +567,62 @@ def test_tls_error_after_the_response_began_is_not_a_handshake_failure(pki: PKI)
     assert sink.status == 200
     assert sink.error is not None and not isinstance(sink.error, ConnectFailed)
     assert "before the response was complete" in sink.error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_requests_are_logged_counted_and_get_a_secure_sticky_cookie(
+    make_backends, start_powerlb, pki, tmp_path
+):
+    (backend,) = make_backends(1)
+    backend.routes[b"/cached"] = lambda request: (request.setHeader(b"cache-control", b"max-age=60"), b"c")[1]
+    path = tmp_path / "access.jsonl"
+    lb = start_powerlb(
+        [backend],
+        listen=tls_listen(pki),
+        access_log=str(path),
+        access_log_format="json",
+        sticky_cookie="lb",
+    )
+    protocol, (page, miss, hit) = await h2_in_thread(
+        lb.port,
+        pki.ca_file,
+        [(b"GET", b"/page", [], b""), (b"GET", b"/cached", [], b""), (b"GET", b"/cached", [], b"")],
+    )
+    assert protocol == "h2" and [r.status for r in (page, miss, hit)] == [200, 200, 200]
+    cookie = page.header(b"set-cookie")
+    assert cookie is not None and cookie.startswith(b"lb=") and b"; Secure" in cookie
+    assert hit.header(b"x-cache") == b"HIT" and hit.header(b"set-cookie") is None
+    lb.service.access_log.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["protocol"], r["target"], r["cache"], r["upstream"]) for r in records] == [
+        ("HTTP/2", "/page", "MISS", backend.url[7:]),
+        ("HTTP/2", "/cached", "MISS", backend.url[7:]),
+        ("HTTP/2", "/cached", "HIT", None),
+    ]
+    responses = lb.service.stats()["responses"]
+    assert responses == {backend.url: {"2xx": {"miss": 2}}, "": {"2xx": {"hit": 1}}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_backend_added_through_the_api_is_verified_and_named_by_host_port(
+    make_backends, start_powerlb, pki, tls_backend, http
+):
+    (plain,) = make_backends(1)
+    secure = tls_backend()
+    lb = start_powerlb(
+        [plain], backend_ca_file=str(pki.ca_file), admin="tcp:0", admin_token="t", algorithm="round-robin"
+    )
+    auth = {"Authorization": ["Bearer t"], "Content-Type": ["application/json"]}
+    added = await http.post(
+        lb.admin_url + "/api/v1/backends", json.dumps({"url": secure.url}).encode(), headers=auth
+    )
+    assert added.code == 201
+    backend_id = secure.url.partition("://")[2]
+    assert (await added.json())["id"] == backend_id
+    answers = [await http.get(lb.url + "/x") for _ in range(4)]
+    assert [r.code for r in answers] == [200] * 4
+    assert len([r for r in secure.requests if r.uri == b"/x"]) == 2  # over verified TLS
+    drained = await http.patch(
+        f"{lb.admin_url}/api/v1/backends/{backend_id}", b'{"state": "draining"}', headers=auth
+    )
+    assert (await drained.json())["state"] == "draining"
