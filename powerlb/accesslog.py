@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -215,31 +214,3 @@ class AccessLog(Service):
         fd, self._fd = self._fd, None
         if fd is not None and self.path != "-":
             os.close(fd)
-
-
-class ReopenOnSigusr1(Service):
-    """For top-level ``twistd`` runs: SIGUSR1 calls ``reopen`` on the reactor thread (after logrotate),
-    then the handler it replaced.
-
-    Signal handlers are per process, so embedders that run several instances
-    call :meth:`AccessLog.reopen` themselves.
-    """
-
-    def __init__(self, reopen: Callable[[], None], reactor: Any) -> None:
-        self.reopen = reopen
-        self.reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(signal.SIGUSR1, self._signalled)
-
-    def stopService(self) -> None:
-        if self.running:
-            signal.signal(signal.SIGUSR1, self._previous if self._previous is not None else signal.SIG_DFL)
-        super().stopService()
-
-    def _signalled(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reopen)
-        if callable(self._previous):  # e.g. twistd rotating its own --logfile on SIGUSR1
-            self._previous(signum, frame)

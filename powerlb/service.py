@@ -469,36 +469,51 @@ class ConfigSource:
         return dataclasses.replace(build_config(self.cli, self.path), **self.overrides)
 
 
-class ReloadOnSighup(Service):
-    """While running, SIGHUP re-reads ``source`` and hands the result to ``target.reload``.
+class OnSignal(Service):
+    """While running, the signal ``signum`` calls ``action`` on the reactor thread, then the
+    handler it replaced when that is a function (e.g. twistd rotating its ``--logfile`` on SIGUSR1).
 
     For the top-level process only (``twistd powerlb``, ``lb.tac``, a
-    worker): it installs a process-wide signal handler. The handler only
-    schedules the reload on the reactor. A bad configuration is logged in
-    one line naming the setting, and the running one is kept.
+    worker): signal handlers are process-wide, so embedders that run several
+    instances call the actions themselves.
     """
 
-    def __init__(self, target: Any, source: ConfigSource, reactor: Any = None) -> None:
+    def __init__(self, signum: int, action: Callable[[], Any], reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.target = target
-        self.source = source
+        self.signum = signum
+        self.action = action
         self.reactor = reactor
         self._previous: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+        self._previous = signal.signal(self.signum, self._signalled)
 
     def stopService(self) -> None:
         if self.running:
-            signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
         super().stopService()
 
     def _signalled(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+        self.reactor.callFromThread(self.action)
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+
+class ReloadOnSighup(OnSignal):
+    """While running, SIGHUP re-reads ``source`` and hands the result to ``target.reload``.
+
+    A bad configuration is logged in one line naming the setting, and the
+    running one is kept.
+    """
+
+    def __init__(self, target: Any, source: ConfigSource, reactor: Any = None) -> None:
+        super().__init__(signal.SIGHUP, self.reload, reactor)
+        self.target = target
+        self.source = source
 
     def reload(self) -> None:
         """Re-read the configuration and apply it, or log why it cannot be."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Optional
 
 from twisted.application.service import IService
@@ -33,12 +34,11 @@ def makeService(options: Options) -> IService:
     On a reload the command-line options still win over the file.
     """
     from powerlb import makeService as make_powerlb
-    from powerlb.accesslog import ReopenOnSigusr1
-    from powerlb.service import ConfigSource, reload_on_sighup
+    from powerlb.service import ConfigSource, OnSignal, reload_on_sighup
 
     service = make_powerlb(options.config)
     cli = {name: value for name, value in options.items() if name != "config"}
     reload_on_sighup(service, ConfigSource(options["config"], cli))
     if options.config.access_log is not None:
-        ReopenOnSigusr1(service.reopen_logs, service.reactor).setServiceParent(service)
+        OnSignal(signal.SIGUSR1, service.reopen_logs, service.reactor).setServiceParent(service)
     return service

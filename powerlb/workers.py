@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
 import socket
 import sys
 from typing import Any, Dict, List, Optional
@@ -326,8 +327,7 @@ def worker_main() -> None:
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from powerlb.accesslog import ReopenOnSigusr1
-    from powerlb.service import PowerLBService, ReloadOnSighup
+    from powerlb.service import OnSignal, PowerLBService, ReloadOnSighup
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     config, family, source = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
@@ -337,7 +337,7 @@ def worker_main() -> None:
         # Before the first report: the supervisor sends SIGHUP only once the worker has reported.
         ReloadOnSighup(service, source, reactor).setServiceParent(service)
     if service.access_log is not None:
-        ReopenOnSigusr1(service.reopen_logs, reactor).setServiceParent(service)
+        OnSignal(signal.SIGUSR1, service.reopen_logs, reactor).setServiceParent(service)
     pipe = _SupervisorPipe()
     StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)
     _Reporting(service, pipe.transport, reactor).setServiceParent(service)

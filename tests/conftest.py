@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -206,3 +207,11 @@ def sleep(seconds: float) -> defer.Deferred:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Wait on the real reactor until ``condition()`` holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await sleep(0.01)

@@ -11,8 +11,8 @@ import pytest_twisted
 import treq
 
 from powerlb.config import SETTINGS, config_from_mapping, parse_admin_endpoint
-from tests.conftest import sleep
-from tests.test_backends_e2e import backends_hit, wait_for
+from tests.conftest import sleep, wait_for
+from tests.test_backends_e2e import backends_hit
 from tests.test_cache_rfc import fetch, origin
 from tests.test_lifecycle import reloaded, slow_route
 

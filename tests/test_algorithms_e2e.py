@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb.balancing import ConsistentHash
 from powerlb.sticky import backend_id
-from tests.conftest import sleep
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -45,14 +45,6 @@ async def fetch(client: Any, url: str, headers: Optional[Dict[bytes, bytes]] = N
     response = await client.get(url, headers=headers or {})
     body = await response.content()
     return Reply(response.code, response.headers, body)
-
-
-async def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def expected_backend(lb: Any, key: bytes) -> str:

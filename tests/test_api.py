@@ -222,5 +222,6 @@ def test_token_rule() -> None:
 
 def test_json_errors_are_one_line() -> None:
     error = refused(parse_json_body, b"application/json", b'{\n"a": }')
-    assert error.message.startswith("the body is not valid JSON (Expecting value: line 2")
+    # the parser's own words differ between CPython and PyPy; both say where
+    assert error.message.startswith("the body is not valid JSON (") and "line 2" in error.message
     assert "\n" not in error.message

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.web._newclient import ResponseFailed
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tests.conftest import sleep
+from tests.conftest import wait_for
 
 #: No cache (concurrent GETs of one URL would be coalesced) and no retry on another backend.
 PLAIN = {"cache_size": 0, "retries": 0}
@@ -101,7 +101,7 @@ async def test_connection_limit_queues_the_excess_and_serves_everyone(
     client = lb.service.clients[lb.service.backends[0]]
     start = time.monotonic()
     pending = [defer.ensureDeferred(timed_get(http, f"{lb.url}/slow?{i}")) for i in range(5)]
-    await sleep_until(lambda: client.queued > 0)
+    await wait_for(lambda: client.queued > 0)
     assert client.open_connections <= 2
     results: List[Tuple[int, bytes, float]] = await defer.gatherResults(pending)
     assert [(status, body) for status, body, _ in results] == [(200, b"slow answer")] * 5
@@ -128,11 +128,3 @@ async def test_queue_timeout_answers_503_before_the_backend_would(
         assert b"backend queue timeout (1 connections busy)" in body
         assert 0.15 <= elapsed < 1.2
     assert a.served() == 1
-
-
-async def sleep_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Wait on the real reactor until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await sleep(0.01)

@@ -8,7 +8,7 @@ from typing import Any, Callable, List
 import pytest_twisted
 from twisted.web.server import Request
 
-from tests.conftest import sleep
+from tests.conftest import sleep, wait_for
 
 
 async def backends_hit(http: Any, url: str, n: int) -> List[str]:
@@ -19,14 +19,6 @@ async def backends_hit(http: Any, url: str, n: int) -> List[str]:
         await response.content()
         out.append(response.headers.getRawHeaders(b"x-backend")[0].decode())
     return out
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def answer(status: int) -> Callable[[Request], bytes]:

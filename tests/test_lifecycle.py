@@ -21,7 +21,7 @@ import powerlb
 from powerlb.backend import BackendSpec
 from powerlb.config import config_from_mapping, parse_backend
 from powerlb.service import ConfigSource, ReloadOnSighup, diff_backends
-from tests.conftest import sleep
+from tests.conftest import wait_for
 from tests.support import (
     HOST,
     REPO,
@@ -234,13 +234,6 @@ def test_config_source_command_line_wins_over_the_file(tmp_path: Path) -> None:
 
 
 # --- graceful stop in-process ------------------------------------------------------------
-
-
-async def wait_for(check: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await sleep(0.02)
 
 
 @pytest_twisted.ensureDeferred

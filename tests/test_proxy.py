@@ -10,7 +10,7 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.web.server import NOT_DONE_YET
 
-from tests.conftest import sleep
+from tests.conftest import sleep, wait_for
 
 
 async def backends_hit(http: Any, url: str, n: int, path: str = "/") -> List[str]:
@@ -35,14 +35,6 @@ async def test_smooth_weighted_round_robin_sequence_over_sockets(make_backends, 
     assert await backends_hit(http, lb.url, 14) == list("aabacaa" * 2)
 
 
-async def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 @pytest_twisted.ensureDeferred
 async def test_least_connections_sends_to_the_idle_backend_and_counts_are_real(
     make_backends, start_powerlb, http
@@ -51,7 +43,8 @@ async def test_least_connections_sends_to_the_idle_backend_and_counts_are_real(
     held: Dict[str, List[Any]] = {"a": [], "b": []}
     for backend in (a, b):
         backend.routes[b"/hold"] = lambda r, name=backend.name: (held[name].append(r), NOT_DONE_YET)[1]
-    lb = start_powerlb([a, b], algorithm="least-connections")
+    # no cache: two concurrent misses on one URL would be coalesced into one upstream request
+    lb = start_powerlb([a, b], algorithm="least-connections", cache_size=0)
     in_flight = lambda: [x.in_flight for x in lb.service.backends]  # noqa: E731
     pending = [http.get(lb.url + "/hold") for _ in range(2)]
     await wait_for(lambda: len(held["a"]) + len(held["b"]) == 2)

@@ -42,7 +42,7 @@ from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
-from tests.conftest import TestBackend, sleep
+from tests.conftest import TestBackend, sleep, wait_for
 
 HOST = "127.0.0.1"
 
@@ -246,14 +246,6 @@ def tls_backend(pki: PKI) -> Any:
     yield start
     for backend in started:
         pytest_twisted.blockon(backend.stop())
-
-
-async def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # --- the TLS listener ----------------------------------------------------------------------

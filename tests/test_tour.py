@@ -41,9 +41,7 @@ def test_tour_runs_and_the_drained_backend_gets_no_new_requests() -> None:
         "ADMIN_PORT": str(admin),
         "BACKEND_PORTS": ",".join(map(str, backends)),
     }
-    done = subprocess.run(
-        ["bash", str(TOUR)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
-    )
+    done = subprocess.run(["bash", str(TOUR)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for port in backends:
