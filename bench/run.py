@@ -155,7 +155,7 @@ class MemoryResult:
 class Context:
     tmp: Path
     www: Path
-    backend_ports: tuple[int, int, int]
+    backend_ports: tuple[int, ...]  # three for the rows; one for the upload's own backend
     tools: dict[str, str]
     backend_pid: int = 0  # the nginx backends, once started
 
@@ -532,7 +532,7 @@ def stream_through_powerlb(
         return stream_once(ctx, label, path, size, None, None)
     with upload_sink() as sink:
         port = int(sink.server_address[1])
-        return stream_once(replace(ctx, backend_ports=(port, port, port)), label, path, size, upload, sink)
+        return stream_once(replace(ctx, backend_ports=(port,)), label, path, size, upload, sink)
 
 
 def stream_once(
