@@ -39,7 +39,6 @@ answer to a conditional or range request). A ``HEAD`` forwarded while a
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -338,14 +337,12 @@ class CacheLayer:
         A conditional GET when ``entry`` has a validator (RFC 9111 section 4.3.1), else one
         without the client's conditionals and range (:func:`cachepolicy.fetch_headers`).
         """
-        upstream = copy.copy(client)
-        upstream.method = b"GET"
         conditional = entry is not None and cachepolicy.has_validator(entry.headers)
         if conditional:
-            upstream.headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
+            headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
         else:
-            upstream.headers = cachepolicy.fetch_headers(client.headers)
-        return upstream, conditional
+            headers = cachepolicy.fetch_headers(client.headers)
+        return client.with_method_and_headers(b"GET", headers), conditional
 
     def _refresh(self, resource: Any, key: bytes, client: Any, entry: CachedResponse) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""

@@ -10,9 +10,7 @@ summing them element by element.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Dict, List, Sequence, Tuple
-
-from prometheus_client.utils import floatToGoString
+from typing import Any, Dict, List, Tuple
 
 #: Upper bounds (seconds, inclusive) of the buckets; one more bucket, +Inf, takes the rest.
 LATENCY_BUCKETS: Tuple[float, ...] = (
@@ -56,14 +54,3 @@ class LatencyHistogram:
             "latency_count": sum(self.counts),
             "latency_buckets": list(self.counts),
         }
-
-
-def cumulative_buckets(counts: Sequence[int]) -> List[Tuple[str, int]]:
-    """Prometheus ``(le, cumulative count)`` pairs from per-bucket ``counts`` (as in a snapshot)."""
-    bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-    out = []
-    total = 0
-    for bound, count in zip(bounds, counts):
-        total += count
-        out.append((bound, total))
-    return out

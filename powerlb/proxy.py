@@ -44,6 +44,20 @@ class ClientRequest:
         self.scheme = b"https" if request.isSecure() else b"http"
         self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
 
+    def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
+        """A copy of this request with another ``method`` and ``headers`` (e.g. the cache's own GET).
+
+        Copied slot by slot: ``copy.copy`` of a slotted object takes over ten times as long.
+        """
+        other = ClientRequest.__new__(ClientRequest)
+        other.method = method
+        other.headers = headers
+        other.target = self.target
+        other.host = self.host
+        other.scheme = self.scheme
+        other.client_host = self.client_host
+        return other
+
     def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
         """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)

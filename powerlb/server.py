@@ -138,14 +138,22 @@ class ProxyRequest(Request):
     The request path notes on it what :class:`~powerlb.outcomes.Outcomes`
     counts once it is finished: ``dispatch``, its way to a backend (None when
     it went to none), and ``x_cache``, its cache result (``b""`` when none).
+
+    powerlb's own attributes are slots: twisted.web's request already has so
+    many attributes that a few more would make CPython turn its compact
+    (shared-key) instance dict into a dict of its own for every request.
     """
 
-    body_stream: Optional[BodyStream] = None
-    dispatch: Any = None
-    x_cache = b""
-    _body_size = 0
-    _body_started = 0.0
-    _finish_pending = False
+    __slots__ = ("_body_size", "_body_started", "_finish_pending", "body_stream", "dispatch", "x_cache")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_stream: Optional[BodyStream] = None
+        self.dispatch: Any = None
+        self.x_cache = b""
+        self._body_size = 0
+        self._body_started = 0.0
+        self._finish_pending = False
 
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
@@ -274,7 +282,7 @@ class ProxyChannel(TrackedChannel):
                 if response is not None:
                     self.resetTimeout()
                     self.transport.writeSequence(response)
-                    site.outcomes.fast_hit(self.transport, method, target, headers, *response)
+                    site.outcomes.fast_hit(self.transport, method, target, headers, response)
                     return
         super().dataReceived(data)
 

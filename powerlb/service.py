@@ -28,7 +28,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from powerlb.accesslog import AccessLog
-from powerlb.admin import admin_root
 from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
@@ -234,6 +233,9 @@ class PowerLBService(MultiService):
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
+            # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
+            from powerlb.admin import admin_root
+
             admin = admin_root(self.stats, lambda: self.config, self, cache_layer, config.admin_token)
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)

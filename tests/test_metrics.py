@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.web.server import NOT_DONE_YET
 
-from powerlb.latency import LATENCY_BUCKETS, LatencyHistogram, cumulative_buckets
+from powerlb.latency import LATENCY_BUCKETS, LatencyHistogram
+from powerlb.metrics import cumulative_buckets
 from tests.conftest import sleep
 from tests.test_cache_rfc import fetch, origin
 from tests.test_fast_hits import exchange, headers_of
