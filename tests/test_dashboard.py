@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.support import (
     Process,
     clean_env,
     get,
+    request,
     start_demo_backends,
     start_twistd_powerlb,
     stats,
@@ -187,7 +189,7 @@ def _start_demo_backend(tmp_path: Path, name: str, processes: List[Process]) -> 
 
 
 def _backend_rows(driver: Any) -> Dict[str, Dict[str, Any]]:
-    """The backends table as shown: visible URL -> {"state": text, "requests": text, "badge": element}."""
+    """The backends table as shown: URL -> {"state", "latency", "requests": text, "badge": element}."""
     from selenium.webdriver.common.by import By
 
     rows = {}
@@ -195,6 +197,7 @@ def _backend_rows(driver: Any) -> Dict[str, Dict[str, Any]]:
         cells = row.find_elements(By.TAG_NAME, "td")
         rows[cells[0].text] = {
             "state": cells[1].text,
+            "latency": cells[6].text,
             "requests": cells[7].text,
             "badge": cells[1].find_element(By.CSS_SELECTOR, ".state"),
         }
@@ -211,7 +214,9 @@ def test_dashboard_in_chromium_shows_every_backend_and_one_going_down(tmp_path, 
     from selenium.webdriver.support.ui import WebDriverWait
 
     ports = [_start_demo_backend(tmp_path, name, processes) for name in ("a", "b")]
-    lb, (listen, admin) = start_twistd_powerlb(tmp_path, ports, *FAST_CHECKS, "--cache-size", "1MiB")
+    lb, (listen, admin) = start_twistd_powerlb(
+        tmp_path, ports, *FAST_CHECKS, "--cache-size", "1MiB", "--admin-token", "t"
+    )
     processes.append(lb)
     urls = [f"http://{HOST}:{port}" for port in ports]
     for path in ("/", "/", "/cached", "/cached"):
@@ -255,6 +260,25 @@ def test_dashboard_in_chromium_shows_every_backend_and_one_going_down(tmp_path, 
     processes.append(restarted)
     wait_until(lambda: get(ports[0], "/health").status == 200, "restarted demo backend")
     wait.until(lambda d: shows(dict.fromkeys(urls, "up")))
+    assert _severe(browser) == []
+
+    # an operator disables b through the API; traffic to a shows its latency over the last poll
+    disabled = request(
+        admin,
+        "PATCH",
+        f"/api/v1/backends/{up_url[7:]}",
+        b'{"state": "disabled"}',
+        {"Content-Type": "application/json", "Authorization": "Bearer t"},
+    )
+    assert disabled.status == 200
+    wait.until(lambda d: shows({down_url: "up", up_url: "disabled"}))
+
+    def latency_shown() -> bool:
+        assert get(listen, "/").status == 200
+        return re.fullmatch(r"\d+\.\d ms", _backend_rows(browser)[down_url]["latency"]) is not None
+
+    wait.until(lambda d: latency_shown())
+    assert _backend_rows(browser)[up_url]["latency"] == "\N{EN DASH}"  # no requests: no figure
     assert _severe(browser) == []
 
     lb.stop()
