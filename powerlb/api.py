@@ -131,7 +131,7 @@ def canonical_id(text: str) -> str:
         spec = parse_backend(f"http://{text}")
     except ValueError:
         raise bad from None
-    return spec.url.partition("://")[2]
+    return spec.id
 
 
 def parse_new_backend(body: Mapping[str, Any]) -> BackendSpec:
