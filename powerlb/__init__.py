@@ -26,6 +26,7 @@ def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -
     """
     if not isinstance(config, Config):
         config = config_from_mapping(config)
+    # Imported here: ``import powerlb`` (and ``twistd powerlb --help``) stays without the service modules.
     if config.workers > 1:
         from powerlb.workers import WorkerSupervisor
 

@@ -25,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from powerlb.backend import BackendSpec
+from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.hashkey import parse_hash_key
 from powerlb.headers import TOKEN
 from powerlb.tls import TLS_EXTRA_HINT, load_ca_file, tls_available
@@ -219,8 +220,6 @@ def _parse_backend_entry(entry: Any) -> BackendSpec:
 
 
 def _parse_algorithm(text: str) -> str:
-    from powerlb.balancing import ALGORITHMS
-
     if text not in ALGORITHMS:
         choices = ", ".join(sorted(ALGORITHMS))
         raise ValueError(f"unknown algorithm {text!r}; choose one of: {choices}")
@@ -318,14 +317,20 @@ def parse_endpoint(text: str) -> str:
     return text
 
 
+def endpoint_kind(description: str) -> str:
+    """The kind of a Twisted server endpoint description, lower-case: ``"tcp"`` for ``TCP:8080``,
+    ``"ssl"``, ``"unix"`` ..."""
+    return description.split(":", 1)[0].strip().lower()
+
+
 _LOOPBACK = {"tcp": "127.0.0.1", "tcp6": r"\:\:1"}
 
 
 def parse_admin_endpoint(text: str) -> str:
     """Like :func:`parse_endpoint`, but a ``tcp:`` (``tcp6:``) endpoint without ``interface=``
     binds to loopback: ``:interface=127.0.0.1`` (``::1``) is appended."""
-    kind, *arguments = text.split(":")
-    loopback = _LOOPBACK.get(kind.strip().lower())
+    loopback = _LOOPBACK.get(endpoint_kind(text))
+    arguments = text.split(":")[1:]
     if loopback and not any(arg.strip().startswith("interface=") for arg in arguments):
         text = f"{text}:interface={loopback}"
     return parse_endpoint(text)
@@ -753,7 +758,7 @@ def _finish(values: Mapping[str, Any]) -> Config:
     config = Config(**values)
     _check_backends_differ(config.backends)
     _check_hashing(config)
-    if config.workers > 1 and config.listen.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
+    if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
     return config
 
@@ -772,8 +777,6 @@ def _check_backends_differ(backends: Tuple[BackendSpec, ...]) -> None:
 
 def _check_hashing(config: Config) -> None:
     """The hashing settings are set only with an algorithm that reads them."""
-    from powerlb.balancing import ALGORITHMS, ConsistentHash
-
     if ALGORITHMS[config.algorithm] is ConsistentHash:
         return
     for setting, is_set in (

@@ -8,7 +8,10 @@ from typing import Any, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
+from powerlb import makeService as make_powerlb
 from powerlb.config import Options as ConfigOptions
+from powerlb.reload import ConfigSource
+from powerlb.signals import OnSignal, reload_on_sighup
 
 __all__ = ["Options", "makeService"]
 
@@ -33,9 +36,6 @@ def makeService(options: Options) -> IService:
 
     On a reload the command-line options still win over the file.
     """
-    from powerlb import makeService as make_powerlb
-    from powerlb.service import ConfigSource, OnSignal, reload_on_sighup
-
     service = make_powerlb(options.config)
     cli = {name: value for name, value in options.items() if name != "config"}
     reload_on_sighup(service, ConfigSource(options["config"], cli))

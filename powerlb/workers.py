@@ -18,7 +18,7 @@ only while every worker sees it healthy.
 Stopping sends SIGTERM to every worker, which drains its connections (up to
 ``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
 is killed. SIGHUP to the main process (see
-:func:`powerlb.service.reload_on_sighup`) is forwarded to every worker, which
+:func:`powerlb.signals.reload_on_sighup`) is forwarded to every worker, which
 re-reads the configuration itself.
 """
 
@@ -41,7 +41,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from powerlb.config import Config
-from powerlb.service import ConfigSource, reloaded
+from powerlb.listening import Listener
+from powerlb.reload import ConfigSource, reloaded
+from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
 
 log = Logger()
@@ -143,14 +145,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
 
 
 class WorkerSupervisor(MultiService):
-    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats.
-
-    ``config_source`` (set by :func:`powerlb.service.reload_on_sighup`) is
-    passed to the workers so that they can re-read the configuration on
-    SIGHUP; without it they keep the one they started with.
-    """
-
-    config_source: Optional[ConfigSource] = None
+    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats."""
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
@@ -165,12 +160,23 @@ class WorkerSupervisor(MultiService):
         self.workers: List[Optional[_WorkerProcess]] = [None] * config.workers
         self._stopping = False
         if config.admin is not None:
+            # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
             from powerlb.server import QuietSite
-            from powerlb.service import Listener
 
             admin_site = QuietSite(admin_root(self.stats, lambda: self.config), reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
+
+    @property
+    def config_source(self) -> Optional[ConfigSource]:
+        """Where the workers re-read the configuration from on SIGHUP: the source of this
+        supervisor's :class:`~powerlb.signals.ReloadOnSighup` (see
+        :func:`~powerlb.signals.reload_on_sighup`). Without one they keep the configuration
+        they started with."""
+        for child in self:
+            if isinstance(child, ReloadOnSighup) and child.target is self:
+                return child.source
+        return None
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -237,7 +243,7 @@ class WorkerSupervisor(MultiService):
     def reload(self, config: Config) -> None:
         """Take ``config`` for workers started from now on and send every worker SIGHUP.
 
-        Settings a reload cannot change (see :func:`powerlb.service.reloaded`)
+        Settings a reload cannot change (see :func:`powerlb.reload.reloaded`)
         are logged and kept, so workers started later run as the others.
         Without a ``config_source`` the workers have no file to re-read and
         keep their configuration until they restart.
@@ -327,7 +333,8 @@ def worker_main() -> None:
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from powerlb.service import OnSignal, PowerLBService, ReloadOnSighup
+    # Imported here: only a worker runs a PowerLBService; the supervisor goes without the proxy modules.
+    from powerlb.service import PowerLBService
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     config, family, source = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))

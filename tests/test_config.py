@@ -24,6 +24,7 @@ from powerlb.config import (
     build_config,
     config_from_mapping,
     config_to_mapping,
+    endpoint_kind,
     format_size,
     parse_admin_endpoint,
     parse_backend,
@@ -282,6 +283,21 @@ def test_admin_endpoint_defaults_to_loopback(text: str, expected: str) -> None:
 def test_admin_endpoint_rejects_bad_string() -> None:
     with pytest.raises(ValueError, match="'tcpx:9000' is not a Twisted server endpoint"):
         parse_admin_endpoint("tcpx:9000")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("tcp:8080", "tcp"),
+        (" TCP6 :port=8080", "tcp6"),
+        ("ssl:8443:privateKey=key.pem", "ssl"),
+        ("unix:/run/lb.sock", "unix"),
+        ("systemd:domain=INET:index=0", "systemd"),
+        ("8080", "8080"),
+    ],
+)
+def test_endpoint_kind(text: str, kind: str) -> None:
+    assert endpoint_kind(text) == kind
 
 
 def test_no_reactor_installed_as_side_effect() -> None:

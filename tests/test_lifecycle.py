@@ -20,7 +20,8 @@ from twisted.web.server import NOT_DONE_YET
 import powerlb
 from powerlb.backend import BackendSpec
 from powerlb.config import config_from_mapping, parse_backend
-from powerlb.service import ConfigSource, ReloadOnSighup, diff_backends
+from powerlb.reload import ConfigSource, diff_backends
+from powerlb.signals import ReloadOnSighup
 from tests.conftest import wait_for
 from tests.support import (
     HOST,
