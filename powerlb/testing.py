@@ -50,6 +50,7 @@ A request nothing was scripted for is held: the test answers it through
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
@@ -475,8 +476,8 @@ class _CountingSite(Site):
 class TestBackend:
     """A real HTTP backend on 127.0.0.1 that records the requests it receives.
 
-    ``routes`` maps a path to a :data:`Handler`; :meth:`answer` scripts a
-    plain one. ``/health`` answers ``ok``; any other path the JSON
+    ``routes`` maps a path to a :data:`Handler`; :meth:`answer`, :meth:`hang`
+    and :meth:`cut` script the usual ones. ``/health`` answers ``ok``; any other path the JSON
     ``{"backend": name, "uri": uri}`` (:meth:`default`). Every response
     carries ``X-Backend: name``. ``reactor`` defaults to the global one.
     """
@@ -518,6 +519,21 @@ class TestBackend:
 
         self.routes[path] = handler
 
+    def hang(self, path: bytes, first_bytes: bytes = b"", length: int = 100) -> None:
+        """Answer the requests for ``path`` with a head announcing ``length`` body bytes, ``first_bytes``
+        of them, and then nothing more (a backend gone silent)."""
+        self.routes[path] = functools.partial(_start_body, length=length, first_bytes=first_bytes)
+
+    def cut(self, path: bytes, first_bytes: bytes = b"", length: int = 100) -> None:
+        """As :meth:`hang`, then close the connection (a backend that died mid-response)."""
+
+        def handler(request: Request) -> Any:
+            _start_body(request, length, first_bytes)
+            request.loseConnection()
+            return NOT_DONE_YET
+
+        self.routes[path] = handler
+
     def start(self, port_number: int = 0) -> TestBackend:
         """Listen on 127.0.0.1:``port_number`` (0: a free port, then in :attr:`port_number`)."""
         self.port = self.reactor.listenTCP(port_number, self.site, interface="127.0.0.1")
@@ -546,6 +562,12 @@ class TestBackend:
     def served(self) -> int:
         """Requests served, not counting health checks."""
         return sum(1 for r in self.requests if r.uri != b"/health")
+
+
+def _start_body(request: Request, length: int, first_bytes: bytes) -> Any:
+    request.setHeader(b"content-length", b"%d" % length)
+    request.write(first_bytes)  # b"" still sends the head
+    return NOT_DONE_YET
 
 
 def _finish(request: Request, body: bytes) -> None:

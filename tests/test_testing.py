@@ -6,16 +6,19 @@ import doctest
 import json
 import subprocess
 import sys
+from typing import List
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet.task import Clock
+from twisted.web.client import ResponseFailed
 from zope.interface.verify import verifyObject
 
 import powerlb.testing
 from powerlb.testing import FakeUpstream, RecordingSink
 from powerlb.upstream import IResponseSink, UpstreamError, UpstreamTimeout
+from tests.conftest import wait_for
 from tests.support import clean_env
 
 
@@ -178,3 +181,24 @@ async def test_test_backend_serves_scripted_routes_and_records_requests(make_bac
     assert a.requests[0].header(b"x-test") == [b"1"]
     assert a.served() == 3
     assert a.connections_used() == 1  # the client's pool kept the connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_test_backend_hangs_and_cuts_responses_mid_body(make_backends, http):
+    (a,) = make_backends(1)
+    a.hang(b"/silent", b"part", length=10)
+    a.cut(b"/cut", b"part", length=10)
+
+    cut = await http.get(a.url + "/cut")
+    assert cut.length == 10
+    with pytest.raises(ResponseFailed):
+        await treq.content(cut)
+
+    silent = await http.get(a.url + "/silent")
+    received: List[bytes] = []
+    body = treq.collect(silent, received.append)
+    await wait_for(lambda: received == [b"part"])
+    assert not body.called  # the rest never comes
+    await a.stop()
+    with pytest.raises(ResponseFailed):
+        await body
