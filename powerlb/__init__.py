@@ -9,7 +9,8 @@ from typing import Any, Mapping, Union
 
 from twisted.application.service import IService
 
-from powerlb.config import Config, ConfigError, config_from_mapping
+from powerlb.config import ConfigError, config_from_mapping
+from powerlb.settings import Config
 
 __all__ = ["Config", "ConfigError", "makeService"]
 __version__ = "0.1.0"

@@ -9,9 +9,9 @@ from twisted.web.resource import Resource
 
 from powerlb.api import ApiResource, BackendControl
 from powerlb.caching import CacheLayer
-from powerlb.config import Config
 from powerlb.dashboard import DashboardResource
 from powerlb.metrics import MetricsResource
+from powerlb.settings import Config
 
 
 def admin_root(

@@ -22,14 +22,9 @@ from twisted.web.server import Request
 from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
-from powerlb.config import (
-    Config,
-    ConfigError,
-    backend_from_entry,
-    config_to_mapping,
-    parse_backend,
-    parse_weight,
-)
+from powerlb.config import ConfigError, backend_from_entry, config_to_mapping
+from powerlb.settings import Config
+from powerlb.values import parse_backend, parse_weight
 
 log = Logger()
 

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from twisted.logger import Logger
 
 from powerlb.backend import BackendSpec
-from powerlb.config import SETTINGS, Config, build_config
+from powerlb.config import build_config
+from powerlb.settings import SETTINGS, Config
 
 log = Logger()
 

@@ -32,9 +32,9 @@ from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from powerlb.config import Config
 from powerlb.headers import Headers
 from powerlb.outcomes import Outcomes
+from powerlb.settings import Config
 from powerlb.upstream import BodyStream
 
 _STATUS_TEXT = {

@@ -31,7 +31,6 @@ from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
-from powerlb.config import Config, endpoint_kind
 from powerlb.dispatch import Dispatcher
 from powerlb.health import HealthChecker, SlowStart
 from powerlb.listening import Listener, drain
@@ -40,10 +39,12 @@ from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
 from powerlb.reload import diff_backends, reloaded
 from powerlb.server import ProxySite, QuietSite
+from powerlb.settings import Config
 from powerlb.stats import Counters, snapshot
 from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
 from powerlb.upstream import ProxyClientFactory, probe
+from powerlb.values import endpoint_kind
 
 log = Logger()
 

@@ -40,9 +40,9 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from powerlb.config import Config
 from powerlb.listening import Listener
 from powerlb.reload import ConfigSource, reloaded
+from powerlb.settings import Config
 from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
 

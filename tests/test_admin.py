@@ -10,7 +10,9 @@ import pytest
 import pytest_twisted
 import treq
 
-from powerlb.config import SETTINGS, config_from_mapping, parse_admin_endpoint
+from powerlb.config import config_from_mapping
+from powerlb.settings import SETTINGS
+from powerlb.values import parse_admin_endpoint
 from tests.conftest import sleep, wait_for
 from tests.test_backends_e2e import backends_hit
 from tests.test_cache_rfc import fetch, origin

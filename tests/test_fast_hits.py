@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, protocol, reactor
 
-from powerlb.config import Config
 from powerlb.server import Limits, parse_simple_request
+from powerlb.settings import Config
 
 LIMITS = Limits(Config(max_url_length=64, max_header_size=512, max_headers=4))
 

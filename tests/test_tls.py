@@ -37,9 +37,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from powerlb.backend import Backend, BackendSpec
-from powerlb.config import Config, ConfigError, config_from_mapping
+from powerlb.config import ConfigError, config_from_mapping
 from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
+from powerlb.settings import Config
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
 from tests.conftest import TestBackend, sleep, wait_for
