@@ -119,13 +119,13 @@ METHOD = """\
   independent of the machine's load, unlike CPU time.
 - Memory: a fresh powerlb per transfer, from each tree; curl discards the response (`-o /dev/null`);
   powerlb's RSS is read every 0.2 s, and growth is the highest RSS minus the RSS just before the
-  transfer. VmHWM (reset through `/proc/PID/clear_refs` first) also catches peaks between samples. The 1
-  GiB file is sparse, served by the nginx backends. The upload POSTs the same file with `curl -X POST
-  -T` (read from disk as sent, with Content-Length) through a powerlb started with `{max_body}`, whose
-  backend is a small HTTP server in run.py that reads each body to the end before it answers (nginx
-  `return 200` answers first) and checks that every byte arrived. A transfer is stopped by PID and
-  reported as failed if powerlb grows by more than {max_growth} MiB or curl takes over
-  {transfer_timeout} s.
+  transfer. VmHWM (reset through `/proc/PID/clear_refs` first) also catches peaks between samples.
+  The 1 GiB file is sparse, served by the nginx backends. The upload POSTs the same file with
+  `curl -X POST -T` (read from disk as sent, with Content-Length) through a powerlb started with
+  `{max_body}`, whose backend is a small HTTP server in run.py that reads each body to the end before
+  it answers (nginx `return 200` answers first) and checks that every byte arrived. A transfer is
+  stopped by PID and reported as failed if powerlb grows by more than {max_growth} MiB or curl takes
+  over {transfer_timeout} s.
 - Other load: the machine's busy CPU time (`/proc/stat` user + nice + system + steal) during each
   measured wrk run, minus the balancer's, the backends' and wrk's (and run.py's) own, as a share of all
   cores; well above 0 % means other work (e.g. someone's test suite) shared the machine during the run."""
