@@ -1,8 +1,8 @@
 """The baseline powerlb for bench/run.py: one commit, exported and installed into venvs of its own.
 
-    .bench/baseline-<commit>/src            `git archive` of the commit
-    .bench/baseline-<commit>/venv-python3   CPython venv with powerlb installed from src (not editable)
-    .bench/baseline-<commit>/venv-pypy3     the same for PyPy
+    .bench/baseline-<commit>/src               `git archive` of the commit
+    .bench/baseline-<commit>/venv-python3.11   CPython venv with powerlb installed from src (not editable)
+    .bench/baseline-<commit>/venv-pypy3        the same for PyPy (when PyPy rows run)
 
 Each directory is built once per commit (a `.complete` / `.installed` stamp marks it finished), so
 reruns start at once; `rm -rf .bench` rebuilds them.
@@ -48,7 +48,12 @@ def git(root: Path, *args: str) -> str:
 
 def resolve(root: Path, rev: str) -> Baseline:
     """The commit REV names in the repository at root (any form git accepts: hash, tag, branch)."""
-    commit = git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    try:
+        commit = git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except BaselineError as err:
+        raise BaselineError(
+            f"no commit {rev!r} in {root} (give a hash, tag or branch; none: no baseline)"
+        ) from err
     short, subject = git(root, "log", "-1", "--format=%h%x00%s", commit).split("\0", 1)
     return Baseline(commit, short, subject, root / ".bench" / f"baseline-{commit[:12]}")
 

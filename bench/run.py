@@ -896,6 +896,8 @@ def cost_table(
             cpu[tree.name] = result.median("cpu_us") if result and result.samples else None
             counted = callgrind.get(tree.name)
             instructions[tree.name] = getattr(counted, path) if counted else None
+        if all(value is None for value in (*cpu.values(), *instructions.values())):
+            continue  # neither its wrk row nor callgrind ran
         base = trees[-1].name if len(trees) > 1 else None
         for tree in trees:
             mine_cpu, mine_ir = cpu[tree.name], instructions[tree.name]
@@ -929,6 +931,10 @@ def write_chart(
         medians = [r.median("rps") if r.samples else 0.0 for r in values]
         positions = [n + (i - (len(settings) - 1) / 2) * height for n in range(len(rows))]
         bars = ax.barh(positions, medians, height, label=setting.title, color=colors[i])
+        for bar, row in zip(bars, rows):
+            if row.label == row.baseline_label:  # a baseline row: hatched, paler
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
         ax.bar_label(bars, labels=[f"{m:,.0f}" if m else "failed" for m in medians], padding=4, fontsize=9)
     ax.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=10)
     ax.invert_yaxis()
@@ -1034,11 +1040,12 @@ def write_report(
             *results_table(run.rows, {row.label: run.results[setting.title, row.label] for row in run.rows}),
             "",
         ]
-    if "callgrind" in args.rows or {"proxied", "hits"} & set(args.rows):
+    costs = cost_table(run.trees, run.results, run.callgrind)
+    if costs[2:] or run.callgrind_failures:
         lines += [
             "## Cost per request (powerlb CPython, 1 KiB body)",
             "",
-            *cost_table(run.trees, run.results, run.callgrind),
+            *costs,
             "",
             *(f"- failed: {failure}" for failure in run.callgrind_failures),
             *([""] if run.callgrind_failures else []),
@@ -1255,7 +1262,7 @@ def main(argv: Sequence[str]) -> None:
     measurements = args.rounds * len(settings) * len(rows)
     print(
         f"{measurements} wrk measurements of {args.duration} s (about "
-        f"{measurements * (args.duration + WARMUP_SECONDS + 2) / 60:.0f} min), then "
+        f"{measurements * (args.duration + WARMUP_SECONDS + 2) / 60:.1f} min), then "
         f"{', '.join(key for key in EXTRA_KEYS if key in args.rows) or 'nothing else'}",
         flush=True,
     )

@@ -115,5 +115,5 @@ def test_the_baseline_commit_is_resolved_and_exported(bench: Any, tmp_path: Path
     source = baseline.export(REPO, baseline.Baseline(commit.commit, commit.short, commit.subject, tmp_path))
     assert (source / "setup.py").read_bytes() == git("show", "HEAD:setup.py")
     assert (source / ".complete").exists()
-    with pytest.raises(baseline.BaselineError, match="rev-parse"):
+    with pytest.raises(baseline.BaselineError, match="no commit 'no-such-revision-anywhere'"):
         baseline.resolve(REPO, "no-such-revision-anywhere")
