@@ -1106,7 +1106,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s (overrides --rounds/--duration)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 2 s, 100 callgrind requests (overrides --rounds/--duration/--callgrind-requests)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
     parser.add_argument(
@@ -1143,7 +1147,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration = 1, 2
+        args.rounds, args.duration, args.callgrind_requests = 1, 2, 100
     if args.rounds < 1 or args.duration < 1 or args.callgrind_requests < 1:
         parser.error("--rounds, --duration and --callgrind-requests must be at least 1")
     return args
