@@ -84,7 +84,8 @@ _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 class CacheLayer:
     """One instance's cache as the request path uses it.
 
-    ``targeted`` is the targeted Cache-Control field name (RFC 9213),
+    ``targeted`` is the target list of targeted Cache-Control field names
+    (RFC 9213 section 2.1; those but ``CDN-Cache-Control`` are not forwarded),
     ``grace`` the seconds a stale response may stand in for a failed backend,
     ``lock_timeout`` how long concurrent misses wait for the one request sent
     upstream, ``purge_allow`` the networks allowed to send ``PURGE``.
@@ -97,7 +98,7 @@ class CacheLayer:
         counters: Counters,
         max_object: int,
         *,
-        targeted: str = "CDN-Cache-Control",
+        targeted: Sequence[str] = ("CDN-Cache-Control",),
         grace: float = 0.0,
         lock_timeout: float = 5.0,
         purge_allow: Sequence[str] = (),
@@ -106,7 +107,9 @@ class CacheLayer:
         self.clock = clock
         self.counters = counters
         self.max_object = max_object
-        self.targeted = targeted.lower().encode("ascii")
+        self.targeted = tuple(name.lower().encode("ascii") for name in targeted)
+        #: The targeted fields for this cache alone: never forwarded.
+        self.strip = cachepolicy.own_targeted(self.targeted)
         self.grace = grace
         self.lock_timeout = lock_timeout
         self.purge_allow = [ipaddress.ip_network(network) for network in purge_allow]
@@ -126,10 +129,15 @@ class CacheLayer:
         """
         if client.method == b"PURGE":
             return self._purge_request(request, client)
+        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
+            if client.method == b"POST":
+                now = self.clock.seconds()
+                return resource.forward(
+                    request, client, BYPASS, lambda sink: PostSink(self, sink, client, key, now)
+                )
             return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
-        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
         directives = cachepolicy.request_directives(client.headers)
         now = self.clock.seconds()
         entry = self.store.get(key, client.headers)
@@ -229,7 +237,7 @@ class CacheLayer:
             entry.headers,
             entry.body,
             entry.age(now),
-            self.targeted,
+            self.strip,
         )
 
     def count(self, x_cache: bytes) -> None:
@@ -422,7 +430,7 @@ class _Flight:
 
 @implementer(IResponseSink)
 class Relay:
-    """Passes an upstream response on to the next sink without the targeted Cache-Control field.
+    """Passes an upstream response on to the next sink without the targeted fields for this cache alone.
 
     After a request with an unsafe method it invalidates what the response
     says changed (RFC 9111 section 4.4).
@@ -435,8 +443,8 @@ class Relay:
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.layer.invalidate(self.client, status, headers)
-        targeted = self.layer.targeted
-        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k != targeted])
+        strip = self.layer.strip
+        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k not in strip])
 
     def body_received(self, data: bytes) -> None:
         self.sink.body_received(data)
@@ -478,6 +486,55 @@ class HeadSink(Relay):
         elif outcome == cachepolicy.INVALIDATE:
             layer.counters.cache_invalidated += layer.store.remove(self.key)
         super().head_received(status, reason, headers)
+
+
+class PostSink(Relay):
+    """The response to a POST, passed on; stored for later GET requests of its target when it has
+    explicit freshness and its ``Content-Location`` is that target (RFC 9111 section 4, RFC 9110
+    section 9.3.3), after invalidating what it replaces (section 4.4)."""
+
+    def __init__(self, layer: CacheLayer, sink: Any, client: Any, key: bytes, request_time: float) -> None:
+        super().__init__(layer, sink, client)
+        self.key = key
+        self.request_time = request_time
+        self.plan: Optional[cachepolicy.StorePlan] = None
+        self.parts: Optional[List[bytes]] = None
+        self.size = 0
+        self.head: Tuple[int, bytes, Headers] = (0, b"", [])
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        super().head_received(status, reason, headers)
+        layer = self.layer
+        plan = cachepolicy.plan_store(
+            b"POST",
+            self.client.headers,
+            status,
+            headers,
+            self.request_time,
+            layer.clock.seconds(),
+            layer.targeted,
+            self.key,
+        )
+        length = _content_length(headers)
+        if plan is not None and (length is None or length <= layer.max_object):
+            self.plan, self.parts, self.head = plan, [], (status, reason, headers)
+
+    def body_received(self, data: bytes) -> None:
+        if self.parts is not None:
+            self.size += len(data)
+            if self.size <= self.layer.max_object:
+                self.parts.append(data)
+            else:
+                self.parts = None
+        super().body_received(data)
+
+    def response_ended(self) -> None:
+        if self.parts is not None:
+            status, reason, headers = self.head
+            body = b"".join(self.parts)
+            entry = CachedResponse.from_plan(self.plan, status, reason, headers, body, self.client.headers)
+            self.layer.put(self.key, entry)
+        super().response_ended()
 
 
 class FetchSink(Relay):
@@ -631,7 +688,7 @@ class FetchSink(Relay):
                 strip_hop_by_hop(headers),
                 _content_length(headers),
                 cachepolicy.corrected_initial_age(headers, self.request_time, now),
-                self.layer.targeted,
+                self.layer.strip,
             )
             if span is not None:
                 self.span = span
