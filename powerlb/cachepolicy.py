@@ -171,7 +171,7 @@ CDN_CACHE_CONTROL = b"cdn-cache-control"
 TARGETED: Tuple[bytes, ...] = (CDN_CACHE_CONTROL,)
 
 #: Status codes heuristically cacheable by default (RFC 9110 section 15.1).
-DEFAULT_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+DEFAULT_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 #: Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111 section 4.2.2) ...
 HEURISTIC_FRACTION = 0.1
@@ -430,7 +430,9 @@ def plan_store(
     explicit freshness (``max-age``, ``s-maxage``, ``Expires``) and a
     ``Content-Location`` that is its target, the cache ``key`` (RFC 9111
     section 4, RFC 9110 section 9.3.3: it answers later ``GET`` requests);
-    a non-final status, ``206``
+    a non-final status, a ``206`` but one with a single ``Content-Range`` of
+    known length (section 3.3: it answers the ranges it covers,
+    :func:`covers`)
     (a partial response is never stored as complete) or ``304`` (it updates
     a stored response, section 4.3.4); a status not cacheable by default
     (RFC 9110 section 15.1) without explicit freshness or ``public``;
@@ -441,7 +443,9 @@ def plan_store(
     response that would be stale at once (no freshness, or ``no-cache``)
     without a validator to revalidate it with (4.3.1).
     """
-    if method not in (b"GET", b"POST") or status < 200 or status in (206, 304):
+    if method not in (b"GET", b"POST") or status < 200 or status == 304:
+        return None
+    if status == 206 and (method != b"GET" or content_range(response_headers) is None):
         return None
     if _forbids_storing(request_headers):
         return None
@@ -716,6 +720,49 @@ UNSATISFIABLE = (-1, -1)
 _BYTE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*\Z", re.IGNORECASE)
 
 
+_CONTENT_RANGE = re.compile(rb"bytes ([0-9]{1,15})-([0-9]{1,15})/([0-9]{1,15})")
+
+
+def content_range(headers: Headers) -> Optional[Tuple[int, int, int]]:
+    """(first, last, complete length) of a partial response's single byte ``Content-Range``, else None."""
+    values = get_all(headers, b"content-range")
+    match = _CONTENT_RANGE.fullmatch(values[0]) if len(values) == 1 else None
+    if match is None:
+        return None
+    first, last, complete = (int(group) for group in match.groups())
+    return (first, last, complete) if first <= last < complete else None
+
+
+def covered_span(request_headers: Headers, stored_headers: Headers) -> Optional[Tuple[int, int]]:
+    """The (first, last) bytes a request's single ``Range`` asks of a stored ``206``, when it holds
+    them all (RFC 9111 section 3.3), else None."""
+    stored = content_range(stored_headers)
+    if stored is None:
+        return None
+    start, end, complete = stored
+    span = byte_range(request_headers, stored_headers, complete)
+    if span is None or span == UNSATISFIABLE or not start <= span[0] <= span[1] <= end:
+        return None
+    return span
+
+
+def covers(method: bytes, request_headers: Headers, status: int, stored_headers: Headers) -> bool:
+    """Whether a stored response of ``status`` can answer the request at all.
+
+    A complete response can; a stored ``206`` only a ``GET`` without
+    ``If-None-Match``/``If-Modified-Since`` for a range within it
+    (RFC 9111 section 3.3); the rest goes upstream.
+    """
+    if status != 206:
+        return True
+    return (
+        method == b"GET"
+        and get_first(request_headers, b"if-none-match") is None
+        and get_first(request_headers, b"if-modified-since") is None
+        and covered_span(request_headers, stored_headers) is not None
+    )
+
+
 def byte_range(request_headers: Headers, stored_headers: Headers, length: int) -> Optional[Tuple[int, int]]:
     """The single byte range (first, last) to answer a ``Range`` request with (RFC 9110 section 14).
 
@@ -793,7 +840,8 @@ def answer_head(
     for this cache alone, :func:`own_targeted`) and with a
     ``Content-Length`` of what follows; it is a ``304`` when the client's
     precondition says it has the response (RFC 9111 section 4.3.2), a ``206``
-    or ``416`` to a single-range ``GET`` of a ``200`` (RFC 9110 section 14).
+    or ``416`` to a single-range ``GET`` of a ``200`` (RFC 9110 section 14),
+    and a ``206`` of the requested range from a stored ``206`` that covers it.
     The span is the (first, last) body bytes to send, :data:`NO_BODY` for
     none, or None for the whole body. With ``length`` None (not known yet)
     no ``Range`` is answered and there is no ``Content-Length``.
@@ -803,6 +851,8 @@ def answer_head(
     if status == 200 and not_modified(request_headers, stored_headers):
         headers = [(k, v) for k, v in headers if k in _NOT_MODIFIED_FIELDS]
         return Answer(304, b"Not Modified", headers, b""), NO_BODY
+    if status == 206:
+        return _partial_answer(request_headers, reason, stored_headers, headers, length)
     span = None
     if status == 200 and method == b"GET" and length is not None:
         span = byte_range(request_headers, stored_headers, length)
@@ -818,6 +868,23 @@ def answer_head(
     if length is not None:
         headers.append((b"content-length", b"%d" % length))
     return Answer(status, reason, headers, b""), None
+
+
+def _partial_answer(
+    request_headers: Headers, reason: bytes, stored_headers: Headers, headers: Headers, length: Optional[int]
+) -> Tuple[Answer, Optional[Tuple[int, int]]]:
+    """:func:`answer_head` for a stored ``206``: the covered range (:func:`covers`), else the whole part."""
+    span = covered_span(request_headers, stored_headers)
+    stored = content_range(stored_headers)
+    if span is None or stored is None:
+        if length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        return Answer(206, reason, headers, b""), None
+    (first, last), (start, _, complete) = span, stored
+    headers = [(k, v) for k, v in headers if k != b"content-range"]
+    headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, complete)))
+    headers.append((b"content-length", b"%d" % (last - first + 1)))
+    return Answer(206, reason, headers, b""), (first - start, last - start)
 
 
 def cached_answer(

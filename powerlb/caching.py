@@ -140,7 +140,7 @@ class CacheLayer:
             return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
         directives = cachepolicy.request_directives(client.headers)
         now = self.clock.seconds()
-        entry = self.store.get(key, client.headers)
+        entry = self.lookup(key, client.method, client.headers)
         use = None
         if entry is not None:
             use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
@@ -178,20 +178,39 @@ class CacheLayer:
     ) -> Any:
         """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
 
-        With ``lead`` the request is the one concurrent misses for ``key`` wait for.
+        With ``lead`` the request is the one concurrent misses for ``key`` wait for. A ``Range``
+        request for a key that could not be stored whole (hit-for-pass) goes upstream with its
+        ``Range``, so that the ``206`` can be stored and answer the ranges it covers.
         """
         now = self.clock.seconds()
         flight = None
         if lead:
             flight = self.flights[key] = _Flight()
             request.notifyFinish().addBoth(lambda _: self.land(key, flight))
-        upstream, conditional = self._upstream_client(client, entry)
+        # A range of an object that was not stored whole (hit-for-pass) goes upstream as asked:
+        # the backend sends only that range, and its 206 may be stored.
+        ranged = (
+            entry is None
+            and not lead
+            and get_first(client.headers, b"range") is not None
+            and self._passing(key, now)
+        )
+        upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry)
         return resource.forward(
             request,
             upstream,
             MISS,
             lambda sink: FetchSink(self, sink, key, client, entry, now, flight, conditional),
         )
+
+    def lookup(self, key: bytes, method: bytes, headers: Headers) -> Optional[CachedResponse]:
+        """The stored response of ``key`` that may answer a ``method`` request with ``headers``, fresh
+        or stale: the variant they select, unless it is a ``206`` without the range asked
+        (:func:`cachepolicy.covers`)."""
+        entry = self.store.get(key, headers)
+        if entry is None or not cachepolicy.covers(method, headers, entry.status, entry.headers):
+            return None
+        return entry
 
     def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
         """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
@@ -210,8 +229,8 @@ class CacheLayer:
         host = get_first(headers, b"host")
         if host is None:
             return None
-        entry = self.store.get(
-            cachepolicy.primary_key(b"https" if secure else b"http", host, target), headers
+        entry = self.lookup(
+            cachepolicy.primary_key(b"https" if secure else b"http", host, target), method, headers
         )
         if entry is None:
             return None
@@ -383,7 +402,7 @@ class _Waiter:
         if self.gone:
             return
         now = layer.clock.seconds()
-        entry = layer.store.get(key, self.client.headers)
+        entry = layer.lookup(key, self.client.method, self.client.headers)
         directives = cachepolicy.request_directives(self.client.headers)
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
@@ -396,7 +415,7 @@ class _Waiter:
     def give_up(self, layer: CacheLayer, key: bytes) -> None:
         """The lock timeout passed: stop waiting and go upstream alone."""
         self.flight.waiters.remove(self)
-        entry = layer.store.get(key, self.client.headers)
+        entry = layer.lookup(key, self.client.method, self.client.headers)
         layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
 
     def leave(self, failure: Failure) -> None:
@@ -610,7 +629,8 @@ class FetchSink(Relay):
         if plan is not None and (length is None or length <= layer.max_object):
             self.plan, self.parts = plan, []
             self.held = self.answers
-            layer.passes.pop(self.key, None)
+            if status != 206:
+                layer.passes.pop(self.key, None)
         else:
             # Nothing will be stored: whoever waits for this response may go upstream now.
             layer.mark_pass(self.key, now)

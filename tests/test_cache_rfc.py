@@ -541,6 +541,52 @@ async def test_range_requests_answered_from_the_cache(make_backends, start_power
     assert served(a, b"/r") == 1
 
 
+def ranges(body: bytes, seen: List[Optional[bytes]], **headers: bytes) -> Any:
+    """A route serving ``body`` that honours a single ``bytes=first-last`` Range with a 206."""
+
+    def respond(request: Any) -> bytes:
+        asked = request.getHeader(b"range")
+        seen.append(asked)
+        for name, value in headers.items():
+            request.setHeader(name.replace("_", "-").encode(), value)
+        if asked is None:
+            return body
+        first, last = (int(n) for n in asked.split(b"=")[1].split(b"-"))
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, last, len(body)))
+        return body[first : last + 1]
+
+    return respond
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_206_answers_the_ranges_it_covers(make_backends, start_powerlb, http):
+    """RFC 9111 3.3, RFC 9110 14: a 206 of an object too big to store whole is stored; later ranges
+    within it are hits, others go upstream; a request without Range never gets it."""
+    (a,) = make_backends(1)
+    seen: List[Optional[bytes]] = []
+    video = bytes(range(256)) * 16
+    a.routes[b"/video"] = ranges(video, seen, cache_control=b"max-age=60", etag=b'"v"')
+    lb = start_powerlb([a], cache_max_object=2000)
+    url = lb.url + "/video"
+    first = await fetch(http, url, range=b"bytes=0-99")  # fetched whole: too big, not stored
+    assert (first.code, first.body, first.x_cache) == (206, video[:100], b"MISS")
+    stored = await fetch(http, url, range=b"bytes=0-999")  # goes upstream as asked: the 206 is stored
+    assert (stored.code, stored.body, stored.x_cache) == (206, video[:1000], b"MISS")
+    for asked, first_byte, last_byte in ((b"bytes=100-199", 100, 199), (b"bytes=0-999", 0, 999)):
+        hit = await fetch(http, url, range=asked)
+        assert (hit.code, hit.body, hit.x_cache) == (206, video[first_byte : last_byte + 1], b"HIT")
+        assert hit.header(b"content-range") == b"bytes %d-%d/4096" % (first_byte, last_byte)
+        assert hit.length == last_byte - first_byte + 1
+    outside = await fetch(http, url, range=b"bytes=900-1100")
+    assert (outside.code, outside.body, outside.x_cache) == (206, video[900:1101], b"MISS")
+    whole = await fetch(http, url)
+    assert (whole.code, whole.body, whole.x_cache) == (200, video, b"MISS")
+    head = await fetch(http, url, method="HEAD")
+    assert head.x_cache == b"MISS"
+    assert seen == [None, b"bytes=0-999", b"bytes=900-1100", None, None]
+
+
 # --- Authorization, cookies, targeted field -----------------------------------------------------
 
 
@@ -732,7 +778,8 @@ async def test_unstored_miss_answers_conditional_and_range_from_its_head(make_ba
     assert (chunked_part.code, chunked_part.body) == (200, big)  # length unknown: the whole response
     chunked_304 = await fetch(http, lb.url + "/big-chunked", if_none_match=b'"c"')
     assert (chunked_304.code, chunked_304.body) == (304, b"")
-    assert asked_upstream(seen) == [] and len(seen) == 5
+    # /private was not storable (hit-for-pass): its range went upstream as asked (the backend ignored it).
+    assert asked_upstream(seen) == [b"range"] and len(seen) == 5
     assert lb.service.stats()["cache"]["entries"] == 0
 
 

@@ -29,7 +29,9 @@ from powerlb.cachepolicy import (
     answered_by_cache,
     byte_range,
     cached_answer,
+    content_range,
     corrected_initial_age,
+    covers,
     current_age,
     fetch_headers,
     format_age,
@@ -477,7 +479,9 @@ STORE_CASES: List[Tuple[str, bytes, Headers, int, Headers, bool]] = [
         False,
     ),
     ("4.2.1 public alone is no freshness", b"GET", [], 200, [(b"cache-control", b"public")], False),
-    ("3 206 never", b"GET", [], 206, [FRESH], False),
+    ("3.3 206 without Content-Range", b"GET", [], 206, [FRESH], False),
+    ("3.3 206 with one Content-Range", b"GET", [], 206, [FRESH, (b"content-range", b"bytes 0-9/100")], True),
+    ("3.3 206 of unknown length", b"GET", [], 206, [FRESH, (b"content-range", b"bytes 0-9/*")], False),
     ("4.3.4 304 never stored as such", b"GET", [], 304, [FRESH], False),
     ("3 non-final 1xx", b"GET", [], 103, [FRESH], False),
     ("5.2.2.5 no-store", b"GET", [], 200, [(b"cache-control", b"no-store"), FRESH], False),
@@ -923,6 +927,61 @@ def test_cached_answer_304_206_416() -> None:
     assert (
         cached_answer(b"GET", [(b"range", b"bytes=2-4")], 404, b"NF", stored, b"0123456789", 0).status == 404
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"bytes 0-9/100", (0, 9, 100)),
+        (b"bytes 99-99/100", (99, 99, 100)),
+        (b"bytes 0-99/100", (0, 99, 100)),
+        (b"bytes 0-100/100", None),  # past the end
+        (b"bytes 5-4/100", None),
+        (b"bytes 0-9/*", None),  # unknown length
+        (b"bytes */100", None),  # unsatisfied-range
+        (b"items 0-9/100", None),
+        (b"bytes 0-9/100, bytes 20-29/100", None),
+    ],
+)
+def test_content_range(value: bytes, expected: Optional[Tuple[int, int, int]]) -> None:
+    """RFC 9110 section 14.4: a single byte range of a known complete length."""
+    assert content_range([(b"content-range", value)]) == expected
+
+
+PARTIAL = [*ETAG, (b"content-range", b"bytes 10-19/100")]
+COVER_CASES: List[Tuple[str, bytes, Headers, bool]] = [
+    ("3.3 range within", b"GET", [(b"range", b"bytes=12-15")], True),
+    ("3.3 the whole part", b"GET", [(b"range", b"bytes=10-19")], True),
+    ("3.3 open range past the part", b"GET", [(b"range", b"bytes=15-")], False),
+    ("3.3 range across the start", b"GET", [(b"range", b"bytes=5-12")], False),
+    ("3.3 suffix range outside", b"GET", [(b"range", b"bytes=-5")], False),
+    ("3.3 no Range: a complete response is asked", b"GET", [], False),
+    ("3.3 HEAD", b"HEAD", [(b"range", b"bytes=12-15")], False),
+    ("3.3 conditional", b"GET", [(b"range", b"bytes=12-15"), (b"if-none-match", b'"v1"')], False),
+    ("13.1.5 If-Range matching", b"GET", [(b"range", b"bytes=12-15"), (b"if-range", b'"v1"')], True),
+    ("13.1.5 If-Range not matching", b"GET", [(b"range", b"bytes=12-15"), (b"if-range", b'"v2"')], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_headers", "expected"), [c[1:] for c in COVER_CASES], ids=[c[0] for c in COVER_CASES]
+)
+def test_stored_206_covers_only_ranges_within(
+    method: bytes, request_headers: Headers, expected: bool
+) -> None:
+    """RFC 9111 section 3.3: an incomplete response answers only a range wholly within it."""
+    assert covers(method, request_headers, 206, PARTIAL) is expected
+    assert covers(method, request_headers, 200, ETAG)
+
+
+def test_cached_answer_from_a_stored_206() -> None:
+    """RFC 9111 section 3.3, RFC 9110 section 14.4: the range asked, cut from the stored part."""
+    answer = cached_answer(b"GET", [(b"range", b"bytes=12-15")], 206, b"Partial", PARTIAL, b"abcdefghij", 3)
+    assert (answer.status, answer.body) == (206, b"cdef")
+    assert [v for k, v in answer.headers if k in (b"content-range", b"content-length")] == [
+        b"bytes 12-15/100",
+        b"4",
+    ]
 
 
 ANSWER_HEAD_CASES: List[Tuple[str, Headers, Optional[int], int, Optional[Tuple[int, int]], List[bytes]]] = [
