@@ -18,7 +18,7 @@ names kept).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import (
     Any,
     Dict,
@@ -136,11 +136,17 @@ def parse_http_date(value: Optional[bytes], now: Optional[float] = None) -> Opti
     return moment.replace(tzinfo=timezone.utc).timestamp()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: 0001-01-02 and 9999-12-31 00:00 UTC: the years datetime can hold, for a ``now`` beyond them.
+_FIRST_MOMENT = -62135510400.0
+_LAST_MOMENT = 253402214400.0
+
+
 def _full_year(short_year: int, now: Optional[float]) -> int:
     """The year of an RFC 850 date's two digits (RFC 9110 section 5.6.7)."""
     if now is None:
         return (1900 if short_year >= 70 else 2000) + short_year
-    this_year = datetime.fromtimestamp(now, timezone.utc).year
+    this_year = (_EPOCH + timedelta(seconds=min(max(now, _FIRST_MOMENT), _LAST_MOMENT))).year
     year = this_year - this_year % 100 + short_year
     if year > this_year + 50:
         year -= 100
