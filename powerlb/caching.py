@@ -14,8 +14,13 @@ as a hit would be (``304``, ``206``, ``416``); one that is not stored (or
 outgrows ``--cache-max-object``) is streamed, answered with a ``304`` when its
 headers match the client's precondition, or only the requested range when its
 ``Content-Length`` is known, else passed on whole (a ``200`` is a correct
-answer to a conditional or range request). A ``HEAD`` forwarded while a
-``GET`` response is stored updates or invalidates it (RFC 9111 section 4.3.5).
+answer to a conditional or range request). A ``Range`` request for a URL
+whose whole response could not be stored goes upstream with its ``Range``
+instead, and a ``206`` stored from it answers the ranges it covers (RFC 9111
+section 3.3). A ``HEAD`` forwarded while a ``GET`` response is stored updates
+or invalidates it (RFC 9111 section 4.3.5). A ``POST`` response whose
+``Content-Location`` is its target may be stored for later ``GET`` requests
+(RFC 9111 section 4).
 
 ``X-Cache`` says what happened to each request:
 
