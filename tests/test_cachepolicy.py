@@ -363,6 +363,18 @@ def test_corrected_initial_age(
     assert corrected_initial_age(headers, request_time, response_time) == expected
 
 
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=4),
+    st.sampled_from(["", " ", "  "]),
+)
+def test_age_list_first_member_counts(ages: List[int], space: str) -> None:
+    """RFC 9111 section 5.1: of an Age list on one line (or several lines), the first value counts."""
+    line = ("," + space).join(str(age) for age in ages).encode()
+    assert corrected_initial_age([(b"age", line)], T0, T0) == ages[0]
+    several = [(b"age", str(age).encode()) for age in ages]
+    assert corrected_initial_age(several, T0, T0) == ages[0]
+
+
 def test_current_age_adds_resident_time() -> None:
     """RFC 9111 section 4.2.3: current_age = corrected_initial_age + resident_time."""
     assert current_age(10.0, T0, T0 + 5) == 15.0
