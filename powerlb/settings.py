@@ -33,7 +33,7 @@ from powerlb.values import parse_balance_factor as _parse_balance_factor
 from powerlb.values import parse_ca_file as _parse_ca_file
 from powerlb.values import parse_cookie_name as _parse_cookie_name
 from powerlb.values import parse_count as _parse_count
-from powerlb.values import parse_header_name as _parse_header_name
+from powerlb.values import parse_header_names as _parse_header_names
 from powerlb.values import parse_path as _parse_path
 from powerlb.values import parse_text as _parse_text
 
@@ -60,7 +60,7 @@ class Config:
     connect_timeout: float = 5.0
     keepalive_timeout: float = 60.0
     keepalive_max_idle: int = 64
-    cache_targeted_header: str = "CDN-Cache-Control"
+    cache_targeted_header: Tuple[str, ...] = ("CDN-Cache-Control",)
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
@@ -218,8 +218,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting(
         "cache-targeted-header",
         "cache_targeted_header",
-        _parse_header_name,
-        "targeted Cache-Control field (RFC 9213) that overrides Cache-Control and is not forwarded",
+        _parse_header_names,
+        "targeted Cache-Control fields (RFC 9213 target list, comma-separated, first valid one wins) that"
+        " override Cache-Control; all but CDN-Cache-Control are for powerlb alone and not forwarded",
+        show=",".join,
     ),
     Setting(
         "cache-grace",

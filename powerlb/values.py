@@ -271,6 +271,11 @@ def parse_header_name(text: str) -> str:
     return text
 
 
+def parse_header_names(text: str) -> Tuple[str, ...]:
+    """Comma-separated header names, at least one (a target list, RFC 9213 section 2.1)."""
+    return tuple(parse_header_name(part.strip()) for part in text.split(","))
+
+
 def parse_cookie_name(text: str) -> str:
     """A cookie name (a token) such as ``lb``."""
     if not TOKEN.fullmatch(text):
