@@ -27,6 +27,7 @@ from twisted.python import usage
 from powerlb.backend import BackendSpec
 from powerlb.hashkey import parse_hash_key
 from powerlb.headers import TOKEN
+from powerlb.outlier import GATEWAY_STATUSES, StatusRanges, format_statuses, parse_statuses
 from powerlb.tls import TLS_EXTRA_HINT, load_ca_file, tls_available
 
 
@@ -301,6 +302,30 @@ def _format_factor(value: float) -> str:
     return _format_number(value) if value else "off"
 
 
+def _parse_switch(text: str) -> bool:
+    """``on`` or ``off`` (YAML's true/false/yes/no arrive as on/off, see :func:`_as_text`)."""
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{text!r} is neither on nor off; write on or off")
+    return value == "on"
+
+
+def _format_switch(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _parse_percent(text: str) -> int:
+    """A whole percentage from 0 to 100: ``"50%"`` or ``"50"``."""
+    found = re.fullmatch(r"\s*([0-9]{1,3})\s*%?\s*", text)
+    if found is None or int(found.group(1)) > 100:
+        raise ValueError(f"{text!r} is not a percentage from 0 to 100; write e.g. 50%")
+    return int(found.group(1))
+
+
+def _format_percent(value: int) -> str:
+    return f"{value}%"
+
+
 class _PlaceholderReactor:
     """Stands in for the reactor while endpoint strings are only being checked."""
 
@@ -344,7 +369,8 @@ class Config:
     hash_key: str = "client"
     hash_balance_factor: float = 0.0
     sticky_cookie: Optional[str] = None
-    health_path: str = "/health"
+    health_check: bool = True
+    health_path: Optional[str] = None
     health_interval: float = 2.0
     health_timeout: float = 1.0
     health_rise: int = 2
@@ -374,6 +400,8 @@ class Config:
     retries: int = 1
     outlier_failures: int = 5
     outlier_backoff: float = 10.0
+    outlier_statuses: StatusRanges = GATEWAY_STATUSES
+    outlier_max_ejection: int = 50
     slow_start: float = 0.0
     backend_ca_file: Optional[str] = None
     admin: Optional[str] = None
@@ -462,7 +490,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_cookie_name,
         "cookie keeping each client on the backend that first answered it, over any algorithm",
     ),
-    Setting("health-path", "health_path", _parse_path, "path probed on each backend"),
+    Setting(
+        "health-check",
+        "health_check",
+        _parse_switch,
+        "active health checks: on (a TCP connect, or an HTTP GET of health-path when set) "
+        "or off (passive outlier detection only)",
+        show=_format_switch,
+    ),
+    Setting(
+        "health-path",
+        "health_path",
+        _parse_path,
+        "path each backend is probed on with HTTP GET (2xx or 3xx pass), e.g. /health; "
+        "off: the check is a TCP connect",
+    ),
     Setting(
         "health-interval",
         "health_interval",
@@ -649,7 +691,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "outlier-failures",
         "outlier_failures",
         _parse_count,
-        "consecutive connect failures, resets or 5xx that take a backend out; 0 turns it off",
+        "consecutive gateway failures (connect failures, resets, timeouts, malformed responses, "
+        "outlier-statuses) that take a backend out; 0 turns it off",
     ),
     Setting(
         "outlier-backoff",
@@ -657,6 +700,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "how long an outlier stays out the first time; doubles while it keeps failing",
         show=_format_duration,
+    ),
+    Setting(
+        "outlier-statuses",
+        "outlier_statuses",
+        parse_statuses,
+        "response statuses that count as failures for outlier detection, e.g. 500-599 or 429,502-504; "
+        "off: none",
+        show=format_statuses,
+    ),
+    Setting(
+        "outlier-max-ejection",
+        "outlier_max_ejection",
+        _parse_percent,
+        "most of the backends outlier detection may take out at once; it never takes out the last one",
+        show=_format_percent,
     ),
     Setting(
         "slow-start",
@@ -701,7 +759,9 @@ def _as_text(raw: Any) -> str:
     """A YAML scalar as the text a parser reads (numbers are spelled out)."""
     if isinstance(raw, str):
         return raw
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+    if isinstance(raw, bool):  # YAML reads off, on, no, yes, false, true as booleans
+        return "on" if raw else "off"
+    if isinstance(raw, (int, float)):
         return str(raw)
     raise ValueError(f"{raw!r} is not a single value; give text or a number")
 

@@ -456,18 +456,20 @@ def test_transitions_are_logged() -> None:
     assert [(e["log_level"], formatEvent(e)) for e in events] == [
         (
             LogLevel.warn,
-            "backend http://127.0.0.1:9001 is DOWN after 3 failed checks (last: ConnectionRefusedError)",
+            "backend http://127.0.0.1:9001 is DOWN after 3 failed checks (last: ConnectionRefusedError, "
+            "TCP connect); a check passes when a connection opens within health-timeout; "
+            "set health-path for HTTP checks, or health-check: off",
         ),
         (LogLevel.info, "backend http://127.0.0.1:9001 is UP after 2 passed checks"),
     ]
 
 
-def test_non_int_result_is_a_failure() -> None:
+def test_result_neither_status_nor_connection_is_a_failure() -> None:
     backend = make_backends(1)[0]
     clock = Clock()
     checker = HealthChecker(
         [backend],
-        lambda _backend: succeed(None),
+        lambda _backend: succeed("200"),
         clock,
         INTERVAL,
         TIMEOUT,
