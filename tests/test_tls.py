@@ -362,7 +362,11 @@ async def test_h2_limits_refuse_the_stream_and_keep_the_connection(make_backends
 async def test_https_backend_with_ca_file_is_verified_and_reused(start_powerlb, pki, tls_backend, http):
     backend = tls_backend()
     lb = start_powerlb(
-        [backend.url], backend_ca_file=str(pki.ca_file), health_interval="100ms", health_fall=1
+        [backend.url],
+        backend_ca_file=str(pki.ca_file),
+        health_path="/health",
+        health_interval="100ms",
+        health_fall=1,
     )
     for _ in range(3):
         response = await http.get(lb.url + "/x")
