@@ -945,3 +945,9 @@ def test_help_says_what_health_checks_probe() -> None:
     assert "TCP connect" in text
     assert "HTTP GET" in text
     assert "--health-check=" in text and "--outlier-statuses=" in text and "--outlier-max-ejection=" in text
+
+
+def test_lb_yaml_keeps_http_checks_for_the_demo_backends() -> None:
+    """``make run`` (lb.yaml) probes /health, which the demo backends serve."""
+    config = build_config({}, str(ROOT / "lb.yaml"))
+    assert (config.health_check, config.health_path) == (True, "/health")
