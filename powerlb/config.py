@@ -303,7 +303,7 @@ def _format_factor(value: float) -> str:
 
 
 def _parse_switch(text: str) -> bool:
-    """``on`` or ``off`` (YAML's true/false/yes/no arrive as on/off, see :func:`_as_text`)."""
+    """``on`` or ``off`` (YAML's true/false/yes/no arrive as on/off, see :func:`_parse_setting`)."""
     value = text.strip().lower()
     if value not in ("on", "off"):
         raise ValueError(f"{text!r} is neither on nor off; write on or off")
@@ -751,6 +751,9 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
 )
 
+#: The parsers that read ``on`` or ``off``, which YAML gives as booleans.
+_TAKES_ON_OFF = (_parse_switch, parse_statuses)
+
 _BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS if setting.cli}
 _BY_KEY: Dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
 
@@ -759,9 +762,7 @@ def _as_text(raw: Any) -> str:
     """A YAML scalar as the text a parser reads (numbers are spelled out)."""
     if isinstance(raw, str):
         return raw
-    if isinstance(raw, bool):  # YAML reads off, on, no, yes, false, true as booleans
-        return "on" if raw else "off"
-    if isinstance(raw, (int, float)):
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return str(raw)
     raise ValueError(f"{raw!r} is not a single value; give text or a number")
 
@@ -791,6 +792,8 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
             return tuple(setting.parse(item) for item in raw)
         if raw is None and setting.default is None:
             return None
+        if isinstance(raw, bool) and setting.parse in _TAKES_ON_OFF:
+            raw = "on" if raw else "off"  # YAML reads on/off (yes/no, true/false) as booleans
         return setting.parse(_as_text(raw))
     except ValueError as exc:
         raise ConfigError(setting.name, str(exc)) from None
