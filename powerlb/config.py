@@ -503,7 +503,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "health_path",
         _parse_path,
         "path each backend is probed on with HTTP GET (2xx or 3xx pass), e.g. /health; "
-        "off: the check is a TCP connect",
+        "without it the check is a TCP connect",
     ),
     Setting(
         "health-interval",
