@@ -12,9 +12,9 @@ application's own 500 is a success here: it says the backend is up and
 answering. ``failures`` consecutive failures eject a backend for
 ``backoff`` seconds, unless :func:`ejection_allowed` refuses: passive
 detection never ejects more than ``max_ejection`` percent of the pool, nor
-its last eligible backend. When the back-off is over the backend is half-open: it
-takes traffic again, a success closes it (streak and back-off start over)
-and a single failure ejects it again for twice as long, up to
+its last eligible backend. When the back-off is over the backend is
+half-open: it takes traffic again, a success closes it (streak and back-off
+start over) and a single failure ejects it again for twice as long, up to
 ``max_factor`` times ``backoff``. An active health-check pass ends an
 ejection early, into the same half-open state.
 """
@@ -22,14 +22,14 @@ ejection early, into the same half-open state.
 from __future__ import annotations
 
 import re
-from typing import Dict, FrozenSet, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from powerlb.backend import Backend, BackendHook
-from powerlb.balancing import _eligible
+from powerlb.balancing import _eligible  # the balancers' own rule: who can take the next request
 from powerlb.stats import Counters
 
 #: Inclusive ``(low, high)`` status ranges, sorted, neither overlapping nor touching.
@@ -71,7 +71,7 @@ def parse_statuses(text: str) -> StatusRanges:
                 f"{part.strip()!r} is outside {_LOWEST}-{_HIGHEST}; only error statuses can count as failures"
             )
         ranges.append((low, high))
-    merged: list = []
+    merged: List[Tuple[int, int]] = []
     for low, high in sorted(ranges):
         if merged and low <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
