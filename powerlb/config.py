@@ -18,8 +18,9 @@ import yaml
 
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
+from powerlb.outlier import parse_statuses
 from powerlb.settings import BY_KEY, BY_NAME, SETTINGS, Config, Setting
-from powerlb.values import as_text, endpoint_kind
+from powerlb.values import as_text, endpoint_kind, parse_switch
 
 __all__ = [
     "Config",
@@ -29,6 +30,9 @@ __all__ = [
     "config_from_mapping",
     "config_to_mapping",
 ]
+
+#: The parsers that read ``on`` or ``off``, which YAML gives as booleans.
+_TAKES_ON_OFF = (parse_switch, parse_statuses)
 
 
 class ConfigError(ValueError):
@@ -66,6 +70,8 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
             return tuple(setting.parse(item) for item in raw)
         if raw is None and setting.default is None:
             return None
+        if isinstance(raw, bool) and setting.parse in _TAKES_ON_OFF:
+            raw = "on" if raw else "off"  # YAML reads on/off (yes/no, true/false) as booleans
         return setting.parse(as_text(raw))
     except ValueError as exc:
         raise ConfigError(setting.name, str(exc)) from None

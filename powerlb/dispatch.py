@@ -160,10 +160,7 @@ class Dispatch:
         self.backend.latency.observe(elapsed)
         outliers = self.dispatcher.outliers
         if outliers is not None:
-            if status >= 500:
-                outliers.failure(self.backend)
-            else:
-                outliers.success(self.backend)
+            outliers.response(self.backend, status)
         length = get_first(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
             self.held = [(status, reason, headers)]

@@ -32,7 +32,7 @@ from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
 from powerlb.dispatch import Dispatcher
-from powerlb.health import HealthChecker, SlowStart
+from powerlb.health import CheckKind, HealthChecker, SlowStart, backend_probe
 from powerlb.listening import Listener, drain
 from powerlb.outcomes import Outcomes
 from powerlb.outlier import OutlierEjector
@@ -43,7 +43,7 @@ from powerlb.settings import Config
 from powerlb.stats import Counters, snapshot
 from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
-from powerlb.upstream import ProxyClientFactory, probe
+from powerlb.upstream import ProxyClientFactory
 from powerlb.values import endpoint_kind
 
 log = Logger()
@@ -83,20 +83,25 @@ class PowerLBService(MultiService):
                 keep_stale=config.cache_grace,
             )
             CacheSweeper(self.cache, reactor, config.cache_sweep_interval).setServiceParent(self)
-        health_path = config.health_path.encode()
         self.slow_start = SlowStart(reactor, config.slow_start)
         self.slow_start.setServiceParent(self)
         self.outliers: Optional[OutlierEjector] = None
         if config.outlier_failures > 0:
             self.outliers = OutlierEjector(
-                reactor, config.outlier_failures, config.outlier_backoff, on_readmit=self.slow_start.begin
+                reactor,
+                self.backends,
+                config.outlier_failures,
+                config.outlier_backoff,
+                max_ejection=config.outlier_max_ejection,
+                statuses=config.outlier_statuses,
+                counters=self.counters,
+                on_readmit=self.slow_start.begin,
             )
             self.outliers.setServiceParent(self)
+        check_kind = CheckKind(config.health_check, config.health_path)
         self.health = HealthChecker(
             self.backends,
-            lambda backend: probe(
-                reactor, backend, health_path, config.health_timeout, self.backend_tls.creator_for(backend)
-            ),
+            backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for),
             reactor,
             config.health_interval,
             config.health_timeout,
@@ -104,6 +109,7 @@ class PowerLBService(MultiService):
             fall=config.health_fall,
             on_pass=self.outliers.health_passed if self.outliers is not None else None,
             on_up=self.slow_start.begin,
+            kind=check_kind,
         )
         self.health.setServiceParent(self)
         self.dispatcher = Dispatcher(

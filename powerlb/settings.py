@@ -12,17 +12,22 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from powerlb.backend import BackendSpec
 from powerlb.hashkey import parse_hash_key
+from powerlb.outlier import GATEWAY_STATUSES, StatusRanges, format_statuses, parse_statuses
 
 # The table names these parsers by the private aliases below.
 from powerlb.values import above_zero as _above_zero
 from powerlb.values import (
     format_backend,
+    format_percent,
     format_size,
+    format_switch,
     parse_admin_endpoint,
     parse_duration,
     parse_endpoint,
     parse_networks,
+    parse_percent,
     parse_size,
+    parse_switch,
 )
 from powerlb.values import format_duration as _format_duration
 from powerlb.values import format_factor as _format_factor
@@ -48,7 +53,8 @@ class Config:
     hash_key: str = "client"
     hash_balance_factor: float = 0.0
     sticky_cookie: Optional[str] = None
-    health_path: str = "/health"
+    health_check: bool = True
+    health_path: Optional[str] = None
     health_interval: float = 2.0
     health_timeout: float = 1.0
     health_rise: int = 2
@@ -78,6 +84,8 @@ class Config:
     retries: int = 1
     outlier_failures: int = 5
     outlier_backoff: float = 10.0
+    outlier_statuses: StatusRanges = GATEWAY_STATUSES
+    outlier_max_ejection: int = 50
     slow_start: float = 0.0
     backend_ca_file: Optional[str] = None
     admin: Optional[str] = None
@@ -166,7 +174,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_cookie_name,
         "cookie keeping each client on the backend that first answered it, over any algorithm",
     ),
-    Setting("health-path", "health_path", _parse_path, "path probed on each backend"),
+    Setting(
+        "health-check",
+        "health_check",
+        parse_switch,
+        "active health checks: on (a TCP connect, or an HTTP GET of health-path when set) "
+        "or off (passive outlier detection only)",
+        show=format_switch,
+    ),
+    Setting(
+        "health-path",
+        "health_path",
+        _parse_path,
+        "path each backend is probed on with HTTP GET (2xx or 3xx pass), e.g. /health; "
+        "without it the check is a TCP connect",
+    ),
     Setting(
         "health-interval",
         "health_interval",
@@ -355,7 +377,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "outlier-failures",
         "outlier_failures",
         _parse_count,
-        "consecutive connect failures, resets or 5xx that take a backend out; 0 turns it off",
+        "consecutive gateway failures (connect failures, resets, timeouts, malformed responses, "
+        "outlier-statuses) that take a backend out; 0 turns it off",
     ),
     Setting(
         "outlier-backoff",
@@ -363,6 +386,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "how long an outlier stays out the first time; doubles while it keeps failing",
         show=_format_duration,
+    ),
+    Setting(
+        "outlier-statuses",
+        "outlier_statuses",
+        parse_statuses,
+        "response statuses that count as failures for outlier detection, e.g. 500-599 or 429,502-504; "
+        "off: none",
+        show=format_statuses,
+    ),
+    Setting(
+        "outlier-max-ejection",
+        "outlier_max_ejection",
+        parse_percent,
+        "most of the backends outlier detection may take out at once; it never takes out the last one",
+        show=format_percent,
     ),
     Setting(
         "slow-start",

@@ -303,6 +303,30 @@ def format_factor(value: float) -> str:
     return _format_number(value) if value else "off"
 
 
+def parse_switch(text: str) -> bool:
+    """``on`` or ``off`` (YAML's true/false/yes/no arrive as on/off, see :mod:`powerlb.config`)."""
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{text!r} is neither on nor off; write on or off")
+    return value == "on"
+
+
+def format_switch(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def parse_percent(text: str) -> int:
+    """A whole percentage from 0 to 100: ``"50%"`` or ``"50"``."""
+    found = re.fullmatch(r"\s*([0-9]{1,3})\s*%?\s*", text)
+    if found is None or int(found.group(1)) > 100:
+        raise ValueError(f"{text!r} is not a percentage from 0 to 100; write e.g. 50%")
+    return int(found.group(1))
+
+
+def format_percent(value: int) -> str:
+    return f"{value}%"
+
+
 class _PlaceholderReactor:
     """Stands in for the reactor while endpoint strings are only being checked."""
 

@@ -309,7 +309,7 @@ async def test_drain_keeps_health_checks_disable_stops_them_enable_restores(
 ):
     a, b = make_backends(2)
     a.routes[b"/slow"] = b.routes[b"/slow"] = slow_route(0.5)
-    lb = start(start_powerlb, [a, b], health_interval="50ms")
+    lb = start(start_powerlb, [a, b], health_path="/health", health_interval="50ms")
     backend_a = lb.service.backends[0]
 
     def checks() -> int:

@@ -351,6 +351,7 @@ def test_options_long_names() -> None:
         "hash-key",
         "hash-balance-factor",
         "sticky-cookie",
+        "health-check",
         "health-path",
         "health-interval",
         "health-timeout",
@@ -366,6 +367,8 @@ def test_options_long_names() -> None:
         "retries",
         "outlier-failures",
         "outlier-backoff",
+        "outlier-statuses",
+        "outlier-max-ejection",
         "slow-start",
         "response-timeout",
         "connect-timeout",
@@ -890,3 +893,79 @@ def test_sticky_cookie_goes_with_any_algorithm(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "backends: [http://a:1]\nalgorithm: least-connections\nsticky-cookie: srv\n")
     config = build_config({}, path)
     assert (config.algorithm, config.sticky_cookie) == ("least-connections", "srv")
+
+
+# --- health checks and outlier detection ---
+
+
+def test_health_and_outlier_defaults() -> None:
+    """No health-path: active checks are TCP connects; only gateway failures count; half a pool at most."""
+    config = config_from_mapping({"backends": [B1]})
+    assert (config.health_check, config.health_path) == (True, None)
+    assert (config.outlier_statuses, config.outlier_max_ejection) == (((502, 504),), 50)
+    written = config_to_mapping(config)
+    assert (written["health-check"], written["health-path"]) == ("on", None)
+    assert (written["outlier-statuses"], written["outlier-max-ejection"]) == ("502-504", "50%")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "attr", "value"),
+    [
+        ("health-check: off", "health_check", False),
+        ("health-check: on", "health_check", True),
+        ("health-check: no", "health_check", False),
+        ("health-check: true", "health_check", True),
+        ("health-check: 'OFF'", "health_check", False),
+        ("health-path: /healthz", "health_path", "/healthz"),
+        ("health-path: ~", "health_path", None),
+        ("outlier-statuses: 500-599", "outlier_statuses", ((500, 599),)),
+        ("outlier-statuses: 503", "outlier_statuses", ((503, 503),)),
+        ("outlier-statuses: 429, 502-504, 500-501", "outlier_statuses", ((429, 429), (500, 504))),
+        ("outlier-statuses: off", "outlier_statuses", ()),
+        ("outlier-max-ejection: 30%", "outlier_max_ejection", 30),
+        ("outlier-max-ejection: 100", "outlier_max_ejection", 100),
+        ("outlier-max-ejection: 0%", "outlier_max_ejection", 0),
+    ],
+)
+def test_health_and_outlier_settings_from_yaml(tmp_path: Path, yaml_text: str, attr: str, value: Any) -> None:
+    config = build_config({}, write_yaml(tmp_path, f"backends: [{B1}]\n{yaml_text}\n"))
+    assert getattr(config, attr) == value
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--health-check", "maybe"], "health-check: 'maybe' is neither on nor off; write on or off"),
+        (["--outlier-statuses", "5xx"], "outlier-statuses: '5xx' is not a status or a range of them;"),
+        (["--outlier-statuses", "504-502"], "outlier-statuses: '504-502' runs backwards; write the lower"),
+        (["--outlier-statuses", "200-599"], "outlier-statuses: '200-599' is outside 400-599;"),
+        (["--outlier-max-ejection", "150%"], "outlier-max-ejection: '150%' is not a percentage from 0"),
+        (["--outlier-max-ejection", "half"], "outlier-max-ejection: 'half' is not a percentage"),
+    ],
+)
+def test_health_and_outlier_setting_errors(args: List[str], message: str) -> None:
+    assert option_error(["--backend", B1, *args]).startswith(message)
+
+
+def test_health_and_outlier_options_on_the_command_line() -> None:
+    config = parse_args(
+        ["--backend", B1, "--health-check=off", "--outlier-statuses=500-599", "--outlier-max-ejection=25%"]
+    )
+    assert (config.health_check, config.outlier_statuses, config.outlier_max_ejection) == (
+        False,
+        ((500, 599),),
+        25,
+    )
+
+
+def test_help_says_what_health_checks_probe() -> None:
+    text = " ".join(str(Options()).split())
+    assert "TCP connect" in text
+    assert "HTTP GET" in text
+    assert "--health-check=" in text and "--outlier-statuses=" in text and "--outlier-max-ejection=" in text
+
+
+def test_lb_yaml_keeps_http_checks_for_the_demo_backends() -> None:
+    """``make run`` (lb.yaml) probes /health, which the demo backends serve."""
+    config = build_config({}, str(ROOT / "lb.yaml"))
+    assert (config.health_check, config.health_path) == (True, "/health")
