@@ -465,6 +465,10 @@ class Relay:
         self.sink = sink
         self.client = client
 
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        """Interim (1xx) responses go on to the client's sink; never stored, never the response."""
+        self.sink.interim_received(status, reason, headers)
+
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.layer.invalidate(self.client, status, headers)
         strip = self.layer.strip
@@ -794,6 +798,9 @@ class _Discard:
     """The sink of a background refresh: nobody waits for the response itself."""
 
     x_cache = MISS
+
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        pass
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         pass

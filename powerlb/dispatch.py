@@ -155,6 +155,10 @@ class Dispatch:
 
     # -- IResponseSink: events from the backend exchange -------------------
 
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        # Passed on at once: an interim response never commits (a retry may send others).
+        self.sink.interim_received(status, reason, headers)
+
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         elapsed = self.upstream_time = self.exchange.response_time
         self.backend.latency.observe(elapsed)

@@ -119,7 +119,7 @@ def _error(failure: Fault) -> UpstreamError:
 class RecordingSink:
     """Records the events of one upstream response, in order, in :attr:`events`.
 
-    Events are ``("interim", status, headers)``, ``("head", status, reason,
+    Events are ``("interim", status, reason, headers)``, ``("head", status, reason,
     headers)``, ``("body", data)``, ``("end",)`` and ``("failed", error)``.
     An event after the end or a failure, or a second head, breaks the
     IResponseSink contract: it raises AssertionError.
@@ -151,10 +151,10 @@ class RecordingSink:
         """The first value of the response header ``name`` (lower case), None if absent or no head yet."""
         return None if self.headers is None else get_first(self.headers, name)
 
-    def interim_received(self, status: int, headers: Headers) -> None:
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self._check("interim")
         self.interims.append((status, list(headers)))
-        self.events.append(("interim", status, list(headers)))
+        self.events.append(("interim", status, reason, list(headers)))
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self._check("head")
@@ -258,10 +258,10 @@ class FakeExchange:
         else:
             self.fail(cut)
 
-    def send_interim(self, status: int, headers: Headers = ()) -> None:
+    def send_interim(self, status: int, headers: Headers = (), reason: bytes = b"") -> None:
         """A 1xx response (e.g. ``103 Early Hints``) before the final one."""
         if self.sink is not None:
-            self.sink.interim_received(status, list(headers))
+            self.sink.interim_received(status, reason, list(headers))
 
     def send_head(self, status: int = 200, headers: Headers = (), reason: bytes = b"") -> None:
         """The status line and headers, exactly as given."""

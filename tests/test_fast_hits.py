@@ -45,6 +45,7 @@ def test_plain_requests_are_simple(
         b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",  # obs-fold
         b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",  # not a token
         b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",  # NUL
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",  # two Host headers (400 the normal way)
         b"GET /" + b"u" * 64 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # target over the limit
         b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(5)) + b"\r\n",  # too many headers
     ],

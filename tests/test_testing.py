@@ -48,14 +48,14 @@ def test_it_needs_only_what_powerlb_installs_and_installs_no_reactor() -> None:
 def test_recording_sink_records_every_event_in_order() -> None:
     sink = RecordingSink()
     assert verifyObject(IResponseSink, sink)
-    sink.interim_received(103, [(b"link", b"</a.css>; rel=preload")])
+    sink.interim_received(103, b"Early Hints", [(b"link", b"</a.css>; rel=preload")])
     sink.head_received(200, b"OK", [(b"content-type", b"text/plain")])
     sink.body_received(b"he")
     sink.body_received(b"llo")
     assert not sink.done
     sink.response_ended()
     assert sink.events == [
-        ("interim", 103, [(b"link", b"</a.css>; rel=preload")]),
+        ("interim", 103, b"Early Hints", [(b"link", b"</a.css>; rel=preload")]),
         ("head", 200, b"OK", [(b"content-type", b"text/plain")]),
         ("body", b"he"),
         ("body", b"llo"),
