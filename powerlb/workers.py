@@ -355,8 +355,7 @@ class WorkerSupervisor(MultiService):
         """Send ``change`` to every running worker but ``origin``; fires with their outcomes."""
         change_id = next(self._change_ids)
         live = [w for w in self.workers if w is not None and w is not origin and w.pid is not None]
-        gathered = defer.gatherResults([worker.change(change_id, change) for worker in live])
-        return gathered
+        return defer.gatherResults([worker.change(change_id, change) for worker in live])
 
     def stats(self) -> Dict[str, Any]:
         """The workers' latest snapshots merged, with each worker's pid."""

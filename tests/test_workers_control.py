@@ -1,4 +1,4 @@
-"""``--workers 2`` is one balancer: API changes and ``PURGE`` reach every worker (real twistd, real sockets)."""
+"""``--workers 2`` is one balancer: API changes and ``PURGE`` reach every worker (real twistd and sockets)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def entries(admin: int) -> int:
 
 def store_in_both_workers(listen: int, admin: int) -> None:
     """GET /cached on fresh connections until each of the two workers has stored it."""
-    wait_until(lambda: get(listen, "/cached").status == 200 and entries(admin) == 2, "/cached in both workers")
+    wait_until(
+        lambda: get(listen, "/cached").status == 200 and entries(admin) == 2, "/cached in both workers"
+    )
 
 
 def test_changes_and_purges_reach_every_worker(tmp_path: Path, demo_backends: Any) -> None:
@@ -36,7 +38,8 @@ def test_changes_and_purges_reach_every_worker(tmp_path: Path, demo_backends: An
     )
     try:
         pids: List[int] = wait_until(
-            lambda: (s := stats(admin)) and len(s["workers"]) == 2 and s.get("backends") and s["workers"], "two workers"
+            lambda: (s := stats(admin)) and len(s["workers"]) == 2 and s.get("backends") and s["workers"],
+            "two workers, with backends reported",
         )
         first, second = (f"{HOST}:{port}" for port in served)
 
@@ -88,7 +91,8 @@ def test_changes_and_purges_reach_every_worker(tmp_path: Path, demo_backends: An
 
         removed = change(admin, "DELETE", f"backends/{HOST}:{spare}")
         assert removed.status == 200, removed.body
-        assert removed.json()["removed"] == f"{HOST}:{spare}" and sorted(removed.json()["workers"]) == sorted(now)
+        assert removed.json()["removed"] == f"{HOST}:{spare}"
+        assert sorted(removed.json()["workers"]) == sorted(now)
         assert f"{HOST}:{spare}" not in [b["id"] for b in stats(admin)["backends"]]
     finally:
         status = proc.stop()
