@@ -278,6 +278,16 @@ def apply_change(target: BackendControl, purge: Optional[Purge], change: Change)
     return {}
 
 
+def kept_by_reload(changes: Sequence[Change], backend_ids: Sequence[str]) -> List[Change]:
+    """What of ``changes`` a reload keeps, as a reload does in one process: backends and weights
+    become the file's again, the states of the backends that stay (``backend_ids``) are kept."""
+    return [
+        Change("set", backend=change.backend, state=change.state)
+        for change in changes
+        if change.op == "set" and change.state is not None and change.backend in backend_ids
+    ]
+
+
 class Control(Protocol):
     """Where the runtime API's changes go: :class:`LocalControl` or the ``--workers`` relay."""
 

@@ -16,8 +16,9 @@ A ``PURGE`` a worker serves is forwarded to the main process, which relays it
 to the other workers. The main process keeps the backend changes made since
 the last reload and hands them to every worker it starts, which applies them
 before serving (a restarted worker's cache starts empty, so purges are not
-kept); a reload sent to the workers makes the file the truth again and
-clears that list.
+kept); a reload sent to the workers makes the file the truth again, so the
+list keeps only the states of the backends that stay (see
+:func:`powerlb.control.kept_by_reload`).
 
 Per process: the cache (each worker stores what it fetched), upstream
 connections, health-check state (every worker probes every backend, so the
@@ -66,6 +67,7 @@ from powerlb.control import (
     change_from_json,
     decode,
     encode,
+    kept_by_reload,
     relay_verdict,
 )
 from powerlb.listening import Listener
@@ -376,7 +378,8 @@ class WorkerSupervisor(MultiService):
         if self.config_source is None:
             log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
             return
-        self.changes = []  # the workers go back to what the file says
+        # the workers go back to what the file says, keeping the states of the backends that stay
+        self.changes = kept_by_reload(self.changes, [spec.id for spec in self.config.backends])
         for worker in self.workers:
             if worker is not None:
                 worker.reload()

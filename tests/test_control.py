@@ -31,6 +31,7 @@ from powerlb.control import (
     change_from_json,
     decode,
     encode,
+    kept_by_reload,
     relay_verdict,
 )
 from powerlb.settings import Config
@@ -368,3 +369,15 @@ def test_local_control_applies_at_once() -> None:
     fired: List[Any] = []
     LocalControl(target, None).apply(Change("set", backend="a:1", weight=7)).addCallback(fired.append)
     assert fired == [{}] and target.backends[0].weight == 7
+
+
+def test_a_reload_keeps_only_the_states_of_the_backends_that_stay() -> None:
+    made = [
+        Change("add", backend="http://c:3", weight=1),
+        Change("set", backend="a:1", weight=4, state="draining"),
+        Change("set", backend="b:2", weight=2),
+        Change("set", backend="c:3", state="disabled"),
+        Change("remove", backend="b:2"),
+    ]
+    assert kept_by_reload(made, ["a:1", "b:2"]) == [Change("set", backend="a:1", state="draining")]
+    assert kept_by_reload([], ["a:1"]) == []
