@@ -86,8 +86,9 @@ REPORT_INTERVAL = 1.0
 RESTART_DELAY = 1.0
 #: Seconds a stopping worker gets beyond ``drain_timeout`` before it is killed.
 STOP_MARGIN = 5.0
-#: Seconds every worker gets to acknowledge a relayed change (one still starting may take a few).
-CHANGE_TIMEOUT = 10.0
+#: Seconds every worker gets to acknowledge a relayed change (one still starting may take a few);
+#: less than ``powerlb-ctl`` waits for an answer (:data:`powerlb.ctl.TIMEOUT`).
+CHANGE_TIMEOUT = 8.0
 
 
 def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:

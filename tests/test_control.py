@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from powerlb import ctl
 from powerlb.api import ApiResource
 from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
 from powerlb.control import (
@@ -381,3 +382,7 @@ def test_a_reload_keeps_only_the_states_of_the_backends_that_stay() -> None:
     ]
     assert kept_by_reload(made, ["a:1", "b:2"]) == [Change("set", backend="a:1", state="draining")]
     assert kept_by_reload([], ["a:1"]) == []
+
+
+def test_powerlb_ctl_waits_longer_than_the_workers_get_to_answer() -> None:
+    assert CHANGE_TIMEOUT < ctl.TIMEOUT

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, List
 
-from tests.support import HOST, get, request, start_twistd_powerlb, stats, wait_until
+from tests.support import HOST, clean_env, get, request, script, start_twistd_powerlb, stats, wait_until
 
 TOKEN = "s3cret"
 
@@ -47,9 +48,11 @@ def test_changes_and_purges_reach_every_worker(tmp_path: Path, demo_backends: An
         weighted = change(admin, "PATCH", f"backends/{first}", {"weight": 5})
         assert weighted.status == 200, weighted.body
         assert (weighted.json()["weight"], sorted(weighted.json()["workers"])) == (5, sorted(pids))
-        drained = change(admin, "PATCH", f"backends/{first}", {"state": "draining"})
-        assert drained.status == 200, drained.body
-        assert drained.json()["state"] == "draining" and sorted(drained.json()["workers"]) == sorted(pids)
+        ctl = [script("powerlb-ctl"), "--admin", f"http://{HOST}:{admin}", "--token", TOKEN, "drain", first]
+        ran = subprocess.run(ctl, capture_output=True, timeout=30, env=clean_env(), check=False)
+        assert ran.returncode == 0, ran.stderr
+        drained = json.loads(ran.stdout)
+        assert drained["state"] == "draining" and sorted(drained["workers"]) == sorted(pids)
         served_by = {get(listen, f"/after-drain/{n}").headers["x-backend"] for n in range(20)}
         assert served_by == {str(served[1])}
 
