@@ -253,6 +253,9 @@ class Pipe:
         self.pid: Optional[int] = pid
         self.written = b""
 
+    def write(self, data: bytes) -> None:
+        self.written += data
+
     def sent(self) -> List[Any]:
         return [decode(line) for line in self.written.splitlines()]
 
@@ -263,9 +266,6 @@ def supervisor_with_workers(count: int) -> Any:
     for index in range(count):
         worker = _WorkerProcess(supervisor, index)
         worker.transport = Pipe(100 + index)
-        worker.transport.write = lambda data, pipe=worker.transport: setattr(
-            pipe, "written", pipe.written + data
-        )
         supervisor.workers[index] = worker
     return supervisor, clock
 
