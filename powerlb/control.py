@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 from twisted.internet import defer
 
 from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
+from powerlb.config import ConfigError, backend_from_entry
 
 #: The version of the supervisor <-> worker messages; a message of another version is refused.
 VERSION = 1
@@ -245,9 +246,6 @@ def apply_change(target: BackendControl, purge: Optional[Purge], change: Change)
     result (``{"purged": n}`` for a purge, else empty). ChangeFailed (409) when it does not fit
     the live state (an unknown or a known backend, the last one, the cache off), before any part
     of it is made."""
-    # Imported here: config brings the settings table, which the worker protocol does not need.
-    from powerlb.config import ConfigError, backend_from_entry
-
     if change.op == "purge":
         if purge is None:
             raise ChangeFailed(409, "the cache is off (cache-size 0)")
