@@ -401,6 +401,17 @@ class DnsDiscovery(Service):
             if self._draining.pop(backend.id, None) is not None:
                 backend.set_state("enabled")
 
+    def status(self) -> List[Dict[str, Any]]:
+        """Each name: what it is, the addresses it stands for now, its consecutive failed lookups."""
+        return [
+            {
+                "name": describe_source(source),
+                "addresses": sorted(self._known[source]),
+                "failures": self._failures[source],
+            }
+            for source in self.sources
+        ]
+
     def startService(self) -> None:
         """Look every name up now."""
         Service.startService(self)
