@@ -33,6 +33,7 @@ from powerlb.discovery import (
     srv_found,
     srv_records,
 )
+from powerlb.tap import Options
 from powerlb.values import format_host_port, parse_backend, parse_dns_resolver, parse_dns_target
 
 # --- an in-memory zone ------------------------------------------------------------------------
@@ -233,6 +234,17 @@ def test_discovery_alone_needs_no_static_backend_and_is_written_back() -> None:
     assert written["dns"] == ["web.internal:8080"]
     assert written["dns-resolver"] == "127.0.0.1:8600"
     assert config_from_mapping(written) == config
+
+
+def test_the_command_line_takes_several_names_and_shows_the_settings_in_help() -> None:
+    options = Options()
+    options.parseOptions(["--dns", "web.internal:8080", "--dns", "api.internal:9000", "--dns-min-ttl", "1s"])
+    assert options.config is not None
+    assert options.config.dns == (("web.internal", 8080), ("api.internal", 9000))
+    assert options.config.dns_min_ttl == 1.0
+    text = "".join(str(Options()).split())
+    for option in ("--dns=", "--srv=", "--dns-resolver=", "--dns-min-ttl=", "--dns-max-ttl="):
+        assert option in text
 
 
 def test_without_backends_or_names_the_error_names_both() -> None:

@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.names import dns, server
+from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb.config import config_from_mapping
 from tests.conftest import Running, wait_for
@@ -82,13 +83,16 @@ async def test_a_records_add_drain_and_survive_a_dead_dns_server(
     assert running.service.config.backends == ()  # discovered backends are not configuration
 
     # The first address leaves DNS: it drains (its request in flight finishes), then goes.
-    one.answer(b"/slow", body=b"slow", delay=0.5)
+    held: List[Request] = []
+    one.routes[b"/slow"] = lambda request: held.append(request) or NOT_DONE_YET
     slow = [http.get(running.url + "/slow") for _ in range(2)]  # round-robin: one each
-    await wait_for(lambda: one.served() > 2)
+    await wait_for(lambda: len(held) == 1)
     zone.addresses("web.test", "127.0.0.2", ttl=0)
     backend = running.service.backends[0]
     await wait_for(lambda: backend.state == "draining")
     assert backend.in_flight == 1 and ids(running) == [first, second]
+    held[0].write(b"slow")
+    held[0].finish()
     responses = await defer.gatherResults(slow)
     assert sorted(response.code for response in responses) == [200, 200]
     for response in responses:
