@@ -270,14 +270,14 @@ def nameservers(resolv_conf: str) -> List[Tuple[str, int]]:
 Source = Tuple[str, Union[str, Tuple[str, int]]]
 
 
-def _records(d: Deferred) -> Deferred:
-    """The answer and additional records of a lookup; a name that does not exist has none."""
+def _records(d: Deferred, additional: bool = False) -> Deferred:
+    """The answer records of a lookup (and the additional ones); a name that does not exist has none."""
 
     def missing(failure: Failure) -> Any:
         failure.trap(DNSNameError)  # NXDOMAIN; not its parent DomainError, which SERVFAIL is too
         return []
 
-    return d.addCallbacks(lambda sections: [*sections[0], *sections[2]], missing)
+    return d.addCallbacks(lambda sections: [*sections[0], *(sections[2] if additional else ())], missing)
 
 
 def lookup_addresses(resolver: Any, name: str, timeout: Sequence[float]) -> Deferred:
@@ -314,7 +314,7 @@ def lookup(resolver: Any, source: Source, timeout: Sequence[float]) -> Deferred:
 
         return defer.gatherResults(more, consumeErrors=True).addCallback(found)
 
-    return _records(resolver.lookupService(what, timeout)).addCallback(targets)
+    return _records(resolver.lookupService(what, timeout), additional=True).addCallback(targets)
 
 
 def make_resolver(

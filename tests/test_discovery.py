@@ -27,6 +27,7 @@ from powerlb.discovery import (
     Timing,
     address_found,
     after_lookup,
+    make_resolver,
     merge,
     nameservers,
     reconcile,
@@ -255,6 +256,16 @@ def test_without_backends_or_names_the_error_names_both() -> None:
 def test_min_ttl_above_max_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"dns-min-ttl: 120s is more than dns-max-ttl \(60s\)"):
         config_from_mapping({"dns": ["web.internal:80"], "dns-min-ttl": "2m", "dns-max-ttl": "1m"})
+
+
+def test_the_resolver_asks_the_given_server_or_those_of_resolv_conf(tmp_path: Any) -> None:
+    clock = Clock()
+    assert make_resolver(("127.0.0.1", 8600), clock).servers == [("127.0.0.1", 8600)]
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 10.0.0.2\n")
+    assert make_resolver(None, clock, str(resolv_conf)).servers == [("10.0.0.2", 53)]
+    assert make_resolver(None, clock, str(tmp_path / "missing")).servers == [("127.0.0.1", 53)]
+    assert clock.getDelayedCalls() == []  # nothing re-reads the file behind the service's back
 
 
 def test_nameservers_of_resolv_conf() -> None:
