@@ -440,10 +440,11 @@ class DnsDiscovery(Service):
         d.addErrback(lambda failure: log.failure("DNS discovery for {source} broke", failure, source=source))
 
     def _lookup_failed(self, failure: Failure, source: Source) -> None:
+        if failure.check(defer.FirstError):  # one of several queries failed
+            failure = failure.value.subFailure
         if failure.check(defer.CancelledError):
             return
-        reason = failure.getErrorMessage() or failure.type.__name__
-        self._looked_up(None, source, reason)
+        self._looked_up(None, source, failure.type.__name__)  # the messages hold whole DNS queries
 
     def _looked_up(self, found: Optional[Found], source: Source, reason: str = "") -> None:
         self._lookups.pop(source, None)
@@ -456,14 +457,16 @@ class DnsDiscovery(Service):
         )
         if failures:
             log.warn(
-                "DNS lookup {count} for {source} failed ({reason}); keeping its {known} known addresses, "
-                "next try in {delay}s",
-                count=failures,
+                "DNS lookup for {source} failed ({reason}, {count} in a row); keeping its {known} known "
+                "addresses, next try in {delay}s",
                 source=describe_source(source),
                 reason=reason,
+                count=failures,
                 known=len(known),
                 delay=delay,
             )
+        elif self._failures[source]:
+            log.info("DNS lookup for {source} answers again", source=describe_source(source))
         self._known[source], self._failures[source] = known, failures
         self._next[source] = self._clock.callLater(delay, self._lookup, source)
         self._apply()
@@ -486,6 +489,7 @@ class DnsDiscovery(Service):
         for target_id in changes.forget:
             self._forget(target_id)
         for target_id in changes.check:
+            log.info("DNS discovery: new address {id}; probing it before it takes traffic", id=target_id)
             self._checking[target_id] = None
             self._check(wanted[target_id])
         for target_id in changes.undrain:
