@@ -617,3 +617,26 @@ def test_two_names_share_an_address_once_and_an_api_removal_is_noticed() -> None
     # DNS still names it: checked and added again.
     assert list(control.by_id()) == ["10.0.0.1:8080"] and probes.probed.count("10.0.0.1:8080") == 2
     discovery.stopService()
+
+
+@given(
+    st.lists(
+        st.sets(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])), min_size=1, max_size=6
+    )
+)
+def test_the_live_backends_follow_any_sequence_of_answers(answers: List[set]) -> None:
+    zone = Zone()
+    static = "10.0.0.3:8080"
+    discovery, clock, control, _ = start([WEB], zone, Control(f"http://{static}"))
+    last: set = set()
+    for hosts in answers:
+        zone.addresses("web.internal", *sorted(hosts), ttl=5)
+        clock.advance(TIMING.max_ttl)  # at least one lookup, whatever the back-off
+        clock.advance(DRAIN_POLL)  # nothing is in flight: vanished ones are removed
+        last = hosts or last  # an answer without addresses keeps the last set
+        expected = {format_host_port((host, 8080)) for host in last} | {static}
+        assert set(control.by_id()) == expected
+        assert all(backend.state == "enabled" for backend in control.backends)
+        assert [discovery.owns(backend) for backend in control.backends if backend.id == static] == [False]
+    discovery.stopService()
+    assert clock.getDelayedCalls() == []
