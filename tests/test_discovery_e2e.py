@@ -131,7 +131,18 @@ async def test_srv_records_give_ports_and_weights(
     before = list(running.service.backends)
     mapping = {"listen": "tcp:0:interface=127.0.0.1", "srv": name, "algorithm": "weighted-round-robin"}
     running.service.reload(config_from_mapping(mapping))
-    assert running.service.backends == before
+    assert set(running.service.backends) == set(before)
+
+    # A reload that names a discovered backend makes it static: leaving DNS no longer drains it.
+    discovery = running.service.discovery
+    running.service.reload(config_from_mapping({**mapping, "backends": [a.url + ",weight=2"]}))
+    assert set(running.service.backends) == set(before)
+    assert [spec.url for spec in running.service.config.backends] == [a.url]
+    now_static, found = sorted(before, key=lambda backend: backend.url != a.url)
+    assert not discovery.owns(now_static) and now_static.weight == 2 and discovery.owns(found)
+    zone.services(name, (1, 1, b.port_number, "b.node.consul"), ttl=0)
+    await wait_for(lambda: discovery.status()[0]["addresses"] == [found.id])
+    assert now_static.state == "enabled" and set(running.service.backends) == set(before)
 
 
 @pytest_twisted.ensureDeferred
