@@ -471,6 +471,10 @@ class DnsDiscovery(Service):
         self._next[source] = self._clock.callLater(delay, self._lookup, source)
         self._apply()
 
+    def _wanted(self) -> Dict[str, Target]:
+        """What the names stand for now, all together."""
+        return merge([self._known[source] for source in self.sources])
+
     def _apply(self) -> None:
         """Bring the live backends in line with what the names say now."""
         live = {backend.id: backend for backend in self._control.backends}
@@ -478,7 +482,7 @@ class DnsDiscovery(Service):
             if live.get(target_id) is not backend:  # removed through the API
                 del self._owned[target_id]
                 self._draining.pop(target_id, None)
-        wanted = merge([self._known[source] for source in self.sources])
+        wanted = self._wanted()
         changes = reconcile(
             wanted,
             {target_id: target for target_id, (_, target) in self._owned.items()},
@@ -533,14 +537,10 @@ class DnsDiscovery(Service):
             self._checking[target_id] = self._clock.callLater(self._health_interval, self._recheck, target_id)
 
     def _recheck(self, target_id: str) -> None:
-        target = merge([self._known[source] for source in self.sources]).get(target_id)
-        if target is None:  # cannot happen: reconcile forgets targets that leave
-            self._checking.pop(target_id, None)
-            return
-        self._check(target)
+        self._check(self._wanted()[target_id])  # still wanted: else reconcile would have forgotten it
 
     def _admit(self, target_id: str) -> None:
-        target = merge([self._known[source] for source in self.sources])[target_id]
+        target = self._wanted()[target_id]
         if any(backend.id == target_id for backend in self._control.backends):
             return  # added meanwhile by a reload or the API: not ours
         self._adding = target_id

@@ -226,7 +226,9 @@ class PowerLBService(MultiService):
         ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
         ``retries`` applies to the next request and ``drain_timeout`` to the
         next stop. A change to any other setting is logged as needing a
-        restart and ignored.
+        restart and ignored. Backends found by DNS discovery are not part of
+        ``config.backends`` and stay, unless the new configuration names one:
+        that one becomes static.
         """
         old = self.config
         self.config = reloaded(old, config)
