@@ -20,7 +20,7 @@ from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
 from powerlb.settings import BY_KEY, BY_NAME, SETTINGS, Config, Setting
-from powerlb.values import as_text, endpoint_kind, parse_switch
+from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch
 
 __all__ = [
     "Config",
@@ -89,9 +89,12 @@ def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, An
 
 
 def _finish(values: Mapping[str, Any]) -> Config:
-    if not values.get("backends"):
-        raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
+    if not values.get("backends") and not values.get("dns") and values.get("srv") is None:
+        raise ConfigError(
+            "backend", "no backends given; add --backend http://HOST:PORT (or find them in DNS: --dns, --srv)"
+        )
     config = Config(**values)
+    _check_dns(config)
     _check_backends_differ(config.backends)
     _check_hashing(config)
     if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
@@ -109,6 +112,16 @@ def _check_backends_differ(backends: Tuple[BackendSpec, ...]) -> None:
                 f"{seen[spec.id]} and {spec.url} are the same server {spec.id}; give each backend once",
             )
         seen[spec.id] = spec.url
+
+
+def _check_dns(config: Config) -> None:
+    """``dns-min-ttl`` is at most ``dns-max-ttl``."""
+    if config.dns_min_ttl > config.dns_max_ttl:
+        raise ConfigError(
+            "dns-min-ttl",
+            f"{format_duration(config.dns_min_ttl)} is more than dns-max-ttl "
+            f"({format_duration(config.dns_max_ttl)}); lower dns-min-ttl or raise dns-max-ttl",
+        )
 
 
 def _check_hashing(config: Config) -> None:

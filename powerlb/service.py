@@ -18,7 +18,7 @@ SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -45,6 +45,9 @@ from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
 from powerlb.upstream import ProxyClientFactory
 from powerlb.values import endpoint_kind
+
+if TYPE_CHECKING:
+    from powerlb.discovery import DnsDiscovery
 
 log = Logger()
 
@@ -99,9 +102,11 @@ class PowerLBService(MultiService):
             )
             self.outliers.setServiceParent(self)
         check_kind = CheckKind(config.health_check, config.health_path)
+        #: The health check of one backend (None with ``health-check: off``).
+        self.probe = backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for)
         self.health = HealthChecker(
             self.backends,
-            backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for),
+            self.probe,
             reactor,
             config.health_interval,
             config.health_timeout,
@@ -112,6 +117,14 @@ class PowerLBService(MultiService):
             kind=check_kind,
         )
         self.health.setServiceParent(self)
+        #: Backends from DNS names (``dns``, ``srv``), or None.
+        self.discovery: Optional[DnsDiscovery] = None
+        if config.dns or config.srv:
+            # Imported here: discovery brings twisted.names.
+            from powerlb.discovery import discovery_for
+
+            self.discovery = discovery_for(config, reactor, self, self.probe)
+            self.discovery.setServiceParent(self)
         self.dispatcher = Dispatcher(
             self.balancer,
             self.clients,
@@ -219,7 +232,9 @@ class PowerLBService(MultiService):
         ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
         ``retries`` applies to the next request and ``drain_timeout`` to the
         next stop. A change to any other setting is logged as needing a
-        restart and ignored.
+        restart and ignored. Backends found by DNS discovery are not part of
+        ``config.backends`` and stay, unless the new configuration names one:
+        that one becomes static.
         """
         old = self.config
         self.config = reloaded(old, config)
@@ -234,9 +249,17 @@ class PowerLBService(MultiService):
             backend.backup = spec.backup
             log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
         for spec in added:
-            by_url[spec.url] = self.add_backend(spec)
+            if spec.url in by_url:  # found by DNS discovery: now a static backend
+                backend = by_url[spec.url]
+                if self.discovery is not None:
+                    self.discovery.release(backend)
+                backend.set_weight(spec.weight)
+                backend.backup = spec.backup
+            else:
+                by_url[spec.url] = self.add_backend(spec)
             log.info("reload: backend {url} added", url=spec.url)
-        self._set_backends([by_url[spec.url] for spec in config.backends])
+        static = [by_url[spec.url] for spec in config.backends]
+        self._set_backends([*static, *(b for b in self.backends if b not in static and self._discovered(b))])
         if any(getattr(config, name) != getattr(old, name) for name in _BALANCER_SETTINGS):
             self.balancer = self._make_balancer(config)
             self.dispatcher.balancer = self.balancer
@@ -282,7 +305,12 @@ class PowerLBService(MultiService):
         self.backends[:] = backends
         self.health.set_backends(self.backends)
         self.balancer.set_backends(self.backends)
-        self.config = dataclasses.replace(self.config, backends=tuple(b.spec() for b in self.backends))
+        configured = tuple(b.spec() for b in self.backends if not self._discovered(b))
+        self.config = dataclasses.replace(self.config, backends=configured)
+
+    def _discovered(self, backend: Backend) -> bool:
+        """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
+        return self.discovery is not None and self.discovery.owns(backend)
 
     def _make_balancer(self, config: Config) -> IBalancer:
         """The balancer ``config`` asks for over the current backends (at start, and on reload)."""

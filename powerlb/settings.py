@@ -18,6 +18,7 @@ from powerlb.outlier import GATEWAY_STATUSES, StatusRanges, format_statuses, par
 from powerlb.values import above_zero as _above_zero
 from powerlb.values import (
     format_backend,
+    format_host_port,
     format_percent,
     format_size,
     format_switch,
@@ -38,6 +39,9 @@ from powerlb.values import parse_balance_factor as _parse_balance_factor
 from powerlb.values import parse_ca_file as _parse_ca_file
 from powerlb.values import parse_cookie_name as _parse_cookie_name
 from powerlb.values import parse_count as _parse_count
+from powerlb.values import parse_dns_name as _parse_dns_name
+from powerlb.values import parse_dns_resolver as _parse_dns_resolver
+from powerlb.values import parse_dns_target as _parse_dns_target
 from powerlb.values import parse_header_names as _parse_header_names
 from powerlb.values import parse_path as _parse_path
 from powerlb.values import parse_text as _parse_text
@@ -49,6 +53,11 @@ class Config:
 
     listen: str = "tcp:8080"
     backends: Tuple[BackendSpec, ...] = ()
+    dns: Tuple[Tuple[str, int], ...] = ()
+    srv: Optional[str] = None
+    dns_resolver: Optional[Tuple[str, int]] = None
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 300.0
     algorithm: str = "round-robin"
     hash_key: str = "client"
     hash_balance_factor: float = 0.0
@@ -152,6 +161,42 @@ SETTINGS: Tuple[Setting, ...] = (
         show=format_backend,
         many=True,
         yaml_key="backends",
+    ),
+    Setting(
+        "dns",
+        "dns",
+        _parse_dns_target,
+        "backends from DNS: NAME:PORT, each A/AAAA address of NAME on PORT; repeat for more "
+        "(YAML: dns: [...])",
+        show=format_host_port,
+        many=True,
+    ),
+    Setting(
+        "srv",
+        "srv",
+        _parse_dns_name,
+        "backends from DNS: an SRV name (e.g. _http._tcp.web.service.consul), with its ports and weights",
+    ),
+    Setting(
+        "dns-resolver",
+        "dns_resolver",
+        _parse_dns_resolver,
+        "DNS server for dns and srv, IP[:PORT] (e.g. Consul's 127.0.0.1:8600); off: /etc/resolv.conf's",
+        show=format_host_port,
+    ),
+    Setting(
+        "dns-min-ttl",
+        "dns_min_ttl",
+        _positive_duration,
+        "dns and srv names are looked up again when their TTL ends, but never sooner than this",
+        show=_format_duration,
+    ),
+    Setting(
+        "dns-max-ttl",
+        "dns_max_ttl",
+        _positive_duration,
+        "dns and srv names are looked up again at least this often, whatever their TTL",
+        show=_format_duration,
     ),
     Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm"),
     Setting(

@@ -361,3 +361,66 @@ def parse_admin_endpoint(text: str) -> str:
     if loopback and not any(arg.strip().startswith("interface=") for arg in arguments):
         text = f"{text}:interface={loopback}"
     return parse_endpoint(text)
+
+
+#: A DNS name: dot-separated labels of letters, digits, ``-`` and ``_`` (SRV names start with ``_``).
+_DNS_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?")
+
+
+def parse_dns_name(text: str) -> str:
+    """A DNS name such as ``_http._tcp.web.service.consul``, lower-cased, without a trailing dot."""
+    name = text.strip()
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(
+            f"{text!r} is not a DNS name; write e.g. web.internal or _http._tcp.web.service.consul"
+        )
+    return name.rstrip(".").lower()
+
+
+def _split_host_port(text: str, example: str) -> Tuple[str, str]:
+    """``("HOST", "PORT")`` from ``HOST:PORT`` or ``[IPv6]:PORT``; PORT is ``""`` when not given."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} has a bad [IPv6] address; write e.g. {example}")
+        return host, rest[1:] if rest else ""
+    if text.count(":") > 1:
+        return text, ""  # a bare IPv6 address
+    host, _, port = text.partition(":")
+    return host, port
+
+
+def _parse_port(port: str, text: str, example: str) -> int:
+    if re.fullmatch(r"[0-9]{1,5}", port) is None or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} has port {port!r}; give a port from 1 to 65535, e.g. {example}")
+    return int(port)
+
+
+def format_host_port(address: Tuple[str, int]) -> str:
+    """``HOST:PORT`` (``[IPv6]:PORT``), as :func:`parse_dns_target` and :func:`parse_dns_resolver` read it."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_dns_target(text: str) -> Tuple[str, int]:
+    """``(name, port)`` from ``NAME:PORT`` (``web.internal:8080``): its A/AAAA addresses are backends."""
+    example = "web.internal:8080"
+    host, port = _split_host_port(text, example)
+    if not port:
+        raise ValueError(f"{text!r} has no port; write NAME:PORT, e.g. {example}")
+    return parse_dns_name(host), _parse_port(port, text, example)
+
+
+def parse_dns_resolver(text: str) -> Tuple[str, int]:
+    """``(address, port)`` of a DNS server from ``IP[:PORT]`` (``127.0.0.1:8600``, ``[::1]:53``; port 53)."""
+    example = "127.0.0.1:8600"
+    host, port = _split_host_port(text, example)
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address; give the DNS server as IP[:PORT], e.g. {example}"
+        ) from None
+    return address, _parse_port(port, text, example) if port else 53

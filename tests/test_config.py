@@ -343,10 +343,15 @@ def test_option_table_matches_config() -> None:
 
 
 def test_options_long_names() -> None:
-    long_names = {row[0] for row in Options.optParameters} | {"backend"}
+    long_names = {row[0] for row in Options.optParameters} | {"backend", "dns"}
     assert long_names == {
         "listen",
         "backend",
+        "dns",
+        "srv",
+        "dns-resolver",
+        "dns-min-ttl",
+        "dns-max-ttl",
         "algorithm",
         "hash-key",
         "hash-balance-factor",
