@@ -34,6 +34,10 @@ setup(
             "pytest-timeout>=2",
             "hypothesis>=6",
             "ruff",
+            # Type checks (`mypy`, configured in pyproject.toml); run on CPython.
+            "mypy>=1.8",
+            "mypy-zope>=1.0",
+            "types-PyYAML",
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
         ],

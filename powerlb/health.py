@@ -18,7 +18,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -81,7 +87,7 @@ def _describe(result: Union[ProbeResult, Failure]) -> str:
         return str(result)
     if result.check(defer.TimeoutError, error.TimeoutError):
         return "timeout"
-    return result.type.__name__
+    return result.type.__name__ if result.type is not None else "error"
 
 
 class CheckKind:
@@ -124,6 +130,8 @@ _DONE = Failure(error.ConnectionDone())
 class _ConnectProbe(Protocol):
     """Fires the factory's Deferred once connected (TLS: once the handshake is done), then hangs up."""
 
+    transport: Optional[ITCPTransport]
+
     def __init__(self, factory: _ConnectProbeFactory) -> None:
         self.factory = factory
 
@@ -135,6 +143,7 @@ class _ConnectProbe(Protocol):
         self._passed()
 
     def _passed(self) -> None:
+        assert self.transport is not None  # connected
         self.transport.loseConnection()
         self.factory.finish(None)
 
@@ -153,7 +162,7 @@ class _ConnectProbeFactory(ClientFactory):
         self.connector: Any = None
         self.protocol_made: Optional[_ConnectProbe] = None
         self.ended = False
-        self.deferred: Deferred[None] = Deferred(self._cancel)
+        self.deferred: Deferred[ProbeResult] = Deferred(self._cancel)
 
     def buildProtocol(self, addr: Any) -> _ConnectProbe:
         self.protocol_made = _ConnectProbe(self)
@@ -171,7 +180,7 @@ class _ConnectProbeFactory(ClientFactory):
         else:
             self.deferred.errback(result)
 
-    def _cancel(self, _: Deferred[None]) -> None:
+    def _cancel(self, _: Deferred[ProbeResult]) -> None:
         """Abandon the check (its timeout): the Deferred fails with CancelledError, nothing else."""
         self.ended = True
         if self.protocol_made is not None and self.protocol_made.transport is not None:
@@ -180,7 +189,12 @@ class _ConnectProbeFactory(ClientFactory):
             self.connector.stopConnecting()
 
 
-def connect_probe(reactor: IReactorTCP, backend: Backend, timeout: float, tls: Any = None) -> Deferred[None]:
+def connect_probe(
+    reactor: IReactorTCP,
+    backend: Backend,
+    timeout: float,
+    tls: Optional[IOpenSSLClientConnectionCreator] = None,
+) -> Deferred[ProbeResult]:
     """Open a connection to ``backend`` and close it; fires with None once it is open.
 
     With ``tls`` (the backend's ``IOpenSSLClientConnectionCreator``) the TLS
@@ -188,7 +202,7 @@ def connect_probe(reactor: IReactorTCP, backend: Backend, timeout: float, tls: A
     Cancelling the Deferred abandons the attempt.
     """
     factory = _ConnectProbeFactory(tls is not None)
-    connect_to = TLSMemoryBIOFactory(tls, True, factory) if tls is not None else factory
+    connect_to: ClientFactory[Any] = TLSMemoryBIOFactory(tls, True, factory) if tls is not None else factory
     factory.connector = reactor.connectTCP(backend.host, backend.port, connect_to, timeout=timeout)
     return factory.deferred
 
@@ -302,15 +316,18 @@ class HealthChecker(Service):
         A disabled backend (maintenance) is not probed and keeps the health it
         had; checks resume with the first round after it is enabled again.
         """
-        if self._probe is None:
+        run = self._probe
+        if run is None:
             return succeed(None)
-        round_ = gatherResults([self._check(backend) for backend in self._backends if not backend.disabled])
+        round_ = gatherResults(
+            [self._check(run, backend) for backend in self._backends if not backend.disabled]
+        )
         return round_.addCallback(lambda _: None)
 
-    def _check(self, backend: Backend) -> Deferred[None]:
+    def _check(self, run: Callable[[Backend], Deferred[ProbeResult]], backend: Backend) -> Deferred[None]:
         """Run one probe with a timeout and record its outcome; never fails."""
         try:
-            probe = self._probe(backend)
+            probe = run(backend)
         except Exception:
             probe = fail()
         probe.addTimeout(self._timeout, self._clock)

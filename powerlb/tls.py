@@ -117,7 +117,7 @@ def tls_failure(reason: Failure) -> Optional[str]:
     if reason.check("OpenSSL.SSL.Error"):
         details = [
             str(entry[-1])
-            for entry in (reason.value.args[0] if reason.value.args else [])
+            for entry in (reason.value.args[0] if reason.value is not None and reason.value.args else [])
             if isinstance(entry, tuple) and entry
         ]
         return "TLS handshake with backend failed" + (f": {'; '.join(details)}" if details else "")
