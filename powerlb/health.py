@@ -19,6 +19,8 @@ from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTCP,
@@ -159,16 +161,16 @@ class _ConnectProbeFactory(ClientFactory):
 
     def __init__(self, tls: bool) -> None:
         self.tls = tls
-        self.connector: Any = None
+        self.connector: Optional[IConnector] = None
         self.protocol_made: Optional[_ConnectProbe] = None
         self.ended = False
         self.deferred: Deferred[ProbeResult] = Deferred(self._cancel)
 
-    def buildProtocol(self, addr: Any) -> _ConnectProbe:
+    def buildProtocol(self, addr: Optional[IAddress]) -> _ConnectProbe:
         self.protocol_made = _ConnectProbe(self)
         return self.protocol_made
 
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self.finish(reason)
 
     def finish(self, result: Optional[Failure]) -> None:
@@ -185,7 +187,7 @@ class _ConnectProbeFactory(ClientFactory):
         self.ended = True
         if self.protocol_made is not None and self.protocol_made.transport is not None:
             self.protocol_made.transport.abortConnection()
-        else:
+        elif self.connector is not None:  # set as soon as connectTCP returns
             self.connector.stopConnecting()
 
 
@@ -208,7 +210,10 @@ def connect_probe(
 
 
 def backend_probe(
-    reactor: Any, kind: CheckKind, timeout: float, tls_for: Callable[[Backend], Any]
+    reactor: Any,
+    kind: CheckKind,
+    timeout: float,
+    tls_for: Callable[[Backend], Optional[IOpenSSLClientConnectionCreator]],
 ) -> Optional[Callable[[Backend], Deferred[ProbeResult]]]:
     """The probe function a :class:`HealthChecker` runs for ``kind`` (None when checks are off).
 

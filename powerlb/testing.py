@@ -63,7 +63,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from powerlb.backend import Backend, BackendSpec
-from powerlb.balancing import RoundRobin
+from powerlb.balancing import IBalancer, RoundRobin
 from powerlb.dispatch import Dispatcher
 from powerlb.headers import Headers, get_first
 from powerlb.upstream import (
@@ -206,7 +206,7 @@ class FakeExchange:
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> None:
         self.clock = clock
@@ -214,7 +214,7 @@ class FakeExchange:
         self.target = target
         self.headers = list(headers)
         self.body = body
-        self.sink: Optional[Any] = sink
+        self.sink: Optional[IResponseSink] = sink
         self.idempotent = idempotent
         self.sent_at = clock.seconds()
         #: Seconds from the request to the response head, on the clock (0.0 until the head).
@@ -362,7 +362,7 @@ class FakeUpstream:
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> FakeExchange:
         """As :meth:`ProxyClientFactory.request`: record the request, play the next scripted reply."""
@@ -406,7 +406,7 @@ class FakePool:
         self.backends = [Backend(BackendSpec(f"http://127.0.0.1:{p}", "127.0.0.1", p)) for p in ports]
         self.upstreams = [FakeUpstream(self.clock, backend) for backend in self.backends]
         self.clients: Dict[Backend, FakeUpstream] = dict(zip(self.backends, self.upstreams))
-        self.balancer: Any = RoundRobin(self.backends)
+        self.balancer: IBalancer = RoundRobin(self.backends)
 
     def dispatcher(self, **settings: Any) -> Dispatcher:
         """A Dispatcher over the fakes; ``settings`` are its keyword arguments (``retries``, ``counters``)."""

@@ -44,14 +44,15 @@ import pickle
 import signal
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
-from twisted.internet.interfaces import IProcessTransport, ITransport
+from twisted.internet.interfaces import IProcessTransport, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from powerlb.control import (
     Applied,
@@ -76,6 +77,9 @@ from powerlb.reload import ConfigSource, reloaded
 from powerlb.settings import Config
 from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
+
+if TYPE_CHECKING:  # only a worker runs one (imported there)
+    from powerlb.service import PowerLBService
 
 log = Logger()
 
@@ -227,7 +231,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         elif isinstance(message, Forward):
             self.supervisor.relay(message.change, origin=self)
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         pending, self.pending = self.pending, {}
         for acked in pending.values():
             acked.errback(ChangeFailed(502, "the worker exited"))
@@ -317,7 +321,7 @@ class WorkerSupervisor(MultiService):
         process.write(payload)
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
 
-    def worker_ended(self, worker: _WorkerProcess, reason: Any) -> None:
+    def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """A worker exited: start it again unless powerlb is stopping."""
         if self._stopping or self.workers[worker.index] is not worker:
             return
@@ -457,7 +461,7 @@ class _SupervisorPipe(protocol.Protocol):
                 error = err.message
             self.send(Applied(message.id, result, error, self.stats()))
 
-    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         from twisted.internet import reactor
 
         if reactor.running:
@@ -467,7 +471,7 @@ class _SupervisorPipe(protocol.Protocol):
 class _Reporting(Service):
     """Writes the worker's stats snapshot to the supervisor every second."""
 
-    def __init__(self, service: Any, pipe: _SupervisorPipe, reactor: Any) -> None:
+    def __init__(self, service: PowerLBService, pipe: _SupervisorPipe, reactor: IReactorTime) -> None:
         self.loop = LoopingCall(lambda: pipe.send(Report(service.stats())))
         self.loop.clock = reactor
 
