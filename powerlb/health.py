@@ -210,7 +210,7 @@ def connect_probe(
 
 
 def backend_probe(
-    reactor: Any,
+    reactor: IReactorTCP,
     kind: CheckKind,
     timeout: float,
     tls_for: Callable[[Backend], Optional[IOpenSSLClientConnectionCreator]],
