@@ -34,6 +34,11 @@ setup(
             "pytest-timeout>=2",
             "hypothesis>=6",
             "ruff",
+            # Type checks (`mypy`, configured in pyproject.toml): CPython only (mypy's compiled
+            # dependencies have no PyPy wheels).
+            "mypy>=1.8; platform_python_implementation == 'CPython'",
+            "mypy-zope>=1.0; platform_python_implementation == 'CPython'",
+            "types-PyYAML; platform_python_implementation == 'CPython'",
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
         ],

@@ -12,7 +12,7 @@ public import path for embedding powerlb.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -48,7 +48,8 @@ class ConfigError(ValueError):
 def backend_from_entry(entry: Any) -> BackendSpec:
     """One backend as the ``backends`` setting reads it: a URL string or a ``{url, weight, backup}``
     mapping; a bad one raises ConfigError naming the ``backend`` field."""
-    return _parse_setting(BY_KEY["backends"], [entry])[0]
+    specs: List[BackendSpec] = _parse_setting(BY_KEY["backends"], [entry])
+    return specs[0]
 
 
 def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:

@@ -9,10 +9,10 @@ an instance without an admin listener never loads it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -28,7 +28,7 @@ class _Families:
     def __init__(self, stats: Callable[[], Dict[str, Any]]) -> None:
         self._stats = stats
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterable[Metric]:
         return prometheus_families(self._stats())
 
 
@@ -51,7 +51,7 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
-def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
+def prometheus_families(stats: Dict[str, Any]) -> Iterable[Metric]:
     """The snapshot (of one process, or merged) as Prometheus metric families, for a collector.
 
     Counters keep their ``_total`` suffix, times are in seconds; every family
@@ -81,7 +81,7 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
     yield from _cache_families(stats["cache"])
 
 
-def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
+def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
     label = ["backend"]
     gauges = {
         "in_flight": GaugeMetricFamily("powerlb_backend_in_flight", "Requests in flight", labels=label),
@@ -121,12 +121,16 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
         "Seconds from a request sent to a backend to its response head",
         labels=label,
     )
+    families: List[Tuple[str, Union[GaugeMetricFamily, CounterMetricFamily]]] = [
+        *gauges.items(),
+        *counters.items(),
+    ]
     for backend in backends:
         url = [backend["url"]]
         up.add_metric(
             url, float(backend["healthy"] and not backend.get("ejected") and not backend.get("disabled"))
         )
-        for field, family in (*gauges.items(), *counters.items()):
+        for field, family in families:
             if field in backend:
                 family.add_metric(url, backend[field])
         for result, count in backend.get("checks", {}).items():
@@ -145,7 +149,7 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
     yield latency
 
 
-def _cache_families(cache: Dict[str, Any]) -> Iterable[Any]:
+def _cache_families(cache: Dict[str, Any]) -> Iterable[Metric]:
     results = CounterMetricFamily("powerlb_cache_results", "Cache lookups by result", labels=["result"])
     for result in CACHE_RESULTS:
         results.add_metric([result], cache[result])

@@ -43,6 +43,21 @@ class Counters:
         "upstream_errors",
     )
 
+    cache_bypass: int
+    cache_coalesced: int
+    cache_hits: int
+    cache_invalidated: int
+    cache_misses: int
+    cache_purged: int
+    cache_revalidated: int
+    cache_stale: int
+    cache_stores: int
+    ejections_refused: int
+    errors: int
+    requests: int
+    retries: int
+    upstream_errors: int
+
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)

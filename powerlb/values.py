@@ -14,7 +14,7 @@ import ipaddress
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
@@ -40,7 +40,9 @@ _DURATION_UNITS: Dict[str, Fraction] = {
 }
 
 
-def _parse_quantity(text: str, units: Mapping[str, Any], what: str, example: str) -> Fraction:
+def _parse_quantity(
+    text: str, units: Mapping[str, Union[int, Fraction]], what: str, example: str
+) -> Fraction:
     """A non-negative number with an optional case-insensitive unit, as an exact Fraction."""
     found = _NUMBER.fullmatch(text)
     if found is None:
