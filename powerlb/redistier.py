@@ -537,7 +537,7 @@ class ClusterBus(Service):
         def done(_: Any) -> None:
             self.subscribed = True
 
-        conn.subscribe(self.channel).addCallbacks(done, lambda f: self.store._trouble(f, "subscribe"))
+        conn.subscribe([self.channel]).addCallbacks(done, lambda f: self.store._trouble(f, "subscribe"))
 
     def _lost(self) -> None:
         self.subscribed = False
