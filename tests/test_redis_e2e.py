@@ -69,6 +69,8 @@ async def test_a_fill_through_one_instance_is_a_hit_through_the_other(
     assert await get(http, b, "/page") == (200, b"shared", "HIT")
     assert fetches(backend, b"/page") == 1
     assert b.service.stats()["redis"]["hits"] == 1
+    metrics = await (await http.get(b.admin_url + "/metrics")).text()
+    assert "powerlb_redis_hits_total 1.0" in metrics and "powerlb_redis_up 1.0" in metrics
 
 
 @pytest_twisted.ensureDeferred

@@ -398,3 +398,18 @@ def test_a_client_gone_during_the_lookup_sends_nothing() -> None:
     client.channel.connectionLost(Exception("gone"))
     tier.answer([])
     assert proxy.sent == [] and proxy.cache.flights == {}
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_the_redis_figures_are_prometheus_families_only_with_redis() -> None:
+    from powerlb.metrics import REDIS_COUNTERS, _redis_families
+
+    figures = {"enabled": True, "up": False, **{field: n for n, (field, _) in enumerate(REDIS_COUNTERS)}}
+    families = {family.name: family.samples[0].value for family in _redis_families(figures)}
+    assert families == {
+        "powerlb_redis_up": 0.0,
+        **{f"powerlb_redis_{field}": n for n, (field, _) in enumerate(REDIS_COUNTERS)},
+    }
+    assert list(_redis_families({"enabled": False})) == []
