@@ -413,3 +413,24 @@ def test_the_redis_figures_are_prometheus_families_only_with_redis() -> None:
         **{f"powerlb_redis_{field}": n for n, (field, _) in enumerate(REDIS_COUNTERS)},
     }
     assert list(_redis_families({"enabled": False})) == []
+
+
+# --- the cluster examples ---------------------------------------------------------------------
+
+
+def test_the_cluster_examples_parse(monkeypatch: Any) -> None:
+    import pathlib
+
+    import yaml
+
+    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.setenv("REDIS_PASSWORD", "secret")
+    node = config_from_mapping(yaml.safe_load((examples / "cluster-node.yaml").read_text()))
+    edge = config_from_mapping(yaml.safe_load((examples / "cluster-edge.yaml").read_text()))
+    assert (node.redis, node.redis_key_prefix, node.redis_password_env) == (
+        "redis://10.0.0.5:6379/0",
+        "shop:",
+        "REDIS_PASSWORD",
+    )
+    assert (edge.algorithm, edge.hash_key, edge.cache_size, edge.redis) == ("consistent-hash", "uri", 0, None)
+    assert [spec.url for spec in edge.backends] == [f"http://10.0.0.2{n}:8080" for n in (1, 2, 3)]
