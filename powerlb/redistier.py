@@ -309,14 +309,12 @@ class RedisStore(Service):
         timeout: float,
         clock: IReactorTime,
         password: Optional[str] = None,
-        max_object: int = 1024 * 1024,
     ) -> None:
         self.address = address
         self.prefix = prefix
         self.timeout = timeout
         self.clock = clock
         self.password = password
-        self.max_object = max_object
         self.figures = dict.fromkeys(
             ("hits", "misses", "timeouts", "errors", "reconnects", "stores", "dropped", "purges"), 0
         )
@@ -396,10 +394,11 @@ class RedisStore(Service):
         return self.command("HGETALL", self.prefix + b"c:" + key).addCallbacks(found, failed)
 
     def put(self, key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred:
-        """Write ``entry`` through; dropped (False) when too big, expired, or Redis has trouble."""
-        data = frame(entry)
-        if ttl <= 0 or len(data) > self.max_object + len(entry.headers) * 8 + 4096:
+        """Write ``entry`` through (the cache layer passes only what its own tier took, so within
+        ``cache-max-object``); dropped (False) when already expired or Redis has trouble."""
+        if ttl <= 0:
             return defer.succeed(False)
+        data = frame(entry)
         d = self.command(
             "EVAL",
             _PUT_SCRIPT,
@@ -601,7 +600,6 @@ def cluster_for(
         config.redis_timeout,
         reactor,
         read_password(config.redis_password_env, config.redis_password_file),
-        config.cache_max_object,
     )
     purge_here = None if cache_layer is None else cache_layer.purge
     local = LocalControl(target, purge_here)

@@ -95,6 +95,23 @@ async def test_a_purge_through_one_api_removes_the_entry_everywhere(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_purge_request_to_one_instance_purges_the_other(
+    make_backends: Any, start_powerlb: Any, http: Any, redis_server: RedisServer  # noqa: F811
+) -> None:
+    [backend] = make_backends(1)
+    backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
+    a, b = (start_powerlb([backend], redis=redis_server.url, purge_allow="127.0.0.1") for _ in range(2))
+    await wait_for(lambda: joined(a, b))
+    await get(http, b, "/page")
+    await wait_for(lambda: b.service.redis.figures["stores"] == 1)
+
+    response = await http.request("PURGE", a.url + "/page", headers=HOST)
+    assert response.code == 404  # nothing stored in A itself
+    await wait_for(lambda: b.service.cache.keys() == [])
+    assert (await get(http, a, "/page"))[2] == "MISS"  # and nothing left in Redis
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_drain_through_one_api_applies_on_the_other(
     make_backends: Any,
     start_powerlb: Any,
