@@ -96,7 +96,10 @@ async def test_a_purge_through_one_api_removes_the_entry_everywhere(
 
 @pytest_twisted.ensureDeferred
 async def test_a_purge_request_to_one_instance_purges_the_other(
-    make_backends: Any, start_powerlb: Any, http: Any, redis_server: RedisServer  # noqa: F811
+    make_backends: Any,
+    start_powerlb: Any,
+    http: Any,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     [backend] = make_backends(1)
     backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
