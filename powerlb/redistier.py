@@ -189,9 +189,6 @@ def remote_ttl(entry: CachedResponse, keep_stale: float, now: float) -> int:
     return math.ceil((entry.drop_at(keep_stale) - now) * 1000)
 
 
-# --- settings --------------------------------------------------------------------------------
-
-
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -359,7 +356,8 @@ class RedisStore(Service):
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         return d
 
-    def _trouble(self, failure: Any, what: str) -> None:
+    def trouble(self, failure: Any, what: str) -> None:
+        """Count (and log, while up) a command that timed out or failed."""
         if failure.check(RedisTimeout):
             self.figures["timeouts"] += 1
         else:
@@ -387,7 +385,7 @@ class RedisStore(Service):
             return entries
 
         def failed(failure: Any) -> List[CachedResponse]:
-            self._trouble(failure, "lookup")
+            self.trouble(failure, "lookup")
             self.figures["misses"] += 1
             return []
 
@@ -415,7 +413,7 @@ class RedisStore(Service):
             return True
 
         def dropped(failure: Any) -> bool:
-            self._trouble(failure, "store")
+            self.trouble(failure, "store")
             self.figures["dropped"] += 1
             return False
 
@@ -436,7 +434,7 @@ class RedisStore(Service):
                         break
             self.figures["purges"] += 1
         except Exception:  # fail open: the purge still applies to every local tier
-            self._trouble(Failure(), "purge")
+            self.trouble(Failure(), "purge")
 
     def stats(self) -> Dict[str, Any]:
         return {"enabled": True, "up": self.up, **self.figures}
@@ -536,7 +534,7 @@ class ClusterBus(Service):
         def done(_: Any) -> None:
             self.subscribed = True
 
-        conn.subscribe([self.channel]).addCallbacks(done, lambda f: self.store._trouble(f, "subscribe"))
+        conn.subscribe([self.channel]).addCallbacks(done, lambda f: self.store.trouble(f, "subscribe"))
 
     def _lost(self) -> None:
         self.subscribed = False
@@ -562,7 +560,7 @@ class ClusterBus(Service):
     def publish(self, change: Change) -> defer.Deferred:
         """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble)."""
         return self.store.command("PUBLISH", self.channel, bus_message(self.instance, change)).addErrback(
-            self.store._trouble, "publish"
+            self.store.trouble, "publish"
         )
 
 

@@ -167,3 +167,36 @@ async def test_redis_going_away_fails_no_request_and_both_resync_when_it_returns
     assert b.service.cache.keys() != []
     await change(http, a, "POST", "cache/purge", {"prefix": "http://www.example/"})
     await wait_for(lambda: b.service.cache.keys() == [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_store_keeps_variants_and_purges_by_url_and_by_prefix(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    from twisted.internet import reactor
+
+    from powerlb.cache import CachedResponse
+    from powerlb.redistier import RedisStore
+    from powerlb.values import redis_address
+
+    store = RedisStore(redis_address(redis_server.url), b"t:", 1.0, reactor)
+    store.startService()
+    try:
+        await wait_for(lambda: store.up)
+
+        def entry(body: bytes, language: bytes) -> CachedResponse:
+            now = reactor.seconds()
+            return CachedResponse(200, b"OK", [], body, now, 0.0, 60.0, (b"accept-language",), (language,))
+
+        assert await store.put(b"http://h/a*", entry(b"en", b"en"), 60_000)
+        assert await store.put(b"http://h/a*", entry(b"fr", b"fr"), 60_000)
+        assert await store.put(b"http://h/b", entry(b"b", b"en"), 60_000)
+        assert sorted(e.body for e in await store.get(b"http://h/a*")) == [b"en", b"fr"]
+        await store.purge(b"http://h/a", prefix=True)  # the * is a character, not a pattern
+        assert [e.body for e in await store.get(b"http://h/a*")] == []
+        assert [e.body for e in await store.get(b"http://h/b")] == [b"b"]
+        await store.purge(b"http://h/b", prefix=False)
+        assert await store.get(b"http://h/b") == []
+        assert store.stats()["errors"] == 0 and store.stats()["purges"] == 2
+    finally:
+        store.stopService()
