@@ -54,9 +54,8 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
-from powerlb.cache import CachedResponse, ICacheStore
+from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
-from powerlb.redistier import remote_ttl
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError

@@ -182,13 +182,6 @@ def unframe(data: bytes) -> CachedResponse:
     )
 
 
-def remote_ttl(entry: CachedResponse, keep_stale: float, now: float) -> int:
-    """Milliseconds the shared store keeps ``entry``: its remaining usable lifetime, fresh or stale
-    (its stale-while-revalidate and stale-if-error windows, grace, revalidation; see
-    :meth:`CachedResponse.drop_at`), rounded up; 0 or less when it is not worth storing."""
-    return math.ceil((entry.drop_at(keep_stale) - now) * 1000)
-
-
 # --- the store -------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from powerlb.cache import KEEP_FOR_REVALIDATION, CachedResponse
+from powerlb.cache import KEEP_FOR_REVALIDATION, CachedResponse, remote_ttl
 from powerlb.cachepolicy import Rules
 from powerlb.config import ConfigError, config_from_mapping
 from powerlb.control import Change, ProtocolError
@@ -29,7 +29,6 @@ from powerlb.redistier import (
     frame,
     glob_escape,
     read_bus_message,
-    remote_ttl,
     unframe,
 )
 from powerlb.values import RedisAddress, parse_env_name, read_password, redis_address
