@@ -232,6 +232,12 @@ def glob_escape(data: bytes) -> bytes:
     return b"".join(b"\\" + bytes([c]) if c in _GLOB_SPECIAL else bytes([c]) for c in data)
 
 
+#: Timeouts in a row after which the connection is dropped and made again: a hung Redis then
+#: costs misses at once (until it answers again) rather than redis-timeout a request, and the
+#: replies it owes are forgotten.
+TIMEOUTS_TO_RECONNECT = 5
+
+
 class RedisTimeout(Exception):
     """Redis did not answer within redis-timeout."""
 
@@ -310,6 +316,8 @@ class RedisStore(Service):
         )
         self.up = False
         self.connects = 0
+        #: Commands timed out in a row.
+        self.late = 0
         self.link: Optional[_Link] = None
 
     # -- the connection ------------------------------------------------
@@ -347,7 +355,19 @@ class RedisStore(Service):
             return defer.fail(ConnectionError("redis is down"))
         d = defer.maybeDeferred(conn.execute_command, name, *args)
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
-        return d
+        return d.addBoth(self._count_late, conn)
+
+    def _count_late(self, result: Any, conn: Any) -> Any:
+        """After :data:`TIMEOUTS_TO_RECONNECT` timeouts in a row, drop the connection (``conn``)."""
+        if not (isinstance(result, Failure) and result.check(RedisTimeout)):
+            self.late = 0
+            return result
+        self.late += 1
+        if self.late >= TIMEOUTS_TO_RECONNECT and self.link is not None and self.link.connection is conn:
+            log.warn("redis: {n} timeouts in a row; connecting again", n=self.late)
+            self.late = 0
+            conn.transport.abortConnection()
+        return result
 
     def trouble(self, failure: Any, what: str) -> None:
         """Count (and log, while up) a command that timed out or failed."""

@@ -3,12 +3,15 @@
 Import the ``redis_server`` fixture into a test module (``from tests.redis_fixture import
 redis_server``). The server keeps nothing on disk, runs from the test's tmp_path and is
 stopped by its PID; :meth:`RedisServer.stop` and :meth:`RedisServer.start` take it down and
-bring it back on the same port mid-test.
+bring it back on the same port mid-test, :meth:`RedisServer.pause` and
+:meth:`RedisServer.resume` hang it and let it go on.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -42,8 +45,18 @@ class RedisServer:
         wait_until(lambda: ping(self.port), f"redis-server on port {self.port}")
         return self
 
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): connections stay open, nothing answers (Redis hung)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()  # a stopped process must run to take SIGTERM
             self.process.stop()
             self.process = None
 

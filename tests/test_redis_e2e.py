@@ -10,6 +10,7 @@ from typing import Any, List, Tuple
 import pytest_twisted
 from twisted.internet import threads
 
+from powerlb.redistier import TIMEOUTS_TO_RECONNECT
 from tests.conftest import Running, wait_for
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
@@ -167,6 +168,28 @@ async def test_redis_going_away_fails_no_request_and_both_resync_when_it_returns
     assert b.service.cache.keys() != []
     await change(http, a, "POST", "cache/purge", {"prefix": "http://www.example/"})
     await wait_for(lambda: b.service.cache.keys() == [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_redis_costs_timeouts_not_failures_and_is_left_until_it_answers(
+    make_backends: Any,
+    start_powerlb: Any,
+    http: Any,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    [backend] = make_backends(1)
+    a = start_powerlb([backend], redis=redis_server.url, redis_timeout="20ms")
+    await wait_for(lambda: joined(a))
+    redis_server.pause()
+    try:
+        statuses = [(await get(http, a, f"/hung-{n}"))[0] for n in range(TIMEOUTS_TO_RECONNECT + 3)]
+        assert statuses == [200] * len(statuses)
+        figures = a.service.stats()["redis"]
+        assert figures["timeouts"] >= TIMEOUTS_TO_RECONNECT and not figures["up"]  # dropped, retried
+    finally:
+        redis_server.resume()
+    await wait_for(lambda: joined(a), timeout=20)
+    assert a.service.stats()["redis"]["reconnects"] == 1
 
 
 @pytest_twisted.ensureDeferred

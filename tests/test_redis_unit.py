@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from powerlb.cache import KEEP_FOR_REVALIDATION, CachedResponse, remote_ttl
@@ -22,6 +23,7 @@ from powerlb.control import Change, ProtocolError
 from powerlb.headers import get_first
 from powerlb.redistier import (
     FRAME_VERSION,
+    TIMEOUTS_TO_RECONNECT,
     FrameError,
     IRemoteStore,
     RedisStore,
@@ -270,6 +272,7 @@ class SilentRedis:
 
     def __init__(self) -> None:
         self.sent: List[Tuple[Any, ...]] = []
+        self.transport = StringTransport()
 
     def execute_command(self, *args: Any) -> defer.Deferred:
         self.sent.append(args)
@@ -296,6 +299,19 @@ def test_a_slow_lookup_is_a_miss_after_the_timeout_and_a_slow_store_is_dropped()
         "dropped": 1,
         "errors": 0,
     }
+
+
+def test_a_hung_redis_is_dropped_after_timeouts_in_a_row_not_before() -> None:
+    clock = Clock()
+    store = silent_store(clock)
+    conn = store.link.connection
+    for _ in range(TIMEOUTS_TO_RECONNECT - 1):
+        store.get(b"k")
+        clock.advance(0.05)
+    assert not conn.transport.disconnecting
+    store.get(b"k")
+    clock.advance(0.05)
+    assert conn.transport.disconnecting
 
 
 def test_a_lookup_while_redis_is_down_is_a_miss_at_once() -> None:
