@@ -28,6 +28,8 @@ setup(
         "tls": ["twisted[tls]>=22.10"],
         # TLS listeners that also speak HTTP/2 (negotiated with ALPN).
         "http2": ["twisted[tls,http2]>=22.10"],
+        # A Redis (or Valkey) shared by several instances: second cache tier and change bus.
+        "redis": ["txredisapi>=1.4.7"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.13",
@@ -41,6 +43,7 @@ setup(
             "types-PyYAML; platform_python_implementation == 'CPython'",
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
+            "txredisapi>=1.4.7",
         ],
     },
     entry_points={

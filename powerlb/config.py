@@ -20,7 +20,7 @@ from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
 from powerlb.settings import BY_KEY, BY_NAME, SETTINGS, Config, Setting
-from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch
+from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password
 
 __all__ = [
     "Config",
@@ -98,6 +98,7 @@ def _finish(values: Mapping[str, Any]) -> Config:
     _check_dns(config)
     _check_backends_differ(config.backends)
     _check_hashing(config)
+    _check_redis(config)
     if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
     return config
@@ -139,6 +140,22 @@ def _check_hashing(config: Config) -> None:
                 f"only consistent-hash uses it, not {config.algorithm}; "
                 f"set algorithm: consistent-hash or leave {setting} out",
             )
+
+
+def _check_redis(config: Config) -> None:
+    """The redis-* settings go with ``redis``, and a password named must be there."""
+    if config.redis is None:
+        for name in ("redis-key-prefix", "redis-timeout", "redis-password-env", "redis-password-file"):
+            if getattr(config, BY_NAME[name].attr) != BY_NAME[name].default:
+                raise ConfigError(
+                    name, "it applies only with redis; set redis: redis://HOST:PORT or leave it out"
+                )
+        return
+    try:
+        read_password(config.redis_password_env, config.redis_password_file)
+    except ValueError as exc:
+        field = "redis-password-file" if config.redis_password_file is not None else "redis-password-env"
+        raise ConfigError(field, str(exc)) from None
 
 
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:

@@ -79,6 +79,7 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Metric]:
     )
     yield from _backend_families(stats["backends"])
     yield from _cache_families(stats["cache"])
+    yield from _redis_families(stats.get("redis", {}))
 
 
 def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
@@ -168,6 +169,27 @@ def _cache_families(cache: Dict[str, Any]) -> Iterable[Metric]:
     ):
         if field in cache:
             yield CounterMetricFamily(f"powerlb_cache_{field}", help_text, value=cache[field])
+
+
+#: The Redis tier's counters (see :meth:`powerlb.redistier.RedisStore.stats`) and their help.
+REDIS_COUNTERS = (
+    ("hits", "Local misses the Redis tier answered"),
+    ("misses", "Local misses the Redis tier did not answer (timeouts and errors included)"),
+    ("timeouts", "Redis commands that took longer than redis-timeout"),
+    ("errors", "Redis commands that failed, and bad entries read"),
+    ("reconnects", "Times the connection to Redis came back"),
+    ("stores", "Responses written through to Redis"),
+    ("dropped", "Stores dropped because Redis was slow or down"),
+    ("received", "Changes received from other instances on the bus"),
+)
+
+
+def _redis_families(redis: Dict[str, Any]) -> Iterable[Any]:
+    if not redis.get("enabled"):
+        return
+    yield GaugeMetricFamily("powerlb_redis_up", "1 while connected to Redis", value=float(redis["up"]))
+    for field, help_text in REDIS_COUNTERS:
+        yield CounterMetricFamily(f"powerlb_redis_{field}", help_text, value=redis.get(field, 0))
 
 
 def cumulative_buckets(counts: Sequence[int]) -> List[Tuple[str, int]]:

@@ -144,6 +144,10 @@ class PowerLBService(MultiService):
                 lock_timeout=config.cache_lock_timeout,
                 purge_allow=config.purge_allow,
             )
+        #: The shared second cache tier and the change bus (None without ``redis``).
+        self.redis: Optional[Any] = None
+        self.bus: Optional[Any] = None
+        changes = None if config.redis is None else self._join_cluster(config, cache_layer)
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
@@ -164,7 +168,9 @@ class PowerLBService(MultiService):
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
 
-            admin = admin_root(self.stats, lambda: self.config, self, cache_layer, config.admin_token)
+            admin = admin_root(
+                self.stats, lambda: self.config, self, cache_layer, config.admin_token, changes
+            )
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
 
@@ -181,6 +187,7 @@ class PowerLBService(MultiService):
                 "queued": self.clients[b].queued,
             },
             self.outcomes.snapshot(),
+            None if self.bus is None else self.bus.stats(),
         )
 
     def privilegedStartService(self) -> None:
@@ -311,6 +318,15 @@ class PowerLBService(MultiService):
     def _discovered(self, backend: Backend) -> bool:
         """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
         return self.discovery is not None and self.discovery.owns(backend)
+
+    def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
+        """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
+        from powerlb.redistier import cluster_for
+
+        self.redis, self.bus, changes = cluster_for(config, self, cache_layer, self.reactor)
+        self.redis.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return changes
 
     def _make_balancer(self, config: Config) -> IBalancer:
         """The balancer ``config`` asks for over the current backends (at start, and on reload)."""

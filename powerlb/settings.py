@@ -25,8 +25,10 @@ from powerlb.values import (
     parse_admin_endpoint,
     parse_duration,
     parse_endpoint,
+    parse_env_name,
     parse_networks,
     parse_percent,
+    parse_redis,
     parse_size,
     parse_switch,
 )
@@ -79,6 +81,11 @@ class Config:
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
+    redis: Optional[str] = None
+    redis_key_prefix: str = "powerlb:"
+    redis_timeout: float = 0.05
+    redis_password_env: Optional[str] = None
+    redis_password_file: Optional[str] = None
     idle_timeout: float = 60.0
     client_timeout: float = 30.0
     max_body: int = 100 * 1024 * 1024
@@ -310,6 +317,33 @@ SETTINGS: Tuple[Setting, ...] = (
         parse_networks,
         "addresses or networks (comma-separated) allowed to send PURGE on the proxy listener",
         show=",".join,
+    ),
+    Setting(
+        "redis",
+        "redis",
+        parse_redis,
+        "redis://HOST[:PORT][/DB] (rediss:// for TLS) shared by several powerlb: a second cache tier "
+        "and the bus for purges and admin changes (needs powerlb[redis])",
+    ),
+    Setting("redis-key-prefix", "redis_key_prefix", _parse_text, "prefix of every Redis key and channel"),
+    Setting(
+        "redis-timeout",
+        "redis_timeout",
+        _positive_duration,
+        "a Redis lookup slower than this is a miss (and a store is dropped)",
+        show=_format_duration,
+    ),
+    Setting(
+        "redis-password-env",
+        "redis_password_env",
+        parse_env_name,
+        "environment variable holding the Redis password",
+    ),
+    Setting(
+        "redis-password-file",
+        "redis_password_file",
+        _parse_text,
+        "file whose first line is the Redis password",
     ),
     Setting(
         "response-timeout",

@@ -82,11 +82,13 @@ def snapshot(
     last_check: Callable[[Backend], Optional[str]],
     connections: Callable[[Backend], Dict[str, int]],
     responses: Optional[Mapping[str, Any]] = None,
+    redis: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Everything ``GET /api/v1/stats`` returns, as plain JSON-ready data.
 
     ``responses`` is :meth:`powerlb.outcomes.Outcomes.snapshot`: completed requests by
-    backend, status class and cache result.
+    backend, status class and cache result; ``redis`` the Redis tier's and bus's figures
+    (:meth:`powerlb.redistier.ClusterBus.stats`), None without one.
     """
     cache_figures: Dict[str, Any] = {
         "enabled": cache is not None,
@@ -106,4 +108,5 @@ def snapshot(
         "responses": dict(responses or {}),
         "backends": [{**b.snapshot(), "last_check": last_check(b), **connections(b)} for b in backends],
         "cache": cache_figures,
+        "redis": dict(redis) if redis is not None else {"enabled": False},
     }
