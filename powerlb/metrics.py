@@ -79,6 +79,7 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
     )
     yield from _backend_families(stats["backends"])
     yield from _cache_families(stats["cache"])
+    yield from _tunnel_families(stats.get("tunnels", {}))
 
 
 def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
@@ -164,6 +165,21 @@ def _cache_families(cache: Dict[str, Any]) -> Iterable[Any]:
     ):
         if field in cache:
             yield CounterMetricFamily(f"powerlb_cache_{field}", help_text, value=cache[field])
+
+
+def _tunnel_families(tunnels: Dict[str, int]) -> Iterable[Any]:
+    yield GaugeMetricFamily(
+        "powerlb_tunnels_open", "Upgraded connections (WebSocket...) open now", value=tunnels.get("open", 0)
+    )
+    yield CounterMetricFamily(
+        "powerlb_tunnels", "Upgraded connections (WebSocket...) opened", value=tunnels.get("total", 0)
+    )
+    carried = CounterMetricFamily(
+        "powerlb_tunnel_bytes", "Bytes carried by tunnels, to backends or to clients", labels=["direction"]
+    )
+    for direction in ("upstream", "downstream"):
+        carried.add_metric([direction], tunnels.get(f"bytes_{direction}", 0))
+    yield carried
 
 
 def cumulative_buckets(counts: Sequence[int]) -> List[Tuple[str, int]]:
