@@ -103,13 +103,8 @@ def test_upgrade_request_headers_never_drop_a_forwarded_field(client: Headers) -
 # --- the parser's 101 ---------------------------------------------------------------------
 
 
-class SwitchRecorder(Recorder):
-    def response_switched(self, reason: bytes, headers: Any, rest: bytes) -> None:
-        self.events.append(("switched", reason, list(headers), rest))
-
-
 def test_an_upgrade_parser_reports_the_switch_and_the_bytes_after_it() -> None:
-    recorder = SwitchRecorder()
+    recorder = Recorder()
     parser = ResponseParser(recorder, upgrade=True)
     parser.expect(False)
     parser.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n")
