@@ -8,11 +8,12 @@ while powerlb runs on the test's reactor; the memory test runs powerlb as a
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import pytest_twisted
@@ -24,20 +25,22 @@ from websockets.sync.server import ServerConnection, serve
 from tests.conftest import wait_for
 from tests.support import HOST, Process, accepts, clean_env, get, script, start_server, stats
 from tests.test_big_bodies import PeakRss, rss_mib
+from tests.test_tls import PKI, tls_listen
 
 MIB = 1024 * 1024
 
 
 class WebSocketBackend:
-    """A ``websockets`` server in a thread: ``/echo`` echoes, ``/hello`` greets first, ``/bye`` closes.
+    """A ``websockets`` server in a thread (over TLS with ``tls``): ``/echo`` echoes, ``/hello`` greets
+    first, ``/bye`` closes.
 
     ``ended`` fires each time a connection's handler is done (the client closed, or it did).
     """
 
-    def __init__(self) -> None:
-        self.server = serve(self.handle, HOST, 0, max_size=None)
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.server = serve(self.handle, HOST, 0, max_size=None, ssl=tls)
         self.port = self.server.socket.getsockname()[1]
-        self.url = f"http://{HOST}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{HOST}:{self.port}"
         self.ended = threading.Semaphore(0)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -93,6 +96,7 @@ async def test_messages_pass_both_ways(start_powerlb, ws_backend):
                 ws.send(message)
                 got.append(ws.recv(timeout=5))
             assert threads.blockingCallFromThread(reactor, tunnels_of, lb)["open"] == 1
+            assert threads.blockingCallFromThread(reactor, lambda: lb.service.backends[0].in_flight) == 1
             return got
 
     got = await in_thread(scenario)
@@ -172,6 +176,29 @@ async def test_an_upgrade_a_backend_refuses_is_relayed_as_usual(start_powerlb, m
     metrics = await in_thread(lambda: get(lb.admin_port, "/metrics").body.decode())
     assert "powerlb_tunnels_open 0.0" in metrics
     assert "powerlb_tunnels_total 0.0" in metrics
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_through_a_tls_listener_to_an_https_backend(start_powerlb, tmp_path):
+    pki = PKI(tmp_path)
+    key, cert = pki.issue("backend", ips=[HOST])
+    backend_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    backend_tls.load_cert_chain(cert, key)
+    backend = WebSocketBackend(backend_tls)
+    try:
+        lb = start_powerlb([backend], listen=tls_listen(pki), backend_ca_file=str(pki.ca_file))
+        client_tls = ssl.create_default_context(cafile=str(pki.ca_file))
+
+        def scenario() -> Any:
+            with connect(f"wss://{HOST}:{lb.port}/hello", ssl=client_tls, open_timeout=5) as ws:
+                greeting = ws.recv(timeout=5)
+                ws.send(b"over TLS both ways")
+                return greeting, ws.recv(timeout=5)
+
+        assert await in_thread(scenario) == ("hello from the backend", b"over TLS both ways")
+        await wait_for(lambda: tunnels_of(lb)["open"] == 0)
+    finally:
+        await in_thread(backend.stop)
 
 
 # --- 10 MiB each way through powerlb as a process ------------------------------------------
