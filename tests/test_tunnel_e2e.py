@@ -108,6 +108,7 @@ async def test_messages_pass_both_ways(start_powerlb, ws_backend):
     backend = lb.service.backends[0]
     await wait_for(lambda: backend.in_flight == 0)
     assert backend.requests == 1
+    assert lb.service.outcomes.snapshot()[ws_backend.url] == {"1xx": {"bypass": 1}}  # counted as it switched
 
 
 @pytest_twisted.ensureDeferred
