@@ -184,7 +184,7 @@ async def test_wss_through_a_tls_listener_to_an_https_backend(start_powerlb, tmp
     pki = PKI(tmp_path)
     key, cert = pki.issue("backend", ips=[HOST])
     backend_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    backend_tls.load_cert_chain(cert, key)
+    backend_tls.load_cert_chain(str(cert), str(key))
     backend = WebSocketBackend(backend_tls)
     try:
         lb = start_powerlb([backend], listen=tls_listen(pki), backend_ca_file=str(pki.ca_file))
