@@ -44,6 +44,8 @@ setup(
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
             "txredisapi>=1.4.7",
+            # A real WebSocket client and server for the tunnel tests (tests/test_tunnel_e2e.py).
+            "websockets>=13",
         ],
     },
     entry_points={

@@ -80,6 +80,7 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Metric]:
     yield from _backend_families(stats["backends"])
     yield from _cache_families(stats["cache"])
     yield from _redis_families(stats.get("redis", {}))
+    yield from _tunnel_families(stats.get("tunnels", {}))
 
 
 def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
@@ -184,12 +185,27 @@ REDIS_COUNTERS = (
 )
 
 
-def _redis_families(redis: Dict[str, Any]) -> Iterable[Any]:
+def _redis_families(redis: Dict[str, Any]) -> Iterable[Metric]:
     if not redis.get("enabled"):
         return
     yield GaugeMetricFamily("powerlb_redis_up", "1 while connected to Redis", value=float(redis["up"]))
     for field, help_text in REDIS_COUNTERS:
         yield CounterMetricFamily(f"powerlb_redis_{field}", help_text, value=redis.get(field, 0))
+
+
+def _tunnel_families(tunnels: Dict[str, int]) -> Iterable[Metric]:
+    yield GaugeMetricFamily(
+        "powerlb_tunnels_open", "Upgraded connections (WebSocket...) open now", value=tunnels.get("open", 0)
+    )
+    yield CounterMetricFamily(
+        "powerlb_tunnels", "Upgraded connections (WebSocket...) opened", value=tunnels.get("total", 0)
+    )
+    carried = CounterMetricFamily(
+        "powerlb_tunnel_bytes", "Bytes carried by tunnels, to backends or to clients", labels=["direction"]
+    )
+    for direction in ("upstream", "downstream"):
+        carried.add_metric([direction], tunnels.get(f"bytes_{direction}", 0))
+    yield carried
 
 
 def cumulative_buckets(counts: Sequence[int]) -> List[Tuple[str, int]]:

@@ -131,6 +131,7 @@ class PowerLBService(MultiService):
             retries=config.retries,
             outliers=self.outliers,
             counters=self.counters,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
         )
         cache_layer = None
         if self.cache is not None:

@@ -87,6 +87,7 @@ class Config:
     redis_password_env: Optional[str] = None
     redis_password_file: Optional[str] = None
     idle_timeout: float = 60.0
+    tunnel_idle_timeout: float = 300.0
     client_timeout: float = 30.0
     max_body: int = 100 * 1024 * 1024
     max_header_size: int = 32 * 1024
@@ -364,6 +365,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "idle_timeout",
         _positive_duration,
         "time a backend may pause between two pieces of a response body",
+        show=_format_duration,
+    ),
+    Setting(
+        "tunnel-idle-timeout",
+        "tunnel_idle_timeout",
+        _positive_duration,
+        "time an upgraded connection (WebSocket...) may pass no byte either way before it is closed",
         show=_format_duration,
     ),
     Setting(

@@ -23,7 +23,9 @@ class Counters:
     ``cache_purged`` and ``cache_invalidated`` count stored responses removed
     by purges and by unsafe requests; ``retries`` the requests sent again to
     another backend; ``ejections_refused`` the outlier ejections not made
-    because the pool's ejection cap refused them.
+    because the pool's ejection cap refused them. ``tunnels_open`` and
+    ``tunnels_total`` count upgraded connections (:mod:`powerlb.tunnel`),
+    ``tunnel_bytes_upstream``/``_downstream`` the bytes they carried each way.
     """
 
     __slots__ = (
@@ -40,6 +42,10 @@ class Counters:
         "errors",
         "requests",
         "retries",
+        "tunnel_bytes_downstream",
+        "tunnel_bytes_upstream",
+        "tunnels_open",
+        "tunnels_total",
         "upstream_errors",
     )
 
@@ -109,4 +115,10 @@ def snapshot(
         "backends": [{**b.snapshot(), "last_check": last_check(b), **connections(b)} for b in backends],
         "cache": cache_figures,
         "redis": dict(redis) if redis is not None else {"enabled": False},
+        "tunnels": {
+            "open": counters.tunnels_open,
+            "total": counters.tunnels_total,
+            "bytes_upstream": counters.tunnel_bytes_upstream,
+            "bytes_downstream": counters.tunnel_bytes_downstream,
+        },
     }

@@ -383,6 +383,7 @@ def test_options_long_names() -> None:
         "response-timeout",
         "connect-timeout",
         "idle-timeout",
+        "tunnel-idle-timeout",
         "client-timeout",
         "max-body",
         "max-header-size",
