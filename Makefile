@@ -12,9 +12,8 @@ CHROMEDRIVER := /usr/bin/chromedriver
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	# cryptography (via treq) has PyPy wheels only up to some release: never build it from source.
-	$(BIN)/python -m pip install -q --only-binary cryptography -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q --upgrade pip setuptools
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 run: $(STAMP)

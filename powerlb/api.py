@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from powerlb import __version__
 from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
@@ -277,8 +278,8 @@ class ApiResource(Resource):
         return ApiError(404, f"no backend {backend_id!r}; the backends are: {', '.join(known) or 'none'}")
 
     def get_stats(self, request: Request) -> Tuple[int, Any]:
-        """``GET /api/v1/stats``: counters, backends and cache figures."""
-        return 200, self._stats()
+        """``GET /api/v1/stats``: powerlb's version, counters, backends and cache figures."""
+        return 200, {"version": __version__, **self._stats()}
 
     def list_backends(self, request: Request) -> Tuple[int, Any]:
         """``GET /api/v1/backends``: every backend's figures and state."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any, Optional
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from powerlb import __version__
 from powerlb.config import Options as ConfigOptions
 
 __all__ = ["Options", "makeService"]
@@ -25,6 +27,13 @@ class Options(ConfigOptions):
             super().parseOptions(options)
         except usage.UsageError as err:
             raise SystemExit(f"twistd powerlb: {err} (see twistd powerlb --help)") from None
+
+    def opt_version(self) -> None:
+        """Print powerlb's and Twisted's versions and exit."""
+        from twisted import copyright
+
+        print(f"powerlb {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
 
 def makeService(options: Options) -> IService:
