@@ -270,6 +270,22 @@ def _parse_access_log_format(text: str) -> str:
     return text
 
 
+#: The words a switch (``http2``) takes; YAML's own ``on``/``off``/``true``/``false`` arrive as booleans.
+_SWITCHES = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}
+
+
+def parse_switch(text: str) -> bool:
+    """``on`` or ``off`` (or ``true``/``false``, ``yes``/``no``) as a bool."""
+    value = _SWITCHES.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"{text!r} is neither on nor off; write on or off")
+    return value
+
+
+def _format_switch(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def _parse_header_name(text: str) -> str:
     if not TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a header name; write e.g. CDN-Cache-Control")
@@ -376,6 +392,7 @@ class Config:
     outlier_backoff: float = 10.0
     slow_start: float = 0.0
     backend_ca_file: Optional[str] = None
+    http2: bool = True
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
@@ -672,6 +689,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "PEM file of the CAs that https:// backend certificates must chain to; default: the system's",
     ),
     Setting(
+        "http2",
+        "http2",
+        parse_switch,
+        "on an ssl: listener, offer HTTP/2 (ALPN h2) besides HTTP/1.1; off: HTTP/1.1 only",
+        show=_format_switch,
+    ),
+    Setting(
         "admin",
         "admin",
         parse_admin_endpoint,
@@ -731,6 +755,8 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
             return tuple(setting.parse(item) for item in raw)
         if raw is None and setting.default is None:
             return None
+        if isinstance(raw, bool) and setting.parse is parse_switch:
+            return raw  # YAML's on/off/true/false
         return setting.parse(_as_text(raw))
     except ValueError as exc:
         raise ConfigError(setting.name, str(exc)) from None

@@ -322,6 +322,7 @@ def test_options_long_names() -> None:
     long_names = {row[0] for row in Options.optParameters} | {"backend"}
     assert long_names == {
         "listen",
+        "http2",
         "backend",
         "algorithm",
         "hash-key",
