@@ -1,0 +1,201 @@
+"""The built artefacts as a user gets them: ``python -m build`` makes the sdist and the wheel,
+each is installed with plain ``pip install`` into a fresh venv outside the source tree (its
+dependencies resolved from the package index, as for a user, on whichever interpreter runs the
+tests: CPython or PyPy), and checked from another working directory."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from email.parser import Parser
+from pathlib import Path
+from typing import Dict, Sequence
+
+import pytest
+
+import powerlb
+from tests.support import REPO, clean_env
+
+pytestmark = [pytest.mark.heavy, pytest.mark.timeout(600)]
+
+#: The modules that must import in a fresh install: the package, its entry points, and the ones
+#: that need the default dependencies (h2 for HTTP/2, prometheus_client for /metrics).
+MODULES = (
+    "powerlb",
+    "powerlb.tap",
+    "powerlb.ctl",
+    "powerlb.demo",
+    "powerlb.workers",
+    "powerlb.http2",
+    "powerlb.tls",
+    "powerlb.metrics",
+    "powerlb.dashboard",
+)
+#: Seconds one pip install (with dependency resolution) may take.
+INSTALL_TIMEOUT = 400
+#: Seconds one command of an installed powerlb may take.
+RUN_TIMEOUT = 60
+
+
+def run(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> str:
+    """Run ``args`` in ``cwd``; its standard output, or a failed assertion showing all it printed."""
+    done = subprocess.run(
+        list(args), cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}\n{done.stdout}{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
+class Installed:
+    """A fresh venv that one artefact (``kind``: wheel or sdist) was installed into."""
+
+    def __init__(self, kind: str, venv: Path) -> None:
+        self.kind = kind
+        self.venv = venv
+        self.bin = venv / "bin"
+        #: site-packages (lib/python3.X or lib/pypy3.X)
+        (self.site,) = venv.glob("lib/*/site-packages")
+
+    @property
+    def dist_info(self) -> Path:
+        return self.site / f"powerlb-{powerlb.__version__}.dist-info"
+
+
+def _source_copy(base: Path) -> Path:
+    """The working tree without caches and venvs: building writes *.egg-info next to the
+    sources, which must not touch the tree the tests run from."""
+    source = base / "src"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache",
+            ".hypothesis", ".pytest_cache", ".ruff_cache", "bench",
+        ),
+    )  # fmt: skip
+    return source
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Installed]:
+    """The sdist and the wheel, built and installed each into its own fresh venv (at once)."""
+    base = tmp_path_factory.mktemp("packaging")
+    dist = base / "dist"
+    # The wheel is built from the sdist, as pip does from an sdist. --no-isolation: the test
+    # environment's setuptools (a fresh build environment would only cost time).
+    run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(_source_copy(base))],
+        base,
+    )
+    artefacts = {"wheel": list(dist.glob("*.whl")), "sdist": list(dist.glob("*.tar.gz"))}
+    installs: Dict[str, subprocess.Popen] = {}
+    for kind, (artefact,) in artefacts.items():
+        venv = base / f"venv-{kind}"
+        run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base)
+        # This pip, run for the new venv's interpreter: no pip of its own to install first.
+        # --no-compile saves the time of byte-compiling every dependency (PyPy is slow at it).
+        install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
+        install += ["--no-compile", "--disable-pip-version-check", str(artefact)]
+        with open(base / f"pip-{kind}.log", "wb") as log:
+            installs[kind] = subprocess.Popen(
+                install, cwd=base, env=clean_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+    for kind, pip in installs.items():
+        status = pip.wait(INSTALL_TIMEOUT)
+        output = (base / f"pip-{kind}.log").read_text()
+        assert status == 0, f"pip install of the {kind} exited {status}\n{output}"
+    return {kind: Installed(kind, base / f"venv-{kind}") for kind in installs}
+
+
+KINDS = ["wheel", "sdist"]
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """A working directory with nothing of powerlb's in it."""
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_twistd_lists_the_plugin_and_writes_its_cache(
+    installed: Dict[str, Installed], kind: str, elsewhere: Path
+) -> None:
+    venv = installed[kind]
+    listing = run([str(venv.bin / "twistd"), "--help"], elsewhere)
+    assert re.search(r"^\s+powerlb\s+HTTP load balancer", listing, re.M), listing
+    cache = venv.site / "twisted" / "plugins" / "dropin.cache"
+    assert cache.is_file() and b"powerlb_plugin" in cache.read_bytes()
+    version = run([str(venv.bin / "twistd"), "powerlb", "--version"], elsewhere)
+    assert version.startswith(f"powerlb {powerlb.__version__} (Twisted ")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_powerlb_ctl_runs(installed: Dict[str, Installed], kind: str, elsewhere: Path) -> None:
+    ctl = str(installed[kind].bin / "powerlb-ctl")
+    assert run([ctl, "--help"], elsewhere).startswith("usage: powerlb-ctl")
+    assert run([ctl, "--version"], elsewhere) == f"powerlb-ctl {powerlb.__version__}\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_modules_import_from_the_installed_copy(
+    installed: Dict[str, Installed], kind: str, elsewhere: Path
+) -> None:
+    venv = installed[kind]
+    code = f"import importlib\nfor m in {MODULES!r}: importlib.import_module(m)\n"
+    code += "import powerlb\nprint(powerlb.__file__)"
+    where = run([str(venv.bin / "python"), "-c", code], elsewhere)
+    assert Path(where.strip()) == venv.site / "powerlb" / "__init__.py"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_file_of_the_package_is_installed(installed: Dict[str, Installed], kind: str) -> None:
+    venv = installed[kind]
+    source = REPO / "powerlb"
+    wanted = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
+    assert "py.typed" in wanted and "dashboard.html" in wanted
+    missing = [name for name in wanted if not (venv.site / "powerlb" / name).is_file()]
+    assert missing == []
+    # The plugin goes into Twisted's plugin directory, with no __init__.py that would shadow Twisted's.
+    record = (venv.dist_info / "RECORD").read_text()
+    recorded = {line.split(",")[0] for line in record.splitlines()}
+    assert "twisted/plugins/powerlb_plugin.py" in recorded
+    assert not recorded & {"twisted/__init__.py", "twisted/plugins/__init__.py"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metadata_is_complete(installed: Dict[str, Installed], kind: str) -> None:
+    metadata = Parser().parsestr((installed[kind].dist_info / "METADATA").read_text(encoding="utf-8"))
+    assert metadata["Name"] == "powerlb" and metadata["Version"] == powerlb.__version__
+    assert metadata["Summary"] and metadata["License-Expression"] == "MIT"
+    assert (installed[kind].dist_info / "licenses" / "LICENSE").is_file()
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert metadata.get_payload().strip() == readme.strip()
+    classifiers = metadata.get_all("Classifier")
+    for classifier in (
+        "Framework :: Twisted",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.11",
+        "Typing :: Typed",
+    ):
+        assert classifier in classifiers
+    urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL"))
+    assert {"Documentation", "Source", "Issues"} <= set(urls)
+    requires = metadata.get_all("Requires-Dist")
+    assert "twisted[http2,tls]>=22.10" in requires  # HTTP/2 and TLS in every install
+
+
+def test_the_version_has_one_home() -> None:
+    """setup.py reads powerlb.__version__; nothing else spells the version out."""
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+|rc\d+)?", powerlb.__version__)
+    for name in ("setup.py", "pyproject.toml"):
+        assert powerlb.__version__ not in (REPO / name).read_text(encoding="utf-8"), name
