@@ -11,7 +11,7 @@ import subprocess
 import sys
 from email.parser import Parser
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 
@@ -37,16 +37,35 @@ MODULES = (
 INSTALL_TIMEOUT = 400
 #: Seconds one command of an installed powerlb may take.
 RUN_TIMEOUT = 60
+KINDS = ("wheel", "sdist")
+#: What is run in each venv, from a directory with nothing of powerlb's in it (all at once).
+IMPORTS = f"import importlib\nfor m in {MODULES!r}: importlib.import_module(m)\n"
+COMMANDS: Dict[str, List[str]] = {
+    "plugins": ["twistd", "--help"],
+    "version": ["twistd", "powerlb", "--version"],
+    "ctl help": ["powerlb-ctl", "--help"],
+    "ctl version": ["powerlb-ctl", "--version"],
+    "imports": ["python", "-c", IMPORTS + "import powerlb\nprint(powerlb.__file__)"],
+}
 
 
-def run(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> str:
-    """Run ``args`` in ``cwd``; its standard output, or a failed assertion showing all it printed."""
-    done = subprocess.run(
-        list(args), cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}\n{done.stdout}{done.stderr}"
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.stdout
+def run_at_once(commands: Dict[str, Sequence[str]], cwd: Path, timeout: float) -> Dict[str, str]:
+    """Run the commands side by side in ``cwd``; their standard output by key, or a failed
+    assertion showing all that a failed one printed (their output is kept in ``cwd``/logs)."""
+    logs = cwd / "logs"
+    logs.mkdir(exist_ok=True)
+    running = {}
+    for key, args in commands.items():
+        with open(logs / f"{key}.out", "wb") as out, open(logs / f"{key}.err", "wb") as err:
+            running[key] = subprocess.Popen(list(args), cwd=cwd, env=clean_env(), stdout=out, stderr=err)
+    outputs = {}
+    for key, process in running.items():
+        status = process.wait(timeout)
+        out, err = ((logs / f"{key}.{name}").read_text() for name in ("out", "err"))
+        assert status == 0, f"{' '.join(commands[key])} exited {status}\n{out}{err}"
+        assert "Traceback" not in err, err
+        outputs[key] = out
+    return outputs
 
 
 class Installed:
@@ -58,10 +77,7 @@ class Installed:
         self.bin = venv / "bin"
         #: site-packages (lib/python3.X or lib/pypy3.X)
         (self.site,) = venv.glob("lib/*/site-packages")
-
-    @property
-    def dist_info(self) -> Path:
-        return self.site / f"powerlb-{powerlb.__version__}.dist-info"
+        self.dist_info = self.site / f"powerlb-{powerlb.__version__}.dist-info"
 
 
 def _source_copy(base: Path) -> Path:
@@ -86,68 +102,55 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Installed]:
     dist = base / "dist"
     # The wheel is built from the sdist, as pip does from an sdist. --no-isolation: the test
     # environment's setuptools (a fresh build environment would only cost time).
-    run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(_source_copy(base))],
-        base,
-    )
+    build = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(_source_copy(base))]
+    run_at_once({"build": build}, base, RUN_TIMEOUT)
     artefacts = {"wheel": list(dist.glob("*.whl")), "sdist": list(dist.glob("*.tar.gz"))}
-    installs: Dict[str, subprocess.Popen] = {}
+    installs = {}
     for kind, (artefact,) in artefacts.items():
         venv = base / f"venv-{kind}"
-        run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base)
+        run_at_once({"venv": [sys.executable, "-m", "venv", "--without-pip", str(venv)]}, base, RUN_TIMEOUT)
         # This pip, run for the new venv's interpreter: no pip of its own to install first.
         # --no-compile saves the time of byte-compiling every dependency (PyPy is slow at it).
-        install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
-        install += ["--no-compile", "--disable-pip-version-check", str(artefact)]
-        with open(base / f"pip-{kind}.log", "wb") as log:
-            installs[kind] = subprocess.Popen(
-                install, cwd=base, env=clean_env(), stdout=log, stderr=subprocess.STDOUT
-            )
-    for kind, pip in installs.items():
-        status = pip.wait(INSTALL_TIMEOUT)
-        output = (base / f"pip-{kind}.log").read_text()
-        assert status == 0, f"pip install of the {kind} exited {status}\n{output}"
-    return {kind: Installed(kind, base / f"venv-{kind}") for kind in installs}
+        installs[f"pip {kind}"] = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+        installs[f"pip {kind}"] += ["install", "--no-compile", "--disable-pip-version-check", str(artefact)]
+    run_at_once(installs, base, INSTALL_TIMEOUT)
+    return {kind: Installed(kind, base / f"venv-{kind}") for kind in KINDS}
 
 
-KINDS = ["wheel", "sdist"]
-
-
-@pytest.fixture
-def elsewhere(tmp_path: Path) -> Path:
-    """A working directory with nothing of powerlb's in it."""
-    return tmp_path
+@pytest.fixture(scope="module")
+def ran(installed: Dict[str, Installed], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """The output of each of :data:`COMMANDS` in each venv, keyed ``"<kind> <command>"``."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    commands = {
+        f"{kind} {name}": [str(installed[kind].bin / args[0]), *args[1:]]
+        for kind in KINDS
+        for name, args in COMMANDS.items()
+    }
+    return run_at_once(commands, elsewhere, RUN_TIMEOUT)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_twistd_lists_the_plugin_and_writes_its_cache(
-    installed: Dict[str, Installed], kind: str, elsewhere: Path
+    installed: Dict[str, Installed], ran: Dict[str, str], kind: str
 ) -> None:
-    venv = installed[kind]
-    listing = run([str(venv.bin / "twistd"), "--help"], elsewhere)
+    listing = ran[f"{kind} plugins"]
     assert re.search(r"^\s+powerlb\s+HTTP load balancer", listing, re.M), listing
-    cache = venv.site / "twisted" / "plugins" / "dropin.cache"
+    cache = installed[kind].site / "twisted" / "plugins" / "dropin.cache"
     assert cache.is_file() and b"powerlb_plugin" in cache.read_bytes()
-    version = run([str(venv.bin / "twistd"), "powerlb", "--version"], elsewhere)
-    assert version.startswith(f"powerlb {powerlb.__version__} (Twisted ")
+    assert ran[f"{kind} version"].startswith(f"powerlb {powerlb.__version__} (Twisted ")
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_powerlb_ctl_runs(installed: Dict[str, Installed], kind: str, elsewhere: Path) -> None:
-    ctl = str(installed[kind].bin / "powerlb-ctl")
-    assert run([ctl, "--help"], elsewhere).startswith("usage: powerlb-ctl")
-    assert run([ctl, "--version"], elsewhere) == f"powerlb-ctl {powerlb.__version__}\n"
+def test_powerlb_ctl_runs(ran: Dict[str, str], kind: str) -> None:
+    assert ran[f"{kind} ctl help"].startswith("usage: powerlb-ctl")
+    assert ran[f"{kind} ctl version"] == f"powerlb-ctl {powerlb.__version__}\n"
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_modules_import_from_the_installed_copy(
-    installed: Dict[str, Installed], kind: str, elsewhere: Path
+    installed: Dict[str, Installed], ran: Dict[str, str], kind: str
 ) -> None:
-    venv = installed[kind]
-    code = f"import importlib\nfor m in {MODULES!r}: importlib.import_module(m)\n"
-    code += "import powerlb\nprint(powerlb.__file__)"
-    where = run([str(venv.bin / "python"), "-c", code], elsewhere)
-    assert Path(where.strip()) == venv.site / "powerlb" / "__init__.py"
+    assert Path(ran[f"{kind} imports"].strip()) == installed[kind].site / "powerlb" / "__init__.py"
 
 
 @pytest.mark.parametrize("kind", KINDS)
