@@ -24,6 +24,8 @@ from tests.support import HOST, Process, accepts, clean_env, get, script, start_
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
 #: Where the page puts the configuration file.
 CONFIG_FILE = "/etc/powerlb/lb.yaml"
+#: Seconds worker processes may take to start serving.
+WORKER_START = 60.0
 
 
 def block(name: str) -> str:
@@ -133,14 +135,15 @@ def test_the_unit_commands_start_reload_rotate_and_stop_powerlb(
         return Process(argv, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
 
     def ready(ports: List[int]) -> bool:
-        """Serving: with workers, once one has reported (it accepts then) and all have started."""
-        figures = stats(ports[1])
-        started = len(figures.get("workers", [None])) == settings.get("workers", 1)
-        return accepts(ports[0]) and started and bool(figures.get("backends"))
+        """Started: the ports are bound and, with workers, every worker process is started."""
+        started = len(stats(ports[1]).get("workers", [None])) == settings.get("workers", 1)
+        return accepts(ports[0]) and started
 
     proc, ports = start_server(make, 2, ready)
     listen, admin = ports
     try:
+        # Serving: with workers, once one has reported (it accepts by then). PyPy workers take a while.
+        wait_until(lambda: stats(admin).get("backends"), "the first worker report", timeout=WORKER_START)
         assert get(listen, "/before").status == 200
         # systemctl reload: ExecReload with $MAINPID.
         write(ports, [b1, b2])
