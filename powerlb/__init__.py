@@ -12,6 +12,8 @@ from twisted.application.service import IService
 from powerlb.config import Config, ConfigError, config_from_mapping
 
 __all__ = ["Config", "ConfigError", "makeService"]
+#: The one place the version is written: setup.py reads it from here (without importing powerlb);
+#: ``twistd powerlb --version``, ``powerlb-ctl --version`` and ``/api/v1/stats`` report it.
 __version__ = "0.1.0"
 
 
