@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
+from packaging.version import Version
 
 import powerlb
 from tests.support import REPO, clean_env
@@ -69,11 +70,9 @@ def run_at_once(commands: Dict[str, Sequence[str]], cwd: Path, timeout: float) -
 
 
 class Installed:
-    """A fresh venv that one artefact (``kind``: wheel or sdist) was installed into."""
+    """A fresh venv that one artefact (the wheel or the sdist) was installed into."""
 
-    def __init__(self, kind: str, venv: Path) -> None:
-        self.kind = kind
-        self.venv = venv
+    def __init__(self, venv: Path) -> None:
         self.bin = venv / "bin"
         #: site-packages (lib/python3.X or lib/pypy3.X)
         (self.site,) = venv.glob("lib/*/site-packages")
@@ -114,7 +113,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Installed]:
         installs[f"pip {kind}"] = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
         installs[f"pip {kind}"] += ["install", "--no-compile", "--disable-pip-version-check", str(artefact)]
     run_at_once(installs, base, INSTALL_TIMEOUT)
-    return {kind: Installed(kind, base / f"venv-{kind}") for kind in KINDS}
+    return {kind: Installed(base / f"venv-{kind}") for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +198,6 @@ def test_metadata_is_complete(installed: Dict[str, Installed], kind: str) -> Non
 
 def test_the_version_has_one_home() -> None:
     """setup.py reads powerlb.__version__; nothing else spells the version out."""
-    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+|rc\d+)?", powerlb.__version__)
+    assert str(Version(powerlb.__version__)) == powerlb.__version__  # valid and normalised (PEP 440)
     for name in ("setup.py", "pyproject.toml"):
         assert powerlb.__version__ not in (REPO / name).read_text(encoding="utf-8"), name
