@@ -1,6 +1,6 @@
 """Installs powerlb and its twistd plugin (twisted/plugins/powerlb_plugin.py).
 
-The version is read from powerlb/__init__.py (its one home) without importing powerlb.
+The version is read from powerlb/_version.py (its one home) without importing powerlb.
 """
 
 import re
@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(
-    r'^__version__ = "([^"]+)"$', (HERE / "powerlb" / "__init__.py").read_text(encoding="utf-8"), re.M
+    r'^__version__ = "([^"]+)"$', (HERE / "powerlb" / "_version.py").read_text(encoding="utf-8"), re.M
 ).group(1)
 
 #: The project's home; the other project URLs are below it.

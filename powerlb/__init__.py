@@ -9,12 +9,11 @@ from typing import Any, Mapping, Union
 
 from twisted.application.service import IService
 
-from powerlb.config import Config, ConfigError, config_from_mapping
+from powerlb._version import __version__
+from powerlb.config import ConfigError, config_from_mapping
+from powerlb.settings import Config
 
-__all__ = ["Config", "ConfigError", "makeService"]
-#: The one place the version is written: setup.py reads it from here (without importing powerlb);
-#: ``twistd powerlb --version``, ``powerlb-ctl --version`` and ``/api/v1/stats`` report it.
-__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "__version__", "makeService"]
 
 
 def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -> IService:
@@ -28,6 +27,7 @@ def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -
     """
     if not isinstance(config, Config):
         config = config_from_mapping(config)
+    # Imported here: ``import powerlb`` (and ``twistd powerlb --help``) stays without the service modules.
     if config.workers > 1:
         from powerlb.workers import WorkerSupervisor
 

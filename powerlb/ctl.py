@@ -19,7 +19,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from powerlb import __version__
+from powerlb._version import __version__
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 #: Seconds to wait for the admin API.

@@ -155,15 +155,16 @@ class Dispatch:
 
     # -- IResponseSink: events from the backend exchange -------------------
 
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        # Passed on at once: an interim response never commits (a retry may send others).
+        self.sink.interim_received(status, reason, headers)
+
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         elapsed = self.upstream_time = self.exchange.response_time
         self.backend.latency.observe(elapsed)
         outliers = self.dispatcher.outliers
         if outliers is not None:
-            if status >= 500:
-                outliers.failure(self.backend)
-            else:
-                outliers.success(self.backend)
+            outliers.response(self.backend, status)
         length = get_first(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
             self.held = [(status, reason, headers)]

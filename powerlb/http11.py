@@ -1,11 +1,14 @@
-"""Sans-IO HTTP/1.1 for the upstream side: a response parser and a request serializer.
+"""Sans-IO HTTP/1.1 for the upstream side: a response parser and a request serializer (and the
+interim responses relayed to clients).
 
 :class:`ResponseParser` is fed the bytes a backend sends and calls an
 :class:`IResponseEvents` handler with the status line and headers, body
 pieces, and the end of each response. It never touches a socket or a clock,
 so it is tested by feeding it bytes split at every possible place.
 
-Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
+Interim (1xx) responses are reported apart from the final response
+(:meth:`IResponseEvents.response_interim`); ``101`` (a protocol switch) is
+refused. Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
 chunked when ``Transfer-Encoding`` ends in ``chunked``; ``Content-Length``
 otherwise; else the body runs to the end of the connection.
 """
@@ -31,6 +34,9 @@ class ProtocolError(Exception):
 
 class IResponseEvents(Interface):
     """What a :class:`ResponseParser` reports as it reads a response."""
+
+    def response_interim(status: int, reason: bytes, headers: Headers) -> None:
+        """An interim (1xx, not 101) status line and headers arrived; the final response follows."""
 
     def response_head(status: int, reason: bytes, headers: Headers) -> None:
         """The final status line and headers (names lower-cased) arrived."""
@@ -154,7 +160,8 @@ class ResponseParser:
         if 100 <= status < 200:
             if status == 101:
                 raise ProtocolError("protocol upgrades are not supported")
-            return rest  # interim response: the final one follows
+            self._events.response_interim(status, reason, headers)
+            return rest  # the final response follows
         tokens = connection_tokens(headers)
         if b"close" in tokens:
             keep_alive = False
@@ -284,5 +291,14 @@ def serialize_request_head(
         parts += (name, b": ", value, b"\r\n")
     if content_length is not None:
         parts += (b"content-length: ", b"%d" % content_length, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_interim(status: int, reason: bytes, headers: Headers) -> bytes:
+    """An interim (1xx) response as relayed to an HTTP/1.1 client: status line and ``headers``."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)

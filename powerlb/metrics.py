@@ -72,6 +72,11 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
     yield CounterMetricFamily(
         "powerlb_retries", "Requests sent again to another backend", value=stats.get("retries", 0)
     )
+    yield CounterMetricFamily(
+        "powerlb_outlier_ejections_refused",
+        "Outlier ejections not made: the pool's last eligible backend, or outlier-max-ejection reached",
+        value=stats.get("ejections_refused", 0),
+    )
     yield from _backend_families(stats["backends"])
     yield from _cache_families(stats["cache"])
 

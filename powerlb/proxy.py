@@ -21,7 +21,14 @@ from zope.interface import implementer
 
 from powerlb.caching import CacheLayer
 from powerlb.dispatch import Dispatch, Dispatcher, UpstreamRequest
-from powerlb.headers import Headers, forward_request_headers, forward_response_headers, get_first
+from powerlb.headers import (
+    Headers,
+    forward_request_headers,
+    forward_response_headers,
+    get_first,
+    strip_hop_by_hop,
+)
+from powerlb.http11 import serialize_interim
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
@@ -153,6 +160,18 @@ class ClientResponder:
             self.dispatch = dispatch
 
     # -- IResponseSink -----------------------------------------------------
+
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        """Relay a 1xx ahead of the response, to HTTP/1.1 clients only (RFC 9110 section 15.2).
+
+        Written to the connection directly: twisted.web's request has no way to
+        send one, and it is neither the response nor counted as it. HTTP/1.0
+        clients never get one, and HTTP/2 streams drop them.
+        """
+        request = self.request
+        if self.done or request.startedWriting or request.clientproto != b"HTTP/1.1":
+            return
+        request.channel.transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.request.setResponseCode(status, reason or None)

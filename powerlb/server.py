@@ -3,13 +3,15 @@
 :class:`ProxyChannel` is twisted.web's ``HTTPChannel`` with stricter input
 rules checked as the request arrives: a request target over
 ``max_url_length`` gets 414, a header section over ``max_header_size`` or
-``max_headers`` lines 431, a body over ``max_body`` 413, obsolete line
-folding and bare CR 400 (with twisted.web's own rejections of conflicting
+``max_headers`` lines 431, a body over ``max_body`` 413 (a chunked one as soon
+as its chunk sizes add up past it), obsolete line folding, bare CR and a
+second ``Host`` 400 (with twisted.web's own rejections of conflicting
 ``Content-Length`` / ``Transfer-Encoding`` framing, also 400); each is a
 short plain-text answer after which the connection is closed, so nothing
-ambiguous ever reaches a backend. A client that dribbles its headers is cut
-with 408 once ``client_timeout`` has passed since its request began
-(slowloris); one that goes silent is cut by the channel's idle timeout.
+ambiguous ever reaches a backend. A client that dribbles its request head is
+cut with 408 once ``client_timeout`` has passed since its first byte, however
+steadily it dribbles (slowloris); one that goes silent between requests is
+cut by the channel's idle timeout.
 :class:`ProxySite` refuses connections beyond ``max_connections`` with 503.
 On a TLS listener with HTTP/2 support, a :class:`NegotiatingChannel` hands
 connections that negotiated ``h2`` (ALPN) to :mod:`powerlb.http2`.
@@ -29,12 +31,13 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
-from twisted.web.http import HTTPChannel
+from twisted.protocols.basic import LineReceiver
+from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.config import Config
-from powerlb.headers import Headers
+from powerlb.headers import Headers, get_first
 from powerlb.outcomes import Outcomes
+from powerlb.settings import Config
 from powerlb.upstream import BodyStream
 
 _STATUS_TEXT = {
@@ -112,7 +115,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         if not colon or not name or not _TOKEN.issuperset(name) or b"\r" in value or b"\x00" in value:
             return None
         name = name.lower()
-        if name in _NOT_SIMPLE:
+        if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
             return None
         headers.append((name, value.strip(b" \t")))
     return method, target, headers
@@ -158,7 +161,7 @@ class ProxyRequest(Request):
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
         if length is not None and length > channel.site.limits.max_body:
-            self.reject(413, "request body larger than the limit")
+            self.body_too_large()
             return
         if length == 0:
             super().gotLength(length)
@@ -184,6 +187,10 @@ class ProxyRequest(Request):
         """Answer ``status`` with a short ``reason`` instead of the request; the connection closes."""
         self.channel.reject(status, reason)
 
+    def body_too_large(self) -> None:
+        """The body is, or is announced as, larger than ``max_body``: 413 (or a cut once answering)."""
+        self._cut(413, "request body larger than the limit")
+
     def abort(self) -> None:
         """Cut the response off: after its status line only a cut connection tells the client."""
         self.channel.transport.abortConnection()
@@ -192,7 +199,7 @@ class ProxyRequest(Request):
         self._body_size += len(data)
         site = self.channel.site
         if self._body_size > site.limits.max_body:
-            self._cut(413, "request body larger than the limit")
+            self.body_too_large()
             return
         allowed = site.limits.client_timeout + self._body_size / MIN_BODY_RATE
         if site.reactor.seconds() - self._body_started > allowed:
@@ -247,11 +254,38 @@ class TrackedChannel(HTTPChannel):
                     request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
 
-class ProxyChannel(TrackedChannel):
-    """twisted.web's HTTP/1.1 channel with powerlb's request limits (see the module docstring)."""
+class _LimitedChunkedDecoder(_ChunkedTransferDecoder):
+    """twisted.web's chunked body decoder that stops at once at a chunk size past the body limit.
 
+    Without it a chunk announced as, say, 2^96 bytes would be waited for.
+    """
+
+    def __init__(self, decoder: _ChunkedTransferDecoder, limit: int, too_large: Callable[[], None]) -> None:
+        super().__init__(decoder.dataCallback, decoder.finishCallback)
+        self._left = limit
+        self._too_large = too_large
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        if not super()._dataReceived_CHUNK_LENGTH():
+            return False
+        self._left -= self.length
+        if self._left < 0:
+            self._too_large()
+            raise _MalformedChunkedDataError("chunk sizes add up past the body limit")
+        return True
+
+
+class ProxyChannel(TrackedChannel):
+    """twisted.web's HTTP/1.1 channel with powerlb's request limits (see the module docstring).
+
+    While a request head arrives (from its first byte to its blank line) reads
+    do not restart the idle timer, so the timer itself cuts a head still
+    incomplete ``client_timeout`` after its first byte, with 408.
+    """
+
+    _head_pending = False
     _in_head = False
-    _head_started = 0.0
+    _host_seen = False
     _head_bytes = 0
     _head_lines = 0
     _rejected = False
@@ -269,27 +303,36 @@ class ProxyChannel(TrackedChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._rejected:
             return
-        if self._in_head:
-            if self._head_overdue():
-                self.reject(408, "request headers not received in time")
-                return
-        elif self.site.fast_answer is not None and not self.requests and not self._buffer:
-            simple = parse_simple_request(data, self.site.limits)
-            if simple is not None:
-                method, target, headers = simple
-                site = self.site
-                response = site.fast_answer(method, target, headers, self._secure)
-                if response is not None:
-                    self.resetTimeout()
-                    self.transport.writeSequence(response)
-                    site.outcomes.fast_hit(self.transport, method, target, headers, response)
-                    return
+        if self._head_pending:
+            LineReceiver.dataReceived(self, data)  # the idle timer keeps running (see the class docstring)
+            return
+        if self.line_mode and not self._handlingRequest:
+            # The first bytes of a request.
+            if self.site.fast_answer is not None and not self.requests and not self._buffer:
+                simple = parse_simple_request(data, self.site.limits)
+                if simple is not None:
+                    method, target, headers = simple
+                    site = self.site
+                    response = site.fast_answer(method, target, headers, self._secure)
+                    if response is not None:
+                        self.resetTimeout()
+                        self.transport.writeSequence(response)
+                        site.outcomes.fast_hit(self.transport, method, target, headers, response)
+                        return
+            self._head_pending = True
         super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        if self._head_pending:
+            self.reject(408, "request headers not received in time")
+        else:
+            super().timeoutConnection()
 
     def lineReceived(self, line: bytes) -> None:
         if self._in_head:
             if not line:
-                self._in_head = False
+                self._in_head = self._head_pending = False
+                self.resetTimeout()  # the body's time starts now
             elif not self._check_header_line(line):
                 return
         elif line and not self._start_request(line):
@@ -307,19 +350,23 @@ class ProxyChannel(TrackedChannel):
         if self._rejected:
             return
         self._rejected = True
-        self._in_head = False
+        self._in_head = self._head_pending = False
         self.transport.write(plain_response(status, reason))
         self.transport.loseConnection()
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is _ChunkedTransferDecoder:
+            limit = self.site.limits.max_body
+            self._transferDecoder = _LimitedChunkedDecoder(decoder, limit, self.requests[-1].body_too_large)
+        return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web's answer to malformed requests, with a reason and a body.
         self.reject(400, "malformed request")
 
     # -- internals -------------------------------------------------------
-
-    def _head_overdue(self) -> bool:
-        site = self.site
-        return site.reactor.seconds() - self._head_started > site.limits.client_timeout
 
     def _start_request(self, line: bytes) -> bool:
         limits = self.site.limits
@@ -328,7 +375,7 @@ class ProxyChannel(TrackedChannel):
             self.reject(414, "request target longer than the limit")
             return False
         self._in_head = True
-        self._head_started = self.site.reactor.seconds()
+        self._host_seen = False
         self._head_bytes = len(line)
         self._head_lines = 0
         return True
@@ -337,6 +384,7 @@ class ProxyChannel(TrackedChannel):
         limits = self.site.limits
         self._head_bytes += len(line) + 2
         self._head_lines += 1
+        host = line[:5].lower() == b"host:"
         if self._head_bytes > limits.max_header_size + limits.max_url_length:
             self.reject(431, "request headers larger than the limit")
         elif self._head_lines > limits.max_headers:
@@ -345,7 +393,10 @@ class ProxyChannel(TrackedChannel):
             self.reject(400, "obsolete line folding in request headers")
         elif b"\r" in line or b"\x00" in line:
             self.reject(400, "bare CR or NUL in request headers")
+        elif host and self._host_seen:
+            self.reject(400, "more than one Host header (RFC 9112 section 3.2)")
         else:
+            self._host_seen = self._host_seen or host
             return True
         return False
 

@@ -22,7 +22,8 @@ class Counters:
     ``cache_coalesced``, ``cache_bypass`` (its ``X-Cache``);
     ``cache_purged`` and ``cache_invalidated`` count stored responses removed
     by purges and by unsafe requests; ``retries`` the requests sent again to
-    another backend.
+    another backend; ``ejections_refused`` the outlier ejections not made
+    because the pool's ejection cap refused them.
     """
 
     __slots__ = (
@@ -35,6 +36,7 @@ class Counters:
         "cache_revalidated",
         "cache_stale",
         "cache_stores",
+        "ejections_refused",
         "errors",
         "requests",
         "retries",
@@ -85,6 +87,7 @@ def snapshot(
         "errors": counters.errors,
         "upstream_errors": counters.upstream_errors,
         "retries": counters.retries,
+        "ejections_refused": counters.ejections_refused,
         "responses": dict(responses or {}),
         "backends": [{**b.snapshot(), "last_check": last_check(b), **connections(b)} for b in backends],
         "cache": cache_figures,

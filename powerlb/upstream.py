@@ -105,8 +105,11 @@ class IResponseSink(Interface):
     """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it.
 
     No event reaches the sink before :meth:`ProxyClientFactory.request` has
-    returned the exchange.
+    returned the exchange. Every sink passes interim responses on or drops them.
     """
+
+    def interim_received(status: int, reason: bytes, headers: Headers) -> None:
+        """An interim (1xx) response arrived ahead of the final one (headers as sent); never the response."""
 
     def head_received(status: int, reason: bytes, headers: Headers) -> None:
         """The status line and headers arrived (hop-by-hop headers still included)."""
@@ -373,6 +376,11 @@ class UpstreamConnection(Protocol):
         self.transport.abortConnection()
 
     # -- IResponseEvents, from the parser ----------------------------------
+
+    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.sink.interim_received(status, reason, headers)
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
         self.response_started = True
@@ -746,6 +754,9 @@ class _StatusProbe:
         self.status = 0
         self.exchange: Optional[Exchange] = None
         self.deferred: Deferred = Deferred(lambda _: self.exchange and self.exchange.abort())
+
+    def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        pass
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.status = status

@@ -9,7 +9,8 @@ from typing import Callable, Dict, List
 import pytest
 import yaml
 
-from powerlb.config import SETTINGS, Setting, config_from_mapping
+from powerlb.config import config_from_mapping
+from powerlb.settings import SETTINGS, Setting
 from tests.test_tls import PKI
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

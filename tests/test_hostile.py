@@ -78,6 +78,10 @@ MALFORMED = [
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", "malformed", id="unknown-TE"
     ),
     pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", "malformed", id="space-in-name"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "more than one Host", id="two-Host"),
+    pytest.param(
+        b"GET / HTTP/1.1\r\nhost: x\r\nX: 1\r\nHOST: x\r\n\r\n", "more than one Host", id="same-Host-twice"
+    ),
     pytest.param(b"NOT A REQUEST\r\n\r\n", "malformed", id="garbage"),
 ]
 
@@ -131,6 +135,45 @@ async def test_slowloris_is_cut_with_408_and_others_are_served(make_backends, st
     answer = await slow
     assert status_of(answer) == 408
     assert b"request headers not received in time" in answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_huge_chunk_size_gets_413_at_once_and_nothing_is_served(make_backends, start_powerlb):
+    (a,) = make_backends(1)
+    lb = start_powerlb([a], max_body="1MiB")
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # 2^96 in hex: no body limit can hold it; the client then sends a little and waits.
+    answer = await raw(lb.port, head + b"1" + b"0" * 24 + b"\r\nabc", timeout=3.0)
+    assert status_of(answer) == 413, answer
+    assert b"request body larger than the limit" in answer
+    # Sizes that each fit but add up past the limit are cut at the chunk that crosses it.
+    chunks = b"80000\r\n" + b"c" * 0x80000 + b"\r\n80001\r\n"
+    assert status_of(await raw(lb.port, head + chunks, timeout=3.0)) == 413
+    assert a.served() == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET /" + b"a" * 40, id="request-line"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40, id="header-line"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_head_trickled_steadily_gets_408_from_its_first_byte(make_backends, start_powerlb, http, head):
+    """Every byte comes well within the idle time, but the head as a whole takes longer than allowed."""
+    (a,) = make_backends(1)
+    lb = start_powerlb([a], client_timeout=1)
+    pieces = [bytes([byte]) for byte in head]  # never complete: only the time limit can answer
+    trickles = [defer.ensureDeferred(raw(lb.port, *pieces, pause=0.1, timeout=10.0)) for _ in range(3)]
+    response = await http.get(lb.url + "/")
+    assert response.code == 200
+    await response.content()
+    for trickle in trickles:
+        answer = await trickle
+        assert status_of(answer) == 408, answer
+        assert b"request headers not received in time" in answer
+    assert a.served() == 1
 
 
 @pytest_twisted.ensureDeferred

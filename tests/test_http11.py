@@ -29,6 +29,9 @@ class Recorder:
     def __init__(self) -> None:
         self.events: List[Event] = []
 
+    def response_interim(self, status: int, reason: bytes, headers: Any) -> None:
+        self.events.append(("interim", status, reason, list(headers)))
+
     def response_head(self, status: int, reason: bytes, headers: Any) -> None:
         self.events.append(("head", status, reason, list(headers)))
 
@@ -200,13 +203,53 @@ def test_head_response_without_length_keeps_connection() -> None:
     assert events[-1] == ("end", True)
 
 
-def test_interim_responses_are_skipped() -> None:
+INTERIM_THEN_FINAL = (
+    b"HTTP/1.1 100 Continue\r\n\r\n"
+    b"HTTP/1.1 102 Processing\r\n\r\n"
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>; rel=preload\r\n\r\n"
+    b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+)
+INTERIM_THEN_FINAL_EVENTS = [
+    ("interim", 100, b"Continue", []),
+    ("interim", 102, b"Processing", []),
+    (
+        "interim",
+        103,
+        b"Early Hints",
+        [(b"link", b"</a.css>; rel=preload"), (b"link", b"</b.js>; rel=preload")],
+    ),
+    ("head", 201, b"Created", [(b"content-length", b"2")]),
+    ("body", b"ok"),
+    ("end", True),
+]
+
+
+def test_interim_responses_are_reported_apart_from_the_final_one() -> None:
+    parser, events = parse(INTERIM_THEN_FINAL)
+    assert events == INTERIM_THEN_FINAL_EVENTS
+    assert parser.idle
+
+
+@pytest.mark.parametrize("cut", range(1, len(INTERIM_THEN_FINAL)))
+def test_interim_responses_however_split(cut: int) -> None:
+    _, events = parse(INTERIM_THEN_FINAL[:cut], INTERIM_THEN_FINAL[cut:])
+    assert events == INTERIM_THEN_FINAL_EVENTS
+
+
+def test_interim_response_to_head_request_then_final() -> None:
     _, events = parse(
-        b"HTTP/1.1 100 Continue\r\n\r\n"
-        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        head_request=True,
     )
-    assert events == [("head", 201, b"Created", [(b"content-length", b"2")]), ("body", b"ok"), ("end", True)]
+    assert events == [
+        ("interim", 103, b"Early Hints", [(b"link", b"</a>")]),
+        (*OK_HEAD, [(b"content-length", b"9")]),
+        ("end", True),
+    ]
+
+
+def test_interim_response_with_a_bad_header_is_rejected() -> None:
+    assert rejects(b"HTTP/1.1 103 Early Hints\r\nLink : </a>\r\n\r\n") == []
 
 
 def test_interim_response_then_eof_is_an_error() -> None:
@@ -214,7 +257,8 @@ def test_interim_response_then_eof_is_an_error() -> None:
     parser = ResponseParser(recorder)
     parser.expect(False)
     parser.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
-    assert recorder.events == []
+    assert recorder.events == [("interim", 100, b"Continue", [])]
+    assert not parser.idle
     with pytest.raises(ProtocolError):
         parser.feed_eof()
 

@@ -19,8 +19,10 @@ from twisted.web.server import NOT_DONE_YET
 
 import powerlb
 from powerlb.backend import BackendSpec
-from powerlb.config import config_from_mapping, parse_backend
-from powerlb.service import ConfigSource, ReloadOnSighup, diff_backends
+from powerlb.config import config_from_mapping
+from powerlb.reload import ConfigSource, diff_backends
+from powerlb.signals import ReloadOnSighup
+from powerlb.values import parse_backend
 from tests.conftest import wait_for
 from tests.support import (
     HOST,

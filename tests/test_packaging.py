@@ -21,10 +21,12 @@ from tests.support import REPO, clean_env
 
 pytestmark = [pytest.mark.heavy, pytest.mark.timeout(600)]
 
-#: The modules that must import in a fresh install: the package, its entry points, and the ones
-#: that need the default dependencies (h2 for HTTP/2, prometheus_client for /metrics).
+#: The modules that must import in a fresh install: the package, its entry points, the test
+#: doubles it ships, and the ones that need the default dependencies (h2 for HTTP/2,
+#: prometheus_client for /metrics).
 MODULES = (
     "powerlb",
+    "powerlb.testing",
     "powerlb.tap",
     "powerlb.ctl",
     "powerlb.demo",
@@ -197,7 +199,7 @@ def test_metadata_is_complete(installed: Dict[str, Installed], kind: str) -> Non
 
 
 def test_the_version_has_one_home() -> None:
-    """setup.py reads powerlb.__version__; nothing else spells the version out."""
+    """setup.py reads powerlb/_version.py; nothing else spells the version out."""
     assert str(Version(powerlb.__version__)) == powerlb.__version__  # valid and normalised (PEP 440)
     for name in ("setup.py", "pyproject.toml"):
         assert powerlb.__version__ not in (REPO / name).read_text(encoding="utf-8"), name

@@ -40,6 +40,9 @@ class Sink:
         self.events: List[Tuple[Any, ...]] = []
         self.error: Optional[UpstreamError] = None
 
+    def interim_received(self, status: int, reason: bytes, headers: Any) -> None:
+        self.events.append(("interim", status, reason, list(headers)))
+
     def head_received(self, status: int, reason: bytes, headers: Any) -> None:
         self.events.append(("head", status, reason, list(headers)))
 
@@ -348,6 +351,14 @@ def test_data_on_an_idle_connection_aborts_it() -> None:
 # --- failures ----------------------------------------------------------------------
 
 
+def test_interim_responses_reach_the_sink_before_the_response() -> None:
+    pool = Pool()
+    _, _, sink = served(pool, b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK)
+    interim = ("interim", 103, b"Early Hints", [(b"link", b"</a.css>; rel=preload")])
+    assert sink.events == [interim, *OK_EVENTS]
+    assert pool.factory.idle_connections == 1
+
+
 def test_response_timeout() -> None:
     pool = Pool(response_timeout=5)
     sink = Sink()
@@ -384,7 +395,7 @@ def test_interim_response_does_not_stop_the_timeout() -> None:
     proto, _ = pool.connect()
     proto.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
     pool.reactor.advance(5)
-    assert sink.events == [("failed", 504, False)]
+    assert sink.events == [("interim", 100, b"Continue", []), ("failed", 504, False)]
 
 
 def test_connect_timeout_is_a_retryable_connect_failure_of_its_own_kind() -> None:
