@@ -346,6 +346,7 @@ def test_options_long_names() -> None:
     long_names = {row[0] for row in Options.optParameters} | {"backend", "dns"}
     assert long_names == {
         "listen",
+        "http2",
         "backend",
         "dns",
         "srv",

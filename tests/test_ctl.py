@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
+import powerlb
 from powerlb.ctl import backend_path, format_backends
 from tests.support import clean_env, free_port, script
 from tests.test_admin import ADMIN, TOKEN
@@ -104,7 +105,7 @@ async def test_reads_table_json_stats_and_config(make_backends, start_powerlb, h
     listed = await ctl("backends", "--json", admin=lb.admin_url)  # the admin URL from the environment
     assert [x["id"] for x in listed.json()["backends"]] == ids([a, b])
     stats = await ctl("stats", admin=lb.admin_url)
-    assert (stats.code, stats.json()["requests"]) == (0, 2)
+    assert (stats.code, stats.json()["requests"], stats.json()["version"]) == (0, 2, powerlb.__version__)
     config = await ctl("config", admin=lb.admin_url)
     assert config.json()["backends"] == [a.url, b.url + ",weight=2"]
     assert config.json()["admin-token"] == "<redacted>"
@@ -186,6 +187,12 @@ async def test_unreachable_admin_exits_1():
     ran = await ctl("stats", admin=admin)
     assert ran.code == 1
     assert ran.err.startswith(f"powerlb-ctl: cannot reach the admin API at {admin} (")
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_is_the_packages():
+    ran = await ctl("--version")
+    assert (ran.code, ran.out) == (0, f"powerlb-ctl {powerlb.__version__}\n")
 
 
 @pytest.mark.parametrize(

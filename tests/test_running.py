@@ -1,12 +1,11 @@
 """powerlb running for real over sockets on 127.0.0.1: as a twistd plugin, from lb.tac,
-embedded (in-process and examples/embed.py), with bad configuration, and installed
-from the source tree into a fresh virtualenv."""
+embedded (in-process and examples/embed.py), and with bad configuration. (Installed into
+a fresh virtualenv: tests/test_packaging.py.)"""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -301,72 +300,3 @@ def test_embed_example(tmp_path: Path, demo: List[int]) -> None:
         proc.stop()
     assert "Traceback" not in proc.output(), proc.describe()
     assert "requests so far: 0" in proc.output()
-
-
-# --- installed from the source tree into a fresh virtualenv ---------------------------
-
-
-def purelib(python: Path) -> Path:
-    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=30, check=True)
-    return Path(done.stdout.strip())
-
-
-def venv_python(venv: Path) -> Path:
-    for candidate in ("bin/python", "Scripts/python.exe"):
-        if (venv / candidate).exists():
-            return venv / candidate
-    raise AssertionError(f"no python in {venv}")
-
-
-@pytest.mark.heavy
-@pytest.mark.timeout(120)
-def test_install_into_fresh_venv(tmp_path: Path) -> None:
-    # pip builds local directories in place (build/, *.egg-info); build from a copy so
-    # the working tree and concurrent runs are not touched.
-    source = tmp_path / "src"
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache",
-            ".hypothesis", ".pytest_cache", ".ruff_cache", "tests", "bench",
-        ),
-    )  # fmt: skip
-    fresh = tmp_path / "fresh"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=60)
-    python = venv_python(fresh)
-    site = purelib(python)
-    # The dependencies (and pip, setuptools) come from the test environment.
-    (site / "powerlb-test-deps.pth").write_text(f"{purelib(Path(sys.executable))}\n", encoding="utf-8")
-    env = clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
-    run: Dict[str, Any] = {"cwd": tmp_path, "env": env, "capture_output": True, "text": True}
-
-    install = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index"]
-    done = subprocess.run([*install, str(source)], timeout=90, **run)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    plugin = site / "twisted" / "plugins" / "powerlb_plugin.py"
-    assert plugin.is_file()
-    assert plugin.read_bytes() == (REPO / "twisted" / "plugins" / "powerlb_plugin.py").read_bytes()
-    # No twisted/__init__.py or twisted/plugins/__init__.py shadowing Twisted's own.
-    assert not (site / "twisted" / "__init__.py").exists()
-    assert not (site / "twisted" / "plugins" / "__init__.py").exists()
-    assert (site / "powerlb" / "__init__.py").is_file()
-
-    where = (
-        "import powerlb, twisted.plugins as p; "
-        "print(powerlb.__file__); print(p.__file__); print(*p.__path__, sep='\\n')"
-    )
-    done = subprocess.run([str(python), "-c", where], timeout=30, **run)
-    assert done.returncode == 0, done.stderr
-    powerlb_file, plugins_init, *plugin_path = done.stdout.splitlines()
-    assert Path(powerlb_file).parent == site / "powerlb"  # the installed copy, not the tree
-    twisted_site = Path(plugins_init).parent.parent.parent
-    assert twisted_site != site
-    assert (twisted_site / "twisted" / "plugins" / "twisted_web.py").is_file()  # Twisted's own
-    assert str(site / "twisted" / "plugins") in plugin_path
-
-    done = subprocess.run([str(python), "-m", "twisted", "--help"], timeout=60, **run)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"^\s+powerlb\s+HTTP load balancer", done.stdout, re.MULTILINE), done.stdout

@@ -21,6 +21,7 @@ import h2.events
 import pytest
 import pytest_twisted
 import treq
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -354,6 +355,42 @@ async def test_h2_limits_refuse_the_stream_and_keep_the_connection(make_backends
     assert declared.status == 413
     assert fine.status == 200
     assert [r.uri for r in backend.requests if r.uri != b"/health"] == [b"/after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http2_off_offers_only_http11_over_alpn(make_backends, start_powerlb, pki, https_client):
+    (backend,) = make_backends(1)
+    lb = start_powerlb([backend], listen=tls_listen(pki), http2=yaml.safe_load("off"))
+    assert lb.service.proxy_listener.factory.acceptableProtocols() == [b"http/1.1"]
+    protocol, responses = await h2_in_thread(lb.port, pki.ca_file, [(b"GET", b"/", [], b"")])
+    assert (protocol, responses) == ("http/1.1", [])
+    response = await https_client.get(f"https://{HOST}:{lb.port}/page")
+    assert (response.code, response.version) == (200, (b"HTTP", 1, 1))
+    await response.content()
+
+
+@pytest.mark.parametrize(
+    ("given", "http2"),
+    [
+        ("http2: off", False),
+        ("http2: on", True),
+        ("http2: false", False),
+        ("http2: no", False),
+        ("http2: ' Off '", False),
+        ("http2: 'ON'", True),
+        ("{}", True),
+    ],
+)
+def test_http2_setting_reads_yaml_switches(given: str, http2: bool) -> None:
+    assert config_from_mapping({"backends": ["http://h:1"], **yaml.safe_load(given)}).http2 is http2
+
+
+@pytest.mark.parametrize("given", ["maybe", "", "2", "0", "yes"])
+def test_http2_setting_refuses_other_words(given: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"backends": ["http://h:1"], "http2": given})
+    assert info.value.field == "http2"
+    assert "write on or off" in info.value.problem
 
 
 # --- https backends --------------------------------------------------------------------------
