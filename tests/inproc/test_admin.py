@@ -11,13 +11,18 @@ import pytest_twisted
 import treq
 
 from powerlb.config import SETTINGS, config_from_mapping, parse_admin_endpoint
-from tests.conftest import sleep, wait_for
-from tests.test_backends_e2e import backends_hit
-from tests.test_cache_rfc import fetch, origin
-from tests.test_lifecycle import reloaded, slow_route
+from tests.support.inproc import (
+    ADMIN,
+    TOKEN,
+    backends_hit,
+    fetch,
+    origin,
+    reloaded,
+    sleep,
+    slow_route,
+    wait_for,
+)
 
-ADMIN = "tcp:0:interface=127.0.0.1"
-TOKEN = "s3cret"
 JSON = b"application/json"
 
 

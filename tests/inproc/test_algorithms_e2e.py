@@ -5,19 +5,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb.balancing import ConsistentHash
 from powerlb.sticky import backend_id
-from tests.conftest import wait_for
+from tests.support.inproc import fetch, wait_for
 
 
 @pytest.fixture
@@ -27,24 +26,6 @@ def client() -> Any:
     no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     yield treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies)
     pytest_twisted.blockon(pool.closeCachedConnections())
-
-
-class Reply:
-    """The parts of a response these tests look at."""
-
-    def __init__(self, code: int, headers: Headers, body: bytes) -> None:
-        self.code = code
-        self.backend = headers.getRawHeaders(b"x-backend", [b"-"])[0].decode()
-        self.set_cookie = headers.getRawHeaders(b"set-cookie", [])
-        self.x_cache = headers.getRawHeaders(b"x-cache", [b""])[0]
-        self.body = body
-
-
-async def fetch(client: Any, url: str, headers: Optional[Dict[bytes, bytes]] = None) -> Reply:
-    """GET ``url`` with ``headers``; the whole response."""
-    response = await client.get(url, headers=headers or {})
-    body = await response.content()
-    return Reply(response.code, response.headers, body)
 
 
 def expected_backend(lb: Any, key: bytes) -> str:
@@ -139,7 +120,7 @@ async def test_hot_key_is_spread_by_the_balance_factor(make_backends, start_powe
 # --- sticky sessions ------------------------------------------------------------------------
 
 
-def cookie_of(reply: Reply, name: bytes = b"lb") -> bytes:
+def cookie_of(reply: Any, name: bytes = b"lb") -> bytes:
     """The value ``reply`` sets for cookie ``name`` (it must set exactly one cookie)."""
     (header,) = reply.set_cookie
     pair, _, attributes = header.partition(b";")

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.web._newclient import ResponseFailed
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tests.conftest import wait_for
+from tests.support.inproc import wait_for
 
 #: No cache (concurrent GETs of one URL would be coalesced) and no retry on another backend.
 PLAIN = {"cache_size": 0, "retries": 0}

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, List
+from typing import Callable
 
 import pytest_twisted
 from twisted.web.server import Request
 
-from tests.conftest import sleep, wait_for
-
-
-async def backends_hit(http: Any, url: str, n: int) -> List[str]:
-    """The X-Backend of ``n`` sequential GET / through powerlb."""
-    out = []
-    for _ in range(n):
-        response = await http.get(url + "/")
-        await response.content()
-        out.append(response.headers.getRawHeaders(b"x-backend")[0].decode())
-    return out
+from tests.support.inproc import backends_hit, sleep, wait_for
 
 
 def answer(status: int) -> Callable[[Request], bytes]:

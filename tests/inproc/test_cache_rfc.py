@@ -13,33 +13,9 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.web.server import NOT_DONE_YET
 
-from tests.conftest import sleep
+from tests.support.inproc import fetch, origin, sleep
 
 DATE_PAST = b"Sun, 06 Nov 1994 08:49:37 GMT"
-
-
-def origin(body: bytes = b"body", status: int = 200, **headers: bytes) -> Any:
-    """A route answering ``status``, ``headers`` (``cache_control=`` style names) and ``body`` + a serial."""
-    served: List[int] = []
-
-    def respond(request: Any) -> bytes:
-        served.append(1)
-        request.setResponseCode(status)
-        for name, value in headers.items():
-            request.setHeader(name.replace("_", "-").encode(), value)
-        return body + b" #%d" % len(served)
-
-    return respond
-
-
-async def fetch(http: Any, url: str, method: str = "GET", **headers: bytes) -> Any:
-    """Request ``url``; the response gets ``.body``, ``.x_cache`` and ``.header(name)``."""
-    sent = {name.replace("_", "-").encode(): [value] for name, value in headers.items()}
-    response = await http.request(method, url, headers=sent)
-    response.body = await response.content()
-    response.x_cache = (response.headers.getRawHeaders(b"x-cache") or [b""])[0]
-    response.header = lambda name: (response.headers.getRawHeaders(name) or [None])[0]
-    return response
 
 
 def cache_layer(lb: Any) -> Any:

@@ -13,9 +13,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from powerlb.ctl import backend_path, format_backends
 from tests.support import clean_env, free_port, script
-from tests.test_admin import ADMIN, TOKEN
-from tests.test_backends_e2e import backends_hit
-from tests.test_cache_rfc import fetch, origin
+from tests.support.inproc import ADMIN, TOKEN, backends_hit, fetch, origin
 
 
 class Ran:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer, protocol, reactor
 
 from powerlb.config import Config
 from powerlb.server import Limits, parse_simple_request
+from tests.support.inproc import exchange, headers_of
 
 LIMITS = Limits(Config(max_url_length=64, max_header_size=512, max_headers=4))
 
@@ -56,52 +56,6 @@ def test_anything_unusual_takes_the_normal_way(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_parsing_never_raises(data: bytes) -> None:
     parse_simple_request(data, LIMITS)
-
-
-def headers_of(response: bytes) -> Tuple[int, Dict[bytes, bytes], bytes]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        fields[name.lower()] = value.strip()
-    return int(lines[0].split(b" ")[1]), fields, body
-
-
-class OneResponse(protocol.Protocol):
-    """Sends a request, collects ``count`` complete (Content-Length framed) responses, then closes."""
-
-    def __init__(self, data: bytes, count: int = 1) -> None:
-        self.data = data
-        self.count = count
-        self.buffer = b""
-        self.done: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        responses, rest = [], self.buffer
-        while b"\r\n\r\n" in rest:
-            head, _, after = rest.partition(b"\r\n\r\n")
-            length = int(headers_of(head + b"\r\n\r\n")[1].get(b"content-length", b"0"))
-            if len(after) < length:
-                break
-            responses.append(head + b"\r\n\r\n" + after[:length])
-            rest = after[length:]
-        if len(responses) == self.count and not self.done.called:
-            self.transport.loseConnection()
-            self.done.callback(responses)
-
-
-async def exchange(port: int, data: bytes, count: int = 1) -> List[bytes]:
-    client = OneResponse(data, count)
-    await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", port)
-    timer = reactor.callLater(5, client.transport.abortConnection)
-    responses = await client.done
-    timer.cancel()
-    return responses
 
 
 def cacheable(request: Any) -> bytes:

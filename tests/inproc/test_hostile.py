@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 import random
-from typing import Any, List, Sequence
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from tests.conftest import sleep
-
-
-class RawClient(protocol.Protocol):
-    """Sends pieces of bytes (with pauses between them) and collects everything until the close."""
-
-    def __init__(self, pieces: Sequence[bytes], pause: float) -> None:
-        self.pieces = list(pieces)
-        self.pause = pause
-        self.received: List[bytes] = []
-        self.closed: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self._send_next()
-
-    def _send_next(self) -> None:
-        if self.pieces and self.transport.connected:
-            self.transport.write(self.pieces.pop(0))
-            if self.pieces:
-                reactor.callLater(self.pause, self._send_next)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        self.pieces = []
-        self.closed.callback(b"".join(self.received))
-
-
-async def raw(port: int, *pieces: bytes, pause: float = 0.0, timeout: float = 5.0) -> bytes:
-    """Everything the server sent before closing (or cut after ``timeout``)."""
-    client = RawClient(pieces, pause)
-    await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", port)
-    timer = reactor.callLater(timeout, client.transport.abortConnection)
-    data = await client.closed
-    assert timer.active(), "the server did not close the connection in time"
-    timer.cancel()
-    return data
+from tests.support.inproc import RawClient, raw, sleep
 
 
 def status_of(response: bytes) -> int:

@@ -14,11 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from powerlb.latency import LATENCY_BUCKETS, LatencyHistogram
 from powerlb.metrics import cumulative_buckets
-from tests.conftest import sleep
-from tests.test_cache_rfc import fetch, origin
-from tests.test_fast_hits import exchange, headers_of
-
-ADMIN = "tcp:0:interface=127.0.0.1"
+from tests.support.inproc import ADMIN, exchange, fetch, headers_of, origin, sleep
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 

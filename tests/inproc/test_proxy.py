@@ -10,16 +10,7 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.web.server import NOT_DONE_YET
 
-from tests.conftest import sleep, wait_for
-
-
-async def backends_hit(http: Any, url: str, n: int, path: str = "/") -> List[str]:
-    out = []
-    for _ in range(n):
-        response = await http.get(url + path)
-        await response.content()
-        out.append(response.headers.getRawHeaders(b"x-backend")[0].decode())
-    return out
+from tests.support.inproc import backends_hit, fetch, sleep, wait_for
 
 
 @pytest_twisted.ensureDeferred
@@ -401,13 +392,6 @@ def _cacheable(body: bytes, max_age: int = 60, **headers: bytes) -> Any:
         return body + b" from " + request.getHeader(b"x-forwarded-host")
 
     return respond
-
-
-async def fetch(http: Any, url: str, **kwargs: Any) -> Any:
-    response = await http.get(url, **kwargs)
-    response.body = await response.content()
-    response.x_cache = (response.headers.getRawHeaders(b"x-cache") or [b""])[0]
-    return response
 
 
 @pytest_twisted.ensureDeferred

@@ -18,8 +18,8 @@ from zope.interface.verify import verifyObject
 import powerlb.testing
 from powerlb.testing import FakeUpstream, RecordingSink
 from powerlb.upstream import IResponseSink, UpstreamError, UpstreamTimeout
-from tests.conftest import wait_for
 from tests.support import clean_env
+from tests.support.inproc import wait_for
 
 
 def test_the_module_docstring_example_runs() -> None:

@@ -20,8 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 from powerlb.accesslog import AccessLog, combined_line, format_iso_time, format_local_time, json_line
 from powerlb.config import ConfigError
 from tests.support import get, start_twistd_powerlb, wait_until
-from tests.test_cache_rfc import origin
-from tests.test_fast_hits import exchange, headers_of
+from tests.support.inproc import exchange, headers_of, origin
 
 #: 24 Nov 2026 12:00:00 UTC, the time the tests' clock shows.
 NOON = calendar.timegm((2026, 11, 24, 12, 0, 0))

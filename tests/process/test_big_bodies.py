@@ -15,9 +15,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from tests.bigbody_backend import BLOCK, pattern
-from tests.support import HOST, REPO, Process, accepts, clean_env, script, start_server
-from tests.test_hostile import RawClient
+from tests.support import HOST, REPO, Process, accepts, clean_env, start_server, start_twistd_powerlb
+from tests.support.bigbody_backend import BLOCK, pattern
+from tests.support.inproc import RawClient
 
 
 class HeadFirstBackend(protocol.Protocol):
@@ -165,7 +165,7 @@ GIB = 1024 * 1024 * 1024
 def lb_and_backend(tmp_path: Path) -> Iterator[List[int]]:
     backend, (backend_port,) = start_server(
         lambda ports: Process(
-            [sys.executable, str(REPO / "tests" / "bigbody_backend.py"), str(ports[0])],
+            [sys.executable, str(REPO / "tests" / "support" / "bigbody_backend.py"), str(ports[0])],
             tmp_path / "backend.log",
             cwd=REPO,
             env=clean_env(),
@@ -174,21 +174,9 @@ def lb_and_backend(tmp_path: Path) -> Iterator[List[int]]:
         lambda ports: accepts(ports[0]),
     )
 
-    def make(ports: List[int]) -> Process:
-        args = [
-            script("twistd"),
-            "-n",
-            "--pidfile=",
-            "powerlb",
-            "--max-body",
-            "2GiB",
-            "--health-interval",
-            "5",
-        ]
-        args += ["--listen", f"tcp:{ports[0]}:interface={HOST}", "--backend", f"http://{HOST}:{backend_port}"]
-        return Process(args, tmp_path / "powerlb.log", cwd=tmp_path, env=clean_env())
-
-    lb, (lb_port,) = start_server(make, 1, lambda ports: accepts(ports[0]))
+    lb, (lb_port,) = start_twistd_powerlb(
+        tmp_path, [backend_port], "--max-body", "2GiB", "--health-interval", "5", admin=False
+    )
     try:
         yield [lb_port, lb.pid]
     finally:

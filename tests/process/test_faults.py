@@ -38,9 +38,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.support import HOST, Process, clean_env, get, start_server, start_twistd_powerlb, wait_until
+from tests.support import HOST, REPO, Process, clean_env, get, start_server, start_twistd_powerlb, wait_until
 
-BACKEND = Path(__file__).resolve().parent / "fault_backend.py"
+BACKEND = REPO / "tests" / "support" / "fault_backend.py"
 NAMES = ("a", "b", "c")
 BODY_SIZE = 2048  # tests/fault_backend.py BODY_SIZE
 THREADS = 4

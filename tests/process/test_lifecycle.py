@@ -13,16 +13,14 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import error, reactor
+from twisted.internet import error
 from twisted.logger import globalLogPublisher
-from twisted.web.server import NOT_DONE_YET
 
 import powerlb
 from powerlb.backend import BackendSpec
-from powerlb.config import config_from_mapping, parse_backend
+from powerlb.config import parse_backend
 from powerlb.reload import ConfigSource, diff_backends
 from powerlb.signals import ReloadOnSighup
-from tests.conftest import wait_for
 from tests.support import (
     HOST,
     REPO,
@@ -30,12 +28,12 @@ from tests.support import (
     accepts,
     clean_env,
     get,
-    script,
-    start_server,
+    start_twistd,
     start_twistd_powerlb,
     stats,
     wait_until,
 )
+from tests.support.inproc import reloaded, slow_route, wait_for
 
 # --- diff_backends (pure) ----------------------------------------------------------------
 
@@ -81,21 +79,6 @@ def logged() -> Iterator[List[str]]:
     globalLogPublisher.removeObserver(observe)
 
 
-def slow_route(seconds: float) -> Any:
-    """A backend route answering ``slow`` after ``seconds``."""
-
-    def handler(request: Any) -> Any:
-        def answer() -> None:
-            if not request._disconnected:
-                request.write(b"slow")
-                request.finish()
-
-        reactor.callLater(seconds, answer)
-        return NOT_DONE_YET
-
-    return handler
-
-
 async def names(http: Any, url: str, count: int) -> List[str]:
     out = []
     for number in range(count):
@@ -103,17 +86,6 @@ async def names(http: Any, url: str, count: int) -> List[str]:
         assert resp.code == 200
         out.append((await resp.json())["backend"])
     return out
-
-
-def reloaded(running: Any, **settings: Any) -> Any:
-    """The running service's configuration with ``settings`` (YAML keys) changed."""
-    base = {
-        "listen": "tcp:0:interface=127.0.0.1",
-        "health-interval": 60,
-        "backends": [spec.url + f",weight={spec.weight}" for spec in running.service.config.backends],
-    }
-    base.update({k.replace("_", "-"): v for k, v in settings.items()})
-    return config_from_mapping(base)
 
 
 @pytest_twisted.ensureDeferred
@@ -434,20 +406,20 @@ def test_sighup_and_sigterm_with_workers_and_lb_tac(tmp_path: Path, demo: List[i
     b1, b2, b3 = demo
     config = tmp_path / "lb.yaml"
 
-    def make(ports: List[int]) -> Process:
+    def args(ports: List[int]) -> List[str]:
         listen, admin = ports
         write_backends(config, "round-robin", f"{b1}")
         with open(config, "a", encoding="utf-8") as out:
             out.write(
                 f"listen: tcp:{listen}:interface={HOST}\nadmin: tcp:{admin}:interface={HOST}\nworkers: 2\n"
             )
-        args = [script("twistd"), "-n", "--pidfile=", "-y", str(REPO / "lb.tac")]
-        return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env(POWERLB_CONFIG=str(config)))
+        return ["-y", str(REPO / "lb.tac")]
 
     def ready(ports: List[int]) -> bool:
         return accepts(ports[0]) and len(stats(ports[1]).get("workers", [])) == 2
 
-    proc, (listen, admin) = start_server(make, 2, ready)
+    env = clean_env(POWERLB_CONFIG=str(config))
+    proc, (listen, admin) = start_twistd(tmp_path, args, ready=ready, env=env)
     try:
         text = config.read_text(encoding="utf-8").replace(f"{b1}\n", f"{b2}\n  - http://{HOST}:{b3}\n")
         config.write_text(text, encoding="utf-8")

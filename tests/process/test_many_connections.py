@@ -9,7 +9,7 @@ from typing import Any, List
 
 import pytest
 
-from tests.support import HOST, Process, accepts, clean_env, get, script, start_server
+from tests.support import HOST, get, start_twistd_powerlb
 
 IDLE = 3000
 
@@ -18,19 +18,7 @@ IDLE = 3000
 def test_thousands_of_idle_connections_do_not_block_service(tmp_path: Path, demo_backends: Any) -> None:
     (backend,) = demo_backends(1)
 
-    def make(ports: List[int]) -> Process:
-        args = [
-            script("twistd"),
-            "-n",
-            "--pidfile=",
-            "powerlb",
-            "--listen",
-            f"tcp:{ports[0]}:interface={HOST}",
-        ]
-        args += ["--backend", f"http://{HOST}:{backend}", "--client-timeout", "30"]
-        return Process(args, tmp_path / "powerlb.log", cwd=tmp_path, env=clean_env())
-
-    proc, (port,) = start_server(make, 1, lambda ports: accepts(ports[0]))
+    proc, (port,) = start_twistd_powerlb(tmp_path, [backend], "--client-timeout", "30", admin=False)
     idle: List[socket.socket] = []
     try:
         for i in range(IDLE):

@@ -28,12 +28,13 @@ from tests.support import (
     check_weighted_balancer,
     clean_env,
     get,
-    lb_ready,
-    script,
-    start_server,
+    start_twistd,
+    start_twistd_powerlb,
     stats,
+    twistd,
     wait_until,
 )
+from tests.support.inproc import fetch
 
 
 @pytest.fixture
@@ -55,22 +56,14 @@ def assert_clean_shutdown(proc: Process, status: Optional[int]) -> None:
 def test_twistd_plugin(tmp_path: Path, demo: List[int]) -> None:
     b1, b2 = demo
 
-    def make(ports: List[int]) -> Process:
-        listen, admin = ports
-        args = [
-            script("twistd"), "-n", "--pidfile=", "powerlb",
-            "--listen", f"tcp:{listen}:interface={HOST}",
-            "--backend", f"http://{HOST}:{b1}",
-            "--backend", f"http://{HOST}:{b2},weight=3",
-            "--algorithm", "weighted-round-robin",
-            "--health-path", "/health",
-            "--health-interval", "2",
-            "--cache-size", "64MiB",
-            "--admin", f"tcp:{admin}:interface={HOST}",
-        ]  # fmt: skip
-        return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
-
-    proc, (listen, admin) = start_server(make, 2, lb_ready)
+    proc, (listen, admin) = start_twistd_powerlb(
+        tmp_path, [b1],
+        "--backend", f"http://{HOST}:{b2},weight=3",
+        "--algorithm", "weighted-round-robin",
+        "--health-path", "/health",
+        "--health-interval", "2",
+        "--cache-size", "64MiB",
+    )  # fmt: skip
     try:
         check_weighted_balancer(listen, admin, {b1: 1, b2: 3})
         # --health-path /health is probed on both backends.
@@ -87,7 +80,7 @@ def test_tac_file(tmp_path: Path, demo: List[int]) -> None:
     b1, b2 = demo
     config = tmp_path / "powerlb.yaml"
 
-    def make(ports: List[int]) -> Process:
+    def args(ports: List[int]) -> List[str]:
         listen, admin = ports
         config.write_text(
             f"listen: tcp:{listen}:interface={HOST}\n"
@@ -102,10 +95,9 @@ def test_tac_file(tmp_path: Path, demo: List[int]) -> None:
             "cache-size: 64MiB\n",
             encoding="utf-8",
         )
-        args = [script("twistd"), "-n", "--pidfile=", "-y", str(REPO / "lb.tac")]
-        return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env(POWERLB_CONFIG=str(config)))
+        return ["-y", str(REPO / "lb.tac")]
 
-    proc, (listen, admin) = start_server(make, 2, lb_ready)
+    proc, (listen, admin) = start_twistd(tmp_path, args, env=clean_env(POWERLB_CONFIG=str(config)))
     try:
         check_weighted_balancer(listen, admin, {b1: 2, b2: 1})
     finally:
@@ -134,7 +126,7 @@ def test_bad_configuration(tmp_path: Path, args: List[str], setting: str) -> Non
     unreadable.mkdir()  # a directory: unreadable as a file even when running as root
     paths = {"missing": str(tmp_path / "missing.yaml"), "unreadable": str(unreadable)}
     args = [arg.format(**paths) for arg in args]
-    command = [script("twistd"), "-n", "--pidfile=", "powerlb", *args]
+    command = twistd("powerlb", *args)
     try:
         done = subprocess.run(
             command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=15
@@ -174,19 +166,8 @@ class Named(Resource):
         return json.dumps({"backend": self.name, "hit": self.hits}).encode()
 
 
-async def fetch(port: int, path: str = "/") -> Dict[str, Any]:
-    resp = await treq.get(f"http://{HOST}:{port}{path}", persistent=False, timeout=5)
-    body = await resp.json()
-    return {
-        "status": resp.code,
-        "backend": body["backend"],
-        "hit": body["hit"],
-        "x-cache": resp.headers.getRawHeaders("x-cache", ["MISS"])[0],
-    }
-
-
 @pytest_twisted.ensureDeferred
-async def test_two_embedded_instances_do_not_interfere() -> None:
+async def test_two_embedded_instances_do_not_interfere(http: Any) -> None:
     from twisted.internet import reactor
 
     started: List[Any] = []
@@ -215,18 +196,19 @@ async def test_two_embedded_instances_do_not_interfere() -> None:
             svc.startService()
             started.append(svc)
         proxy = {name: (await svc.proxy_listener.whenListening()).getHost().port for name, svc in lb.items()}
+        url = {name: f"http://{HOST}:{port}" for name, port in proxy.items()}
         admin = {name: (await svc.admin_listener.whenListening()).getHost().port for name, svc in lb.items()}
         assert len({*proxy.values(), *admin.values()}) == 4
 
         for _ in range(3):
-            assert (await fetch(proxy["a"]))["backend"] == "a"
-        assert (await fetch(proxy["b"]))["backend"] == "b"
+            assert (await fetch(http, url["a"] + "/")).backend == "a"
+        assert (await fetch(http, url["b"] + "/")).backend == "b"
 
         # Caches are separate: a HIT on a, then b still asks its own backend.
-        assert (await fetch(proxy["a"], "/cached"))["x-cache"] == "MISS"
-        assert (await fetch(proxy["a"], "/cached"))["x-cache"] == "HIT"
-        on_b = await fetch(proxy["b"], "/cached")
-        assert (on_b["backend"], on_b["x-cache"]) == ("b", "MISS")
+        assert (await fetch(http, url["a"] + "/cached")).x_cache == b"MISS"
+        assert (await fetch(http, url["a"] + "/cached")).x_cache == b"HIT"
+        on_b = await fetch(http, url["b"] + "/cached")
+        assert (on_b.backend, on_b.x_cache) == ("b", b"MISS")
 
         assert lb["a"].stats()["requests"] == 5
         assert lb["b"].stats()["requests"] == 2
@@ -245,7 +227,7 @@ async def test_two_embedded_instances_do_not_interfere() -> None:
         with pytest.raises(error.ConnectionRefusedError):
             await treq.get(f"http://{HOST}:{proxy['a']}/", persistent=False, timeout=5)
         for _ in range(3):
-            assert (await fetch(proxy["b"]))["backend"] == "b"
+            assert (await fetch(http, url["b"] + "/")).backend == "b"
         assert lb["b"].stats()["requests"] == 5
         assert backend["a"].hits == 4  # nothing of b's reached a
         assert backend["b"].hits == 5
@@ -257,17 +239,20 @@ async def test_two_embedded_instances_do_not_interfere() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_service_alone_listens() -> None:
-    """Embedders often call only startService(); the listener must bind then too."""
+async def test_start_service_alone_listens(make_backends: Any, http: Any) -> None:
+    """Embedders often call only startService(); the listener must bind then too, and proxy."""
     from twisted.internet import reactor
 
-    svc = powerlb.makeService({"listen": f"tcp:0:interface={HOST}", "backends": ["http://127.0.0.1:9"]})
+    (a,) = make_backends(1)
+    svc = powerlb.makeService({"listen": f"tcp:0:interface={HOST}", "backends": [a.url]})
     svc.startService()
     try:
         d = svc.proxy_listener.whenListening()
         d.addTimeout(3, reactor)
         port = await d
-        assert port.getHost().port > 0
+        reply = await fetch(http, f"http://{HOST}:{port.getHost().port}/alone")
+        assert (reply.code, reply.backend) == (200, "a")
+        assert b"/alone" in [r.uri for r in a.requests]
     finally:
         await svc.stopService()
 

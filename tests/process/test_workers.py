@@ -19,9 +19,9 @@ from tests.support import (
     clean_env,
     get,
     request,
-    script,
-    start_server,
+    start_twistd_powerlb,
     stats,
+    twistd,
     wait_until,
 )
 
@@ -104,29 +104,11 @@ def demo(demo_backends: Any) -> List[int]:
 
 
 def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, demo: List[int]) -> None:
-    def make(ports: List[int]) -> Process:
-        listen, admin = ports
-        args = [
-            script("twistd"),
-            "-n",
-            "--pidfile=",
-            "powerlb",
-            "--workers",
-            "2",
-            "--listen",
-            f"tcp:{listen}:interface={HOST}",
-            "--admin",
-            f"tcp:{admin}:interface={HOST}",
-            "--access-log",
-            "-",
-        ]
-        args += [arg for port in demo for arg in ("--backend", f"http://{HOST}:{port}")]
-        return Process(args, tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
-
     def ready(ports: List[int]) -> bool:
         return accepts(ports[0]) and len(stats(ports[1]).get("workers", [])) == 2
 
-    proc, (listen, admin) = start_server(make, 2, ready)
+    options = ("--workers", "2", "--access-log", "-")
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, demo, *options, ready=ready)
     try:
         for _ in range(30):
             assert get(listen, "/").status == 200
@@ -180,10 +162,7 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
 
 
 def test_workers_need_a_tcp_listen_endpoint(tmp_path: Path) -> None:
-    args = [
-        script("twistd"),
-        "-n",
-        "--pidfile=",
+    args = twistd(
         "powerlb",
         "--workers",
         "2",
@@ -191,7 +170,7 @@ def test_workers_need_a_tcp_listen_endpoint(tmp_path: Path) -> None:
         f"unix:{tmp_path}/lb.sock",
         "--backend",
         "http://127.0.0.1:9",
-    ]
+    )
     proc = Process(args, tmp_path / "bad.log", cwd=tmp_path, env=clean_env())
     status = proc.wait(15)
     assert status != 0

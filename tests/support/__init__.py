@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0  # seconds a server process may take to answer
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
@@ -260,18 +260,52 @@ def lb_ready(ports: List[int]) -> bool:
     return accepts(ports[0]) and bool(stats(ports[1]))
 
 
-def start_twistd_powerlb(
-    tmp_path: Path, backend_ports: Sequence[int], *extra: str
+def twistd(*args: str) -> List[str]:
+    """The argv of ``twistd -n --pidfile= ARGS``: the test interpreter's twistd, foreground, no pidfile."""
+    return [script("twistd"), "-n", "--pidfile=", *args]
+
+
+def start_twistd(
+    tmp_path: Path,
+    args: Callable[[List[int]], Sequence[str]],
+    nports: int = 2,
+    ready: Callable[[List[int]], Any] = lb_ready,
+    env: Optional[Dict[str, str]] = None,
 ) -> Tuple[Process, List[int]]:
-    """``twistd -n powerlb`` in front of ``backend_ports`` on fresh (listen, admin) ports, with ``extra``
-    options; returned once ready (see :func:`lb_ready`), to be stopped by PID."""
+    """``twistd(*args(ports))`` on ``nports`` fresh ports, logging to ``tmp_path/twistd.log``; returned
+    once ``ready(ports)`` (by default :func:`lb_ready`: ports are (listen, admin)), to be stopped by PID.
+
+    ``args`` may write files naming the ports (a config for ``-y lb.tac``); ``env`` defaults to
+    :func:`clean_env`. Every test that starts twistd goes through here or :func:`start_twistd_powerlb`.
+    """
 
     def make(ports: List[int]) -> Process:
-        listen, admin = ports
-        args = [script("twistd"), "-n", "--pidfile=", "powerlb"]
-        args += ["--listen", f"tcp:{listen}:interface={HOST}", "--admin", f"tcp:{admin}:interface={HOST}"]
-        for port in backend_ports:
-            args += ["--backend", f"http://{HOST}:{port}"]
-        return Process([*args, *extra], tmp_path / "twistd.log", cwd=tmp_path, env=clean_env())
+        return Process(twistd(*args(ports)), tmp_path / "twistd.log", cwd=tmp_path, env=env or clean_env())
 
-    return start_server(make, 2, lb_ready)
+    return start_server(make, nports, ready)
+
+
+def start_twistd_powerlb(
+    tmp_path: Path,
+    backend_ports: Sequence[int],
+    *extra: str,
+    admin: bool = True,
+    ready: Optional[Callable[[List[int]], Any]] = None,
+) -> Tuple[Process, List[int]]:
+    """``twistd -n powerlb`` in front of ``backend_ports`` on fresh (listen, admin) ports, with ``extra``
+    options; returned once ready (by default :func:`lb_ready`), to be stopped by PID.
+
+    ``admin=False`` gives it no admin listener: one port (listen), ready once it accepts.
+    """
+
+    def args(ports: List[int]) -> List[str]:
+        out = ["powerlb", "--listen", f"tcp:{ports[0]}:interface={HOST}"]
+        if admin:
+            out += ["--admin", f"tcp:{ports[1]}:interface={HOST}"]
+        for port in backend_ports:
+            out += ["--backend", f"http://{HOST}:{port}"]
+        return [*out, *extra]
+
+    if ready is None:
+        ready = lb_ready if admin else lambda ports: accepts(ports[0])
+    return start_twistd(tmp_path, args, 2 if admin else 1, ready)

@@ -34,7 +34,7 @@ from powerlb.config import (
     parse_size,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 B1 = "http://127.0.0.1:9001"
 
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from powerlb.config import SETTINGS, Setting, config_from_mapping
-from tests.test_tls import PKI
+from tests.support.pki import PKI
 
-DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 #: The file the documentation names for backend-ca-file; the tests put a real CA there.
 DOCUMENTED_CA_FILE = "/etc/powerlb/internal-ca.pem"
 
