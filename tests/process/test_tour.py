@@ -1,47 +1,28 @@
-"""examples/tour.sh, the README's quick tour, runs as written: metrics, then a drain with powerlb-ctl."""
+"""examples/tour.sh, the README's quick tour (test_readme.py checks it is quoted verbatim), runs as
+written: metrics, then a drain with powerlb-ctl."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
-ROOT = Path(__file__).resolve().parent.parent
-TOUR = ROOT / "examples" / "tour.sh"
+from tests.support import REPO, clean_env, free_ports
 
-
-def _free_ports(count: int) -> List[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def test_readme_quotes_the_tour_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    opening = "<!-- examples/tour.sh -->\n```sh\n"
-    start = readme.index(opening) + len(opening)
-    end = readme.index("```\n<!-- end examples/tour.sh -->")
-    assert readme[start:end] == TOUR.read_text(encoding="utf-8")
+TOUR = REPO / "examples" / "tour.sh"
 
 
 def test_tour_runs_and_the_drained_backend_gets_no_new_requests() -> None:
-    lb, admin, *backends = _free_ports(5)
+    lb, admin, *backends = free_ports(5)
     env = {
-        **os.environ,
+        **clean_env(),
         "BIN": str(Path(sys.executable).parent),
         "LB_PORT": str(lb),
         "ADMIN_PORT": str(admin),
         "BACKEND_PORTS": ",".join(map(str, backends)),
     }
-    done = subprocess.run(["bash", str(TOUR)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    done = subprocess.run(["bash", str(TOUR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for port in backends:
