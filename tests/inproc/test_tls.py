@@ -34,7 +34,7 @@ from powerlb.backend import Backend, BackendSpec
 from powerlb.config import Config, ConfigError, config_from_mapping
 from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
-from powerlb.testing import TestBackend
+from powerlb.testing import RecordingSink, TestBackend
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
 from tests.support.inproc import sleep, wait_for
@@ -453,27 +453,9 @@ def _tls_pool(pki: PKI) -> Any:
     return reactor_, ProxyClientFactory(backend, reactor_, tls=creator)
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.error: Any = None
-        self.status = 0
-
-    def head_received(self, status: int, reason: bytes, headers: Any) -> None:
-        self.status = status
-
-    def body_received(self, data: bytes) -> None:
-        pass
-
-    def response_ended(self) -> None:
-        pass
-
-    def request_failed(self, error: Any) -> None:
-        self.error = error
-
-
 def test_https_pool_connects_through_tls_and_reports_handshake_failures(pki: PKI) -> None:
     reactor_, pool = _tls_pool(pki)
-    sink = _Sink()
+    sink = RecordingSink()
     pool.request(b"GET", b"/", [(b"host", b"h")], b"", sink, idempotent=True)
     host, port, factory, _, _ = reactor_.tcpClients[0]
     assert (host, port) == ("127.0.0.1", 9443)
@@ -481,22 +463,22 @@ def test_https_pool_connects_through_tls_and_reports_handshake_failures(pki: PKI
     connection = pool.buildProtocol(None)
     connection.makeConnection(StringTransport())
     connection.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
-    assert isinstance(sink.error, ConnectFailed)
-    assert (sink.error.status, sink.error.retryable) == (502, True)
-    assert sink.error.reason == "TLS handshake with backend failed: certificate verify failed"
+    assert isinstance(sink.failure, ConnectFailed)
+    assert (sink.failure.status, sink.failure.retryable) == (502, True)
+    assert sink.failure.reason == "TLS handshake with backend failed: certificate verify failed"
 
 
 def test_tls_error_after_the_response_began_is_not_a_handshake_failure(pki: PKI) -> None:
     _, pool = _tls_pool(pki)
-    sink = _Sink()
+    sink = RecordingSink()
     pool.request(b"GET", b"/", [(b"host", b"h")], b"", sink, idempotent=True)
     connection = pool.buildProtocol(None)
     connection.makeConnection(StringTransport())
     connection.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
     connection.connectionLost(Failure(SSL.Error([("SSL routines", "", "bad record mac")])))
     assert sink.status == 200
-    assert sink.error is not None and not isinstance(sink.error, ConnectFailed)
-    assert "before the response was complete" in sink.error.reason
+    assert sink.failure is not None and not isinstance(sink.failure, ConnectFailed)
+    assert "before the response was complete" in sink.failure.reason
 
 
 @pytest_twisted.ensureDeferred

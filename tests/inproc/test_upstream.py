@@ -9,20 +9,17 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from powerlb.backend import Backend, BackendSpec
+from powerlb.testing import RecordingSink
 from powerlb.upstream import (
     QUEUE_LIMIT,
     ConnectFailed,
     ConnectTimeout,
-    IResponseSink,
     ProxyClientFactory,
     QueueFull,
     QueueTimeout,
     UpstreamConnection,
-    UpstreamError,
     UpstreamTimeout,
     probe,
 )
@@ -32,26 +29,23 @@ OK_EVENTS = [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"hello
 GET_HEAD = b"GET /x HTTP/1.1\r\nhost: example\r\n\r\n"
 
 
-@implementer(IResponseSink)
-class Sink:
-    """Records what an exchange reports."""
+class Failed:
+    """Equals a RecordingSink ``("failed", error)`` event whose error has this status and retryability."""
 
-    def __init__(self) -> None:
-        self.events: List[Tuple[Any, ...]] = []
-        self.error: Optional[UpstreamError] = None
+    def __init__(self, status: int, retryable: bool) -> None:
+        self.status = status
+        self.retryable = retryable
 
-    def head_received(self, status: int, reason: bytes, headers: Any) -> None:
-        self.events.append(("head", status, reason, list(headers)))
+    def __eq__(self, event: object) -> bool:
+        return (
+            isinstance(event, tuple)
+            and len(event) == 2
+            and event[0] == "failed"
+            and (event[1].status, event[1].retryable) == (self.status, self.retryable)
+        )
 
-    def body_received(self, data: bytes) -> None:
-        self.events.append(("body", data))
-
-    def response_ended(self) -> None:
-        self.events.append(("end",))
-
-    def request_failed(self, error: UpstreamError) -> None:
-        self.error = error
-        self.events.append(("failed", error.status, error.retryable))
+    def __repr__(self) -> str:
+        return f"Failed({self.status}, {self.retryable})"
 
 
 class Pool:
@@ -66,7 +60,7 @@ class Pool:
     def connects(self) -> int:
         return len(self.reactor.tcpClients)
 
-    def get(self, sink: Sink, target: bytes = b"/x", idempotent: bool = True, method: bytes = b"GET") -> Any:
+    def get(self, sink: Any, target: bytes = b"/x", idempotent: bool = True, method: bytes = b"GET") -> Any:
         return self.factory.request(method, target, [(b"host", b"example")], b"", sink, idempotent)
 
     def connect(self) -> Tuple[UpstreamConnection, StringTransport]:
@@ -80,9 +74,9 @@ def lose(proto: UpstreamConnection) -> None:
     proto.connectionLost(Failure(ConnectionDone()))
 
 
-def served(pool: Pool, response: bytes = OK) -> Tuple[UpstreamConnection, StringTransport, Sink]:
+def served(pool: Pool, response: bytes = OK) -> Tuple[UpstreamConnection, StringTransport, RecordingSink]:
     """One GET answered with ``response`` on a new connection."""
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(response)
@@ -92,13 +86,9 @@ def served(pool: Pool, response: bytes = OK) -> Tuple[UpstreamConnection, String
 # --- one request -------------------------------------------------------------------
 
 
-def test_sink_provides_the_interface() -> None:
-    assert verifyObject(IResponseSink, Sink())
-
-
 def test_request_connects_writes_and_reports_the_response() -> None:
     pool = Pool(connect_timeout=3.5)
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     assert exchange.active
     assert pool.connects == 1
@@ -134,14 +124,14 @@ def test_request_connects_writes_and_reports_the_response() -> None:
 )
 def test_request_body_framing(method: bytes, body: bytes, framing: bytes) -> None:
     pool = Pool()
-    pool.factory.request(method, b"/p", [(b"host", b"h")], body, Sink(), idempotent=False)
+    pool.factory.request(method, b"/p", [(b"host", b"h")], body, RecordingSink(), idempotent=False)
     _, transport = pool.connect()
     assert transport.value() == method + b" /p HTTP/1.1\r\nhost: h\r\n" + framing
 
 
 def test_head_request_response_has_no_body() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     pool.factory.request(b"HEAD", b"/", [], b"", sink, idempotent=True)
     proto, transport = pool.connect()
     assert transport.value() == b"HEAD / HTTP/1.1\r\n\r\n"
@@ -167,7 +157,7 @@ def test_keep_alive_connection_is_reused() -> None:
     pool = Pool()
     proto, transport, _ = served(pool)
     transport.clear()
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink, b"/second")
     assert pool.connects == 1
     assert pool.factory.idle_connections == 0
@@ -179,7 +169,7 @@ def test_keep_alive_connection_is_reused() -> None:
 
 def test_waiting_request_takes_the_connection_that_frees_up_first() -> None:
     pool = Pool()
-    first, second = Sink(), Sink()
+    first, second = RecordingSink(), RecordingSink()
     pool.get(first)
     proto, transport = pool.connect()
     pool.get(second, b"/two")
@@ -198,7 +188,7 @@ def test_waiting_request_takes_the_connection_that_frees_up_first() -> None:
 
 def test_idle_connections_reused_last_in_first_out() -> None:
     pool = Pool()
-    a, b = Sink(), Sink()
+    a, b = RecordingSink(), RecordingSink()
     pool.get(a)
     pool.get(b)
     proto_a, transport_a = pool.connect()
@@ -207,7 +197,7 @@ def test_idle_connections_reused_last_in_first_out() -> None:
     proto_a.dataReceived(OK)
     transport_a.clear()
     transport_b.clear()
-    pool.get(Sink())
+    pool.get(RecordingSink())
     assert transport_a.value() != b""
     assert transport_b.value() == b""
 
@@ -225,7 +215,7 @@ def test_idle_timer_restarts_after_reuse() -> None:
     pool = Pool(keepalive_timeout=10)
     proto, transport, _ = served(pool)
     pool.reactor.advance(8)
-    pool.get(Sink())
+    pool.get(RecordingSink())
     proto.dataReceived(OK)
     pool.reactor.advance(8)
     assert not transport.disconnecting
@@ -247,7 +237,7 @@ def test_expired_idle_connection_is_not_reused() -> None:
     _, transport, _ = served(pool)
     pool.reactor.advance(10)
     transport.clear()
-    pool.get(Sink())
+    pool.get(RecordingSink())
     assert transport.value() == b""
     assert pool.connects == 2
 
@@ -259,13 +249,13 @@ def test_idle_connection_closed_by_backend_leaves_the_pool() -> None:
     assert pool.factory.idle_connections == 0
     assert pool.factory.open_connections == 0
     assert pool.reactor.getDelayedCalls() == []
-    pool.get(Sink())
+    pool.get(RecordingSink())
     assert pool.connects == 2
 
 
 def test_max_idle_respected() -> None:
     pool = Pool(max_idle=1)
-    a, b = Sink(), Sink()
+    a, b = RecordingSink(), RecordingSink()
     pool.get(a)
     pool.get(b)
     proto_a, transport_a = pool.connect()
@@ -289,9 +279,9 @@ def test_max_idle_zero_never_keeps_a_connection() -> None:
 def test_close_closes_idle_now_and_busy_when_done() -> None:
     pool = Pool()
     idle_proto, idle_transport, _ = served(pool)
-    busy = Sink()
+    busy = RecordingSink()
     pool.get(busy)  # takes the idle connection
-    pool.get(Sink())
+    pool.get(RecordingSink())
     busy_proto, busy_transport = idle_proto, idle_transport
     other_proto, other_transport = pool.connect()
     other_proto.dataReceived(OK)
@@ -325,7 +315,7 @@ def test_response_without_keep_alive_is_not_reused(response: bytes) -> None:
     assert sink.events[-2:] == OK_EVENTS[1:]
     assert transport.disconnecting
     assert pool.factory.idle_connections == 0
-    pool.get(Sink())
+    pool.get(RecordingSink())
     assert pool.connects == 2
 
 
@@ -350,24 +340,24 @@ def test_data_on_an_idle_connection_aborts_it() -> None:
 
 def test_response_timeout() -> None:
     pool = Pool(response_timeout=5)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     pool.reactor.advance(4.9)
     assert sink.events == []
     pool.reactor.advance(0.1)
-    assert sink.events == [("failed", 504, False)]
-    assert isinstance(sink.error, UpstreamTimeout)
-    assert sink.error.timeout_kind == "response"
+    assert sink.events == [Failed(504, False)]
+    assert isinstance(sink.failure, UpstreamTimeout)
+    assert sink.failure.timeout_kind == "response"
     assert transport.disconnected
     lose(proto)
-    assert sink.events == [("failed", 504, False)]
+    assert sink.events == [Failed(504, False)]
     assert pool.factory.open_connections == 0
 
 
 def test_response_timeout_stops_at_the_head() -> None:
     pool = Pool(response_timeout=5)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
@@ -379,26 +369,26 @@ def test_response_timeout_stops_at_the_head() -> None:
 
 def test_interim_response_does_not_stop_the_timeout() -> None:
     pool = Pool(response_timeout=5)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, _ = pool.connect()
     proto.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
     pool.reactor.advance(5)
-    assert sink.events == [("failed", 504, False)]
+    assert sink.events == [Failed(504, False)]
 
 
 def test_connect_timeout_is_a_retryable_connect_failure_of_its_own_kind() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     pool.factory.clientConnectionFailed(None, Failure(TimeoutError()))
-    assert sink.events == [("failed", 502, True)]
-    assert isinstance(sink.error, ConnectTimeout) and sink.error.timeout_kind == "connect"
+    assert sink.events == [Failed(502, True)]
+    assert isinstance(sink.failure, ConnectTimeout) and sink.failure.timeout_kind == "connect"
 
 
 def test_response_time_is_measured_from_the_request_sent_to_the_head() -> None:
     pool = Pool()
-    exchange = pool.get(Sink())
+    exchange = pool.get(RecordingSink())
     pool.reactor.advance(3)  # connecting does not count
     proto, _ = pool.connect()
     pool.reactor.advance(0.25)
@@ -410,22 +400,22 @@ def test_response_time_is_measured_from_the_request_sent_to_the_head() -> None:
 
 def test_connect_failure_is_retryable() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-    assert sink.events == [("failed", 502, True)]
-    assert isinstance(sink.error, ConnectFailed)
-    assert "cannot connect to backend" in sink.error.reason
-    assert sink.error.timeout_kind == ""
+    assert sink.events == [Failed(502, True)]
+    assert isinstance(sink.failure, ConnectFailed)
+    assert "cannot connect to backend" in sink.failure.reason
+    assert sink.failure.timeout_kind == ""
     assert not exchange.active
     # A later request still gets its own connection attempt.
-    pool.get(Sink())
+    pool.get(RecordingSink())
     assert pool.connects == 2
 
 
 def test_connect_failure_with_nobody_waiting_is_ignored() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     exchange.abort()
     pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
@@ -437,28 +427,28 @@ def test_invalid_response_fails_with_502_and_aborts() -> None:
     proto, transport, sink = served(
         pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
     )
-    assert sink.events == [("failed", 502, False)]
-    assert "invalid response" in sink.error.reason
+    assert sink.events == [Failed(502, False)]
+    assert "invalid response" in sink.failure.reason
     assert transport.disconnected
     lose(proto)
-    assert sink.events == [("failed", 502, False)]
+    assert sink.events == [Failed(502, False)]
     assert pool.factory.idle_connections == 0
 
 
 def test_invalid_body_after_head_fails_with_502() -> None:
     pool = Pool()
     _, transport, sink = served(pool, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-    assert sink.events == [("head", 200, b"OK", [(b"transfer-encoding", b"chunked")]), ("failed", 502, False)]
+    assert sink.events == [("head", 200, b"OK", [(b"transfer-encoding", b"chunked")]), Failed(502, False)]
     assert transport.disconnected
 
 
 def test_fresh_connection_closed_before_response_fails_without_retry() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, _ = pool.connect()
     lose(proto)
-    assert sink.events == [("failed", 502, False)]
+    assert sink.events == [Failed(502, False)]
     assert pool.connects == 1
 
 
@@ -466,13 +456,13 @@ def test_connection_closed_mid_body_fails() -> None:
     pool = Pool()
     proto, _, sink = served(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
     lose(proto)
-    assert sink.events[-1] == ("failed", 502, False)
+    assert sink.events[-1] == Failed(502, False)
 
 
 def test_stale_reused_connection_resends_idempotent_request_on_a_fresh_one() -> None:
     pool = Pool()
     proto, _, _ = served(pool)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink, b"/again")
     assert pool.connects == 1
     lose(proto)  # the backend had closed it: no response byte
@@ -487,27 +477,27 @@ def test_stale_reused_connection_resends_idempotent_request_on_a_fresh_one() -> 
 def test_stale_reused_connection_fails_non_idempotent_request() -> None:
     pool = Pool()
     proto, _, _ = served(pool)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink, idempotent=False, method=b"POST")
     lose(proto)
-    assert sink.events == [("failed", 502, False)]
+    assert sink.events == [Failed(502, False)]
     assert pool.connects == 1
 
 
 def test_reused_connection_closed_after_the_head_is_not_retried() -> None:
     pool = Pool()
     proto, _, _ = served(pool)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
     lose(proto)
-    assert sink.events[-1] == ("failed", 502, False)
+    assert sink.events[-1] == Failed(502, False)
     assert pool.connects == 1
 
 
 def test_stale_retry_does_not_use_other_idle_connections() -> None:
     pool = Pool()
-    a, b = Sink(), Sink()
+    a, b = RecordingSink(), RecordingSink()
     pool.get(a)
     pool.get(b)
     proto_a, transport_a = pool.connect()
@@ -515,7 +505,7 @@ def test_stale_retry_does_not_use_other_idle_connections() -> None:
     proto_a.dataReceived(OK)
     proto_b.dataReceived(OK)  # pool: [a, b]; b is reused first
     transport_a.clear()
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     lose(proto_b)
     assert transport_a.disconnecting
@@ -528,7 +518,7 @@ def test_stale_retry_does_not_use_other_idle_connections() -> None:
 
 def test_abort_before_a_connection_is_assigned() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     exchange.abort()
     assert not exchange.active
@@ -541,7 +531,7 @@ def test_abort_before_a_connection_is_assigned() -> None:
 
 def test_abort_after_the_connection_is_assigned() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
@@ -557,7 +547,7 @@ def test_abort_after_the_connection_is_assigned() -> None:
 
 def test_abort_before_the_head_cancels_the_timeout() -> None:
     pool = Pool(response_timeout=5)
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     pool.connect()
     exchange.abort()
@@ -569,7 +559,7 @@ def test_abort_before_the_head_cancels_the_timeout() -> None:
 def test_sink_aborting_from_a_callback_mid_feed() -> None:
     pool = Pool()
 
-    class Aborting(Sink):
+    class Aborting(RecordingSink):
         def body_received(self, data: bytes) -> None:
             super().body_received(data)
             exchange.abort()
@@ -584,7 +574,7 @@ def test_sink_aborting_from_a_callback_mid_feed() -> None:
 
 def test_pause_and_resume_are_forwarded_to_the_transport() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     proto, transport = pool.connect()
     assert transport.producerState == "producing"
@@ -601,7 +591,7 @@ def test_pause_and_resume_are_forwarded_to_the_transport() -> None:
 
 def test_pause_before_the_connection_is_assigned() -> None:
     pool = Pool()
-    exchange = pool.get(Sink())
+    exchange = pool.get(RecordingSink())
     exchange.pauseProducing()
     _, transport = pool.connect()
     assert transport.producerState == "paused"
@@ -611,7 +601,7 @@ def test_pause_before_the_connection_is_assigned() -> None:
 
 def test_pause_after_the_end_is_harmless() -> None:
     pool = Pool()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(OK)
@@ -637,9 +627,9 @@ class CountingClock(MemoryReactorClock):
         return super().callLater(delay, callable, *args, **kw)
 
 
-def streaming(pool: Pool) -> Tuple[Any, UpstreamConnection, StringTransport, Sink]:
+def streaming(pool: Pool) -> Tuple[Any, UpstreamConnection, StringTransport, RecordingSink]:
     """A GET whose response head and first body bytes (of 100) have arrived."""
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     proto, transport = pool.connect()
     proto.dataReceived(HEAD_100 + b"he")
@@ -653,25 +643,25 @@ def test_silence_mid_body_fails_with_504_and_aborts() -> None:
     assert not transport.disconnected
     assert sink.events[-1] == ("body", b"he")
     pool.reactor.advance(0.1)
-    assert sink.events[-1] == ("failed", 504, False)
-    assert isinstance(sink.error, UpstreamTimeout)
-    assert sink.error.reason == "backend sent nothing for 10 s mid-response"
-    assert sink.error.timeout_kind == "idle"
+    assert sink.events[-1] == Failed(504, False)
+    assert isinstance(sink.failure, UpstreamTimeout)
+    assert sink.failure.reason == "backend sent nothing for 10 s mid-response"
+    assert sink.failure.timeout_kind == "idle"
     assert transport.disconnected
     lose(proto)
-    assert sink.events[-1] == ("failed", 504, False)
+    assert sink.events[-1] == Failed(504, False)
     assert pool.factory.open_connections == 0
     assert pool.reactor.getDelayedCalls() == []
 
 
 def test_silence_after_a_head_without_body_bytes_fails_with_504() -> None:
     pool = Pool(idle_timeout=10)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, _ = pool.connect()
     proto.dataReceived(HEAD_100)
     pool.reactor.advance(10)
-    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"100")]), ("failed", 504, False)]
+    assert sink.events == [("head", 200, b"OK", [(b"content-length", b"100")]), Failed(504, False)]
 
 
 def test_idle_timer_rearms_for_the_time_left_across_many_pieces() -> None:
@@ -688,7 +678,7 @@ def test_idle_timer_rearms_for_the_time_left_across_many_pieces() -> None:
     assert not transport.disconnected
     pool.reactor.advance(0.1)
     assert transport.disconnected
-    assert sink.events[-1] == ("failed", 504, False)
+    assert sink.events[-1] == Failed(504, False)
 
 
 def test_pieces_just_before_each_deadline_keep_the_exchange_alive() -> None:
@@ -718,7 +708,7 @@ def test_paused_exchange_does_not_time_out_for_idling() -> None:
     assert not transport.disconnected
     pool.reactor.advance(0.1)
     assert transport.disconnected
-    assert sink.events[-1] == ("failed", 504, False)
+    assert sink.events[-1] == Failed(504, False)
 
 
 def test_brief_pause_between_checks_counts_silence_from_the_resume() -> None:
@@ -736,16 +726,16 @@ def test_brief_pause_between_checks_counts_silence_from_the_resume() -> None:
 
 def test_idle_timeout_shorter_than_the_response_timeout() -> None:
     pool = Pool(idle_timeout=2, response_timeout=30)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     pool.reactor.advance(29.9)  # the head may take the whole response timeout
     assert not transport.disconnected
     pool.reactor.advance(0.1)
-    assert sink.events == [("failed", 504, False)]
-    assert sink.error.reason == "backend did not answer in time"
+    assert sink.events == [Failed(504, False)]
+    assert sink.failure.reason == "backend did not answer in time"
 
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     pool.reactor.advance(3)
@@ -753,12 +743,12 @@ def test_idle_timeout_shorter_than_the_response_timeout() -> None:
     pool.reactor.advance(1.9)
     assert not transport.disconnected
     pool.reactor.advance(0.1)
-    assert sink.events[-1] == ("failed", 504, False)
+    assert sink.events[-1] == Failed(504, False)
 
 
 def test_idle_timeout_applies_soon_after_a_head_under_a_long_response_timeout() -> None:
     pool = Pool(idle_timeout=60, response_timeout=300)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     proto, transport = pool.connect()
     pool.reactor.advance(10)
@@ -766,7 +756,7 @@ def test_idle_timeout_applies_soon_after_a_head_under_a_long_response_timeout() 
     pool.reactor.advance(59.9)
     assert not transport.disconnected
     pool.reactor.advance(0.1)
-    assert sink.events[-1] == ("failed", 504, False)
+    assert sink.events[-1] == Failed(504, False)
 
 
 def test_response_end_cancels_the_timer() -> None:
@@ -780,9 +770,9 @@ def test_response_end_cancels_the_timer() -> None:
 # --- connection limit and wait queue -----------------------------------------------
 
 
-def get_numbered(pool: Pool, n: int) -> List[Sink]:
+def get_numbered(pool: Pool, n: int) -> List[RecordingSink]:
     """GET /0 ... /n-1; their sinks."""
-    sinks = [Sink() for _ in range(n)]
+    sinks = [RecordingSink() for _ in range(n)]
     for i, sink in enumerate(sinks):
         pool.get(sink, b"/%d" % i)
     return sinks
@@ -848,7 +838,7 @@ def test_limit_holds_while_connections_come_and_go() -> None:
 def test_idle_connection_is_reused_under_the_limit() -> None:
     pool = Pool(max_connections=1)
     served(pool)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     assert pool.connects == 1
     assert pool.factory.queued == 0
@@ -862,9 +852,9 @@ def test_queue_timeout_fails_with_503_and_removes_the_request() -> None:
     pool.reactor.advance(4.9)
     assert second.events == []
     pool.reactor.advance(0.1)
-    assert second.events == [("failed", 503, True)]
-    assert isinstance(second.error, QueueTimeout)
-    assert second.error.reason == "backend queue timeout (1 connections busy)"
+    assert second.events == [Failed(503, True)]
+    assert isinstance(second.failure, QueueTimeout)
+    assert second.failure.reason == "backend queue timeout (1 connections busy)"
     assert pool.factory.queued == 0
     proto.dataReceived(OK)
     assert first.events == OK_EVENTS
@@ -874,27 +864,27 @@ def test_queue_timeout_fails_with_503_and_removes_the_request() -> None:
 
 def test_each_queued_request_gets_its_own_deadline_from_one_timer() -> None:
     pool = Pool(max_connections=1, queue_timeout=5, response_timeout=100)
-    pool.get(Sink())
+    pool.get(RecordingSink())
     pool.connect()
-    early = Sink()
+    early = RecordingSink()
     pool.get(early)
     pool.reactor.advance(2)
-    late = Sink()
+    late = RecordingSink()
     pool.get(late)
     assert len(pool.reactor.getDelayedCalls()) == 2  # the response timer, one queue timer
     pool.reactor.advance(3)
-    assert early.events == [("failed", 503, True)]
+    assert early.events == [Failed(503, True)]
     assert late.events == []
     pool.reactor.advance(1.9)
     assert late.events == []
     pool.reactor.advance(0.1)
-    assert late.events == [("failed", 503, True)]
+    assert late.events == [Failed(503, True)]
     assert len(pool.reactor.getDelayedCalls()) == 1
 
 
 def test_request_waiting_for_a_connect_in_progress_has_no_queue_deadline() -> None:
     pool = Pool(max_connections=1, queue_timeout=1, connect_timeout=5)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     pool.reactor.advance(3)
     assert sink.events == []
@@ -906,13 +896,13 @@ def test_full_queue_refuses_at_once_with_503() -> None:
     pool = Pool(max_connections=1)
     get_numbered(pool, QUEUE_LIMIT)
     assert pool.factory.queued == QUEUE_LIMIT
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     assert sink.events == []  # not before request() returns
     pool.reactor.advance(0)
-    assert sink.events == [("failed", 503, True)]
-    assert isinstance(sink.error, QueueFull)
-    assert sink.error.reason == "backend queue full"
+    assert sink.events == [Failed(503, True)]
+    assert isinstance(sink.failure, QueueFull)
+    assert sink.failure.reason == "backend queue full"
     assert not exchange.active
     assert pool.factory.queued == QUEUE_LIMIT
 
@@ -920,7 +910,7 @@ def test_full_queue_refuses_at_once_with_503() -> None:
 def test_refused_request_aborted_before_the_refusal_hears_nothing() -> None:
     pool = Pool(max_connections=1)
     get_numbered(pool, QUEUE_LIMIT)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink).abort()
     pool.reactor.advance(0)
     assert sink.events == []
@@ -928,11 +918,11 @@ def test_refused_request_aborted_before_the_refusal_hears_nothing() -> None:
 
 def test_abort_of_a_queued_request_removes_it_and_cancels_its_timer() -> None:
     pool = Pool(max_connections=1, queue_timeout=5)
-    first = Sink()
+    first = RecordingSink()
     pool.get(first)
     proto, transport = pool.connect()
     (response_timer,) = pool.reactor.getDelayedCalls()
-    sink = Sink()
+    sink = RecordingSink()
     exchange = pool.get(sink)
     assert pool.factory.queued == 1
     exchange.abort()
@@ -948,15 +938,15 @@ def test_abort_of_a_queued_request_removes_it_and_cancels_its_timer() -> None:
 
 def test_abort_of_one_queued_request_leaves_the_others_deadlines() -> None:
     pool = Pool(max_connections=1, queue_timeout=5)
-    pool.get(Sink())
+    pool.get(RecordingSink())
     pool.connect()
-    aborted, kept = Sink(), Sink()
+    aborted, kept = RecordingSink(), RecordingSink()
     exchange = pool.get(aborted)
     pool.get(kept)
     exchange.abort()
     pool.reactor.advance(5)
     assert aborted.events == []
-    assert kept.events == [("failed", 503, True)]
+    assert kept.events == [Failed(503, True)]
 
 
 def test_connection_closed_after_a_response_frees_a_slot_for_the_queue() -> None:
@@ -977,7 +967,7 @@ def test_connect_failure_frees_a_slot_for_the_queue() -> None:
     pool = Pool(max_connections=1)
     first, _ = get_numbered(pool, 2)
     pool.factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-    assert first.events == [("failed", 502, True)]
+    assert first.events == [Failed(502, True)]
     assert pool.connects == 2
     _, transport = pool.connect()
     assert sent_target(transport) == b"/1"
@@ -986,7 +976,7 @@ def test_connect_failure_frees_a_slot_for_the_queue() -> None:
 def test_stale_retry_waits_for_a_slot_under_the_limit() -> None:
     pool = Pool(max_connections=1)
     proto, _, _ = served(pool)
-    sink = Sink()
+    sink = RecordingSink()
     pool.get(sink)
     lose(proto)  # stale keep-alive connection: the request is sent again on a fresh one
     assert pool.connects == 2

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from powerlb.http11 import (
     MAX_CHUNK_LINE,
@@ -80,10 +79,6 @@ OK_HEAD = ("head", 200, b"OK")
 
 
 # --- framing -----------------------------------------------------------------------
-
-
-def test_recorder_provides_the_interface() -> None:
-    assert verifyObject(IResponseEvents, Recorder())
 
 
 def test_content_length_body() -> None:
