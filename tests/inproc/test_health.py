@@ -12,9 +12,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 
-from powerlb.backend import Backend, BackendSpec
+from powerlb.backend import Backend
 from powerlb.balancing import make_balancer
 from powerlb.health import HealthChecker, HealthState, SlowStart, is_healthy_status, ramp_weight
+from tests.support.backends import make_backend
 
 # --- HealthState ---------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class FakeProbes:
 
 
 def make_backends(count: int) -> List[Backend]:
-    return [Backend(BackendSpec(f"http://127.0.0.1:{9001 + i}", "127.0.0.1", 9001 + i)) for i in range(count)]
+    return [make_backend(9001 + i) for i in range(count)]
 
 
 def make_checker(backends: List[Backend], probes: FakeProbes, clock: Clock, **kwargs: Any) -> HealthChecker:
@@ -548,7 +549,7 @@ class Ramp:
 
 
 def test_slow_start_ramps_from_one_to_full_weight_in_steps() -> None:
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, weight=3))
+    backend = make_backend(weight=3)
     t = Ramp(duration=10.0)
     t.slow_start.begin(backend)
     assert backend.effective_weight == 1

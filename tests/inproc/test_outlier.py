@@ -10,13 +10,10 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 
-from powerlb.backend import Backend, BackendSpec
+from powerlb.backend import Backend
 from powerlb.balancing import make_balancer
 from powerlb.outlier import OutlierDetector, OutlierEjector
-
-
-def make_backend(port: int = 9001) -> Backend:
-    return Backend(BackendSpec(f"http://127.0.0.1:{port}", "127.0.0.1", port))
+from tests.support.backends import make_backend
 
 
 def fail_times(detector: OutlierDetector, backend: Backend, now: float, count: int) -> List[bool]:

@@ -30,13 +30,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from powerlb.backend import Backend, BackendSpec
 from powerlb.config import Config, ConfigError, config_from_mapping
 from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
 from powerlb.testing import RecordingSink, TestBackend
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
+from tests.support.backends import make_backend
 from tests.support.inproc import sleep, wait_for
 from tests.support.pki import PKI
 
@@ -447,7 +447,7 @@ def test_http11_headers_keeps_a_declared_length() -> None:
 
 
 def _tls_pool(pki: PKI) -> Any:
-    backend = Backend(BackendSpec("https://127.0.0.1:9443", "127.0.0.1", 9443, scheme="https"))
+    backend = make_backend(9443, scheme="https")
     reactor_ = MemoryReactorClock()
     creator = BackendTLS(str(pki.ca_file)).creator_for(backend)
     return reactor_, ProxyClientFactory(backend, reactor_, tls=creator)

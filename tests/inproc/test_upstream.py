@@ -10,7 +10,6 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError, Timeo
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from powerlb.backend import Backend, BackendSpec
 from powerlb.testing import RecordingSink
 from powerlb.upstream import (
     QUEUE_LIMIT,
@@ -23,6 +22,7 @@ from powerlb.upstream import (
     UpstreamTimeout,
     probe,
 )
+from tests.support.backends import make_backend
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 OK_EVENTS = [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"hello"), ("end",)]
@@ -53,7 +53,7 @@ class Pool:
 
     def __init__(self, reactor: Optional[MemoryReactorClock] = None, **settings: Any) -> None:
         self.reactor = reactor or MemoryReactorClock()
-        self.backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+        self.backend = make_backend()
         self.factory = ProxyClientFactory(self.backend, self.reactor, **settings)
 
     @property
@@ -991,7 +991,7 @@ def test_stale_retry_waits_for_a_slot_under_the_limit() -> None:
 
 def test_probe_fires_with_the_status() -> None:
     reactor = MemoryReactorClock()
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    backend = make_backend()
     d = probe(reactor, backend, b"/health", 2.0)
     results: List[Any] = []
     d.addBoth(results.append)
@@ -1011,7 +1011,7 @@ def test_probe_fires_with_the_status() -> None:
 
 def test_probe_times_out() -> None:
     reactor = MemoryReactorClock()
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    backend = make_backend()
     d = probe(reactor, backend, b"/", 2.0)
     factory = reactor.tcpClients[0][2]
     factory.buildProtocol(None).makeConnection(StringTransport())
@@ -1024,7 +1024,7 @@ def test_probe_times_out() -> None:
 
 def test_probe_connect_failure() -> None:
     reactor = MemoryReactorClock()
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    backend = make_backend()
     d = probe(reactor, backend, b"/", 2.0)
     reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
     errors: List[Failure] = []
@@ -1034,7 +1034,7 @@ def test_probe_connect_failure() -> None:
 
 def test_cancelling_a_probe_aborts_the_connection() -> None:
     reactor = MemoryReactorClock()
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    backend = make_backend()
     d = probe(reactor, backend, b"/", 2.0)
     proto = reactor.tcpClients[0][2].buildProtocol(None)
     transport = StringTransport()
@@ -1051,7 +1051,7 @@ def test_cancelling_a_probe_aborts_the_connection() -> None:
 
 def test_cancelling_a_probe_before_it_connects() -> None:
     reactor = MemoryReactorClock()
-    backend = Backend(BackendSpec("http://127.0.0.1:9001", "127.0.0.1", 9001, 1))
+    backend = make_backend()
     d = probe(reactor, backend, b"/", 2.0)
     errors: List[Failure] = []
     d.addErrback(errors.append)

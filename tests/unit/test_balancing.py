@@ -31,6 +31,7 @@ from powerlb.balancing import (
 from powerlb.hashkey import client_key, key_function, parse_hash_key, uri_key
 from powerlb.health import SlowStart, ramp_weight
 from powerlb.sticky import StickyCookie, backend_id
+from tests.support.backends import make_backend
 
 NAMES = "abcdefghij"
 
@@ -38,8 +39,7 @@ NAMES = "abcdefghij"
 def make_backends(*weights: int, backups: str = "") -> List[Backend]:
     """Backends named a, b, c, ... (their host) with the given weights; ``backups`` names the backups."""
     return [
-        Backend(BackendSpec(f"http://{NAMES[i]}:80", NAMES[i], 80, weight, backup=NAMES[i] in backups))
-        for i, weight in enumerate(weights)
+        make_backend(80, NAMES[i], weight, backup=NAMES[i] in backups) for i, weight in enumerate(weights)
     ]
 
 
