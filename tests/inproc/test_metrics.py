@@ -229,7 +229,13 @@ async def test_queue_waits_and_timeouts(make_backends, start_powerlb, http):
 
 
 @pytest_twisted.ensureDeferred
-async def test_old_metrics_path_is_gone(make_backends, start_powerlb, http):
+async def test_the_proxy_port_serves_no_metrics_of_its_own(make_backends, start_powerlb, http):
+    """/metrics and the old /_powerlb/metrics are ordinary paths on the proxy port: they reach the backend."""
     (a,) = make_backends(1)
-    lb = start_powerlb([a], admin=ADMIN)
-    assert (await http.get(lb.admin_url + "/_powerlb/metrics")).code == 404
+    lb = start_powerlb([a], admin=ADMIN, cache_size=0)
+    for path in ("/metrics", "/_powerlb/metrics"):
+        reply = await fetch(http, lb.url + path)
+        assert (reply.code, reply.backend) == (200, "a"), path
+    assert {b"/metrics", b"/_powerlb/metrics"} <= {r.uri for r in a.requests}
+    counted = matching(await scrape(http, lb), "powerlb_requests_total", backend=a.url, code="2xx")
+    assert sum(counted.values()) == 2

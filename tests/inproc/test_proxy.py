@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List
 
 import pytest_twisted
-import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.web.server import NOT_DONE_YET
 
@@ -573,11 +571,3 @@ async def test_killed_backend_is_avoided_and_taken_back(make_backends, start_pow
     assert "b" in seen[:50]
     assert "b" in seen[-50:]
     assert lb.service.backends[1].healthy
-
-
-@pytest_twisted.ensureDeferred
-async def test_treq_module_level_client_also_works(make_backends, start_powerlb):
-    (a,) = make_backends(1)
-    lb = start_powerlb([a])
-    response = await treq.get(lb.url + "/x", persistent=False)
-    assert json.loads(await response.content())["uri"] == "/x"
