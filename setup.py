@@ -33,6 +33,7 @@ setup(
             "pytest-twisted>=1.13",
             "pytest-timeout>=2",
             "hypothesis>=6",
+            "h11>=0.14",
             "ruff",
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
