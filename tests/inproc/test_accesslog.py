@@ -1,12 +1,13 @@
-"""The access log: exact combined-format and JSON lines for real requests, one file per instance."""
+"""The access log: exact combined-format and JSON lines for real requests, one file per instance.
+
+Reopening it on SIGUSR1 under twistd is in tests/process/test_access_log_reopen.py.
+"""
 
 from __future__ import annotations
 
 import calendar
 import json
-import os
 import re
-import signal
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -19,7 +20,6 @@ from twisted.web.server import NOT_DONE_YET
 
 from powerlb.accesslog import AccessLog, combined_line, format_iso_time, format_local_time, json_line
 from powerlb.config import ConfigError
-from tests.support import get, start_twistd_powerlb, wait_until
 from tests.support.inproc import exchange, headers_of, origin
 
 #: 24 Nov 2026 12:00:00 UTC, the time the tests' clock shows.
@@ -234,22 +234,3 @@ async def test_no_access_log_by_default(make_backends, start_powerlb):
     assert lb.service.access_log is None and lb.service.outcomes.access is None
     await exchange(lb.port, REQUEST % b"/x")
     assert sum(lb.service.outcomes.counts.values()) == 1
-
-
-def test_twistd_reopens_the_access_log_on_sigusr1(tmp_path: Path, demo_backends: Any) -> None:
-    (backend,) = demo_backends(1)
-    path = tmp_path / "access.log"
-    proc, (listen, _) = start_twistd_powerlb(tmp_path, [backend], "--access-log", str(path))
-    try:
-        assert get(listen, "/before").status == 200
-        wait_until(lambda: path.exists() and "/before" in path.read_text(), "the first line")
-        rotated = path.rename(tmp_path / "access.log.1")
-        os.kill(proc.pid, signal.SIGUSR1)
-        wait_until(path.exists, "the reopened access log")
-        assert get(listen, "/after").status == 200
-        wait_until(lambda: "/after" in path.read_text(), "a line in the new file")
-    finally:
-        status = proc.stop()
-    assert status in (0, -signal.SIGTERM), proc.describe()
-    assert "/after" not in rotated.read_text()
-    assert "Traceback" not in proc.output(), proc.describe()
