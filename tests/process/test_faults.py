@@ -1,6 +1,6 @@
 """Fault injection: steady client load on powerlb while its backends are killed, hung and reset.
 
-Three ``tests/fault_backend.py`` processes behind ``twistd -n powerlb`` (short
+Three ``tests/support/fault_backend.py`` processes behind ``twistd -n powerlb`` (short
 timeouts, quick health checks and outlier detection) take a bounded load of
 a few client threads, each sending sequential requests (80 % GET, 20 % POST
 with a small body) with a unique ``X-Request-Id``. Meanwhile a timeline
@@ -42,7 +42,7 @@ from tests.support import HOST, REPO, Process, clean_env, get, start_server, sta
 
 BACKEND = REPO / "tests" / "support" / "fault_backend.py"
 NAMES = ("a", "b", "c")
-BODY_SIZE = 2048  # tests/fault_backend.py BODY_SIZE
+BODY_SIZE = 2048  # tests/support/fault_backend.py BODY_SIZE
 THREADS = 4
 POST_SHARE = 0.2
 PAUSE = 0.01  # between two requests of one client thread

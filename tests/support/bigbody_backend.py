@@ -1,6 +1,6 @@
 """A minimal HTTP/1.1 backend for big-body tests: hashes uploads, streams generated downloads.
 
-``python tests/bigbody_backend.py PORT`` on 127.0.0.1, one thread per connection:
+``python tests/support/bigbody_backend.py PORT`` on 127.0.0.1, one thread per connection:
 ``POST /upload`` (Content-Length or chunked) answers ``<bytes> <sha256>``;
 ``GET /download?n=N`` sends N bytes of :func:`pattern`; ``GET /health`` answers ok.
 Blocking sockets and threads are fine here: this is a test peer, not powerlb.

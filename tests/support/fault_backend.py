@@ -1,6 +1,6 @@
 """A backend for fault-injection tests: answers with its name, logs every request, fails on demand.
 
-``python tests/fault_backend.py NAME PORT LOG`` serves HTTP/1.1 (keep-alive) on
+``python tests/support/fault_backend.py NAME PORT LOG`` serves HTTP/1.1 (keep-alive) on
 127.0.0.1:PORT, one thread per connection. Every request is answered ``200``
 with ``X-Backend: NAME`` and a body of :data:`BODY_SIZE` bytes naming the
 backend and the request's ``X-Request-Id``; ``POST`` bodies (``Content-Length``)

@@ -133,7 +133,8 @@ def test_layout_lists_every_module_and_only_existing_ones() -> None:
     assert sorted(shipped - listed) == [], "in the package but not in the layout table"
 
 
-def test_test_directories_named_exist() -> None:
-    named = re.findall(r"`(tests/\w+)`", section("Layout"))
+@pytest.mark.parametrize("document", ["README.md", "docs/configuration.md"])
+def test_test_paths_named_exist(document: str) -> None:
+    named = re.findall(r"`(tests/[\w/.]*\w)`", (REPO / document).read_text(encoding="utf-8"))
     assert named
-    assert [name for name in named if not (REPO / name).is_dir()] == []
+    assert [name for name in named if not (REPO / name).exists()] == []
