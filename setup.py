@@ -83,6 +83,7 @@ setup(
             "pytest-twisted>=1.13",
             "pytest-timeout>=2",
             "hypothesis>=6",
+            "h11>=0.14",
             "ruff",
             # Type checks (`mypy`, configured in pyproject.toml): CPython only (mypy's compiled
             # dependencies have no PyPy wheels).

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import powerlb
@@ -99,17 +98,3 @@ def demo_backends(tmp_path: Path) -> Any:
     for process in processes:
         process.stop()
 
-
-def sleep(seconds: float) -> defer.Deferred:
-    """A Deferred that fires after ``seconds`` on the real reactor."""
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait on the real reactor until ``condition()`` holds; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await sleep(0.01)
