@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
@@ -14,6 +14,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 import powerlb
 from powerlb.testing import TestBackend
 from tests.support import start_demo_backends
+from tests.support.inproc import Running
+from tests.support.redis import redis_server  # noqa: F401 - the fixture, for tests to ask for
 
 
 @pytest.fixture
@@ -32,17 +34,6 @@ def make_backends() -> Any:
     yield make
     for backend in started:
         pytest_twisted.blockon(backend.stop())
-
-
-class Running:
-    """A started powerlb instance and its address."""
-
-    def __init__(self, service: Any, port: int, admin_port: Optional[int]) -> None:
-        self.service = service
-        self.port = port
-        self.admin_port = admin_port
-        self.url = f"http://127.0.0.1:{port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}" if admin_port else None
 
 
 @pytest.fixture
@@ -97,4 +88,3 @@ def demo_backends(tmp_path: Path) -> Any:
     yield start
     for process in processes:
         process.stop()
-

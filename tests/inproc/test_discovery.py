@@ -1,8 +1,7 @@
 """DNS discovery: the pure decisions (tables and hypothesis) and DnsDiscovery on a task.Clock.
 
-:class:`Zone` is an in-memory DNS zone whose records a test changes; here it is
-the resolver itself, in test_discovery_e2e.py the authority of a real
-``twisted.names`` server.
+:class:`tests.support.dns.Zone` is the resolver here; in test_discovery_e2e.py it is the
+authority of a real ``twisted.names`` server.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.names import common, dns, error
+from twisted.names import dns
 
 from powerlb.backend import Backend, BackendSpec
 from powerlb.config import ConfigError, config_from_mapping, config_to_mapping
@@ -36,62 +35,7 @@ from powerlb.discovery import (
 )
 from powerlb.tap import Options
 from powerlb.values import format_host_port, parse_backend, parse_dns_resolver, parse_dns_target
-
-# --- an in-memory zone ------------------------------------------------------------------------
-
-
-class Zone(common.ResolverBase):
-    """DNS records a test sets and changes: A/AAAA and SRV (with the targets' addresses in the
-    additional section). ``failing`` makes every query fail (as if timed out); ``queries`` records them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: Dict[Tuple[str, int], List[dns.RRHeader]] = {}
-        self.failing = False
-        #: Whether SRV answers carry their targets' addresses in the additional section.
-        self.additional = True
-        self.queries: List[Tuple[str, int]] = []
-
-    def addresses(self, name: str, *hosts: str, ttl: int = 5) -> None:
-        """Make ``name`` stand for ``hosts`` (A or AAAA records), replacing what it had."""
-        self.records[(name, dns.A)] = [
-            dns.RRHeader(name, dns.A, ttl=ttl, payload=dns.Record_A(host, ttl))
-            for host in hosts
-            if ":" not in host
-        ]
-        self.records[(name, dns.AAAA)] = [
-            dns.RRHeader(name, dns.AAAA, ttl=ttl, payload=dns.Record_AAAA(host, ttl))
-            for host in hosts
-            if ":" in host
-        ]
-
-    def services(self, name: str, *records: Tuple[int, int, int, str], ttl: int = 5) -> None:
-        """Make ``name`` stand for SRV ``records`` of ``(priority, weight, port, target)``."""
-        self.records[(name, dns.SRV)] = [
-            dns.RRHeader(name, dns.SRV, ttl=ttl, payload=dns.Record_SRV(*record, ttl=ttl))
-            for record in records
-        ]
-
-    def remove(self, name: str) -> None:
-        for key in [key for key in self.records if key[0] == name]:
-            del self.records[key]
-
-    def _lookup(self, name: Union[bytes, str], cls: int, type: int, timeout: Any) -> defer.Deferred:
-        text = (name.decode() if isinstance(name, bytes) else name).lower()
-        self.queries.append((text, type))
-        if self.failing:
-            return defer.fail(error.DNSQueryTimeoutError(text))
-        if not any(key[0] == text for key in self.records):
-            return defer.fail(error.DNSNameError(text))
-        answers = list(self.records.get((text, type), []))
-        additional = [
-            record
-            for answer in answers
-            if answer.type == dns.SRV and self.additional
-            for kind in (dns.A, dns.AAAA)
-            for record in self.records.get((str(answer.payload.target), kind), [])
-        ]
-        return defer.succeed((answers, [], additional))
+from tests.support.dns import Zone
 
 
 class Control:

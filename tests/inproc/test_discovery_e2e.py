@@ -3,7 +3,7 @@
 
 The backends are real (:class:`powerlb.testing.TestBackend`); a second address on the same
 port is another loopback address (127.0.0.2). Lookups run on the real reactor with a short
-``dns-min-ttl``; waits are bounded by :func:`tests.conftest.wait_for`.
+``dns-min-ttl``; waits are bounded by :func:`tests.support.inproc.wait_for`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from twisted.names import dns, server
 from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb.config import config_from_mapping
-from tests.conftest import Running, wait_for
-from tests.test_discovery import Zone
+from tests.support.dns import Zone
+from tests.support.inproc import Running, wait_for
 
 #: A lookup of a stopped server fails after this (the default, 1 s then 3 s, is for real networks).
 QUERY_TIMEOUT = (0.3,)

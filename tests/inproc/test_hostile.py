@@ -8,12 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from tests.support.inproc import RawClient, raw, sleep
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1])
-
+from tests.support.inproc import RawClient, raw, sleep, status_of
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 

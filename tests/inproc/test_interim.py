@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest_twisted
 
-from tests.test_hostile import raw, status_of
+from tests.support.inproc import raw, status_of
 
 INTERIM = (
     b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -34,7 +34,8 @@ from powerlb.redistier import (
     unframe,
 )
 from powerlb.values import RedisAddress, parse_env_name, read_password, redis_address
-from tests.test_caching_unit import CACHEABLE, Proxy, results
+from tests.support import REPO
+from tests.support.caching import CACHEABLE, Proxy, results
 
 # --- frames -----------------------------------------------------------------------------------
 
@@ -434,11 +435,9 @@ def test_the_redis_figures_are_prometheus_families_only_with_redis() -> None:
 
 
 def test_the_cluster_examples_parse(monkeypatch: Any) -> None:
-    import pathlib
-
     import yaml
 
-    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    examples = REPO / "examples"
     monkeypatch.setenv("REDIS_PASSWORD", "secret")
     node = config_from_mapping(yaml.safe_load((examples / "cluster-node.yaml").read_text()))
     edge = config_from_mapping(yaml.safe_load((examples / "cluster-edge.yaml").read_text()))

@@ -19,9 +19,20 @@ import yaml
 
 from powerlb.config import config_from_mapping
 from powerlb.workers import STOP_MARGIN
-from tests.support import HOST, Process, accepts, clean_env, get, script, start_server, stats, wait_until
+from tests.support import (
+    HOST,
+    REPO,
+    Process,
+    accepts,
+    clean_env,
+    get,
+    script,
+    start_server,
+    stats,
+    wait_until,
+)
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+DOC = REPO / "docs" / "deploy.md"
 #: Where the page puts the configuration file.
 CONFIG_FILE = "/etc/powerlb/lb.yaml"
 #: Seconds worker processes may take to start serving.

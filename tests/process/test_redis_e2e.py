@@ -1,4 +1,4 @@
-"""Two powerlb instances sharing a real redis-server (tests/redis_fixture.py): the shared second
+"""Two powerlb instances sharing a real redis-server (tests/support/redis.py): the shared second
 cache tier, purges and admin changes applied cluster-wide, and Redis going away and coming back
 while both keep serving."""
 
@@ -11,12 +11,12 @@ import pytest_twisted
 from twisted.internet import threads
 
 from powerlb.redistier import TIMEOUTS_TO_RECONNECT
-from tests.conftest import Running, wait_for
-from tests.redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
+from tests.support.caching import CACHEABLE
+from tests.support.inproc import Running, wait_for
+from tests.support.redis import RedisServer
 
 TOKEN = "cluster-token"
 HOST = {"Host": ["www.example"]}  # the same cache key through either instance
-CACHEABLE = [(b"cache-control", b"max-age=60")]
 
 
 def pair(start_powerlb: Any, backends: List[Any], redis: RedisServer) -> Tuple[Running, Running]:
@@ -58,7 +58,7 @@ async def test_a_fill_through_one_instance_is_a_hit_through_the_other(
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     [backend] = make_backends(1)
     backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
@@ -79,7 +79,7 @@ async def test_a_purge_through_one_api_removes_the_entry_everywhere(
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     [backend] = make_backends(1)
     backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
@@ -100,7 +100,7 @@ async def test_a_purge_request_to_one_instance_purges_the_other(
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     [backend] = make_backends(1)
     backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
@@ -120,7 +120,7 @@ async def test_a_drain_through_one_api_applies_on_the_other(
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     backends = make_backends(2)
     a, b = pair(start_powerlb, backends, redis_server)
@@ -137,7 +137,7 @@ async def test_redis_going_away_fails_no_request_and_both_resync_when_it_returns
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     [backend] = make_backends(1)
     backend.answer(b"/page", body=b"shared", headers=CACHEABLE)
@@ -175,7 +175,7 @@ async def test_a_hung_redis_costs_timeouts_not_failures_and_is_left_until_it_ans
     make_backends: Any,
     start_powerlb: Any,
     http: Any,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     [backend] = make_backends(1)
     a = start_powerlb([backend], redis=redis_server.url, redis_timeout="20ms")
@@ -194,7 +194,7 @@ async def test_a_hung_redis_costs_timeouts_not_failures_and_is_left_until_it_ans
 
 @pytest_twisted.ensureDeferred
 async def test_the_store_keeps_variants_and_purges_by_url_and_by_prefix(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     from twisted.internet import reactor
 

@@ -21,6 +21,17 @@ ADMIN = "tcp:0:interface=127.0.0.1"
 TOKEN = "s3cret"
 
 
+class Running:
+    """A started powerlb instance and its address."""
+
+    def __init__(self, service: Any, port: int, admin_port: Optional[int]) -> None:
+        self.service = service
+        self.port = port
+        self.admin_port = admin_port
+        self.url = f"http://127.0.0.1:{port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}" if admin_port else None
+
+
 def sleep(seconds: float) -> defer.Deferred:
     """A Deferred that fires after ``seconds`` on the real reactor."""
     return deferLater(reactor, seconds, lambda: None)
@@ -132,6 +143,11 @@ async def raw(port: int, *pieces: bytes, pause: float = 0.0, timeout: float = 5.
     assert timer.active(), "the server did not close the connection in time"
     timer.cancel()
     return data
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP/1.1 response."""
+    return int(response.split(b" ", 2)[1])
 
 
 def headers_of(response: bytes) -> Tuple[int, Dict[bytes, bytes], bytes]:

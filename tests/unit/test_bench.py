@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 
 @pytest.fixture(scope="module")

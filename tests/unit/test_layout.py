@@ -17,11 +17,12 @@ from tests.support import REPO
 
 TESTS = REPO / "tests"
 KINDS = ("unit", "inproc", "process")
-#: The helpers that start server subprocesses, and the fixture that does.
+#: The helpers that start server subprocesses, and the fixtures that do.
 SERVER_PROCESSES = {
-    "Process", "start_server", "start_demo_backends", "start_twistd", "start_twistd_powerlb", "twistd",
+    "Process", "RedisServer", "start_server", "start_demo_backends", "start_twistd", "start_twistd_powerlb",
+    "twistd",
 }  # fmt: skip
-SERVER_FIXTURES = {"demo_backends"}
+SERVER_FIXTURES = {"demo_backends", "redis_server"}
 
 
 def modules() -> List[Path]:
