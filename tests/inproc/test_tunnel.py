@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from powerlb.headers import Headers
 from powerlb.http11 import ProtocolError, ResponseParser
 from powerlb.stats import Counters
+from powerlb.testing import RecordingSink
 from powerlb.tunnel import (
     Tunnel,
     Tunnels,
@@ -23,8 +24,7 @@ from powerlb.tunnel import (
     switch_response_headers,
     upgrade_request_headers,
 )
-from tests.test_http11 import Recorder
-from tests.test_upstream import Pool, Sink
+from tests.support.upstream import Failed, Pool, Recorder
 
 WS = [(b"host", b"x"), (b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
 
@@ -252,7 +252,7 @@ def upgrade_exchange(upstream_reply: bytes) -> Any:
     channel = Channel()
     tunnels = Tunnels(30, Counters())
     factory = UpgradeClientFactory(pool.factory, channel, tunnels)
-    sink = Sink()
+    sink = RecordingSink()
     exchange = factory.request(b"GET", b"/ws", WS, b"", sink, idempotent=True)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
@@ -299,7 +299,7 @@ def test_an_answer_other_than_101_is_relayed_and_the_connection_closed() -> None
 
 def test_a_101_without_upgrade_field_is_a_502() -> None:
     _proto, transport, channel, sink, _, _ = upgrade_exchange(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-    assert sink.events == [("failed", 502, False)]
+    assert sink.events == [Failed(502, False)]
     assert transport.disconnected
     assert channel.tunnel is None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 from twisted.internet.defer import CancelledError
@@ -15,7 +15,6 @@ from powerlb.upstream import (
     QUEUE_LIMIT,
     ConnectFailed,
     ConnectTimeout,
-    ProxyClientFactory,
     QueueFull,
     QueueTimeout,
     UpstreamConnection,
@@ -23,51 +22,11 @@ from powerlb.upstream import (
     probe,
 )
 from tests.support.backends import make_backend
+from tests.support.upstream import Failed, Pool
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 OK_EVENTS = [("head", 200, b"OK", [(b"content-length", b"5")]), ("body", b"hello"), ("end",)]
 GET_HEAD = b"GET /x HTTP/1.1\r\nhost: example\r\n\r\n"
-
-
-class Failed:
-    """Equals a RecordingSink ``("failed", error)`` event whose error has this status and retryability."""
-
-    def __init__(self, status: int, retryable: bool) -> None:
-        self.status = status
-        self.retryable = retryable
-
-    def __eq__(self, event: object) -> bool:
-        return (
-            isinstance(event, tuple)
-            and len(event) == 2
-            and event[0] == "failed"
-            and (event[1].status, event[1].retryable) == (self.status, self.retryable)
-        )
-
-    def __repr__(self) -> str:
-        return f"Failed({self.status}, {self.retryable})"
-
-
-class Pool:
-    """A factory on a fake reactor, and helpers to play the network's part."""
-
-    def __init__(self, reactor: Optional[MemoryReactorClock] = None, **settings: Any) -> None:
-        self.reactor = reactor or MemoryReactorClock()
-        self.backend = make_backend()
-        self.factory = ProxyClientFactory(self.backend, self.reactor, **settings)
-
-    @property
-    def connects(self) -> int:
-        return len(self.reactor.tcpClients)
-
-    def get(self, sink: Any, target: bytes = b"/x", idempotent: bool = True, method: bytes = b"GET") -> Any:
-        return self.factory.request(method, target, [(b"host", b"example")], b"", sink, idempotent)
-
-    def connect(self) -> Tuple[UpstreamConnection, StringTransport]:
-        proto = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        return proto, transport
 
 
 def lose(proto: UpstreamConnection) -> None:

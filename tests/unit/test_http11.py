@@ -7,42 +7,15 @@ from typing import Any, List, Optional, Tuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zope.interface import implementer
 
 from powerlb.http11 import (
     MAX_CHUNK_LINE,
     MAX_HEAD_SIZE,
-    IResponseEvents,
     ProtocolError,
     ResponseParser,
     serialize_request_head,
 )
-
-Event = Tuple[Any, ...]
-
-
-@implementer(IResponseEvents)
-class Recorder:
-    """An IResponseEvents that records every call."""
-
-    def __init__(self) -> None:
-        self.events: List[Event] = []
-
-    def response_interim(self, status: int, reason: bytes, headers: Any) -> None:
-        self.events.append(("interim", status, reason, list(headers)))
-
-    def response_head(self, status: int, reason: bytes, headers: Any) -> None:
-        self.events.append(("head", status, reason, list(headers)))
-
-    def response_body(self, data: bytes) -> None:
-        assert data, "empty body pieces must not be reported"
-        self.events.append(("body", data))
-
-    def response_end(self, keep_alive: bool) -> None:
-        self.events.append(("end", keep_alive))
-
-    def response_switched(self, reason: bytes, headers: Any, rest: bytes) -> None:
-        self.events.append(("switched", reason, list(headers), rest))
+from tests.support.upstream import Event, Recorder
 
 
 def merged(events: List[Event]) -> List[Event]:
