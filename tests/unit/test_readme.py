@@ -13,8 +13,10 @@ from typing import Set
 
 import pytest
 
-from powerlb.config import SETTINGS, ConfigError, Options, config_from_mapping
+from powerlb.config import ConfigError, config_from_mapping
 from powerlb.ctl import parser as ctl_parser
+from powerlb.settings import SETTINGS
+from powerlb.tap import Options
 from tests.support import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
