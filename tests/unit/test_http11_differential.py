@@ -21,28 +21,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from powerlb.http11 import MAX_HEAD_SIZE, ProtocolError, ResponseParser
+from tests.support.upstream import Recorder
 
 #: ("reject",) or ("accept", status, headers without the framing ones, body, keep-alive or None).
 Verdict = Tuple[Any, ...]
 FRAMING = (b"content-length", b"transfer-encoding")
-
-
-class _Collector:
-    """IResponseEvents that keeps the final head, the body and the end."""
-
-    def __init__(self) -> None:
-        self.head: Optional[Tuple[int, List[Tuple[bytes, bytes]]]] = None
-        self.body: List[bytes] = []
-        self.keep_alive: Optional[bool] = None
-
-    def response_head(self, status: int, reason: bytes, headers: Any) -> None:
-        self.head = (status, list(headers))
-
-    def response_body(self, data: bytes) -> None:
-        self.body.append(data)
-
-    def response_end(self, keep_alive: bool) -> None:
-        self.keep_alive = keep_alive
 
 
 def _verdict(status: int, headers: List[Tuple[bytes, bytes]], body: bytes, keep_alive: bool) -> Verdict:
@@ -52,16 +35,19 @@ def _verdict(status: int, headers: List[Tuple[bytes, bytes]], body: bytes, keep_
 
 
 def powerlb_verdict(data: bytes, head_request: bool) -> Verdict:
-    collector = _Collector()
-    parser = ResponseParser(collector)
+    recorder = Recorder()
+    parser = ResponseParser(recorder)
     parser.expect(head_request)
     try:
         parser.feed(data)
         parser.feed_eof()
     except ProtocolError:
         return ("reject",)
-    assert collector.head is not None and collector.keep_alive is not None
-    return _verdict(*collector.head, b"".join(collector.body), collector.keep_alive)
+    heads = [event for event in recorder.events if event[0] == "head"]
+    ends = [event for event in recorder.events if event[0] == "end"]
+    assert len(heads) == 1 and len(ends) == 1, recorder.events
+    body = b"".join(event[1] for event in recorder.events if event[0] == "body")
+    return _verdict(heads[0][1], heads[0][3], body, ends[0][1])
 
 
 def h11_verdict(data: bytes, head_request: bool) -> Verdict:
