@@ -339,6 +339,8 @@ class ProxyChannel(TrackedChannel):
     """
 
     _head_pending = False
+    _host_address: Any = None
+    _peer_address: Any = None
     _in_head = False
     _host_seen = False
     _head_bytes = 0
@@ -372,6 +374,18 @@ class ProxyChannel(TrackedChannel):
                     return
             self._head_pending = True
         super().dataReceived(data)
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once per connection rather than once per request."""
+        if self._host_address is None:
+            self._host_address = self.transport.getHost()
+        return self._host_address
+
+    def getPeer(self) -> Any:
+        """The client's address (the same for every request of the connection)."""
+        if self._peer_address is None:
+            self._peer_address = self.transport.getPeer()
+        return self._peer_address
 
     def timeoutConnection(self) -> None:
         if self._head_pending:
