@@ -35,8 +35,11 @@ test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ~12 min: this tree and the baseline commit (bench/baseline.py, venvs cached under .bench/) side by side.
+# A subset: make bench BENCH_ARGS="--rows proxied,hits --rounds 1 --output /tmp/b.md" (bench/run.py --help).
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+		$(BIN)/python -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

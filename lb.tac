@@ -10,7 +10,8 @@ from twisted.application import service
 
 import powerlb
 from powerlb.config import ConfigError
-from powerlb.service import ConfigSource, reload_on_sighup
+from powerlb.reload import ConfigSource
+from powerlb.signals import reload_on_sighup
 
 source = ConfigSource(os.environ.get("POWERLB_CONFIG", "lb.yaml"))
 

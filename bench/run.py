@@ -1,14 +1,21 @@
-"""Benchmark powerlb against HAProxy and nginx on 127.0.0.1; writes BENCHMARKS.md and bench/chart.png.
+"""Benchmark powerlb against HAProxy, nginx and a baseline commit of itself on 127.0.0.1.
 
-    make bench                          # 3 interleaved rounds of 8 s per row and setting
+Writes BENCHMARKS.md and bench/chart.png (--output elsewhere for a trial run):
+
+    make bench                          # 3 interleaved rounds of 5 s per row and setting (~12 min)
     make bench BENCH_ARGS=--quick       # 1 round of 2 s, to try it out
-    .venv/bin/python bench/run.py --rounds 5 --duration 10
+    make bench BENCH_ARGS="--rows proxied,hits --rounds 1 --output /tmp/bench.md"
+    .venv/bin/python bench/run.py --baseline v1.0 --rounds 5 --duration 10
 
 One nginx process with three server blocks plays the backends. Each row starts
 its balancer, waits until it answers, checks the answer (cache rows: a real
 hit), warms up for a second, measures with wrk and stops it again; rounds are
-interleaved (for each round, every row). A final check streams 1 GiB through
-powerlb (CPython) in each direction and samples its RSS.
+interleaved (for each round, every row). Every powerlb row runs twice, from
+this tree and from the baseline commit (--baseline, installed into venvs of
+its own under .bench/), so each row has a ratio to the baseline measured side
+by side. Then powerlb (CPython, both trees) runs under callgrind for the
+instructions per request, and streams 1 GiB in each direction while its RSS
+is sampled.
 """
 
 from __future__ import annotations
@@ -33,17 +40,31 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
+
+import baseline as baseline_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 HOST = "127.0.0.1"
+CPYTHON_VENV = Path(sys.executable).parent.parent
 PYPY_VENV = ROOT / ".venv-pypy3"
+REPORT = ROOT / "BENCHMARKS.md"
+CHART = BENCH / "chart.png"
+DEFAULT_BASELINE = "f202d20"
 MIB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Binaries the benchmark needs, and the Debian packages that provide them.
-TOOLS = {"wrk": "wrk", "haproxy": "haproxy", "nginx": "nginx", "pypy3": "pypy3", "curl": "curl"}
+TOOLS = {
+    "wrk": "wrk",
+    "haproxy": "haproxy",
+    "nginx": "nginx",
+    "pypy3": "pypy3",
+    "curl": "curl",
+    "valgrind": "valgrind",
+    "callgrind_control": "valgrind",
+}
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 WARMUP_SECONDS = 1
 STOP_TIMEOUT = 10.0
@@ -56,6 +77,11 @@ RSS_SAMPLE_INTERVAL = 0.2
 # that buffers whole bodies must not eat the shared machine's memory.
 MAX_GROWTH_BYTES = 1536 * MIB
 TRANSFER_TIMEOUT = 300  # curl --max-time, seconds
+# callgrind: requests before counting (the cache fills, code paths warm up), start-up allowance (powerlb
+# runs some 50 times slower under callgrind) and the time one request may take.
+CALLGRIND_WARMUP = 100
+CALLGRIND_READY_TIMEOUT = 300.0
+CALLGRIND_REQUEST_TIMEOUT = 60.0
 
 
 METHOD = """\
@@ -67,6 +93,11 @@ METHOD = """\
   `bench/nginx-cache.conf`); powerlb `twistd -n --pidfile= powerlb --listen tcp:PORT:interface=127.0.0.1
   --backend ... (3 times) --health-interval 5`, from `.venv` (CPython) or `.venv-pypy3` (PyPy), other
   options at their defaults. Proxied rows request `/nocache/...`, cache-hit rows `/cached/...`.
+- Baseline: `--baseline REV` (default `{default_baseline}`) exports that commit with `git archive` into
+  `.bench/baseline-<commit>/src` and installs it (not editable) into venvs of its own there, one per
+  interpreter, built once per commit and reused. Each powerlb row runs from both trees, the baseline
+  twin (`@REV`) right after it in every round, so both see the same machine at nearly the same time.
+  **vs baseline** is the row's median req/s divided by its twin's; above 1.00x is faster.
 - Each measurement starts the balancer, polls until it answers 200, records its idle RSS (whole process
   tree, from `/proc/PID/statm`), checks the body size (and, for cache rows, that a second GET says `HIT`),
   warms up with wrk for 1 s, runs wrk once and stops the balancer. Rounds are interleaved: every round
@@ -77,14 +108,24 @@ METHOD = """\
   and worker, powerlb workers), delta over the measured wrk run, divided by the requests wrk completed.
   The clock tick is {tick} ms, small next to a run of {duration} s.
 - errors: wrk socket errors plus non-2xx/3xx responses, summed over rounds.
-- Memory: a fresh powerlb per transfer; curl discards the response (`-o /dev/null`); powerlb's RSS is
-  read every 0.2 s, and growth is the highest RSS minus the RSS just before the transfer. VmHWM (reset
-  through `/proc/PID/clear_refs` first) also catches peaks between samples. The 1 GiB file is sparse,
-  served by the nginx backends. The upload POSTs the same file with `curl -X POST -T` (read from disk
-  as sent, with Content-Length) through a powerlb started with `{max_body}`, whose backend is a small
-  HTTP server in run.py that reads each body to the end before it answers (nginx `return 200` answers
-  first) and checks that every byte arrived. A transfer is stopped by PID and reported as failed if
-  powerlb grows by more than {max_growth} MiB or curl takes over {transfer_timeout} s.
+- Cost per request: CPU us/req is the CPU column of the 1 KiB rows (64 connections). Instructions per
+  request come from a CPython powerlb (1 KiB body, health probes off) run under `valgrind
+  --tool=callgrind`, one per tree: after start-up it gets {callgrind_warmup} requests per path (which also
+  fills the cache), then, on one keep-alive connection from run.py, {callgrind_requests} and then
+  {callgrind_requests_twice} requests on the proxied path and the same on the hit path, each batch followed
+  by `callgrind_control --dump` (which zeroes the counters). Instructions per request are the difference
+  between a path's two batches divided by {callgrind_requests}, which cancels what a batch costs besides
+  its requests. The count covers the powerlb process only (not nginx, not the client), and is
+  independent of the machine's load, unlike CPU time.
+- Memory: a fresh powerlb per transfer, from each tree; curl discards the response (`-o /dev/null`);
+  powerlb's RSS is read every 0.2 s, and growth is the highest RSS minus the RSS just before the
+  transfer. VmHWM (reset through `/proc/PID/clear_refs` first) also catches peaks between samples.
+  The 1 GiB file is sparse, served by the nginx backends. The upload POSTs the same file with
+  `curl -X POST -T` (read from disk as sent, with Content-Length) through a powerlb started with
+  `{max_body}`, whose backend is a small HTTP server in run.py that reads each body to the end before
+  it answers (nginx `return 200` answers first) and checks that every byte arrived. A transfer is
+  stopped by PID and reported as failed if powerlb grows by more than {max_growth} MiB or curl takes
+  over {transfer_timeout} s.
 - Other load: the machine's busy CPU time (`/proc/stat` user + nice + system + steal) during each
   measured wrk run, minus the balancer's, the backends' and wrk's (and run.py's) own, as a share of all
   cores; well above 0 % means other work (e.g. someone's test suite) shared the machine during the run."""
@@ -97,7 +138,7 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Setting:
     title: str
-    body: str  # file name under the backends' document root
+    body: str  # file name under the backends' document root; --settings selects by it
     size: int
     connections: int
 
@@ -111,13 +152,42 @@ SETTINGS = (
 @dataclass(frozen=True)
 class Row:
     label: str
+    key: str  # the name --rows selects it by
     kind: str  # "haproxy", "nginx-balancer", "nginx-cache" or "powerlb"
     cached: bool  # requests a cacheable path (cache hits) instead of an uncacheable one
     venv: Path | None = None  # powerlb rows: the venv whose twistd runs it
     options: tuple[str, ...] = ()  # extra powerlb options
+    baseline_label: str | None = None  # powerlb rows: the baseline row their "vs baseline" divides by
 
     def path(self, setting: Setting) -> str:
         return f"/{'cached' if self.cached else 'nocache'}/{setting.body}"
+
+
+REFERENCE_ROWS = (
+    Row("HAProxy", "haproxy", "haproxy", cached=False),
+    Row("nginx balancer", "nginx", "nginx-balancer", cached=False),
+    Row("nginx proxy_cache (hits)", "nginx-cache", "nginx-cache", cached=True),
+)
+# key, label, interpreter, cached, options: each runs once per tree (this one and the baseline).
+POWERLB_ROWS = (
+    ("proxied", "powerlb CPython", "cpython", False, ()),
+    ("hits", "powerlb CPython (hits)", "cpython", True, ()),
+    ("pypy", "powerlb PyPy", "pypy", False, ()),
+    ("pypy-hits", "powerlb PyPy (hits)", "pypy", True, ()),
+    ("workers", "powerlb CPython --workers 2", "cpython", False, ("--workers", "2")),
+)
+# --rows keys beyond the wrk rows: the streaming memory checks and the callgrind counts.
+EXTRA_KEYS = ("memory", "callgrind")
+ROW_KEYS = (*(row.key for row in REFERENCE_ROWS), *(entry[0] for entry in POWERLB_ROWS), *EXTRA_KEYS)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A powerlb under test: this working tree, or the baseline commit."""
+
+    name: str  # "this tree" or "baseline f202d20"
+    suffix: str  # appended to its row labels: "" or " @f202d20"
+    venvs: dict[str, Path]  # "cpython" (always) and "pypy" (when PyPy rows run) -> venv
 
 
 @dataclass
@@ -144,11 +214,19 @@ class RowResult:
 @dataclass
 class MemoryResult:
     label: str
+    tree: str
     size: int
     baseline_mib: float
     sampled_growth_mib: float
     peak_growth_mib: float  # from VmHWM, which sees spikes between samples
     seconds: float
+
+
+@dataclass
+class CallgrindResult:
+    tree: str
+    proxied: float  # instructions per request, uncacheable 1 KiB
+    hits: float  # instructions per request, cache hits 1 KiB
 
 
 @dataclass
@@ -310,9 +388,9 @@ def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
         conn.close()
 
 
-def wait_ready(process: Process, port: int, path: str) -> None:
+def wait_ready(process: Process, port: int, path: str, timeout: float = READY_TIMEOUT) -> None:
     """Poll until GET path answers 200."""
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.popen.poll() is not None:
             raise BenchError(f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}")
@@ -322,7 +400,7 @@ def wait_ready(process: Process, port: int, path: str) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    raise BenchError(f"{process.name} not ready after {READY_TIMEOUT:.0f}s:\n{process.log_tail()}")
+    raise BenchError(f"{process.name} not ready after {timeout:.0f}s:\n{process.log_tail()}")
 
 
 # --- configuration and start-up ----------------------------------------------------------------------------
@@ -526,24 +604,30 @@ def upload_sink() -> Iterator[UploadSink]:
 
 
 def stream_through_powerlb(
-    ctx: Context, label: str, path: str, size: int, upload: Path | None
+    ctx: Context, tree: Tree, label: str, path: str, size: int, upload: Path | None
 ) -> MemoryResult:
     if upload is None:
-        return stream_once(ctx, label, path, size, None, None)
+        return stream_once(ctx, tree, label, path, size, None, None)
     with upload_sink() as sink:
         port = int(sink.server_address[1])
-        return stream_once(replace(ctx, backend_ports=(port,)), label, path, size, upload, sink)
+        return stream_once(replace(ctx, backend_ports=(port,)), tree, label, path, size, upload, sink)
 
 
 def stream_once(
-    ctx: Context, label: str, path: str, size: int, upload: Path | None, sink: UploadSink | None
+    ctx: Context,
+    tree: Tree,
+    label: str,
+    path: str,
+    size: int,
+    upload: Path | None,
+    sink: UploadSink | None,
 ) -> MemoryResult:
     """curl a large body through a fresh CPython powerlb, sampling powerlb's RSS every RSS_SAMPLE_INTERVAL."""
     port = free_port()
-    venv = Path(sys.executable).parent.parent
+    venv = tree.venvs["cpython"]
     # The upload must not hit the request body limit (413) that newer powerlb versions have.
     options = MAX_BODY_OPTION if upload is not None and has_option(venv, "--max-body") else ()
-    row = Row("powerlb", "powerlb", cached=False, venv=venv, options=options)
+    row = Row("powerlb", "memory", "powerlb", cached=False, venv=venv, options=options)
     label += f" with `{' '.join(options)}`" if options else ""
     body_args = (
         []
@@ -593,11 +677,11 @@ def stream_once(
         raise BenchError(f"{label}: the backend received {sink.received} bytes, not {size}")
     peak = int(hwm_kib.group(1)) * 1024 if hwm_kib else highest
     return MemoryResult(
-        label, size, baseline / MIB, (highest - baseline) / MIB, (peak - baseline) / MIB, seconds
+        label, tree.name, size, baseline / MIB, (highest - baseline) / MIB, (peak - baseline) / MIB, seconds
     )
 
 
-def memory_checks(ctx: Context) -> tuple[list[MemoryResult], list[str]]:
+def memory_checks(ctx: Context, tree: Tree) -> tuple[list[MemoryResult], list[str]]:
     """The streaming transfers that worked, and one line per transfer that failed."""
     upload = ctx.www / "1g"  # sparse, DOWNLOAD_BYTES == UPLOAD_BYTES
     transfers = [
@@ -608,18 +692,92 @@ def memory_checks(ctx: Context) -> tuple[list[MemoryResult], list[str]]:
     results, failures = [], []
     for label, path, size, body in transfers:
         try:
-            result = stream_through_powerlb(ctx, label, path, size, body)
+            result = stream_through_powerlb(ctx, tree, label, path, size, body)
         except BenchError as err:
-            failures.append(summary(err))  # starts with the label
-            print(f"memory: {label}: FAILED: {err}", flush=True)
+            failures.append(f"{tree.name}: {summary(err)}")  # the summary starts with the label
+            print(f"memory, {tree.name}: {label}: FAILED: {err}", flush=True)
             continue
         results.append(result)
         print(
-            f"memory: {label}: +{result.sampled_growth_mib:.1f} MiB sampled, +{result.peak_growth_mib:.1f} "
-            f"MiB peak (VmHWM), {size / MIB / result.seconds:.0f} MiB/s",
+            f"memory, {tree.name}: {label}: +{result.sampled_growth_mib:.1f} MiB sampled, "
+            f"+{result.peak_growth_mib:.1f} MiB peak (VmHWM), {size / MIB / result.seconds:.0f} MiB/s",
             flush=True,
         )
     return results, failures
+
+
+# --- callgrind ---------------------------------------------------------------------------------------------
+
+
+def send_requests(port: int, path: str, count: int, size: int) -> None:
+    """count GETs one after another on a keep-alive connection, each checked for 200 and the body size."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=CALLGRIND_REQUEST_TIMEOUT)
+    try:
+        for _ in range(count):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200 or len(body) != size:
+                raise BenchError(f"callgrind: GET {path} gave {response.status} with {len(body)} bytes")
+    finally:
+        conn.close()
+
+
+def callgrind_dump(ctx: Context, pid: int, out: Path, number: int) -> int:
+    """Have callgrind write dump number `number` (it then zeroes its counters); the instructions in it."""
+    argv = [ctx.tools["callgrind_control"], "--dump", str(pid)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=CALLGRIND_REQUEST_TIMEOUT)
+    dump = Path(f"{out}.{number}")
+    if done.returncode != 0 or not dump.exists():
+        raise BenchError(f"callgrind_control --dump {pid} wrote no {dump.name}: {done.stdout}{done.stderr}")
+    totals = re.search(r"^(?:totals|summary):\s+(\d+)", dump.read_text(errors="replace"), re.M)
+    if totals is None:
+        raise BenchError(f"no instruction count in {dump}")
+    return int(totals.group(1))
+
+
+def callgrind_costs(ctx: Context, tree: Tree, requests: int) -> CallgrindResult:
+    """Instructions per request of a CPython powerlb under callgrind, for the proxied and the hit path.
+
+    After start-up and a warm-up (which also fills the cache), each path gets `requests` and then
+    2 * `requests` GETs, each batch followed by a dump; the difference of the two dumps, divided by
+    `requests`, cancels what a batch costs besides its requests (the dump itself, idle timers)."""
+    setting = SETTINGS[0]
+    venv = tree.venvs["cpython"]
+    # No health probes during the counts: only the client's requests run.
+    row = Row(
+        "callgrind", "callgrind", "powerlb", cached=False, venv=venv, options=("--health-interval", "3600")
+    )
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="callgrind-", dir=ctx.tmp))
+    out = workdir / "callgrind.out"
+    argv = [
+        ctx.tools["valgrind"],
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        str(venv / "bin" / "python"),
+        *balancer_argv(row, port, ctx),
+    ]
+    paths = {
+        "proxied": replace(row, cached=False),
+        "hits": replace(row, cached=True),
+    }
+    per_request: dict[str, float] = {}
+    with running("callgrind", argv, ctx) as process:
+        wait_ready(process, port, paths["proxied"].path(setting), CALLGRIND_READY_TIMEOUT)
+        for path_row in paths.values():
+            send_requests(port, path_row.path(setting), CALLGRIND_WARMUP, setting.size)
+            check_answer(path_row, port, setting)  # the hit path really answers from the cache
+        dumps = 1
+        callgrind_dump(ctx, process.pid, out, dumps)  # start-up and warm-up
+        for name, path_row in paths.items():
+            counts = []
+            for count in (requests, 2 * requests):
+                send_requests(port, path_row.path(setting), count, setting.size)
+                dumps += 1
+                counts.append(callgrind_dump(ctx, process.pid, out, dumps))
+            per_request[name] = (counts[1] - counts[0]) / requests
+    return CallgrindResult(tree.name, per_request["proxied"], per_request["hits"])
 
 
 # --- environment -------------------------------------------------------------------------------------------
@@ -652,13 +810,14 @@ def has_option(venv: Path, option: str) -> bool:
     return f"{option}=" in command_output([str(venv / "bin" / "twistd"), "powerlb", "--help"]).split()
 
 
-def machine_description(tools: dict[str, str]) -> list[tuple[str, str]]:
+def machine_description(tools: dict[str, str], trees: Sequence[Tree]) -> list[tuple[str, str]]:
     cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
     mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
     pyver = "import sys, twisted; print(sys.version.split()[0], '/ Twisted', twisted.__version__)"
+    pypyver = pyver + "; print('PyPy', '.'.join(map(str, sys.pypy_version_info[:3])))"
     commit = command_output(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"])
     dirty = command_output(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    return [
+    machine = [
         ("nproc", command_output(["nproc"])),
         ("CPU", cpu.group(1) if cpu else "unknown"),
         ("memory", f"{int(mem.group(1)) // 1024} MiB" if mem else "unknown"),
@@ -666,19 +825,14 @@ def machine_description(tools: dict[str, str]) -> list[tuple[str, str]]:
         ("wrk", command_output([tools["wrk"], "-v"]).splitlines()[0].split(" Copyright")[0]),
         ("HAProxy", command_output([tools["haproxy"], "-v"]).splitlines()[0]),
         ("nginx", command_output([tools["nginx"], "-v"])),
+        ("valgrind", command_output([tools["valgrind"], "--version"])),
         ("CPython / Twisted", command_output([sys.executable, "-c", pyver])),
-        (
-            "PyPy / Twisted",
-            command_output(
-                [
-                    str(PYPY_VENV / "bin" / "python"),
-                    "-c",
-                    pyver + "; print('PyPy', '.'.join(map(str, sys.pypy_version_info[:3])))",
-                ]
-            ).replace("\n", ", "),
-        ),
-        ("powerlb", f"{commit}{' (plus uncommitted changes)' if dirty else ''}"),
     ]
+    if "pypy" in trees[0].venvs:
+        pypy = command_output([str(trees[0].venvs["pypy"] / "bin" / "python"), "-c", pypyver])
+        machine.append(("PyPy / Twisted", pypy.replace("\n", ", ")))
+    machine.append(("powerlb", f"{commit}{' (plus uncommitted changes)' if dirty else ''}"))
+    return machine
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -692,22 +846,23 @@ def ratio(value: float, reference: RowResult | None) -> str:
 
 def results_table(rows: Sequence[Row], results: dict[str, RowResult]) -> list[str]:
     lines = [
-        "| row | req/s | vs HAProxy | vs nginx cache | p50 ms | p99 ms | CPU us/req | idle RSS MiB "
-        "| errors | other load % | req/s per round |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| row | req/s | vs baseline | vs HAProxy | vs nginx cache | p50 ms | p99 ms | CPU us/req "
+        "| idle RSS MiB | errors | other load % | req/s per round |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     haproxy = results.get("HAProxy")
     nginx_cache = results.get("nginx proxy_cache (hits)")
     for row in rows:
         result = results[row.label]
         if not result.samples:
-            lines.append(f"| {row.label} | failed: {'; '.join(result.failures)[:200]} |" + " - |" * 9)
+            lines.append(f"| {row.label} | failed: {'; '.join(result.failures)[:200]} |" + " - |" * 10)
             continue
         rps = result.median("rps")
+        baseline = results.get(row.baseline_label) if row.baseline_label else None
         rounds = ", ".join(f"{s.rps:,.0f}" for s in result.samples)
         failures = f" ({len(result.failures)} failed)" if result.failures else ""
         lines.append(
-            f"| {row.label} | {rps:,.0f} | {ratio(rps, haproxy)} "
+            f"| {row.label} | {rps:,.0f} | {ratio(rps, baseline)} | {ratio(rps, haproxy)} "
             f"| {ratio(rps, nginx_cache) if row.cached else '-'} "
             f"| {result.median('p50_ms'):.2f} | {result.median('p99_ms'):.2f} "
             f"| {result.median('cpu_us'):.1f} "
@@ -717,8 +872,50 @@ def results_table(rows: Sequence[Row], results: dict[str, RowResult]) -> list[st
     return lines
 
 
+def times(value: float | None, reference: float | None) -> str:
+    """value / reference as "0.42x", or "-" when either is missing."""
+    return f"{value / reference:.2f}x" if value is not None and reference else "-"
+
+
+def cost_table(
+    trees: Sequence[Tree],
+    results: dict[tuple[str, str], RowResult],
+    callgrind: dict[str, CallgrindResult],
+) -> list[str]:
+    """CPU time (from the 1 KiB wrk rows) and callgrind instructions per request, per path and tree."""
+    setting = SETTINGS[0]
+    lines = [
+        "| path | powerlb | CPU us/req | vs baseline | instructions/req (callgrind) | vs baseline |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for path, label in (("proxied", "powerlb CPython"), ("hits", "powerlb CPython (hits)")):
+        cpu: dict[str, float | None] = {}
+        instructions: dict[str, float | None] = {}
+        for tree in trees:
+            result = results.get((setting.title, label + tree.suffix))
+            cpu[tree.name] = result.median("cpu_us") if result and result.samples else None
+            counted = callgrind.get(tree.name)
+            instructions[tree.name] = getattr(counted, path) if counted else None
+        if all(value is None for value in (*cpu.values(), *instructions.values())):
+            continue  # neither its wrk row nor callgrind ran
+        base = trees[-1].name if len(trees) > 1 else None
+        for tree in trees:
+            mine_cpu, mine_ir = cpu[tree.name], instructions[tree.name]
+            lines.append(
+                f"| {path} | {tree.name} | {'-' if mine_cpu is None else f'{mine_cpu:.1f}'} "
+                f"| {times(mine_cpu, cpu.get(base) if base else None)} "
+                f"| {'-' if mine_ir is None else f'{mine_ir:,.0f}'} "
+                f"| {times(mine_ir, instructions.get(base) if base else None)} |"
+            )
+    return lines
+
+
 def write_chart(
-    rows: Sequence[Row], results: dict[tuple[str, str], RowResult], path: Path, note: str
+    rows: Sequence[Row],
+    settings: Sequence[Setting],
+    results: dict[tuple[str, str], RowResult],
+    path: Path,
+    note: str,
 ) -> None:
     import matplotlib
 
@@ -726,19 +923,23 @@ def write_chart(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import StrMethodFormatter
 
-    fig, ax = plt.subplots(figsize=(12, 1.1 * len(rows) + 2))
-    height = 0.38
+    fig, ax = plt.subplots(figsize=(12, 0.55 * len(rows) * len(settings) + 2))
+    height = 0.76 / len(settings)
     colors = ("#4c72b0", "#dd8452")
-    for i, setting in enumerate(SETTINGS):
+    for i, setting in enumerate(settings):
         values = [results[setting.title, row.label] for row in rows]
         medians = [r.median("rps") if r.samples else 0.0 for r in values]
-        positions = [n + (i - 0.5) * height for n in range(len(rows))]
+        positions = [n + (i - (len(settings) - 1) / 2) * height for n in range(len(rows))]
         bars = ax.barh(positions, medians, height, label=setting.title, color=colors[i])
+        for bar, row in zip(bars, rows):
+            if row.label == row.baseline_label:  # a baseline row: hatched, paler
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
         ax.bar_label(bars, labels=[f"{m:,.0f}" if m else "failed" for m in medians], padding=4, fontsize=9)
     ax.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=10)
     ax.invert_yaxis()
     ax.set_xlabel("requests per second (median of rounds; higher is better)")
-    ax.set_title(f"powerlb vs HAProxy and nginx on 127.0.0.1 — {note}", fontsize=11)
+    ax.set_title(f"powerlb vs HAProxy, nginx and its baseline on 127.0.0.1 — {note}", fontsize=11)
     ax.margins(x=0.15)
     ax.grid(axis="x", alpha=0.3)
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
@@ -770,12 +971,35 @@ def load_note(results: dict[tuple[str, str], RowResult]) -> list[str]:
     return [text, ""]
 
 
+def rerun_lines() -> list[str]:
+    """How to rerun the benchmark; written at the top of BENCHMARKS.md."""
+    return [
+        "```sh",
+        "make bench                      # full run, as below",
+        "make bench BENCH_ARGS=--quick   # 1 round of 2 s, to try it",
+        "# a subset: some rows (" + ", ".join(ROW_KEYS) + "), one setting, report elsewhere",
+        'make bench BENCH_ARGS="--rows proxied,hits,callgrind --settings 1k --rounds 1 --output /tmp/b.md"',
+        "make bench BENCH_ARGS='--baseline v1.0'   # another baseline commit; --baseline none: no baseline",
+        "```",
+    ]
+
+
+def baseline_note(trees: Sequence[Tree], commit: baseline_commit.Baseline | None) -> list[str]:
+    if commit is None:
+        return ["No baseline in this run (`--baseline none`).", ""]
+    return [
+        f"Baseline: `{commit.short}` ({commit.subject}). Every powerlb row also ran from that commit "
+        f"(rows marked `{trees[-1].suffix.strip()}`, installed into `{commit.home.relative_to(ROOT)}`); "
+        "**vs baseline** divides a row's median req/s by that of its baseline twin, measured in the same "
+        "interleaved rounds on the same machine.",
+        "",
+    ]
+
+
 def write_report(
-    rows: Sequence[Row],
-    results: dict[tuple[str, str], RowResult],
-    memory: list[MemoryResult],
-    memory_failures: list[str],
-    skipped: list[str],
+    report: Path,
+    chart: Path,
+    run: RunResults,
     machine: list[tuple[str, str]],
     args: argparse.Namespace,
     elapsed: float,
@@ -786,15 +1010,13 @@ def write_report(
         "",
         "Generated by `bench/run.py`; rerun with:",
         "",
-        "```sh",
-        "make bench                      # full run, as below",
-        "make bench BENCH_ARGS=--quick   # 1 round of 2 s, to try it",
-        "```",
+        *rerun_lines(),
         "",
         f"This run: `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{args.rounds} interleaved round(s) of {args.duration} s per row and setting, "
         f"total runtime {elapsed / 60:.1f} min.",
         "",
+        *baseline_note(run.trees, run.baseline),
         "## Machine",
         "",
         "| | |",
@@ -803,36 +1025,48 @@ def write_report(
         "",
         "wrk, the balancer under test and the backends share these cores.",
         "",
-        *load_note(results),
-        "![req/s per row](bench/chart.png)",
-        "",
-        *(f"Skipped: {row}." for row in skipped),
-        *([""] if skipped else []),
+        *load_note(run.results),
+        *([f"![req/s per row]({os.path.relpath(chart, report.parent)})", ""] if run.rows else []),
+        *(f"Skipped: {row}." for row in run.skipped),
+        *([""] if run.skipped else []),
     ]
-    for setting in SETTINGS:
+    for setting in run.settings if run.rows else ():
         lines += [
             f"## {setting.title}",
             "",
             f"`wrk -t1 -c{setting.connections} -d{args.duration}s --latency`, "
             f"body {setting.size // 1024} KiB.",
             "",
-            *results_table(rows, {row.label: results[setting.title, row.label] for row in rows}),
+            *results_table(run.rows, {row.label: run.results[setting.title, row.label] for row in run.rows}),
             "",
         ]
+    costs = cost_table(run.trees, run.results, run.callgrind)
+    if costs[2:] or run.callgrind_failures:
+        lines += [
+            "## Cost per request (powerlb CPython, 1 KiB body)",
+            "",
+            *costs,
+            "",
+            *(f"- failed: {failure}" for failure in run.callgrind_failures),
+            *([""] if run.callgrind_failures else []),
+        ]
+    if "memory" in args.rows:
+        lines += [
+            "## Memory while streaming (powerlb, CPython)",
+            "",
+            "| powerlb | transfer | idle RSS MiB | max growth MiB (sampled every 0.2 s) "
+            "| peak growth MiB (VmHWM) | MiB/s |",
+            "|---|---|--:|--:|--:|--:|",
+            *(
+                f"| {m.tree} | {m.label} | {m.baseline_mib:.1f} | {m.sampled_growth_mib:.1f} "
+                f"| {m.peak_growth_mib:.1f} | {m.size / MIB / m.seconds:.0f} |"
+                for m in run.memory
+            ),
+            "",
+            *(f"- failed: {failure}" for failure in run.memory_failures),
+            *([""] if run.memory_failures else []),
+        ]
     lines += [
-        "## Memory while streaming (powerlb, CPython)",
-        "",
-        "| transfer | idle RSS MiB | max growth MiB (sampled every 0.2 s) | peak growth MiB (VmHWM) "
-        "| MiB/s |",
-        "|---|--:|--:|--:|--:|",
-        *(
-            f"| {m.label} | {m.baseline_mib:.1f} | {m.sampled_growth_mib:.1f} | {m.peak_growth_mib:.1f} "
-            f"| {m.size / MIB / m.seconds:.0f} |"
-            for m in memory
-        ),
-        "",
-        *(f"- failed: {failure}" for failure in memory_failures),
-        *([""] if memory_failures else []),
         "## How the figures are computed",
         "",
         METHOD.format(
@@ -841,54 +1075,180 @@ def write_report(
             max_body=" ".join(MAX_BODY_OPTION),
             max_growth=MAX_GROWTH_BYTES // MIB,
             transfer_timeout=TRANSFER_TIMEOUT,
+            callgrind_warmup=CALLGRIND_WARMUP,
+            callgrind_requests=args.callgrind_requests,
+            callgrind_requests_twice=2 * args.callgrind_requests,
+            default_baseline=DEFAULT_BASELINE,
         ),
     ]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n")
 
 
 # --- main --------------------------------------------------------------------------------------------------
+
+
+def comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated subset of choices."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(item.strip() for item in text.split(",") if item.strip())
+        unknown = [item for item in chosen if item not in choices]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(choices)}"
+            )
+        return chosen
+
+    return parse
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s (overrides --rounds/--duration)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 2 s, 100 callgrind requests (overrides --rounds/--duration/--callgrind-requests)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument(
+        "--baseline",
+        default=DEFAULT_BASELINE,
+        metavar="REV",
+        help=f"commit every powerlb row is also measured at (default {DEFAULT_BASELINE}); none: no baseline",
+    )
+    parser.add_argument(
+        "--rows",
+        type=comma_list(ROW_KEYS),
+        default=ROW_KEYS,
+        help=f"comma-separated rows and checks to run (default all: {','.join(ROW_KEYS)})",
+    )
+    settings = [s.body for s in SETTINGS]
+    parser.add_argument(
+        "--settings",
+        type=comma_list(settings),
+        default=tuple(settings),
+        help=f"comma-separated body sizes to run the wrk rows with (default {','.join(settings)})",
+    )
+    parser.add_argument(
+        "--callgrind-requests",
+        type=int,
+        default=300,
+        metavar="N",
+        help="callgrind: requests per path counted (batches of N and 2N, default 300)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPORT,
+        help="report to write (default BENCHMARKS.md; its chart is bench/chart.png, else REPORT.png)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration = 1, 2
-    if args.rounds < 1 or args.duration < 1:
-        parser.error("--rounds and --duration must be at least 1")
+        args.rounds, args.duration, args.callgrind_requests = 1, 2, 100
+    if args.rounds < 1 or args.duration < 1 or args.callgrind_requests < 1:
+        parser.error("--rounds, --duration and --callgrind-requests must be at least 1")
     return args
 
 
-def benchmark_rows() -> tuple[list[Row], list[str]]:
-    cpython = Path(sys.executable).parent.parent
-    rows = [
-        Row("HAProxy", "haproxy", cached=False),
-        Row("nginx balancer", "nginx-balancer", cached=False),
-        Row("nginx proxy_cache (hits)", "nginx-cache", cached=True),
-        Row("powerlb CPython", "powerlb", cached=False, venv=cpython),
-        Row("powerlb CPython (hits)", "powerlb", cached=True, venv=cpython),
-        Row("powerlb PyPy", "powerlb", cached=False, venv=PYPY_VENV),
-        Row("powerlb PyPy (hits)", "powerlb", cached=True, venv=PYPY_VENV),
-    ]
+def benchmark_rows(selected: Sequence[str], trees: Sequence[Tree]) -> tuple[list[Row], list[str]]:
+    """The wrk rows to run, each powerlb row followed by its baseline twin; and those skipped, why."""
+    rows = [row for row in REFERENCE_ROWS if row.key in selected]
     skipped = []
-    if has_option(cpython, "--workers"):
-        rows.append(
-            Row(
-                "powerlb CPython --workers 2",
-                "powerlb",
-                cached=False,
-                venv=cpython,
-                options=("--workers", "2"),
-            )
-        )
-    else:
-        skipped.append("`powerlb CPython --workers 2` (`twistd powerlb --help` lists no `--workers`)")
+    for key, label, interpreter, cached, options in POWERLB_ROWS:
+        if key not in selected:
+            continue
+        twin = label + trees[-1].suffix if len(trees) > 1 else None
+        for tree in trees:
+            venv = tree.venvs[interpreter]
+            if options and not has_option(venv, options[0]):
+                skipped.append(f"`{label}{tree.suffix}` (`twistd powerlb --help` lists no `{options[0]}`)")
+                continue
+            rows.append(Row(label + tree.suffix, key, "powerlb", cached, venv, options, twin))
     return rows, skipped
+
+
+def prepare_trees(
+    args: argparse.Namespace, tools: dict[str, str]
+) -> tuple[list[Tree], baseline_commit.Baseline | None]:
+    """This tree and, unless --baseline none, the baseline commit, with the venvs the selected rows need."""
+    pypy = any(key in args.rows for key in ("pypy", "pypy-hits"))
+    if pypy:
+        ensure_pypy_venv()
+    trees = [
+        Tree(
+            "this tree",
+            "",
+            {"cpython": CPYTHON_VENV, "pypy": PYPY_VENV} if pypy else {"cpython": CPYTHON_VENV},
+        )
+    ]
+    if args.baseline == "none":
+        return trees, None
+    try:
+        commit = baseline_commit.resolve(ROOT, args.baseline)
+        venvs = {"cpython": baseline_commit.install(ROOT, commit, str(Path(sys.executable).resolve()))}
+        if pypy:
+            venvs["pypy"] = baseline_commit.install(ROOT, commit, tools["pypy3"])
+    except baseline_commit.BaselineError as err:
+        raise SystemExit(f"--baseline {args.baseline}: {err}") from err
+    trees.append(Tree(f"baseline {commit.short}", f" @{commit.short}", venvs))
+    return trees, commit
+
+
+@dataclass
+class RunResults:
+    """Everything one run measured, for the report."""
+
+    trees: list[Tree]
+    baseline: baseline_commit.Baseline | None
+    rows: list[Row]
+    settings: list[Setting]
+    skipped: list[str]
+    results: dict[tuple[str, str], RowResult] = field(default_factory=dict)
+    callgrind: dict[str, CallgrindResult] = field(default_factory=dict)
+    callgrind_failures: list[str] = field(default_factory=list)
+    memory: list[MemoryResult] = field(default_factory=list)
+    memory_failures: list[str] = field(default_factory=list)
+
+
+def run_rounds(ctx: Context, run: RunResults, args: argparse.Namespace) -> None:
+    for round_no in range(1, args.rounds + 1):
+        for setting in run.settings:
+            for row in run.rows:
+                result = run.results[setting.title, row.label]
+                prefix = f"[round {round_no}/{args.rounds}] {setting.title:<29} {row.label:<36}"
+                try:
+                    sample = measure(ctx, row, setting, args.duration)
+                except BenchError as err:
+                    result.failures.append(summary(err))
+                    print(f"{prefix} FAILED: {err}", flush=True)
+                    continue
+                result.samples.append(sample)
+                print(
+                    f"{prefix} {sample.rps:>9,.0f} req/s  p99 {sample.p99_ms:7.2f} ms  "
+                    f"{sample.cpu_us:6.1f} µs/req  errors {sample.errors}  "
+                    f"other load {sample.other_load_pct:.0f}%",
+                    flush=True,
+                )
+
+
+def run_callgrind(ctx: Context, run: RunResults, requests: int) -> None:
+    for tree in run.trees:
+        began = time.monotonic()
+        try:
+            counted = callgrind_costs(ctx, tree, requests)
+        except BenchError as err:
+            run.callgrind_failures.append(f"callgrind, {tree.name}: {summary(err)}")
+            print(f"callgrind, {tree.name}: FAILED: {err}", flush=True)
+            continue
+        run.callgrind[tree.name] = counted
+        print(
+            f"callgrind, {tree.name}: {counted.proxied:,.0f} instructions/request proxied, "
+            f"{counted.hits:,.0f} per cache hit ({time.monotonic() - began:.0f} s)",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -897,10 +1257,19 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit("run bench/run.py with the CPython venv (make bench)")
     began = time.monotonic()
     tools = ensure_tools()
-    ensure_pypy_venv()
-    rows, skipped = benchmark_rows()
-    machine = machine_description(tools)
-    results = {(s.title, row.label): RowResult() for s in SETTINGS for row in rows}
+    trees, commit = prepare_trees(args, tools)
+    rows, skipped = benchmark_rows(args.rows, trees)
+    settings = [s for s in SETTINGS if s.body in args.settings]
+    run = RunResults(trees, commit, rows, settings, skipped)
+    run.results = {(s.title, row.label): RowResult() for s in settings for row in rows}
+    machine = machine_description(tools, trees)
+    measurements = args.rounds * len(settings) * len(rows)
+    print(
+        f"{measurements} wrk measurements of {args.duration} s (about "
+        f"{measurements * (args.duration + WARMUP_SECONDS + 2) / 60:.1f} min), then "
+        f"{', '.join(key for key in EXTRA_KEYS if key in args.rows) or 'nothing else'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="powerlb-bench-") as tmp:
         www = Path(tmp) / "www"
         www.mkdir()
@@ -914,30 +1283,23 @@ def main(argv: Sequence[str]) -> None:
             ctx.backend_pid = backends.pid
             for port in ports:
                 wait_ready(backends, port, "/health")
-            for round_no in range(1, args.rounds + 1):
-                for setting in SETTINGS:
-                    for row in rows:
-                        result = results[setting.title, row.label]
-                        prefix = f"[round {round_no}/{args.rounds}] {setting.title:<29} {row.label:<28}"
-                        try:
-                            sample = measure(ctx, row, setting, args.duration)
-                        except BenchError as err:
-                            result.failures.append(summary(err))
-                            print(f"{prefix} FAILED: {err}", flush=True)
-                            continue
-                        result.samples.append(sample)
-                        print(
-                            f"{prefix} {sample.rps:>9,.0f} req/s  p99 {sample.p99_ms:7.2f} ms  "
-                            f"{sample.cpu_us:6.1f} µs/req  errors {sample.errors}  "
-                            f"other load {sample.other_load_pct:.0f}%",
-                            flush=True,
-                        )
-            memory, memory_failures = memory_checks(ctx)
+            run_rounds(ctx, run, args)
+            if "callgrind" in args.rows:
+                run_callgrind(ctx, run, args.callgrind_requests)
+            if "memory" in args.rows:
+                for tree in trees:
+                    memory, failures = memory_checks(ctx, tree)
+                    run.memory += memory
+                    run.memory_failures += failures
     elapsed = time.monotonic() - began
-    note = f"wrk -t1, {args.rounds} round(s) x {args.duration} s, {machine[0][1]} cores"
-    write_chart(rows, results, BENCH / "chart.png", note)
-    write_report(rows, results, memory, memory_failures, skipped, machine, args, elapsed)
-    print(f"wrote BENCHMARKS.md and bench/chart.png; total runtime {elapsed:.0f} s ({elapsed / 60:.1f} min)")
+    report = args.output.resolve()
+    chart = CHART if report == REPORT else report.with_suffix(".png")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    if rows:
+        note = f"wrk -t1, {args.rounds} round(s) x {args.duration} s, {machine[0][1]} cores"
+        write_chart(rows, settings, run.results, chart, note)
+    write_report(report, chart, run, machine, args, elapsed)
+    print(f"wrote {report} and {chart}; total runtime {elapsed:.0f} s ({elapsed / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from typing import Any, Mapping, Union
 
 from twisted.application.service import IService
 
-from powerlb.config import Config, ConfigError, config_from_mapping
+from powerlb.config import ConfigError, config_from_mapping
+from powerlb.settings import Config
 
 __all__ = ["Config", "ConfigError", "makeService"]
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -
     """
     if not isinstance(config, Config):
         config = config_from_mapping(config)
+    # Imported here: ``import powerlb`` (and ``twistd powerlb --help``) stays without the service modules.
     if config.workers > 1:
         from powerlb.workers import WorkerSupervisor
 

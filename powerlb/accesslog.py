@@ -121,7 +121,7 @@ def json_line(event: Mapping[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
-#: The line formatter of each ``access-log-format`` (:data:`powerlb.config.ACCESS_LOG_FORMATS`).
+#: The line formatter of each ``access-log-format`` (:data:`powerlb.values.ACCESS_LOG_FORMATS`).
 FORMATTERS: Dict[str, Callable[[Mapping[str, Any]], str]] = {"combined": combined_line, "json": json_line}
 
 

@@ -1,9 +1,12 @@
 """The runtime API: JSON over HTTP under ``/api/v1/`` on the admin listener.
 
 Reads (``GET``) are open; every change needs ``Authorization: Bearer
-<admin-token>``. A change is made in the request handler, on the reactor
-thread, after every check has passed, so it is atomic and shows at once in
-the stats and metrics. Changes last until the next reload or restart.
+<admin-token>``. Every check passes before anything changes; the change is
+then made through a :class:`~powerlb.control.Control`: at once on the reactor
+thread of a single process (so it is atomic and shows at once in the stats
+and metrics), or relayed by the ``--workers`` supervisor to every worker, the
+answer coming once each has applied it. Changes last until the next reload or
+restart.
 
 The pure part (routing, request bodies, backend ids) is here as functions
 that raise :class:`ApiError`; :class:`ApiResource` is the thin Twisted shell.
@@ -13,23 +16,21 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from powerlb.backend import BACKEND_STATES, Backend, BackendSpec
+from powerlb.backend import BACKEND_STATES, BackendSpec
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
-from powerlb.config import (
-    Config,
-    ConfigError,
-    backend_from_entry,
-    config_to_mapping,
-    parse_backend,
-    parse_weight,
-)
+from powerlb.config import ConfigError, backend_from_entry, config_to_mapping
+from powerlb.control import BackendControl, Change, ChangeFailed, Control, LocalControl
+from powerlb.settings import Config
+from powerlb.values import parse_backend, parse_weight
 
 log = Logger()
 
@@ -48,11 +49,6 @@ ENDPOINTS: Dict[str, Tuple[str, ...]] = {
 #: The largest request body the API reads.
 MAX_BODY = 64 * 1024
 
-_WORKERS_REASON = (
-    "changes are not available with --workers: each worker process has its own backends and cache; "
-    "run a single process to change them at run time"
-)
-
 
 class ApiError(Exception):
     """A request the API refuses: the HTTP ``status``, a one-line ``message`` and, for 405, ``allow``."""
@@ -62,21 +58,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.allow = tuple(allow)
-
-
-class BackendControl(Protocol):
-    """What the API changes: the live backends of one powerlb (``PowerLBService``)."""
-
-    backends: List[Backend]
-
-    def add_backend(self, spec: BackendSpec) -> Backend:
-        """Start sending requests to a new backend."""
-
-    def remove_backend(self, backend: Backend) -> None:
-        """Take a backend out; requests in flight finish."""
-
-    def set_backend_weight(self, backend: Backend, weight: int) -> None:
-        """Change a backend's weight."""
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -193,11 +174,12 @@ def check_token(authorization: Optional[bytes], token: Optional[bytes]) -> None:
 class ApiResource(Resource):
     """``/api/``: every endpoint of :data:`ENDPOINTS`, JSON in and out.
 
-    ``stats`` gives the live figures, ``config`` the effective Config,
-    ``control`` the live backends (None with ``--workers``: the main process
-    serves merged stats and refuses changes with 403), ``cache`` serves
-    purges (None when the cache is off) and ``token`` guards every change
-    (None: changes are off).
+    ``stats`` gives the live figures (which the ``--workers`` supervisor has
+    merged), ``config`` the effective Config, ``token`` guards every change
+    (None: changes are off). Changes go to ``changes`` when given (the
+    ``--workers`` relay), else to a :class:`~powerlb.control.LocalControl` of
+    ``control`` (the live backends) and ``cache`` (None when the cache is
+    off); with neither, changes are refused with 403.
     """
 
     isLeaf = True
@@ -209,14 +191,16 @@ class ApiResource(Resource):
         control: Optional[BackendControl] = None,
         cache: Optional[CacheLayer] = None,
         token: Optional[str] = None,
+        changes: Optional[Control] = None,
     ) -> None:
         super().__init__()
         self._stats = stats
         self._config = config
-        self._control = control
-        self._cache = cache
+        if changes is None and control is not None:
+            changes = LocalControl(control, None if cache is None else cache.purge)
+        self._changes = changes
         self._token = None if token is None else token.encode()
-        self._handlers: Dict[Tuple[str, str], Callable[..., Tuple[int, Any]]] = {
+        self._handlers: Dict[Tuple[str, str], Callable[..., Any]] = {
             ("stats", "GET"): self.get_stats,
             ("backends", "GET"): self.list_backends,
             ("backends", "POST"): self.add_backend,
@@ -227,7 +211,8 @@ class ApiResource(Resource):
             ("config", "GET"): self.get_config,
         }
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
+        """Reads answer at once; a change answers once it is applied (``NOT_DONE_YET`` until then)."""
         try:
             endpoint, args = match_endpoint([part.decode("utf-8", "replace") for part in request.postpath])
             method = request.method.decode("ascii", "replace")
@@ -236,45 +221,67 @@ class ApiResource(Resource):
                 allow = allowed_methods(endpoint)
                 raise ApiError(405, f"{API_ROOT}{endpoint} answers {', '.join(allow)}", allow)
             if method != "GET":
-                if self._control is None:
-                    raise ApiError(403, _WORKERS_REASON)
+                if self._changes is None:
+                    raise ApiError(403, "this admin listener serves no changes")
                 check_token(request.getHeader(b"authorization"), self._token)
-            status, body = self._handlers[endpoint, method](request, *args)
+            answer = self._handlers[endpoint, method](request, *args)
         except ApiError as err:
-            if err.allow:
-                request.setHeader(b"allow", ", ".join(err.allow).encode())
-            if err.status == 401:
-                request.setHeader(b"www-authenticate", b'Bearer realm="powerlb"')
-            status, body = err.status, {"error": err.message}
+            answer = self._refusal(request, err)
+        if not isinstance(answer, defer.Deferred):
+            return self._body(request, *answer)
+        gone: List[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def finish(done: Tuple[int, Any]) -> None:
+            if not gone:  # the client is still there
+                request.write(self._body(request, *done))
+                request.finish()
+
+        answer.addErrback(self._failed, request).addCallback(finish)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request) -> Tuple[int, Any]:
+        """A change that failed: ChangeFailed as its status, anything else as 500 (logged)."""
+        if failure.check(ApiError):
+            return self._refusal(request, failure.value)
+        if failure.check(ChangeFailed):
+            err = failure.value
+            return err.status, {"error": err.message, **err.details}
+        log.failure("api: a change failed", failure)
+        return 500, {"error": f"the change failed: {failure.getErrorMessage()}"}
+
+    @staticmethod
+    def _refusal(request: Request, err: ApiError) -> Tuple[int, Any]:
+        if err.allow:
+            request.setHeader(b"allow", ", ".join(err.allow).encode())
+        if err.status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="powerlb"')
+        return err.status, {"error": err.message}
+
+    @staticmethod
+    def _body(request: Request, status: int, body: Any) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body, indent=2).encode() + b"\n"
 
-    def _body(self, request: Request) -> Dict[str, Any]:
+    def _json(self, request: Request) -> Dict[str, Any]:
         return parse_json_body(request.getHeader(b"content-type"), request.content.read(MAX_BODY + 1))
 
-    def _live(self, backend_id: str) -> Backend:
-        """The live backend called ``backend_id``; 404 naming the known ones when there is none."""
-        assert self._control is not None
-        wanted = canonical_id(backend_id)
-        for backend in self._control.backends:
-            if backend.id == wanted:
-                return backend
-        raise self._unknown(backend_id, [backend.id for backend in self._control.backends])
+    def _apply(self, change: Change, answer: Callable[[Dict[str, Any]], Tuple[int, Any]]) -> defer.Deferred:
+        """Make ``change``; then ``answer(result)``."""
+        assert self._changes is not None
+        return self._changes.apply(change).addCallback(answer)
 
     def _snapshot(self, backend_id: str) -> Dict[str, Any]:
-        """A backend's entry in the stats (which the main process of ``--workers`` has merged)."""
+        """A backend's entry in the stats; 404 naming the known ones when there is none."""
         wanted = canonical_id(backend_id)
         snapshots = self._stats().get("backends", [])
         for snapshot in snapshots:
             if snapshot["id"] == wanted:
                 return snapshot
-        raise self._unknown(backend_id, [snapshot["id"] for snapshot in snapshots])
-
-    @staticmethod
-    def _unknown(backend_id: str, known: List[str]) -> ApiError:
-        return ApiError(404, f"no backend {backend_id!r}; the backends are: {', '.join(known) or 'none'}")
+        known = ", ".join(snapshot["id"] for snapshot in snapshots) or "none"
+        raise ApiError(404, f"no backend {backend_id!r}; the backends are: {known}")
 
     def get_stats(self, request: Request) -> Tuple[int, Any]:
         """``GET /api/v1/stats``: counters, backends and cache figures."""
@@ -288,48 +295,54 @@ class ApiResource(Resource):
         """``GET /api/v1/backends/<id>``: one backend's figures and state."""
         return 200, self._snapshot(backend_id)
 
-    def add_backend(self, request: Request) -> Tuple[int, Any]:
+    def add_backend(self, request: Request) -> defer.Deferred:
         """``POST /api/v1/backends``: a new backend, healthy until its checks say otherwise; 409 if known."""
-        assert self._control is not None
-        spec = parse_new_backend(self._body(request))
-        if any(backend.id == spec.id for backend in self._control.backends):
+        spec = parse_new_backend(self._json(request))
+        if any(snapshot["id"] == spec.id for snapshot in self._stats().get("backends", [])):
             raise ApiError(
                 409, f"backend {spec.id} exists; change it with PATCH {API_ROOT}backends/{spec.id}"
             )
-        backend = self._control.add_backend(spec)
-        log.info("api: backend {url} added with weight {weight}", url=backend.url, weight=backend.weight)
-        request.setHeader(b"location", f"{API_ROOT}backends/{backend.id}".encode())
-        return 201, self._snapshot(backend.id)
 
-    def change_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+        def added(result: Dict[str, Any]) -> Tuple[int, Any]:
+            log.info("api: backend {url} added with weight {weight}", url=spec.url, weight=spec.weight)
+            request.setHeader(b"location", f"{API_ROOT}backends/{spec.id}".encode())
+            return 201, {**self._snapshot(spec.id), **result}
+
+        return self._apply(Change.add(spec), added)
+
+    def change_backend(self, request: Request, backend_id: str) -> defer.Deferred:
         """``PATCH /api/v1/backends/<id>``: a new weight and/or state, both checked before either is set."""
-        assert self._control is not None
-        backend = self._live(backend_id)
-        weight, state = parse_backend_change(self._body(request), backend.id)
-        if weight is not None:
-            self._control.set_backend_weight(backend, weight)
-            log.info("api: backend {url} now has weight {weight}", url=backend.url, weight=weight)
-        if state is not None:
-            backend.set_state(state)
-            log.info("api: backend {url} is now {state}", url=backend.url, state=state)
-        return 200, self._snapshot(backend.id)
+        known = self._snapshot(backend_id)["id"]
+        weight, state = parse_backend_change(self._json(request), known)
 
-    def remove_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+        def changed(result: Dict[str, Any]) -> Tuple[int, Any]:
+            if weight is not None:
+                log.info("api: backend {id} now has weight {weight}", id=known, weight=weight)
+            if state is not None:
+                log.info("api: backend {id} is now {state}", id=known, state=state)
+            return 200, {**self._snapshot(known), **result}
+
+        return self._apply(Change("set", backend=known, weight=weight, state=state), changed)
+
+    def remove_backend(self, request: Request, backend_id: str) -> defer.Deferred:
         """``DELETE /api/v1/backends/<id>``: out of the balancer now; requests in flight finish."""
-        assert self._control is not None
-        backend = self._live(backend_id)
-        if len(self._control.backends) == 1:
-            raise ApiError(409, f"{backend.id} is the last backend; add another before removing it")
-        self._control.remove_backend(backend)
-        log.info("api: backend {url} removed", url=backend.url)
-        return 200, {"removed": backend.id}
+        known = self._snapshot(backend_id)["id"]
+        if len(self._stats().get("backends", [])) == 1:
+            raise ApiError(409, f"{known} is the last backend; add another before removing it")
 
-    def purge(self, request: Request) -> Tuple[int, Any]:
+        def removed(result: Dict[str, Any]) -> Tuple[int, Any]:
+            log.info("api: backend {id} removed", id=known)
+            return 200, {"removed": known, **result}
+
+        return self._apply(Change("remove", backend=known), removed)
+
+    def purge(self, request: Request) -> defer.Deferred:
         """``POST /api/v1/cache/purge``: remove every stored response of a URL or a URL prefix."""
-        if self._cache is None:
+        assert self._changes is not None
+        if not self._changes.caching:
             raise ApiError(404, "the cache is off (cache-size 0)")
-        key, prefix = parse_purge(self._body(request))
-        return 200, {"purged": self._cache.purge(key, prefix=prefix)}
+        key, prefix = parse_purge(self._json(request))
+        return self._apply(Change("purge", key=key, prefix=prefix), lambda result: (200, result))
 
     def get_config(self, request: Request) -> Tuple[int, Any]:
         """``GET /api/v1/config``: the effective configuration with the YAML keys, secrets redacted."""

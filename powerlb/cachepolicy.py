@@ -18,9 +18,9 @@ names kept).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from email.utils import parsedate_tz
+from datetime import datetime, timedelta, timezone
 from typing import (
+    Any,
     Dict,
     FrozenSet,
     Iterable,
@@ -30,10 +30,12 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    cast,
 )
 from urllib.parse import urljoin, urlsplit
 
 from powerlb.headers import Headers, get_all, get_first, split_tokens, strip_hop_by_hop
+from powerlb.structured import StructuredError, parse_dictionary
 
 Directives = Dict[bytes, Optional[bytes]]
 
@@ -86,21 +88,72 @@ def _parse(values: Iterable[bytes]) -> Tuple[Directives, FrozenSet[bytes]]:
     return directives, frozenset(conflicting)
 
 
-def parse_http_date(value: Optional[bytes]) -> Optional[float]:
+_DAY = rb"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+_MONTHS = {name: number for number, name in enumerate(_MONTH[1:-1].split(b"|"), 1)}
+#: RFC 9110 section 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms, exactly.
+_IMF_FIXDATE = re.compile(_DAY + rb", ([0-9]{2}) " + _MONTH + rb" ([0-9]{4}) " + _TIME + rb" GMT")
+_RFC850_DATE = re.compile(
+    rb"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), ([0-9]{2})-"
+    + _MONTH
+    + rb"-([0-9]{2}) "
+    + _TIME
+    + rb" GMT"
+)
+_ASCTIME_DATE = re.compile(_DAY + rb" " + _MONTH + rb" ([0-9]{2}| [0-9]) " + _TIME + rb" ([0-9]{4})")
+
+
+def parse_http_date(value: Optional[bytes], now: Optional[float] = None) -> Optional[float]:
     """POSIX seconds of an HTTP-date (RFC 9110 section 5.6.7), or None; never raises.
 
-    Accepts the IMF-fixdate, obsolete RFC 850 and asctime forms.
+    Exactly the IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``) and the two
+    obsolete forms, RFC 850 (``Sunday, 06-Nov-94 08:49:37 GMT``) and asctime
+    (``Sun Nov  6 08:49:37 1994``); anything else (another zone, a one-digit
+    hour, a two-digit year outside the RFC 850 form, extra spaces, ...) is
+    not a date. An RFC 850 two-digit year is the one that is not more than 50
+    years after ``now`` (RFC 9110 section 5.6.7); without ``now``, 70-99 are
+    19xx and 00-69 20xx.
     """
     if value is None:
         return None
+    imf = _IMF_FIXDATE.fullmatch(value)
+    if imf is not None:
+        _, day, month, year, hour, minute, second = imf.groups()
+    else:
+        rfc850 = _RFC850_DATE.fullmatch(value)
+        if rfc850 is not None:
+            _, day, month, short_year, hour, minute, second = rfc850.groups()
+            year = b"%d" % _full_year(int(short_year), now)
+        else:
+            asctime = _ASCTIME_DATE.fullmatch(value)
+            if asctime is None:
+                return None
+            _, month, day, hour, minute, second, year = asctime.groups()
     try:
-        parts = parsedate_tz(value.decode("latin-1"))
-        if parts is None:
-            return None
-        moment = datetime(*parts[:6], tzinfo=timezone.utc)
-        return moment.timestamp() - (parts[9] or 0)
-    except (TypeError, ValueError, OverflowError, IndexError):
+        moment = datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), min(int(second), 59))
+    except ValueError:
         return None
+    return moment.replace(tzinfo=timezone.utc).timestamp()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: 0001-01-02 and 9999-12-31 00:00 UTC: the years datetime can hold, for a ``now`` beyond them.
+_FIRST_MOMENT = -62135510400.0
+_LAST_MOMENT = 253402214400.0
+
+
+def _full_year(short_year: int, now: Optional[float]) -> int:
+    """The year of an RFC 850 date's two digits (RFC 9110 section 5.6.7)."""
+    if now is None:
+        return (1900 if short_year >= 70 else 2000) + short_year
+    this_year = (_EPOCH + timedelta(seconds=min(max(now, _FIRST_MOMENT), _LAST_MOMENT))).year
+    year = this_year - this_year % 100 + short_year
+    if year > this_year + 50:
+        year -= 100
+    elif year <= this_year - 50:
+        year += 100
+    return year
 
 
 def _delta_seconds(value: Optional[bytes]) -> Optional[int]:
@@ -115,15 +168,17 @@ def _delta_seconds(value: Optional[bytes]) -> Optional[int]:
 
 def _date_value(response_headers: Headers, response_time: float) -> float:
     """The response's ``Date``, or the time it was received (RFC 9110 section 6.6.1)."""
-    date = parse_http_date(get_first(response_headers, b"date"))
+    date = parse_http_date(get_first(response_headers, b"date"), response_time)
     return response_time if date is None else date
 
 
-#: The targeted Cache-Control field powerlb obeys by default (RFC 9213 section 3).
-TARGETED = b"cdn-cache-control"
+#: The targeted Cache-Control field meant for every CDN (RFC 9213 section 3).
+CDN_CACHE_CONTROL = b"cdn-cache-control"
+#: The target list powerlb obeys by default (RFC 9213 section 2.1): CDN-Cache-Control alone.
+TARGETED: Tuple[bytes, ...] = (CDN_CACHE_CONTROL,)
 
 #: Status codes heuristically cacheable by default (RFC 9110 section 15.1).
-DEFAULT_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+DEFAULT_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 #: Heuristic freshness: this fraction of the time since Last-Modified (RFC 9111 section 4.2.2) ...
 HEURISTIC_FRACTION = 0.1
@@ -134,18 +189,80 @@ HEURISTIC_MAX = 86400.0
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
-def _directives(response_headers: Headers, targeted: bytes) -> Tuple[Directives, FrozenSet[bytes], bool]:
-    lines = get_all(response_headers, targeted)
-    if lines:
-        directives, conflicting = _parse(lines)
-        if directives:
-            return directives, conflicting, True
+def own_targeted(targets: Iterable[bytes]) -> FrozenSet[bytes]:
+    """The fields of a target list that name this cache alone, which are not forwarded (RFC 9213 2.1).
+
+    ``CDN-Cache-Control`` is meant for every CDN on the way, so it is
+    forwarded: a CDN further down may obey it too.
+    """
+    return frozenset(targets) - {CDN_CACHE_CONTROL}
+
+
+#: Directives whose value in a targeted field is an Integer (RFC 9213 section 2.1) ...
+_INTEGER_DIRECTIVES = frozenset({b"max-age", b"s-maxage", b"stale-while-revalidate", b"stale-if-error"})
+#: ... a Boolean ...
+_BOOLEAN_DIRECTIVES = frozenset(
+    {b"no-store", b"public", b"must-revalidate", b"proxy-revalidate", b"no-transform", b"immutable"}
+)
+#: ... or a Boolean, or field names (a String or an Inner List of them).
+_QUALIFIED_DIRECTIVES = frozenset({b"no-cache", b"private"})
+
+
+def targeted_directives(lines: Sequence[bytes]) -> Optional[Directives]:
+    """The directives of a targeted field's lines (an RFC 8941 Dictionary, RFC 9213 section 2.1).
+
+    None when the field is invalid and so ignored: it does not parse, is
+    empty, or has a directive of the wrong type (``max-age="60"``,
+    ``max-age=1.5``, ``max-age=-1``, ``no-store=1``). Integers become their
+    digits, true Booleans no argument (as :func:`parse_cache_control` has
+    them); a false Boolean is as if absent.
+    """
+    try:
+        members = parse_dictionary(b", ".join(lines))
+    except StructuredError:
+        return None
+    if not members:
+        return None
+    directives: Directives = {}
+    for key, (value, _) in members.items():
+        name = key.encode("ascii")
+        if not _well_typed(name, value):
+            return None
+        if name in _INTEGER_DIRECTIVES:
+            directives[name] = b"%d" % cast(int, value)  # _well_typed checked it
+        elif value is not False:
+            directives[name] = None
+    return directives
+
+
+def _well_typed(name: bytes, value: Any) -> bool:
+    """Whether a targeted field's directive ``name`` has a value of its type (RFC 9213 section 2.1)."""
+    if name in _INTEGER_DIRECTIVES:
+        return type(value) is int and value >= 0
+    if name in _BOOLEAN_DIRECTIVES:
+        return type(value) is bool
+    if name in _QUALIFIED_DIRECTIVES:
+        return isinstance(value, (bool, str, list))
+    return True
+
+
+def _directives(
+    response_headers: Headers, targets: Sequence[bytes]
+) -> Tuple[Directives, FrozenSet[bytes], bool]:
+    """The directives that apply: the first valid targeted field of ``targets`` (RFC 9213 section 2.1),
+    else ``Cache-Control``; the conflicting names; whether they are targeted."""
+    for name in targets:
+        lines = get_all(response_headers, name)
+        if lines:
+            directives = targeted_directives(lines)
+            if directives is not None:
+                return directives, frozenset(), True
     directives, conflicting = _parse(get_all(response_headers, b"cache-control"))
     return directives, conflicting, False
 
 
 def freshness_lifetime(
-    response_headers: Headers, response_time: float, status: int = 200, targeted: bytes = TARGETED
+    response_headers: Headers, response_time: float, status: int = 200, targeted: Sequence[bytes] = TARGETED
 ) -> float:
     """Freshness lifetime in seconds for a shared cache (RFC 9111 sections 4.2.1 and 4.2.2).
 
@@ -177,13 +294,13 @@ def _lifetime(
     if expires_lines:
         if len(set(expires_lines)) > 1:
             return 0.0
-        expires = parse_http_date(expires_lines[0])
+        expires = parse_http_date(expires_lines[0], response_time)
         if expires is None:
             return 0.0
         return max(0.0, expires - _date_value(response_headers, response_time))
     if not heuristic_allowed(status, directives):
         return 0.0
-    last_modified = parse_http_date(get_first(response_headers, b"last-modified"))
+    last_modified = parse_http_date(get_first(response_headers, b"last-modified"), response_time)
     if last_modified is None:
         return 0.0
     since = _date_value(response_headers, response_time) - last_modified
@@ -198,6 +315,12 @@ def heuristic_allowed(status: int, directives: Directives) -> bool:
     return status in DEFAULT_CACHEABLE or b"public" in directives
 
 
+def age_field(response_headers: Headers) -> Optional[bytes]:
+    """The ``Age`` value that counts: the first member when the field is a list (``Age: 7200, 0``)."""
+    members = split_tokens(get_all(response_headers, b"age"))
+    return members[0] if members else None
+
+
 def corrected_initial_age(response_headers: Headers, request_time: float, response_time: float) -> float:
     """The corrected initial age of a response (RFC 9111 section 4.2.3), never negative.
 
@@ -205,7 +328,7 @@ def corrected_initial_age(response_headers: Headers, request_time: float, respon
     ``response_time`` when the response was received. An absent or invalid
     ``Age`` counts as 0.
     """
-    age_value = _delta_seconds(get_first(response_headers, b"age")) or 0
+    age_value = _delta_seconds(age_field(response_headers)) or 0
     apparent_age = max(0.0, response_time - _date_value(response_headers, response_time))
     response_delay = max(0.0, response_time - request_time)
     return max(apparent_age, age_value + response_delay)
@@ -289,7 +412,8 @@ class StorePlan(NamedTuple):
 
 
 _AUTHORIZED_STORE_DIRECTIVES = frozenset({b"public", b"s-maxage", b"must-revalidate"})
-_EXPLICIT = frozenset({b"max-age", b"s-maxage", b"public"})
+_FRESHNESS = frozenset({b"max-age", b"s-maxage"})
+_EXPLICIT = _FRESHNESS | {b"public"}
 
 
 def _forbids_storing(request_headers: Headers) -> bool:
@@ -304,11 +428,18 @@ def plan_store(
     response_headers: Headers,
     request_time: float,
     response_time: float,
-    targeted: bytes = TARGETED,
+    targeted: Sequence[bytes] = TARGETED,
+    key: bytes = b"",
 ) -> Optional[StorePlan]:
     """A StorePlan when a shared cache may store this response (RFC 9111 section 3), else None.
 
-    Not stored: a method other than ``GET``; a non-final status, ``206``
+    Not stored: a method other than ``GET``, except a ``POST`` response with
+    explicit freshness (``max-age``, ``s-maxage``, ``Expires``) and a
+    ``Content-Location`` that is its target, the cache ``key`` (RFC 9111
+    section 4, RFC 9110 section 9.3.3: it answers later ``GET`` requests);
+    a non-final status, a ``206`` but one with a single ``Content-Range`` of
+    known length (section 3.3: it answers the ranges it covers,
+    :func:`covers`)
     (a partial response is never stored as complete) or ``304`` (it updates
     a stored response, section 4.3.4); a status not cacheable by default
     (RFC 9110 section 15.1) without explicit freshness or ``public``;
@@ -319,16 +450,22 @@ def plan_store(
     response that would be stale at once (no freshness, or ``no-cache``)
     without a validator to revalidate it with (4.3.1).
     """
-    if method != b"GET" or status < 200 or status in (206, 304):
+    if method not in (b"GET", b"POST") or status < 200 or status == 304:
+        return None
+    if status == 206 and (method != b"GET" or content_range(response_headers) is None):
         return None
     if _forbids_storing(request_headers):
         return None
     directives, conflicting, is_targeted = _directives(response_headers, targeted)
     if b"no-store" in directives or b"private" in directives:
         return None
-    explicit = bool(_EXPLICIT & directives.keys()) or (
-        not is_targeted and get_first(response_headers, b"expires") is not None
-    )
+    expires = not is_targeted and get_first(response_headers, b"expires") is not None
+    if method == b"POST" and not (
+        (expires or _FRESHNESS & directives.keys())
+        and _reference_key(key, get_first(response_headers, b"content-location")) == key
+    ):
+        return None
+    explicit = bool(_EXPLICIT & directives.keys()) or expires
     if status not in DEFAULT_CACHEABLE and not explicit:
         return None
     if b"public" not in directives and get_first(response_headers, b"set-cookie") is not None:
@@ -355,18 +492,30 @@ def plan_store(
 
 VaryKey = Tuple[Optional[bytes], ...]
 
+#: Request fields whose members :func:`vary_values` normalises (case-insensitive lists of preferences).
+_NORMALISED_VARY = frozenset({b"accept-language", b"accept-encoding"})
+_WHITESPACE = re.compile(rb"[ \t]+")
+
 
 def vary_values(vary_names: Sequence[bytes], request_headers: Headers) -> VaryKey:
     """The secondary cache key (RFC 9111 section 4.1): the request's values for ``vary_names``.
 
     Repeated header lines are combined and list elements re-joined with
     ``", "``, so whitespace around commas does not matter; an absent header
-    is None, distinct from an empty one (``b""``).
+    is None, distinct from an empty one (``b""``). ``Accept-Language`` and
+    ``Accept-Encoding`` are compared without regard to case, order,
+    repetition and whitespace (``en-US;q=0.8, fr`` matches ``fr,en-us ; q=0.8``).
     """
     out: List[Optional[bytes]] = []
     for name in vary_names:
         values = get_all(request_headers, name)
-        out.append(b", ".join(split_tokens(values)) if values else None)
+        if not values:
+            out.append(None)
+            continue
+        members = split_tokens(values)
+        if name in _NORMALISED_VARY:
+            members = sorted({_WHITESPACE.sub(b"", member).lower() for member in members})
+        out.append(b", ".join(members))
     return tuple(out)
 
 
@@ -578,6 +727,49 @@ UNSATISFIABLE = (-1, -1)
 _BYTE_RANGE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*\Z", re.IGNORECASE)
 
 
+_CONTENT_RANGE = re.compile(rb"bytes ([0-9]{1,15})-([0-9]{1,15})/([0-9]{1,15})")
+
+
+def content_range(headers: Headers) -> Optional[Tuple[int, int, int]]:
+    """(first, last, complete length) of a partial response's single byte ``Content-Range``, else None."""
+    values = get_all(headers, b"content-range")
+    match = _CONTENT_RANGE.fullmatch(values[0]) if len(values) == 1 else None
+    if match is None:
+        return None
+    first, last, complete = (int(group) for group in match.groups())
+    return (first, last, complete) if first <= last < complete else None
+
+
+def covered_span(request_headers: Headers, stored_headers: Headers) -> Optional[Tuple[int, int]]:
+    """The (first, last) bytes a request's single ``Range`` asks of a stored ``206``, when it holds
+    them all (RFC 9111 section 3.3), else None."""
+    stored = content_range(stored_headers)
+    if stored is None:
+        return None
+    start, end, complete = stored
+    span = byte_range(request_headers, stored_headers, complete)
+    if span is None or span == UNSATISFIABLE or not start <= span[0] <= span[1] <= end:
+        return None
+    return span
+
+
+def covers(method: bytes, request_headers: Headers, status: int, stored_headers: Headers) -> bool:
+    """Whether a stored response of ``status`` can answer the request at all.
+
+    A complete response can; a stored ``206`` only a ``GET`` without
+    ``If-None-Match``/``If-Modified-Since`` for a range within it
+    (RFC 9111 section 3.3); the rest goes upstream.
+    """
+    if status != 206:
+        return True
+    return (
+        method == b"GET"
+        and get_first(request_headers, b"if-none-match") is None
+        and get_first(request_headers, b"if-modified-since") is None
+        and covered_span(request_headers, stored_headers) is not None
+    )
+
+
 def byte_range(request_headers: Headers, stored_headers: Headers, length: int) -> Optional[Tuple[int, int]]:
     """The single byte range (first, last) to answer a ``Range`` request with (RFC 9110 section 14).
 
@@ -631,6 +823,9 @@ _NOT_MODIFIED_FIELDS = frozenset(
 )
 
 
+#: Stored fields an answer replaces with its own: its framing and Age.
+_NOT_ANSWERED = frozenset({b"content-length", b"age"})
+
 #: :func:`answer_head`'s span for an answer without a body (``304``, ``416``): an empty slice.
 NO_BODY = (0, -1)
 
@@ -643,39 +838,59 @@ def answer_head(
     stored_headers: Headers,
     length: Optional[int],
     age: float,
-    targeted: bytes = TARGETED,
+    strip: FrozenSet[bytes] = frozenset(),
 ) -> Tuple[Answer, Optional[Tuple[int, int]]]:
     """The head of the answer to a request from a response of ``length`` body bytes, and its body's span.
 
     The answer (with an empty body) has the response's headers with ``Age``
-    (RFC 9111 section 5.1), without the targeted field (RFC 9213) and with a
+    (RFC 9111 section 5.1), without the fields in ``strip`` (the targeted fields
+    for this cache alone, :func:`own_targeted`) and with a
     ``Content-Length`` of what follows; it is a ``304`` when the client's
     precondition says it has the response (RFC 9111 section 4.3.2), a ``206``
-    or ``416`` to a single-range ``GET`` of a ``200`` (RFC 9110 section 14).
+    or ``416`` to a single-range ``GET`` of a ``200`` (RFC 9110 section 14),
+    and a ``206`` of the requested range from a stored ``206`` that covers it.
     The span is the (first, last) body bytes to send, :data:`NO_BODY` for
     none, or None for the whole body. With ``length`` None (not known yet)
     no ``Range`` is answered and there is no ``Content-Length``.
     """
-    headers = [(k, v) for k, v in stored_headers if k not in (b"content-length", b"age", targeted)]
+    headers = [(k, v) for k, v in stored_headers if k not in _NOT_ANSWERED and k not in strip]
     headers.append((b"age", format_age(age)))
     if status == 200 and not_modified(request_headers, stored_headers):
         headers = [(k, v) for k, v in headers if k in _NOT_MODIFIED_FIELDS]
         return Answer(304, b"Not Modified", headers, b""), NO_BODY
-    span = None
+    if status == 206:
+        return _partial_answer(request_headers, reason, stored_headers, headers, length)
     if status == 200 and method == b"GET" and length is not None:
         span = byte_range(request_headers, stored_headers, length)
-    if span == UNSATISFIABLE:
-        headers.append((b"content-range", b"bytes */%d" % length))
-        headers.append((b"content-length", b"0"))
-        return Answer(416, b"Range Not Satisfiable", headers, b""), NO_BODY
-    if span is not None:
-        first, last = span
-        headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, length)))
-        headers.append((b"content-length", b"%d" % (last - first + 1)))
-        return Answer(206, b"Partial Content", headers, b""), span
+        if span == UNSATISFIABLE:
+            headers.append((b"content-range", b"bytes */%d" % length))
+            headers.append((b"content-length", b"0"))
+            return Answer(416, b"Range Not Satisfiable", headers, b""), NO_BODY
+        if span is not None:
+            first, last = span
+            headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, length)))
+            headers.append((b"content-length", b"%d" % (last - first + 1)))
+            return Answer(206, b"Partial Content", headers, b""), span
     if length is not None:
         headers.append((b"content-length", b"%d" % length))
     return Answer(status, reason, headers, b""), None
+
+
+def _partial_answer(
+    request_headers: Headers, reason: bytes, stored_headers: Headers, headers: Headers, length: Optional[int]
+) -> Tuple[Answer, Optional[Tuple[int, int]]]:
+    """:func:`answer_head` for a stored ``206``: the covered range (:func:`covers`), else the whole part."""
+    span = covered_span(request_headers, stored_headers)
+    stored = content_range(stored_headers)
+    if span is None or stored is None:
+        if length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        return Answer(206, reason, headers, b""), None
+    (first, last), (start, _, complete) = span, stored
+    headers = [(k, v) for k, v in headers if k != b"content-range"]
+    headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, complete)))
+    headers.append((b"content-length", b"%d" % (last - first + 1)))
+    return Answer(206, reason, headers, b""), (first - start, last - start)
 
 
 def cached_answer(
@@ -686,13 +901,11 @@ def cached_answer(
     stored_headers: Headers,
     body: bytes,
     age: float,
-    targeted: bytes = TARGETED,
+    strip: FrozenSet[bytes] = frozenset(),
 ) -> Answer:
     """What to send for a request answered by a stored response of current ``age``: :func:`answer_head`
     with the stored ``body`` (or the requested part of it)."""
-    answer, span = answer_head(
-        method, request_headers, status, reason, stored_headers, len(body), age, targeted
-    )
+    answer, span = answer_head(method, request_headers, status, reason, stored_headers, len(body), age, strip)
     return answer._replace(body=body if span is None else body[span[0] : span[1] + 1])
 
 
@@ -714,10 +927,14 @@ def invalidation_keys(
     keys = [own]
     origin = own[: len(own) - len(target)]
     for name in (b"location", b"content-location"):
-        value = get_first(response_headers, name)
-        if value is None:
-            continue
-        key = url_key(urljoin(own.decode("latin-1"), value.decode("latin-1")).encode("latin-1"))
+        key = _reference_key(own, get_first(response_headers, name))
         if key is not None and key.startswith(origin + b"/") and key not in keys:
             keys.append(key)
     return keys
+
+
+def _reference_key(own: bytes, reference: Optional[bytes]) -> Optional[bytes]:
+    """The cache key of a URI ``reference`` resolved against the key ``own`` (RFC 3986 section 5)."""
+    if reference is None:
+        return None
+    return url_key(urljoin(own.decode("latin-1"), reference.decode("latin-1")).encode("latin-1"))

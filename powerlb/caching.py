@@ -14,8 +14,13 @@ as a hit would be (``304``, ``206``, ``416``); one that is not stored (or
 outgrows ``--cache-max-object``) is streamed, answered with a ``304`` when its
 headers match the client's precondition, or only the requested range when its
 ``Content-Length`` is known, else passed on whole (a ``200`` is a correct
-answer to a conditional or range request). A ``HEAD`` forwarded while a
-``GET`` response is stored updates or invalidates it (RFC 9111 section 4.3.5).
+answer to a conditional or range request). A ``Range`` request for a URL
+whose whole response could not be stored goes upstream with its ``Range``
+instead, and a ``206`` stored from it answers the ranges it covers (RFC 9111
+section 3.3). A ``HEAD`` forwarded while a ``GET`` response is stored updates
+or invalidates it (RFC 9111 section 4.3.5). A ``POST`` response whose
+``Content-Location`` is its target may be stored for later ``GET`` requests
+(RFC 9111 section 4).
 
 ``X-Cache`` says what happened to each request:
 
@@ -49,7 +54,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
-from powerlb.cache import CachedResponse, ICacheStore
+from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
@@ -84,7 +89,8 @@ _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 class CacheLayer:
     """One instance's cache as the request path uses it.
 
-    ``targeted`` is the targeted Cache-Control field name (RFC 9213),
+    ``targeted`` is the target list of targeted Cache-Control field names
+    (RFC 9213 section 2.1; those but ``CDN-Cache-Control`` are not forwarded),
     ``grace`` the seconds a stale response may stand in for a failed backend,
     ``lock_timeout`` how long concurrent misses wait for the one request sent
     upstream, ``purge_allow`` the networks allowed to send ``PURGE``.
@@ -97,7 +103,7 @@ class CacheLayer:
         counters: Counters,
         max_object: int,
         *,
-        targeted: str = "CDN-Cache-Control",
+        targeted: Sequence[str] = ("CDN-Cache-Control",),
         grace: float = 0.0,
         lock_timeout: float = 5.0,
         purge_allow: Sequence[str] = (),
@@ -106,12 +112,16 @@ class CacheLayer:
         self.clock = clock
         self.counters = counters
         self.max_object = max_object
-        self.targeted = targeted.lower().encode("ascii")
+        self.targeted = tuple(name.lower().encode("ascii") for name in targeted)
+        #: The targeted fields for this cache alone: never forwarded.
+        self.strip = cachepolicy.own_targeted(self.targeted)
         self.grace = grace
         self.lock_timeout = lock_timeout
         self.purge_allow = [ipaddress.ip_network(network) for network in purge_allow]
         #: Keys with a request on its way upstream, and who waits for it.
         self.flights: Dict[bytes, _Flight] = {}
+        #: The shared second cache tier (powerlb.redistier.IRemoteStore), None without one.
+        self.remote: Any = None
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
 
@@ -126,13 +136,18 @@ class CacheLayer:
         """
         if client.method == b"PURGE":
             return self._purge_request(request, client)
+        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
+            if client.method == b"POST":
+                now = self.clock.seconds()
+                return resource.forward(
+                    request, client, BYPASS, lambda sink: PostSink(self, sink, client, key, now)
+                )
             return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
-        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
         directives = cachepolicy.request_directives(client.headers)
         now = self.clock.seconds()
-        entry = self.store.get(key, client.headers)
+        entry = self.lookup(key, client.method, client.headers)
         use = None
         if entry is not None:
             use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
@@ -170,20 +185,84 @@ class CacheLayer:
     ) -> Any:
         """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
 
-        With ``lead`` the request is the one concurrent misses for ``key`` wait for.
+        With ``lead`` the request is the one concurrent misses for ``key`` wait for. A ``Range``
+        request for a key that could not be stored whole (hit-for-pass) goes upstream with its
+        ``Range``, so that the ``206`` can be stored and answer the ranges it covers.
         """
-        now = self.clock.seconds()
         flight = None
         if lead:
             flight = self.flights[key] = _Flight()
             request.notifyFinish().addBoth(lambda _: self.land(key, flight))
-        upstream, conditional = self._upstream_client(client, entry)
+            # -- second cache tier (powerlb.redistier): a local miss asks the shared store first --
+            if entry is None and self.remote is not None:
+                self.remote.get(key).addCallback(self._remote_found, resource, request, client, key, flight)
+                return NOT_DONE_YET
+        return self._send(resource, request, client, key, entry, flight)
+
+    def _remote_found(
+        self,
+        entries: List[CachedResponse],
+        resource: Any,
+        request: Any,
+        client: Any,
+        key: bytes,
+        flight: _Flight,
+    ) -> None:
+        """The shared tier's variants of ``key`` arrived: they join the local tier; a fresh one
+        answers (``HIT``), else the request goes upstream in its flight as it would have."""
+        for found in entries:
+            self.store.put(key, found)
+        if self.flights.get(key) is not flight:
+            return  # the client went away meanwhile
+        now = self.clock.seconds()
+        entry = self.lookup(key, client.method, client.headers)
+        directives = cachepolicy.request_directives(client.headers)
+        if entry is not None and (
+            cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
+            == cachepolicy.FRESH
+        ):
+            self.land(key, flight)
+            self.serve(request, client, entry, now, HIT)
+        else:
+            self._send(resource, request, client, key, entry, flight)
+        # -- end of the second cache tier's hook --
+
+    def _send(
+        self,
+        resource: Any,
+        request: Any,
+        client: Any,
+        key: bytes,
+        entry: Optional[CachedResponse],
+        flight: Any,
+    ) -> Any:
+        """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
+        now = self.clock.seconds()
+        lead = flight is not None
+        # A range of an object that was not stored whole (hit-for-pass) goes upstream as asked:
+        # the backend sends only that range, and its 206 may be stored.
+        ranged = (
+            entry is None
+            and not lead
+            and get_first(client.headers, b"range") is not None
+            and self._passing(key, now)
+        )
+        upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry)
         return resource.forward(
             request,
             upstream,
             MISS,
             lambda sink: FetchSink(self, sink, key, client, entry, now, flight, conditional),
         )
+
+    def lookup(self, key: bytes, method: bytes, headers: Headers) -> Optional[CachedResponse]:
+        """The stored response of ``key`` that may answer a ``method`` request with ``headers``, fresh
+        or stale: the variant they select, unless it is a ``206`` without the range asked
+        (:func:`cachepolicy.covers`)."""
+        entry = self.store.get(key, headers)
+        if entry is None or not cachepolicy.covers(method, headers, entry.status, entry.headers):
+            return None
+        return entry
 
     def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
         """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
@@ -202,8 +281,8 @@ class CacheLayer:
         host = get_first(headers, b"host")
         if host is None:
             return None
-        entry = self.store.get(
-            cachepolicy.primary_key(b"https" if secure else b"http", host, target), headers
+        entry = self.lookup(
+            cachepolicy.primary_key(b"https" if secure else b"http", host, target), method, headers
         )
         if entry is None:
             return None
@@ -229,7 +308,7 @@ class CacheLayer:
             entry.headers,
             entry.body,
             entry.age(now),
-            self.targeted,
+            self.strip,
         )
 
     def count(self, x_cache: bytes) -> None:
@@ -241,6 +320,9 @@ class CacheLayer:
         """Store ``entry`` under ``key`` (counted when the store takes it)."""
         if self.store.put(key, entry):
             self.counters.cache_stores += 1
+            if self.remote is not None:  # the second cache tier (powerlb.redistier): write-through
+                ttl = remote_ttl(entry, self.grace, self.clock.seconds())
+                self.remote.put(key, entry, ttl)
 
     def update(
         self,
@@ -375,7 +457,7 @@ class _Waiter:
         if self.gone:
             return
         now = layer.clock.seconds()
-        entry = layer.store.get(key, self.client.headers)
+        entry = layer.lookup(key, self.client.method, self.client.headers)
         directives = cachepolicy.request_directives(self.client.headers)
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
@@ -388,7 +470,7 @@ class _Waiter:
     def give_up(self, layer: CacheLayer, key: bytes) -> None:
         """The lock timeout passed: stop waiting and go upstream alone."""
         self.flight.waiters.remove(self)
-        entry = layer.store.get(key, self.client.headers)
+        entry = layer.lookup(key, self.client.method, self.client.headers)
         layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
 
     def leave(self, failure: Failure) -> None:
@@ -422,7 +504,7 @@ class _Flight:
 
 @implementer(IResponseSink)
 class Relay:
-    """Passes an upstream response on to the next sink without the targeted Cache-Control field.
+    """Passes an upstream response on to the next sink without the targeted fields for this cache alone.
 
     After a request with an unsafe method it invalidates what the response
     says changed (RFC 9111 section 4.4).
@@ -439,8 +521,8 @@ class Relay:
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.layer.invalidate(self.client, status, headers)
-        targeted = self.layer.targeted
-        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k != targeted])
+        strip = self.layer.strip
+        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k not in strip])
 
     def body_received(self, data: bytes) -> None:
         self.sink.body_received(data)
@@ -482,6 +564,55 @@ class HeadSink(Relay):
         elif outcome == cachepolicy.INVALIDATE:
             layer.counters.cache_invalidated += layer.store.remove(self.key)
         super().head_received(status, reason, headers)
+
+
+class PostSink(Relay):
+    """The response to a POST, passed on; stored for later GET requests of its target when it has
+    explicit freshness and its ``Content-Location`` is that target (RFC 9111 section 4, RFC 9110
+    section 9.3.3), after invalidating what it replaces (section 4.4)."""
+
+    def __init__(self, layer: CacheLayer, sink: Any, client: Any, key: bytes, request_time: float) -> None:
+        super().__init__(layer, sink, client)
+        self.key = key
+        self.request_time = request_time
+        self.plan: Optional[cachepolicy.StorePlan] = None
+        self.parts: Optional[List[bytes]] = None
+        self.size = 0
+        self.head: Tuple[int, bytes, Headers] = (0, b"", [])
+
+    def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        super().head_received(status, reason, headers)
+        layer = self.layer
+        plan = cachepolicy.plan_store(
+            b"POST",
+            self.client.headers,
+            status,
+            headers,
+            self.request_time,
+            layer.clock.seconds(),
+            layer.targeted,
+            self.key,
+        )
+        length = _content_length(headers)
+        if plan is not None and (length is None or length <= layer.max_object):
+            self.plan, self.parts, self.head = plan, [], (status, reason, headers)
+
+    def body_received(self, data: bytes) -> None:
+        if self.parts is not None:
+            self.size += len(data)
+            if self.size <= self.layer.max_object:
+                self.parts.append(data)
+            else:
+                self.parts = None
+        super().body_received(data)
+
+    def response_ended(self) -> None:
+        if self.parts is not None:
+            status, reason, headers = self.head
+            body = b"".join(self.parts)
+            entry = CachedResponse.from_plan(self.plan, status, reason, headers, body, self.client.headers)
+            self.layer.put(self.key, entry)
+        super().response_ended()
 
 
 class FetchSink(Relay):
@@ -557,7 +688,8 @@ class FetchSink(Relay):
         if plan is not None and (length is None or length <= layer.max_object):
             self.plan, self.parts = plan, []
             self.held = self.answers
-            layer.passes.pop(self.key, None)
+            if status != 206:
+                layer.passes.pop(self.key, None)
         else:
             # Nothing will be stored: whoever waits for this response may go upstream now.
             layer.mark_pass(self.key, now)
@@ -635,7 +767,7 @@ class FetchSink(Relay):
                 strip_hop_by_hop(headers),
                 _content_length(headers),
                 cachepolicy.corrected_initial_age(headers, self.request_time, now),
-                self.layer.targeted,
+                self.layer.strip,
             )
             if span is not None:
                 self.span = span

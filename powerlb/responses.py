@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.server import NOT_DONE_YET, Request
 
 from powerlb import cachepolicy
 from powerlb.headers import Headers
 
+if TYPE_CHECKING:
+    from powerlb.server import ProxyRequest
 
-def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> None:
+
+def set_response_headers(request: ProxyRequest, headers: Headers, x_cache: bytes) -> None:
     """Replace the twisted.web response headers with ``headers`` plus ``X-Cache``.
 
     twisted.web's own ``Server`` header is dropped; its ``Date`` is kept only
@@ -28,13 +32,13 @@ def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> 
     for name, value in headers:
         grouped.setdefault(name, []).append(value)
     if b"date" not in grouped and date:
-        grouped[b"date"] = date
+        grouped[b"date"] = list(date)
     grouped[b"x-cache"] = [x_cache]
     for name, values in grouped.items():
         out.setRawHeaders(name, values)
 
 
-def serve_answer(request: Request, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
+def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
     """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
 
     The response is written and finished here, so that the answer's own
@@ -52,7 +56,8 @@ def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, byte
     """``answer`` as an HTTP/1.1 response: (head, body), what :func:`serve_answer` sends via twisted.web.
 
     For the client channel's short way for cache hits. A ``Date`` is added
-    only when the stored response has none, as twisted.web does. Head and
+    only when the stored response has none, and names are written in
+    twisted.web's case (:func:`wire_name`), as twisted.web does. Head and
     body stay apart so that a large body is never copied to join them (on
     PyPy that copy halved the throughput of 32 KiB hits).
     """
@@ -60,11 +65,29 @@ def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, byte
     dated = False
     for name, value in answer.headers:
         dated = dated or name == b"date"
-        parts += (name, b": ", value, b"\r\n")
+        parts += (wire_name(name), b": ", value, b"\r\n")
     if not dated:
-        parts += (b"date: ", datetimeToString(), b"\r\n")
-    parts += (b"via: 1.1 powerlb\r\nx-cache: ", x_cache, b"\r\n\r\n")
+        parts += (b"Date: ", datetimeToString(), b"\r\n")
+    parts += (b"Via: 1.1 powerlb\r\nX-Cache: ", x_cache, b"\r\n\r\n")
     return (b"".join(parts), answer.body)
+
+
+#: Most header names :func:`wire_name` remembers (names are few; a flood of odd ones is not kept).
+MAX_WIRE_NAMES = 10_000
+_wire_names: Dict[bytes, bytes] = {}
+
+
+def wire_name(name: bytes) -> bytes:
+    """The lower-cased header ``name`` as twisted.web writes it on every other response
+    (``Content-Type``, ``ETag``), so that a hit the short way carries the names a miss does."""
+    written = _wire_names.get(name)
+    if written is None:
+        headers = TwistedHeaders()
+        headers.setRawHeaders(name, [b""])
+        ((written, _),) = headers.getAllRawHeaders()
+        if len(_wire_names) < MAX_WIRE_NAMES:
+            _wire_names[name] = written
+    return written
 
 
 def error_response(request: Request, status: int, reason: str) -> bytes:

@@ -37,9 +37,10 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.config import Config
 from powerlb.headers import Headers, get_first
 from powerlb.outcomes import Outcomes
+from powerlb.responses import wire_name
+from powerlb.settings import Config
 from powerlb.upstream import BodyStream
 
 _STATUS_TEXT = {
@@ -203,7 +204,8 @@ class ProxyRequest(Request):
         """Start the response: ``headers`` (names lower-cased, no hop-by-hop ones) plus ``X-Cache``.
 
         What twisted.web's first ``write`` does, but written in one block built
-        straight from the list, with no twisted.web header object: the
+        straight from the list (names in twisted.web's case, :func:`wire_name`),
+        with no twisted.web header object: the
         ``Date`` twisted.web set is kept only when the response has none, and
         its ``Connection: close`` (a closing connection) is kept; a body of
         unknown length to an HTTP/1.1 client is chunked; HEAD, 1xx, 204 and 304
@@ -222,18 +224,18 @@ class ProxyRequest(Request):
                 continue
             dated = dated or name == b"date"
             framed = framed or name == b"content-length"
-            parts += (name, b": ", value, b"\r\n")
+            parts += (wire_name(name), b": ", value, b"\r\n")
         own = self.responseHeaders
         if not dated:
-            parts += (b"date: ", own.getRawHeaders(b"date", [b""])[0], b"\r\n")
+            parts += (b"Date: ", own.getRawHeaders(b"date", [b""])[0], b"\r\n")
         connection = own.getRawHeaders(b"connection")
         if connection:
-            parts += (b"connection: ", connection[0], b"\r\n")
+            parts += (b"Connection: ", connection[0], b"\r\n")
         bodiless = self.method == b"HEAD" or status in NO_BODY_CODES
         if not framed and not bodiless and version == b"HTTP/1.1":
             self.chunked = 1
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts += (b"x-cache: ", x_cache, b"\r\n\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts += (b"X-Cache: ", x_cache, b"\r\n\r\n")
         self.channel.write(b"".join(parts))
         if bodiless:
             self.write = lambda data: None
@@ -347,6 +349,8 @@ class ProxyChannel(TrackedChannel):
     _head_lines = 0
     _rejected = False
     _secure = False
+    #: The tunnel this connection became after a protocol switch (:mod:`powerlb.tunnel`), or None.
+    tunnel: Any = None
 
     def connectionMade(self) -> None:
         limits = self.site.limits
@@ -358,6 +362,9 @@ class ProxyChannel(TrackedChannel):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
         if self._rejected:
             return
         if self._head_pending:
@@ -386,6 +393,22 @@ class ProxyChannel(TrackedChannel):
         if self._peer_address is None:
             self._peer_address = self.transport.getPeer()
         return self._peer_address
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+        super().connectionLost(reason)
+
+    def switch_protocols(self, tunnel: Any) -> bytes:
+        """Stop speaking HTTP (a 101 was relayed): every byte read from now on goes to
+        ``tunnel.client_data``, the connection's end to ``tunnel.client_lost``. Returns the bytes
+        already read past the request (the new protocol's first ones); the tunnel paces the reads."""
+        self.tunnel = tunnel
+        self.setTimeout(None)
+        self.transport.unregisterProducer()
+        early = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        return early
 
     def timeoutConnection(self) -> None:
         if self._head_pending:

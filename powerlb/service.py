@@ -1,30 +1,29 @@
-"""Lifecycle: one powerlb instance as a Twisted ``MultiService``.
+"""The composition root: one powerlb instance as a Twisted ``MultiService``.
 
-:class:`PowerLBService` owns everything of one instance — backends, balancer,
-upstream pools, cache, health checks, listeners — and keeps no global state,
-so several can run in one process. ``twistd powerlb``, ``lb.tac`` and
-embedders all build it through :func:`powerlb.makeService`.
+:class:`PowerLBService` builds and wires everything of one instance —
+backends, balancer, upstream pools, cache, health checks, listeners — and
+keeps no global state, so several can run in one process. ``twistd powerlb``,
+``lb.tac`` and embedders all build it through :func:`powerlb.makeService`.
 
-Stopping drains: the listeners stop at once, idle client connections are
-closed, in-flight requests get ``drain_timeout`` seconds to finish, then
-whatever is left is cut and the upstream pools are closed.
-:meth:`PowerLBService.reload` applies a re-read configuration (backends
-added, removed or re-weighted, the algorithm, retries, the drain timeout)
-without dropping in-flight requests; :class:`ReloadOnSighup` does that on
+Stopping drains (see :func:`powerlb.listening.drain`): the listeners stop at
+once, idle client connections are closed, in-flight requests get
+``drain_timeout`` seconds to finish, then whatever is left is cut and the
+upstream pools are closed. :meth:`PowerLBService.reload` applies a re-read
+configuration (backends added, removed or re-weighted, the algorithm,
+retries, the drain timeout; see :mod:`powerlb.reload`) without dropping
+in-flight requests; :class:`powerlb.signals.ReloadOnSighup` does that on
 SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import signal
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
 from powerlb.accesslog import AccessLog
@@ -32,115 +31,28 @@ from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
-from powerlb.config import SETTINGS, Config, ConfigError, build_config
 from powerlb.dispatch import Dispatcher
-from powerlb.health import HealthChecker, SlowStart
+from powerlb.health import CheckKind, HealthChecker, SlowStart, backend_probe
+from powerlb.listening import Listener, drain
 from powerlb.outcomes import Outcomes
 from powerlb.outlier import OutlierEjector
 from powerlb.proxy import ProxyResource
+from powerlb.reload import diff_backends, reloaded
 from powerlb.server import ProxySite, QuietSite
+from powerlb.settings import Config
 from powerlb.stats import Counters, snapshot
 from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
-from powerlb.upstream import ProxyClientFactory, probe
+from powerlb.upstream import ProxyClientFactory
+from powerlb.values import endpoint_kind
+
+if TYPE_CHECKING:
+    from powerlb.discovery import DnsDiscovery
 
 log = Logger()
 
-
-class Listener(Service):
-    """Listens on a Twisted server endpoint while running.
-
-    ``port`` is the ``IListeningPort`` while listening (set at start-up for
-    TCP, SSL and UNIX endpoints); :meth:`whenListening` waits for it.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self.port: Optional[IListeningPort] = None
-        self._started = False
-        self._waiting: list = []
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        failures: list = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            # Raised synchronously so twistd and embedders see a bad port at start-up.
-            failures[0].raiseException()
-
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(port)
-
-    def whenListening(self) -> defer.Deferred:
-        """A Deferred firing with the ``IListeningPort`` once listening."""
-        if self.port is not None:
-            return defer.succeed(self.port)
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append(d)
-        return d
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self._started = False
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-
-#: How often a draining site looks for connections whose requests have ended.
-DRAIN_POLL_INTERVAL = 0.05
-
-
-def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
-    """Close a site's client connections as their requests end; abort those left after ``timeout``.
-
-    ``site.channels`` is the set of its open ``HTTPChannel``\\ s and HTTP/2
-    connections (the site keeps it up to date). Every :data:`DRAIN_POLL_INTERVAL`
-    seconds a connection without a request (idle keep-alive) is closed, and one
-    with requests is told to ``close_after_requests()`` (HTTP/1.1: their
-    responses say ``Connection: close``; HTTP/2: new streams are refused).
-    After ``timeout`` seconds the rest are aborted. The result fires once no connection is left.
-    """
-    done: defer.Deferred = defer.Deferred()
-    deadline = clock.seconds() + timeout
-    closing: Set[Any] = set()
-
-    def step() -> None:
-        channels = site.channels
-        if not channels:
-            loop.stop()
-            return
-        overdue = clock.seconds() >= deadline
-        for channel in list(channels):
-            if overdue:
-                channel.transport.abortConnection()
-            elif not channel.requests:
-                if channel not in closing:
-                    closing.add(channel)
-                    channel.loseConnection()
-            else:
-                channel.close_after_requests()
-
-    loop = LoopingCall(step)
-    loop.clock = clock
-    loop.start(DRAIN_POLL_INTERVAL, now=True).addBoth(lambda _: done.callback(None))
-    return done
+#: Config attributes a new balancer is built for when a reload changes one of them.
+_BALANCER_SETTINGS = ("algorithm", "hash_key", "hash_balance_factor")
 
 
 class PowerLBService(MultiService):
@@ -174,20 +86,27 @@ class PowerLBService(MultiService):
                 keep_stale=config.cache_grace,
             )
             CacheSweeper(self.cache, reactor, config.cache_sweep_interval).setServiceParent(self)
-        health_path = config.health_path.encode()
         self.slow_start = SlowStart(reactor, config.slow_start)
         self.slow_start.setServiceParent(self)
         self.outliers: Optional[OutlierEjector] = None
         if config.outlier_failures > 0:
             self.outliers = OutlierEjector(
-                reactor, config.outlier_failures, config.outlier_backoff, on_readmit=self.slow_start.begin
+                reactor,
+                self.backends,
+                config.outlier_failures,
+                config.outlier_backoff,
+                max_ejection=config.outlier_max_ejection,
+                statuses=config.outlier_statuses,
+                counters=self.counters,
+                on_readmit=self.slow_start.begin,
             )
             self.outliers.setServiceParent(self)
+        check_kind = CheckKind(config.health_check, config.health_path)
+        #: The health check of one backend (None with ``health-check: off``).
+        self.probe = backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for)
         self.health = HealthChecker(
             self.backends,
-            lambda backend: probe(
-                reactor, backend, health_path, config.health_timeout, self.backend_tls.creator_for(backend)
-            ),
+            self.probe,
             reactor,
             config.health_interval,
             config.health_timeout,
@@ -195,14 +114,24 @@ class PowerLBService(MultiService):
             fall=config.health_fall,
             on_pass=self.outliers.health_passed if self.outliers is not None else None,
             on_up=self.slow_start.begin,
+            kind=check_kind,
         )
         self.health.setServiceParent(self)
+        #: Backends from DNS names (``dns``, ``srv``), or None.
+        self.discovery: Optional[DnsDiscovery] = None
+        if config.dns or config.srv:
+            # Imported here: discovery brings twisted.names.
+            from powerlb.discovery import discovery_for
+
+            self.discovery = discovery_for(config, reactor, self, self.probe)
+            self.discovery.setServiceParent(self)
         self.dispatcher = Dispatcher(
             self.balancer,
             self.clients,
             retries=config.retries,
             outliers=self.outliers,
             counters=self.counters,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
         )
         cache_layer = None
         if self.cache is not None:
@@ -216,6 +145,10 @@ class PowerLBService(MultiService):
                 lock_timeout=config.cache_lock_timeout,
                 purge_allow=config.purge_allow,
             )
+        #: The shared second cache tier and the change bus (None without ``redis``).
+        self.redis: Optional[Any] = None
+        self.bus: Optional[Any] = None
+        changes = None if config.redis is None else self._join_cluster(config, cache_layer)
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
@@ -225,7 +158,7 @@ class PowerLBService(MultiService):
             self.access_log = AccessLog(config.access_log, config.access_log_format, reactor)
         self.outcomes = Outcomes(reactor, None if self.access_log is None else self.access_log.logger)
         site = ProxySite(resource, reactor, config, self.outcomes)
-        if config.listen.split(":", 1)[0].strip().lower() == "ssl":
+        if endpoint_kind(config.listen) == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
             site.fast_answer = cache_layer.fast_response
@@ -236,7 +169,9 @@ class PowerLBService(MultiService):
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
 
-            admin = admin_root(self.stats, lambda: self.config, self, cache_layer, config.admin_token)
+            admin = admin_root(
+                self.stats, lambda: self.config, self, cache_layer, config.admin_token, changes
+            )
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
 
@@ -253,6 +188,7 @@ class PowerLBService(MultiService):
                 "queued": self.clients[b].queued,
             },
             self.outcomes.snapshot(),
+            None if self.bus is None else self.bus.stats(),
         )
 
     def privilegedStartService(self) -> None:
@@ -304,7 +240,9 @@ class PowerLBService(MultiService):
         ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
         ``retries`` applies to the next request and ``drain_timeout`` to the
         next stop. A change to any other setting is logged as needing a
-        restart and ignored.
+        restart and ignored. Backends found by DNS discovery are not part of
+        ``config.backends`` and stay, unless the new configuration names one:
+        that one becomes static.
         """
         old = self.config
         self.config = reloaded(old, config)
@@ -319,9 +257,17 @@ class PowerLBService(MultiService):
             backend.backup = spec.backup
             log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
         for spec in added:
-            by_url[spec.url] = self.add_backend(spec)
+            if spec.url in by_url:  # found by DNS discovery: now a static backend
+                backend = by_url[spec.url]
+                if self.discovery is not None:
+                    self.discovery.release(backend)
+                backend.set_weight(spec.weight)
+                backend.backup = spec.backup
+            else:
+                by_url[spec.url] = self.add_backend(spec)
             log.info("reload: backend {url} added", url=spec.url)
-        self._set_backends([by_url[spec.url] for spec in config.backends])
+        static = [by_url[spec.url] for spec in config.backends]
+        self._set_backends([*static, *(b for b in self.backends if b not in static and self._discovered(b))])
         if any(getattr(config, name) != getattr(old, name) for name in _BALANCER_SETTINGS):
             self.balancer = self._make_balancer(config)
             self.dispatcher.balancer = self.balancer
@@ -367,7 +313,21 @@ class PowerLBService(MultiService):
         self.backends[:] = backends
         self.health.set_backends(self.backends)
         self.balancer.set_backends(self.backends)
-        self.config = dataclasses.replace(self.config, backends=tuple(b.spec() for b in self.backends))
+        configured = tuple(b.spec() for b in self.backends if not self._discovered(b))
+        self.config = dataclasses.replace(self.config, backends=configured)
+
+    def _discovered(self, backend: Backend) -> bool:
+        """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
+        return self.discovery is not None and self.discovery.owns(backend)
+
+    def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
+        """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
+        from powerlb.redistier import cluster_for
+
+        self.redis, self.bus, changes = cluster_for(config, self, cache_layer, self.reactor)
+        self.redis.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return changes
 
     def _make_balancer(self, config: Config) -> IBalancer:
         """The balancer ``config`` asks for over the current backends (at start, and on reload)."""
@@ -403,140 +363,3 @@ def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:
     except ImportError:
         return None  # HTTP/1.1 only
     return lambda: ProxyH2Connection(site)
-
-
-#: Config attributes :meth:`PowerLBService.reload` applies; a change to any other needs a restart.
-RELOADABLE = frozenset(
-    {"backends", "algorithm", "hash_key", "hash_balance_factor", "retries", "drain_timeout"}
-)
-
-#: Config attributes a new balancer is built for when a reload changes one of them.
-_BALANCER_SETTINGS = ("algorithm", "hash_key", "hash_balance_factor")
-
-
-def reloaded(old: Config, new: Config) -> Config:
-    """What a reload from ``old`` to ``new`` runs with: ``new``, but every setting outside
-    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart)."""
-    kept: Dict[str, Any] = {}
-    for setting in SETTINGS:
-        before, after = getattr(old, setting.attr), getattr(new, setting.attr)
-        if setting.attr not in RELOADABLE and after != before:
-            kept[setting.attr] = before
-            log.warn(
-                "reload: {setting} changed, which needs a restart; still using {value}",
-                setting=setting.key,
-                value="off" if before is None else setting.show(before),
-            )
-    return dataclasses.replace(new, **kept)
-
-
-def diff_backends(
-    old: Sequence[BackendSpec], new: Sequence[BackendSpec]
-) -> Tuple[List[BackendSpec], List[BackendSpec], List[BackendSpec]]:
-    """What a reload changes, keyed by URL: ``(added, removed, reweighted)``.
-
-    ``added`` and ``reweighted`` are specs from ``new`` (``reweighted``: the
-    URL was there with another weight or backup flag), ``removed`` specs
-    from ``old``; each list is in its configuration's order.
-    """
-    old_by_url = {spec.url: spec for spec in old}
-    new_urls = {spec.url for spec in new}
-    added = [spec for spec in new if spec.url not in old_by_url]
-    removed = [spec for spec in old if spec.url not in new_urls]
-    reweighted = [
-        spec
-        for spec in new
-        if spec.url in old_by_url
-        and (spec.weight, spec.backup) != (old_by_url[spec.url].weight, old_by_url[spec.url].backup)
-    ]
-    return added, removed, reweighted
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigSource:
-    """Where a running powerlb's configuration comes from, so SIGHUP can build it again.
-
-    ``path`` is the YAML file (or None), ``cli`` the command-line options
-    (their names as :func:`~powerlb.config.build_config` takes them), which
-    win over the file as at start-up, and ``overrides`` Config fields set
-    after building (a worker's ``workers=1, admin=None``). Picklable.
-    """
-
-    path: Optional[str]
-    cli: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def load(self) -> Config:
-        """Read and validate the configuration again; a bad one raises ConfigError."""
-        return dataclasses.replace(build_config(self.cli, self.path), **self.overrides)
-
-
-class OnSignal(Service):
-    """While running, the signal ``signum`` calls ``action`` on the reactor thread, then the
-    handler it replaced when that is a function (e.g. twistd rotating its ``--logfile`` on SIGUSR1).
-
-    For the top-level process only (``twistd powerlb``, ``lb.tac``, a
-    worker): signal handlers are process-wide, so embedders that run several
-    instances call the actions themselves.
-    """
-
-    def __init__(self, signum: int, action: Callable[[], Any], reactor: Any = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        self.signum = signum
-        self.action = action
-        self.reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(self.signum, self._signalled)
-
-    def stopService(self) -> None:
-        if self.running:
-            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
-        super().stopService()
-
-    def _signalled(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.action)
-        if callable(self._previous):
-            self._previous(signum, frame)
-
-
-class ReloadOnSighup(OnSignal):
-    """While running, SIGHUP re-reads ``source`` and hands the result to ``target.reload``.
-
-    A bad configuration is logged in one line naming the setting, and the
-    running one is kept.
-    """
-
-    def __init__(self, target: Any, source: ConfigSource, reactor: Any = None) -> None:
-        super().__init__(signal.SIGHUP, self.reload, reactor)
-        self.target = target
-        self.source = source
-
-    def reload(self) -> None:
-        """Re-read the configuration and apply it, or log why it cannot be."""
-        where = self.source.path or "the command line"
-        log.info("SIGHUP: reloading the configuration from {where}", where=where)
-        try:
-            config = self.source.load()
-        except ConfigError as err:
-            log.error("reload failed, keeping the running configuration: {error}", error=str(err))
-            return
-        self.target.reload(config)
-
-
-def reload_on_sighup(service: Any, source: ConfigSource) -> None:
-    """Make ``service`` (from :func:`powerlb.makeService`) re-read ``source`` on SIGHUP.
-
-    A worker supervisor also passes ``source`` to its workers, which re-read
-    it themselves when it forwards SIGHUP to them.
-    """
-    from powerlb.workers import WorkerSupervisor
-
-    if isinstance(service, WorkerSupervisor):
-        service.config_source = source
-    ReloadOnSighup(service, source, service.reactor).setServiceParent(service)

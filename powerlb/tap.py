@@ -3,22 +3,58 @@
 from __future__ import annotations
 
 import signal
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from powerlb.config import Options as ConfigOptions
+from powerlb import makeService as make_powerlb
+from powerlb.config import ConfigError, build_config
+from powerlb.reload import ConfigSource
+from powerlb.settings import BY_NAME, SETTINGS, Config
+from powerlb.signals import OnSignal, reload_on_sighup
 
 __all__ = ["Options", "makeService"]
 
 
-class Options(ConfigOptions):
-    """powerlb's options as twistd parses them: a bad setting exits non-zero with one line.
+class Options(usage.Options):
+    """The command-line options of ``twistd powerlb``, one per row of the settings table;
+    after parsing, ``self.config`` is the Config. A bad setting exits non-zero with one line.
 
     Twisted before 26 catches a ``UsageError`` from a plugin without setting
     an exit status, so it is turned into ``SystemExit`` here.
     """
+
+    synopsis = "[options]"
+    optParameters: List[List[Any]] = [
+        [setting.name, None, None, setting.describe()]
+        for setting in SETTINGS
+        if setting.cli and not setting.many
+    ] + [["config", None, None, "YAML file with the same keys (command-line options win)"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["backend"] = []
+        self["dns"] = []
+        self.config: Optional[Config] = None
+
+    def opt_backend(self, value: str) -> None:
+        self["backend"].append(value)
+
+    opt_backend.__doc__ = BY_NAME["backend"].describe()
+
+    def opt_dns(self, value: str) -> None:
+        self["dns"].append(value)
+
+    opt_dns.__doc__ = BY_NAME["dns"].describe()
+
+    def postOptions(self) -> None:
+        """Build ``self.config``; a bad setting becomes a one-line UsageError."""
+        cli = {name: value for name, value in self.items() if name != "config"}
+        try:
+            self.config = build_config(cli, self["config"])
+        except ConfigError as err:
+            raise usage.UsageError(str(err)) from err
 
     def parseOptions(self, options: Optional[Any] = None) -> None:
         try:
@@ -33,9 +69,6 @@ def makeService(options: Options) -> IService:
 
     On a reload the command-line options still win over the file.
     """
-    from powerlb import makeService as make_powerlb
-    from powerlb.service import ConfigSource, OnSignal, reload_on_sighup
-
     service = make_powerlb(options.config)
     cli = {name: value for name, value in options.items() if name != "config"}
     reload_on_sighup(service, ConfigSource(options["config"], cli))

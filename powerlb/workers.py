@@ -8,6 +8,18 @@ their stats snapshot to the main process once a second over a pipe (fd
 ``access-log: -``), and the main process's admin listener serves the merged
 figures, JSON and Prometheus metrics alike. A worker that dies is started again.
 
+The workers are one balancer: the main process's runtime API checks a change
+against the merged view, then relays it to every worker over its stdin pipe
+(:mod:`powerlb.control` has the messages) and answers once each worker has
+acknowledged it, or names those that did not within :data:`CHANGE_TIMEOUT`.
+A ``PURGE`` a worker serves is forwarded to the main process, which relays it
+to the other workers. The main process keeps the backend changes made since
+the last reload and hands them to every worker it starts, which applies them
+before serving (a restarted worker's cache starts empty, so purges are not
+kept); a reload sent to the workers makes the file the truth again, so the
+list keeps only the states of the backends that stay (see
+:func:`powerlb.control.kept_by_reload`).
+
 Per process: the cache (each worker stores what it fetched), upstream
 connections, health-check state (every worker probes every backend, so the
 views agree within one check interval), the access log's buffer (each writes
@@ -18,7 +30,7 @@ only while every worker sees it healthy.
 Stopping sends SIGTERM to every worker, which drains its connections (up to
 ``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
 is killed. SIGHUP to the main process (see
-:func:`powerlb.service.reload_on_sighup`) is forwarded to every worker, which
+:func:`powerlb.signals.reload_on_sighup`) is forwarded to every worker, which
 re-reads the configuration itself.
 """
 
@@ -26,23 +38,48 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
+import itertools
 import os
 import pickle
 import signal
 import socket
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IProcessTransport, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from powerlb.config import Config
-from powerlb.service import ConfigSource, reloaded
+from powerlb.control import (
+    Applied,
+    Apply,
+    Change,
+    ChangeFailed,
+    Forward,
+    LocalControl,
+    Message,
+    ProtocolError,
+    Report,
+    WorkerOutcome,
+    apply_change,
+    change_from_json,
+    decode,
+    encode,
+    kept_by_reload,
+    relay_verdict,
+)
+from powerlb.listening import Listener
+from powerlb.reload import ConfigSource, reloaded
+from powerlb.settings import Config
+from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
+
+if TYPE_CHECKING:  # only a worker runs one (imported there)
+    from powerlb.service import PowerLBService
 
 log = Logger()
 
@@ -54,6 +91,9 @@ REPORT_INTERVAL = 1.0
 RESTART_DELAY = 1.0
 #: Seconds a stopping worker gets beyond ``drain_timeout`` before it is killed.
 STOP_MARGIN = 5.0
+#: Seconds every worker gets to acknowledge a relayed change (one still starting may take a few);
+#: less than ``powerlb-ctl`` waits for an answer (:data:`powerlb.ctl.TIMEOUT`).
+CHANGE_TIMEOUT = 8.0
 
 
 def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -73,7 +113,7 @@ def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
     for snapshot in snapshots:
         for backend in snapshot.get("backends", []):
             by_url.setdefault(backend["url"], []).append(backend)
-    merged = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
+    merged: Dict[str, Any] = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
     merged["backends"] = [_merge(same) for same in by_url.values()]
     cache = merged.get("cache")
     if isinstance(cache, dict):
@@ -102,16 +142,58 @@ def _merge(values: List[Any], key: str = "") -> Any:
     return first
 
 
+def _lines(buffer: bytes, data: bytes) -> Tuple[List[bytes], bytes]:
+    """The whole lines in ``buffer + data`` and what is left after the last newline."""
+    *lines, rest = (buffer + data).split(b"\n")
+    return lines, rest
+
+
 class _WorkerProcess(protocol.ProcessProtocol):
-    """The supervisor's side of one worker: its stats lines and its end."""
+    """The supervisor's side of one worker: its messages (stats, acknowledgments, forwarded
+    purges), the changes sent to it that it has not acknowledged yet, and its end."""
+
+    transport: IProcessTransport  # set when the supervisor spawns it, before any use
 
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self.buffer = b""
         self.snapshot: Optional[Dict[str, Any]] = None
-        self.ended: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
         self.reload_pending = False
+        self.pending: Dict[int, defer.Deferred[Applied]] = {}
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker's process id (None once it has exited)."""
+        pid: Optional[int] = self.transport.pid
+        return pid
+
+    def change(self, change_id: int, change: Change) -> defer.Deferred[WorkerOutcome]:
+        """Send the worker ``change``; fires with its :class:`WorkerOutcome`, an error one if it
+        refuses, exits or does not answer within :data:`CHANGE_TIMEOUT`."""
+        pid = self.pid
+
+        def forget(_: defer.Deferred[Applied]) -> None:
+            self.pending.pop(change_id, None)
+
+        acked: defer.Deferred[Applied] = defer.Deferred(forget)
+        self.pending[change_id] = acked
+        self.transport.write(encode(Apply(change_id, change)))
+        acked.addTimeout(CHANGE_TIMEOUT, self.supervisor.reactor)
+
+        def outcome(applied: Any) -> WorkerOutcome:
+            if isinstance(applied, Applied):
+                if applied.error is None:
+                    return WorkerOutcome(self.index, pid, result=applied.result)
+                return WorkerOutcome(self.index, pid, error=applied.error)
+            if applied.check(defer.TimeoutError):
+                return WorkerOutcome(
+                    self.index, pid, error=f"no answer in {CHANGE_TIMEOUT:g} s", timed_out=True
+                )
+            return WorkerOutcome(self.index, pid, error=applied.getErrorMessage())
+
+        return acked.addBoth(outcome)
 
     def reload(self) -> None:
         """Send the worker SIGHUP; one that has not reported yet (no handler yet) gets it when it does."""
@@ -125,32 +207,40 @@ class _WorkerProcess(protocol.ProcessProtocol):
             self.report_received(data)
 
     def report_received(self, data: bytes) -> None:
-        """Bytes of the worker's stats lines (one JSON snapshot a line)."""
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
+        """Bytes of the worker's messages (one a line, see :mod:`powerlb.control`)."""
+        lines, self.buffer = _lines(self.buffer, data)
         for line in lines:
             try:
-                self.snapshot = json.loads(line)
-            except ValueError:
-                log.warn("worker {index} sent an unreadable stats line", index=self.index)
+                message = decode(line)
+            except ProtocolError as err:
+                log.warn("worker {index} sent an unreadable line: {err}", index=self.index, err=err)
+            else:
+                self.message_received(message)
         if self.reload_pending and self.snapshot is not None:
             self.reload_pending = False
             self.reload()
 
-    def processEnded(self, reason: Any) -> None:
+    def message_received(self, message: Message) -> None:
+        """One message from the worker: a stats report, a change acknowledged, a purge to relay."""
+        if isinstance(message, (Report, Applied)):
+            self.snapshot = message.stats
+        if isinstance(message, Applied):
+            acked = self.pending.pop(message.id, None)
+            if acked is not None:  # else it came after the timeout
+                acked.callback(message)
+        elif isinstance(message, Forward):
+            self.supervisor.relay(message.change, origin=self)
+
+    def processEnded(self, reason: Failure) -> None:
+        pending, self.pending = self.pending, {}
+        for acked in pending.values():
+            acked.errback(ChangeFailed(502, "the worker exited"))
         self.ended.callback(None)
         self.supervisor.worker_ended(self, reason)
 
 
 class WorkerSupervisor(MultiService):
-    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats.
-
-    ``config_source`` (set by :func:`powerlb.service.reload_on_sighup`) is
-    passed to the workers so that they can re-read the configuration on
-    SIGHUP; without it they keep the one they started with.
-    """
-
-    config_source: Optional[ConfigSource] = None
+    """Binds the listening socket, runs ``config.workers`` worker processes on it and merges their stats."""
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
@@ -164,13 +254,28 @@ class WorkerSupervisor(MultiService):
         self.port: Any = None
         self.workers: List[Optional[_WorkerProcess]] = [None] * config.workers
         self._stopping = False
+        #: The backend changes made since the last reload, in order: every worker started gets them.
+        self.changes: List[Change] = []
+        self._change_ids = itertools.count(1)
         if config.admin is not None:
+            # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
             from powerlb.server import QuietSite
-            from powerlb.service import Listener
 
-            admin_site = QuietSite(admin_root(self.stats, lambda: self.config), reactor)
+            root = admin_root(self.stats, lambda: self.config, token=config.admin_token, changes=self)
+            admin_site = QuietSite(root, reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
+
+    @property
+    def config_source(self) -> Optional[ConfigSource]:
+        """Where the workers re-read the configuration from on SIGHUP: the source of this
+        supervisor's :class:`~powerlb.signals.ReloadOnSighup` (see
+        :func:`~powerlb.signals.reload_on_sighup`). Without one they keep the configuration
+        they started with."""
+        for child in self:
+            if isinstance(child, ReloadOnSighup) and child.target is self:
+                return child.source
+        return None
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -199,12 +304,13 @@ class WorkerSupervisor(MultiService):
         worker = _WorkerProcess(self, index)
         self.workers[index] = worker
         family = socket.AF_INET6 if ":" in self.port.getHost().host else socket.AF_INET
-        overrides = {"workers": 1, "admin": None}
+        overrides: Dict[str, Any] = {"workers": 1, "admin": None}
         child_config = dataclasses.replace(self.config, **overrides)
         source = self.config_source
         if source is not None:
             source = dataclasses.replace(source, overrides={**source.overrides, **overrides})
-        payload = base64.b64encode(pickle.dumps((child_config, int(family), source))) + b"\n"
+        changes = [change.to_json() for change in self.changes]
+        payload = base64.b64encode(pickle.dumps((child_config, int(family), source, changes))) + b"\n"
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
@@ -215,7 +321,7 @@ class WorkerSupervisor(MultiService):
         process.write(payload)
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
 
-    def worker_ended(self, worker: _WorkerProcess, reason: Any) -> None:
+    def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """A worker exited: start it again unless powerlb is stopping."""
         if self._stopping or self.workers[worker.index] is not worker:
             return
@@ -227,6 +333,47 @@ class WorkerSupervisor(MultiService):
         if not self._stopping and self.workers[index] is None:
             self._spawn(index)
 
+    @property
+    def caching(self) -> bool:
+        """Whether the workers have a cache to purge."""
+        return self.config.cache_size > 0
+
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
+        """Relay ``change`` to every running worker; fires with their results summed and their
+        pids (``workers``) once each has applied it, or fails with ChangeFailed naming those that
+        did not (see :func:`powerlb.control.relay_verdict`). A worker not running now (being
+        restarted) gets it when it starts, as every backend change is kept for workers to come."""
+        keep = change.op != "purge"
+        if keep:
+            self.changes.append(change)
+
+        def verdict(outcomes: List[WorkerOutcome]) -> Dict[str, Any]:
+            if keep and not any(outcome.result is not None for outcome in outcomes):
+                self.changes.remove(change)  # nobody has it: workers to come should not either
+            return relay_verdict(outcomes)
+
+        return self._fan_out(change, None).addCallback(verdict)
+
+    def relay(self, change: Change, origin: _WorkerProcess) -> defer.Deferred[None]:
+        """Relay a change a worker made on its own (a ``PURGE`` it served) to the other workers;
+        those that did not apply it are logged."""
+
+        def logged(outcomes: List[WorkerOutcome]) -> None:
+            try:
+                relay_verdict([WorkerOutcome(origin.index, origin.pid, result={}), *outcomes])
+            except ChangeFailed as err:
+                log.warn("purge from worker {index}: {err}", index=origin.index, err=err.message)
+
+        return self._fan_out(change, origin).addCallback(logged)
+
+    def _fan_out(
+        self, change: Change, origin: Optional[_WorkerProcess]
+    ) -> defer.Deferred[List[WorkerOutcome]]:
+        """Send ``change`` to every running worker but ``origin``; fires with their outcomes."""
+        change_id = next(self._change_ids)
+        live = [w for w in self.workers if w is not None and w is not origin and w.pid is not None]
+        return defer.gatherResults([worker.change(change_id, change) for worker in live])
+
     def stats(self) -> Dict[str, Any]:
         """The workers' latest snapshots merged, with each worker's pid."""
         live = [w for w in self.workers if w is not None]
@@ -237,7 +384,7 @@ class WorkerSupervisor(MultiService):
     def reload(self, config: Config) -> None:
         """Take ``config`` for workers started from now on and send every worker SIGHUP.
 
-        Settings a reload cannot change (see :func:`powerlb.service.reloaded`)
+        Settings a reload cannot change (see :func:`powerlb.reload.reloaded`)
         are logged and kept, so workers started later run as the others.
         Without a ``config_source`` the workers have no file to re-read and
         keep their configuration until they restart.
@@ -246,6 +393,8 @@ class WorkerSupervisor(MultiService):
         if self.config_source is None:
             log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
             return
+        # the workers go back to what the file says, keeping the states of the backends that stay
+        self.changes = kept_by_reload(self.changes, [spec.id for spec in self.config.backends])
         for worker in self.workers:
             if worker is not None:
                 worker.reload()
@@ -257,7 +406,7 @@ class WorkerSupervisor(MultiService):
             if worker is not None and worker.snapshot is not None and worker.transport.pid is not None:
                 worker.transport.signalProcess("USR1")
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[None]:
         """Stop accepting at once, let every worker drain and exit (killed if it overstays)."""
         self._stopping = True
         # The workers hold copies of the socket: it stops accepting once they have closed theirs too.
@@ -279,9 +428,40 @@ class WorkerSupervisor(MultiService):
 
 
 class _SupervisorPipe(protocol.Protocol):
-    """A worker's side of the pipes to the supervisor: when they close, the supervisor is gone."""
+    """A worker's side of the pipes to the supervisor: it applies the changes the supervisor
+    sends (to ``control``) and acknowledges each with ``stats()`` just after; when the pipes
+    close, the supervisor is gone."""
 
-    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+    transport: ITransport  # the worker's stdio, connected before any message
+
+    def __init__(self, control: LocalControl, stats: Callable[[], Dict[str, Any]]) -> None:
+        self.control = control
+        self.stats = stats
+        self.buffer = b""
+
+    def send(self, message: Message) -> None:
+        """Write one message to the supervisor."""
+        self.transport.write(encode(message))
+
+    def dataReceived(self, data: bytes) -> None:
+        lines, self.buffer = _lines(self.buffer, data)
+        for line in lines:
+            try:
+                message = decode(line)
+            except ProtocolError as err:
+                log.warn("unreadable line from the supervisor: {err}", err=err)
+                continue
+            if not isinstance(message, Apply):
+                log.warn("unexpected message from the supervisor: {message}", message=message)
+                continue
+            result, error = {}, None
+            try:
+                result = apply_change(self.control.target, self.control.purge, message.change)
+            except ChangeFailed as err:
+                error = err.message
+            self.send(Applied(message.id, result, error, self.stats()))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         from twisted.internet import reactor
 
         if reactor.running:
@@ -291,8 +471,8 @@ class _SupervisorPipe(protocol.Protocol):
 class _Reporting(Service):
     """Writes the worker's stats snapshot to the supervisor every second."""
 
-    def __init__(self, service: Any, transport: Any, reactor: Any) -> None:
-        self.loop = LoopingCall(lambda: transport.write(json.dumps(service.stats()).encode() + b"\n"))
+    def __init__(self, service: PowerLBService, pipe: _SupervisorPipe, reactor: IReactorTime) -> None:
+        self.loop = LoopingCall(lambda: pipe.send(Report(service.stats())))
         self.loop.clock = reactor
 
     def startService(self) -> None:
@@ -321,26 +501,52 @@ def _accept_one_at_a_time(port: Any) -> None:
     port.doRead = doRead
 
 
+def _purge_everywhere(cache: Any, pipe: _SupervisorPipe) -> None:
+    """Make the ``PURGE`` requests this worker serves purge every worker: ``cache.purge`` (which
+    the cache layer calls for them) purges here and forwards the purge to the supervisor. Purges
+    the supervisor relays use the original method (the pipe's control), so they go no further."""
+    purge_here: Callable[[bytes, bool], int] = cache.purge
+
+    def purge(key: bytes, prefix: bool = False) -> int:
+        removed = purge_here(key, prefix)
+        pipe.send(Forward(Change("purge", key=key, prefix=prefix)))
+        return removed
+
+    cache.purge = purge
+
+
 def worker_main() -> None:
     """Entry point of a worker process: config on stdin, the listening socket on fd 3, reports to fd 4."""
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from powerlb.service import OnSignal, PowerLBService, ReloadOnSighup
+    # Imported here: only a worker runs a PowerLBService; the supervisor goes without the proxy modules.
+    from powerlb.service import PowerLBService
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    config, family, source = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
+    # Unbuffered: what follows the first line (changes) is the supervisor pipe's to read.
+    with open(0, "rb", buffering=0, closefd=False) as stdin:
+        config, family, source, changes = pickle.loads(base64.b64decode(stdin.readline()))
     endpoint = AdoptedStreamServerEndpoint(reactor, LISTEN_FD, family)
     service = PowerLBService(config, reactor, listen_endpoint=endpoint)
+    cache = service.proxy_listener.factory.resource.cache
+    control = LocalControl(service, None if cache is None else cache.purge)
+    for change in changes:  # made before this worker started
+        try:
+            apply_change(service, control.purge, change_from_json(change))
+        except ChangeFailed as err:
+            log.warn("a change made before this worker started does not apply: {err}", err=err.message)
     if source is not None:
         # Before the first report: the supervisor sends SIGHUP only once the worker has reported.
         ReloadOnSighup(service, source, reactor).setServiceParent(service)
     if service.access_log is not None:
         OnSignal(signal.SIGUSR1, service.reopen_logs, reactor).setServiceParent(service)
-    pipe = _SupervisorPipe()
-    StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)
-    _Reporting(service, pipe.transport, reactor).setServiceParent(service)
+    pipe = _SupervisorPipe(control, service.stats)
+    StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]  # mypy reads Windows' StandardIO; POSIX's takes stdout
+    if cache is not None:
+        _purge_everywhere(cache, pipe)
+    _Reporting(service, pipe, reactor).setServiceParent(service)
     service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy
     _accept_one_at_a_time(service.proxy_listener.port)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

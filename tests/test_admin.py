@@ -10,7 +10,9 @@ import pytest
 import pytest_twisted
 import treq
 
-from powerlb.config import SETTINGS, config_from_mapping, parse_admin_endpoint
+from powerlb.config import config_from_mapping
+from powerlb.settings import SETTINGS
+from powerlb.values import parse_admin_endpoint
 from tests.conftest import sleep, wait_for
 from tests.test_backends_e2e import backends_hit
 from tests.test_cache_rfc import fetch, origin
@@ -307,7 +309,7 @@ async def test_drain_keeps_health_checks_disable_stops_them_enable_restores(
 ):
     a, b = make_backends(2)
     a.routes[b"/slow"] = b.routes[b"/slow"] = slow_route(0.5)
-    lb = start(start_powerlb, [a, b], health_interval="50ms")
+    lb = start(start_powerlb, [a, b], health_path="/health", health_interval="50ms")
     backend_a = lb.service.backends[0]
 
     def checks() -> int:

@@ -31,7 +31,14 @@ def answer(status: int) -> Callable[[Request], bytes]:
 
 #: The lead removes this once the outlier ejector and slow start are wired into the service.
 
-FAST_CHECKS = {"health_interval": "50ms", "health_timeout": "500ms", "health_rise": 1, "health_fall": 1}
+#: HTTP checks on /health, which these tests make fail and pass again.
+FAST_CHECKS = {
+    "health_path": "/health",
+    "health_interval": "50ms",
+    "health_timeout": "500ms",
+    "health_rise": 1,
+    "health_fall": 1,
+}
 
 
 @pytest_twisted.ensureDeferred
@@ -65,7 +72,7 @@ async def test_backend_answering_500_is_ejected_and_readmitted_after_the_back_of
 ):
     a, b = make_backends(2)
     a.routes[b"/"] = answer(500)
-    lb = start_powerlb([a, b], outlier_failures=3, outlier_backoff="300ms")
+    lb = start_powerlb([a, b], outlier_failures=3, outlier_backoff="300ms", outlier_statuses="500-599")
     failing = lb.service.backends[0]
     hits = await backends_hit(http, lb.url, 6)
     assert hits == list("ababab")  # the third 500 from a ejects it

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import base64
+import contextlib
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from hypothesis import given
@@ -26,7 +29,9 @@ from powerlb.cachepolicy import (
     answered_by_cache,
     byte_range,
     cached_answer,
+    content_range,
     corrected_initial_age,
+    covers,
     current_age,
     fetch_headers,
     format_age,
@@ -34,6 +39,7 @@ from powerlb.cachepolicy import (
     head_update,
     invalidation_keys,
     not_modified,
+    own_targeted,
     parse_cache_control,
     parse_http_date,
     plan_store,
@@ -43,6 +49,7 @@ from powerlb.cachepolicy import (
     reuse,
     revalidation_headers,
     stale_on_error,
+    targeted_directives,
     update_headers,
     url_key,
     vary_values,
@@ -51,6 +58,7 @@ from powerlb.cachepolicy import (
     STALE_WHILE_REVALIDATE as SWR,
 )
 from powerlb.headers import Headers
+from powerlb.structured import StructuredError, Token, parse_dictionary
 
 # 1994-11-06 08:49:37 GMT
 T0 = 784111777.0
@@ -110,6 +118,23 @@ def test_parse_cache_control_never_raises(values: List[bytes]) -> None:
         (b"Sun, 31 Feb 1994 08:49:37 GMT", None),
         (b"\xff\xfe garbage", None),
         (None, None),
+        (b"Sun, 06 Nov 1994 8:49:37 GMT", None),  # one-digit hour
+        (b"Sun, 06 Nov 94 08:49:37 GMT", None),  # two-digit year in an IMF-fixdate
+        (b"Sun, 06-Nov-1994 08:49:37 GMT", None),  # dashes in an IMF-fixdate
+        (b"Sun, 06-Nov-94 08:49:37 GMT", None),  # RFC 850 form with a short day name
+        (b"Sun,  06 Nov 1994 08:49:37 GMT", None),  # doubled space
+        (b"Sun, 06 Nov 1994  08:49:37 GMT", None),
+        (b"Sun 06 Nov 1994 08:49:37 GMT", None),  # missing comma
+        (b"Sun, 06 Nov 1994 08:49:37 UTC", None),  # zone other than GMT
+        (b"Sun, 06 Nov 1994 08:49:37 +0000", None),
+        (b"Sun, 06 Nov 1994 08:49:37", None),  # no zone
+        (b"Sun, 06 Nov 1994 08.49.37 GMT", None),  # periods in the time
+        (b"Sun, 6 Nov 1994 08:49:37 GMT", None),  # one-digit day
+        (b"sun, 06 nov 1994 08:49:37 GMT", None),  # names are case-sensitive
+        (b" Sun, 06 Nov 1994 08:49:37 GMT", None),
+        (b"Sun Nov 6 08:49:37 1994", None),  # asctime pads the day with a space
+        (b"Sun Nov 06 08:49:37 1994", T0),
+        (b"Sun, 06 Nov 1994 08:49:60 GMT", T0 + 22),  # a leap second counts as :59
     ],
 )
 def test_parse_http_date(value: Optional[bytes], expected: Optional[float]) -> None:
@@ -117,11 +142,67 @@ def test_parse_http_date(value: Optional[bytes], expected: Optional[float]) -> N
     assert parse_http_date(value) == expected
 
 
-@given(st.binary(max_size=60))
-def test_parse_http_date_never_raises(value: bytes) -> None:
+@pytest.mark.parametrize(
+    ("value", "now", "year"),
+    [
+        (b"Sunday, 06-Nov-94 08:49:37 GMT", T0, 1994),
+        (b"Sunday, 06-Nov-94 08:49:37 GMT", None, 1994),
+        (b"Monday, 06-Nov-30 08:49:37 GMT", None, 2030),
+        (b"Monday, 06-Nov-30 08:49:37 GMT", T0, 2030),  # 36 years ahead of 1994: not more than 50
+        (b"Monday, 06-Nov-50 08:49:37 GMT", T0, 1950),  # 2050 is 56 years ahead
+        (b"Monday, 06-Nov-44 08:49:37 GMT", T0, 2044),
+    ],
+)
+def test_rfc850_two_digit_year(value: bytes, now: Optional[float], year: int) -> None:
+    """RFC 9110 section 5.6.7: a two-digit year more than 50 years in the future is in the past."""
+    parsed = parse_http_date(value, now)
+    assert parsed is not None
+    assert datetime.fromtimestamp(parsed, timezone.utc).year == year
+
+
+moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(9999, 12, 31)).map(
+    lambda moment: moment.replace(microsecond=0, tzinfo=timezone.utc)
+)
+_DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_LONG_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def imf_fixdate(moment: datetime) -> bytes:
+    day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
+    return f"{day}, {moment.day:02d} {month} {moment.year:04d} {moment:%H:%M:%S} GMT".encode()
+
+
+@given(moments)
+def test_http_date_forms_round_trip(moment: datetime) -> None:
+    """RFC 9110 section 5.6.7: every moment written in each of the three forms reads back the same."""
+    month = _MONTHS[moment.month - 1]
+    asctime = f"{_DAYS[moment.weekday()]} {month} {moment.day:2d} {moment:%H:%M:%S} {moment.year:04d}"
+    short_year = moment.year % 100
+    rfc850 = (
+        f"{_LONG_DAYS[moment.weekday()]}, {moment.day:02d}-{month}-{short_year:02d} {moment:%H:%M:%S} GMT"
+    )
+    assert parse_http_date(imf_fixdate(moment)) == moment.timestamp()
+    assert parse_http_date(asctime.encode()) == moment.timestamp()
+    assert parse_http_date(rfc850.encode(), moment.timestamp() + 86400 * 365 * 10) == moment.timestamp()
+
+
+@given(moments, st.sampled_from([" GMT", ",", ":", " 0"]), st.sampled_from(["", " ", "  ", "-", ".", "0"]))
+def test_imf_fixdate_with_anything_changed_is_invalid(moment: datetime, part: str, replacement: str) -> None:
+    """RFC 9111 section 5.3: an Expires that is not exactly an HTTP-date is invalid (None)."""
+    valid = imf_fixdate(moment).decode()
+    changed = valid.replace(part, replacement, 1)
+    if changed != valid:
+        assert parse_http_date(changed.encode()) is None
+
+
+@given(st.binary(max_size=60), st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_parse_http_date_never_raises(value: bytes, now: Optional[float]) -> None:
     """RFC 9111 section 5.3: invalid dates (anything) yield None, never an exception."""
-    result = parse_http_date(value)
+    result = parse_http_date(value, now)
     assert result is None or isinstance(result, float)
+    rfc850 = parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT", now)
+    assert rfc850 is None or isinstance(rfc850, float)
 
 
 # --- freshness lifetime (RFC 9111 section 4.2.1) -----------------------------------------------
@@ -190,6 +271,41 @@ LIFETIME_CASES: List[Tuple[str, Headers, float]] = [
         [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b"")],
         5.0,
     ),
+    (
+        "RFC 9213 2.1 string max-age: targeted field invalid",
+        [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b'max-age="50"')],
+        5.0,
+    ),
+    (
+        "RFC 9213 2.1 decimal max-age: targeted field invalid",
+        [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b"max-age=50.0")],
+        5.0,
+    ),
+    (
+        "RFC 9213 2.1 malformed member: targeted field invalid",
+        [(b"cache-control", b"max-age=5"), (b"cdn-cache-control", b"max-age=50, Public")],
+        5.0,
+    ),
+    (
+        "RFC 9213 2.1 targeted lines joined, last duplicate wins",
+        [(b"cdn-cache-control", b"max-age=50"), (b"cdn-cache-control", b"max-age=40")],
+        40.0,
+    ),
+    (
+        "5.3 Expires with a zone other than GMT is stale",
+        [(b"date", DATE), (b"expires", b"Sun, 06 Nov 1994 08:51:17 UTC")],
+        0.0,
+    ),
+    (
+        "5.3 Expires with a two-digit year is stale",
+        [(b"date", DATE), (b"expires", b"Sun, 06 Nov 94 08:51:17 GMT")],
+        0.0,
+    ),
+    (
+        "5.3 Expires in the RFC 850 form is valid",
+        [(b"date", DATE), (b"expires", b"Sunday, 06-Nov-94 08:51:17 GMT")],
+        100.0,
+    ),
 ]
 
 
@@ -229,6 +345,8 @@ AGE_CASES: List[Tuple[str, Headers, float, float, float]] = [
     ),
     ("4.2.3 Date in the future: apparent 0", [(b"date", DATE_PLUS_100)], T0, T0 + 1, 1.0),
     ("4.2.3 invalid Age counts as 0", [(b"age", b"-5")], T0, T0 + 1, 1.0),
+    ("5.1 Age list: the first value counts", [(b"age", b"7200, 0")], T0, T0 + 1, 7201.0),
+    ("5.1 repeated Age lines: the first counts", [(b"age", b"30"), (b"age", b"0")], T0, T0 + 1, 31.0),
     ("4.2.3 clock going back: no negative delay", [], T0 + 5, T0, 0.0),
 ]
 
@@ -243,6 +361,18 @@ def test_corrected_initial_age(
 ) -> None:
     """RFC 9111 section 4.2.3: corrected_initial_age = max(apparent_age, corrected_age_value)."""
     assert corrected_initial_age(headers, request_time, response_time) == expected
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=4),
+    st.sampled_from(["", " ", "  "]),
+)
+def test_age_list_first_member_counts(ages: List[int], space: str) -> None:
+    """RFC 9111 section 5.1: of an Age list on one line (or several lines), the first value counts."""
+    line = ("," + space).join(str(age) for age in ages).encode()
+    assert corrected_initial_age([(b"age", line)], T0, T0) == ages[0]
+    several = [(b"age", str(age).encode()) for age in ages]
+    assert corrected_initial_age(several, T0, T0) == ages[0]
 
 
 def test_current_age_adds_resident_time() -> None:
@@ -279,8 +409,26 @@ def test_primary_key_lower_cases_scheme_and_host_only() -> None:
         ((b"accept",), [(b"accept", b"a ,b"), (b"accept", b"c")], (b"a, b, c",)),
         ((b"accept",), [(b"accept", b"a,  b,c")], (b"a, b, c",)),
         ((b"a", b"b"), [(b"b", b"2"), (b"a", b"1")], (b"1", b"2")),
+        ((b"accept",), [(b"accept", b"B, a")], (b"B, a",)),
+        ((b"accept-language",), [(b"accept-language", b"FR, en-US ; q=0.8")], (b"en-us;q=0.8, fr",)),
+        (
+            (b"accept-encoding",),
+            [(b"accept-encoding", b"gzip"), (b"accept-encoding", b"br,GZIP")],
+            (b"br, gzip",),
+        ),
     ],
-    ids=["none", "one", "missing", "empty", "joined lines", "comma spacing", "order of names"],
+    ids=[
+        "none",
+        "one",
+        "missing",
+        "empty",
+        "joined lines",
+        "comma spacing",
+        "order of names",
+        "other fields keep case and order",
+        "Accept-Language case, order, whitespace",
+        "Accept-Encoding case, order, repetition",
+    ],
 )
 def test_vary_values(
     names: Tuple[bytes, ...], headers: Headers, expected: Tuple[Optional[bytes], ...]
@@ -345,7 +493,9 @@ STORE_CASES: List[Tuple[str, bytes, Headers, int, Headers, bool]] = [
         False,
     ),
     ("4.2.1 public alone is no freshness", b"GET", [], 200, [(b"cache-control", b"public")], False),
-    ("3 206 never", b"GET", [], 206, [FRESH], False),
+    ("3.3 206 without Content-Range", b"GET", [], 206, [FRESH], False),
+    ("3.3 206 with one Content-Range", b"GET", [], 206, [FRESH, (b"content-range", b"bytes 0-9/100")], True),
+    ("3.3 206 of unknown length", b"GET", [], 206, [FRESH, (b"content-range", b"bytes 0-9/*")], False),
     ("4.3.4 304 never stored as such", b"GET", [], 304, [FRESH], False),
     ("3 non-final 1xx", b"GET", [], 103, [FRESH], False),
     ("5.2.2.5 no-store", b"GET", [], 200, [(b"cache-control", b"no-store"), FRESH], False),
@@ -759,12 +909,15 @@ def test_byte_range_is_within_the_body(value: bytes, length: int) -> None:
         assert 0 <= span[0] <= span[1] < length
 
 
-def test_cached_answer_full_with_age_and_without_targeted_field() -> None:
-    """RFC 9111 section 5.1 (Age), RFC 9213 (targeted field not forwarded), framing from the body."""
-    stored = [(b"content-length", b"99"), (b"cdn-cache-control", b"max-age=5"), (b"date", DATE)]
-    answer = cached_answer(b"GET", [], 200, b"OK", stored, b"hello", 12.7)
+def test_cached_answer_full_with_age_and_without_own_targeted_field() -> None:
+    """RFC 9111 section 5.1 (Age), RFC 9213 2.1 (a field for this cache alone is not forwarded,
+    CDN-Cache-Control is), framing from the body."""
+    cdn = (b"cdn-cache-control", b"max-age=5")
+    stored = [(b"content-length", b"99"), cdn, (b"powerlb-cc", b"max-age=9"), (b"date", DATE)]
+    strip = own_targeted([b"powerlb-cc", b"cdn-cache-control"])
+    answer = cached_answer(b"GET", [], 200, b"OK", stored, b"hello", 12.7, strip)
     assert answer == Answer(
-        200, b"OK", [(b"date", DATE), (b"age", b"12"), (b"content-length", b"5")], b"hello"
+        200, b"OK", [cdn, (b"date", DATE), (b"age", b"12"), (b"content-length", b"5")], b"hello"
     )
 
 
@@ -788,6 +941,61 @@ def test_cached_answer_304_206_416() -> None:
     assert (
         cached_answer(b"GET", [(b"range", b"bytes=2-4")], 404, b"NF", stored, b"0123456789", 0).status == 404
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"bytes 0-9/100", (0, 9, 100)),
+        (b"bytes 99-99/100", (99, 99, 100)),
+        (b"bytes 0-99/100", (0, 99, 100)),
+        (b"bytes 0-100/100", None),  # past the end
+        (b"bytes 5-4/100", None),
+        (b"bytes 0-9/*", None),  # unknown length
+        (b"bytes */100", None),  # unsatisfied-range
+        (b"items 0-9/100", None),
+        (b"bytes 0-9/100, bytes 20-29/100", None),
+    ],
+)
+def test_content_range(value: bytes, expected: Optional[Tuple[int, int, int]]) -> None:
+    """RFC 9110 section 14.4: a single byte range of a known complete length."""
+    assert content_range([(b"content-range", value)]) == expected
+
+
+PARTIAL = [*ETAG, (b"content-range", b"bytes 10-19/100")]
+COVER_CASES: List[Tuple[str, bytes, Headers, bool]] = [
+    ("3.3 range within", b"GET", [(b"range", b"bytes=12-15")], True),
+    ("3.3 the whole part", b"GET", [(b"range", b"bytes=10-19")], True),
+    ("3.3 open range past the part", b"GET", [(b"range", b"bytes=15-")], False),
+    ("3.3 range across the start", b"GET", [(b"range", b"bytes=5-12")], False),
+    ("3.3 suffix range outside", b"GET", [(b"range", b"bytes=-5")], False),
+    ("3.3 no Range: a complete response is asked", b"GET", [], False),
+    ("3.3 HEAD", b"HEAD", [(b"range", b"bytes=12-15")], False),
+    ("3.3 conditional", b"GET", [(b"range", b"bytes=12-15"), (b"if-none-match", b'"v1"')], False),
+    ("13.1.5 If-Range matching", b"GET", [(b"range", b"bytes=12-15"), (b"if-range", b'"v1"')], True),
+    ("13.1.5 If-Range not matching", b"GET", [(b"range", b"bytes=12-15"), (b"if-range", b'"v2"')], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_headers", "expected"), [c[1:] for c in COVER_CASES], ids=[c[0] for c in COVER_CASES]
+)
+def test_stored_206_covers_only_ranges_within(
+    method: bytes, request_headers: Headers, expected: bool
+) -> None:
+    """RFC 9111 section 3.3: an incomplete response answers only a range wholly within it."""
+    assert covers(method, request_headers, 206, PARTIAL) is expected
+    assert covers(method, request_headers, 200, ETAG)
+
+
+def test_cached_answer_from_a_stored_206() -> None:
+    """RFC 9111 section 3.3, RFC 9110 section 14.4: the range asked, cut from the stored part."""
+    answer = cached_answer(b"GET", [(b"range", b"bytes=12-15")], 206, b"Partial", PARTIAL, b"abcdefghij", 3)
+    assert (answer.status, answer.body) == (206, b"cdef")
+    assert [v for k, v in answer.headers if k in (b"content-range", b"content-length")] == [
+        b"bytes 12-15/100",
+        b"4",
+    ]
 
 
 ANSWER_HEAD_CASES: List[Tuple[str, Headers, Optional[int], int, Optional[Tuple[int, int]], List[bytes]]] = [
@@ -852,3 +1060,215 @@ def test_url_key() -> None:
     assert url_key(b"https://h") == b"https://h"
     assert url_key(b"/relative") is None
     assert url_key(b"ftp://h/x") is None
+
+
+language_members = st.lists(
+    st.sampled_from(["en", "en-US", "fr", "de;q=0.5", "*;q=0.1", "gzip", "br", "identity;q=0"]),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(
+    st.sampled_from([b"accept-language", b"accept-encoding"]),
+    language_members.flatmap(lambda members: st.tuples(st.just(members), st.permutations(members))),
+    st.sampled_from(["", " ", "\t", "  "]),
+)
+def test_vary_values_ignore_case_order_and_whitespace(
+    name: bytes, members: Tuple[List[str], List[str]], space: str
+) -> None:
+    """RFC 9111 section 4.1 (normalising): Accept-Language / Accept-Encoding variants match regardless
+    of case, order and whitespace."""
+    plain, shuffled = members
+    written = ("," + space).join(m.upper().replace(";", space + ";" + space) for m in shuffled)
+    expected = vary_values((name,), [(name, ", ".join(plain).encode())])
+    assert vary_values((name,), [(name, written.encode())]) == expected
+
+
+# --- RFC 8941 dictionaries and targeted fields (RFC 9213) --------------------------------------
+
+DICTIONARY_CASES: List[Tuple[str, bytes, Dict[str, Any]]] = [
+    ("4.2.2 empty", b"", {}),
+    ("4.2.2 boolean member", b"no-store", {"no-store": (True, {})}),
+    ("4.2.2 integer and boolean", b"max-age=60, public", {"max-age": (60, {}), "public": (True, {})}),
+    ("4.2.2 whitespace", b"  a=1 ,\tb  ", {"a": (1, {}), "b": (True, {})}),
+    ("4.2.2 last duplicate wins", b"a=1, a=2", {"a": (2, {})}),
+    ("4.2.4 negative integer", b"a=-5", {"a": (-5, {})}),
+    ("4.2.4 decimal", b"a=1.25", {"a": (1.25, {})}),
+    ("4.2.5 string with escapes", b'a="x\\"y\\\\"', {"a": ('x"y\\', {})}),
+    ("4.2.6 token", b"a=foo/bar:1", {"a": (Token("foo/bar:1"), {})}),
+    ("4.2.7 byte sequence", b"a=:aGk=:", {"a": (b"hi", {})}),
+    ("4.2.8 booleans", b"a=?0, b=?1", {"a": (False, {}), "b": (True, {})}),
+    ("4.2.1.2 inner list", b"a=(1 x);q=2", {"a": ([(1, {}), (Token("x"), {})], {"q": 2})}),
+    ("4.2.3 parameters", b"a;x=1;y, b=2;z", {"a": (True, {"x": 1, "y": True}), "b": (2, {"z": True})}),
+]
+
+MALFORMED_DICTIONARIES = [
+    b"A=1",  # keys are lower-case
+    b"a=1,",  # trailing comma
+    b"a=1,,b",  # empty member
+    b"a=1 b=2",  # missing comma
+    b"a=",  # missing value
+    b"a=1.",  # decimal without a fraction
+    b"a=1.2345",  # too many fractional digits
+    b"a=1234567890123456",  # integer over 15 digits
+    b'a="x',  # unterminated string
+    b'a="\\x"',  # bad escape
+    b"a=(1 2",  # unterminated inner list
+    b"a=?2",  # not a Boolean
+    b"a=:@@:",  # not base64
+    b"\ta=1",  # leading tab
+    b"a=\xff",  # not ASCII
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"), [c[1:] for c in DICTIONARY_CASES], ids=[c[0] for c in DICTIONARY_CASES]
+)
+def test_parse_dictionary(data: bytes, expected: Dict[str, Any]) -> None:
+    """RFC 8941 section 4.2.2 (and the items in it): the section names the rule."""
+    parsed = parse_dictionary(data)
+    assert parsed == expected
+    assert [type(v) for v, _ in parsed.values()] == [type(v) for v, _ in expected.values()]
+
+
+@pytest.mark.parametrize("data", MALFORMED_DICTIONARIES)
+def test_parse_dictionary_rejects(data: bytes) -> None:
+    """RFC 8941 section 4.2: any departure from the grammar fails the whole field."""
+    with pytest.raises(StructuredError):
+        parse_dictionary(data)
+
+
+def serialize_bare(value: Any) -> str:
+    """RFC 8941 section 4.1.3.1: a bare item (the test's own serializer, to round-trip the parser)."""
+    if isinstance(value, bool):
+        return "?1" if value else "?0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") + (
+            "" if f"{value:.3f}".rstrip("0")[-1] != "." else ".0"
+        )
+    if isinstance(value, Token):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return ":" + base64.b64encode(value).decode() + ":"
+
+
+def serialize_params(params: Dict[str, Any]) -> str:
+    return "".join(f";{k}" if v is True else f";{k}={serialize_bare(v)}" for k, v in params.items())
+
+
+def serialize_dictionary(members: Dict[str, Any]) -> bytes:
+    """RFC 8941 section 4.1.2."""
+    out = []
+    for key, (value, params) in members.items():
+        if value is True:
+            out.append(key + serialize_params(params))
+        elif isinstance(value, list):
+            inner = " ".join(serialize_bare(v) + serialize_params(p) for v, p in value)
+            out.append(f"{key}=({inner}){serialize_params(params)}")
+        else:
+            out.append(f"{key}={serialize_bare(value)}{serialize_params(params)}")
+    return ", ".join(out).encode()
+
+
+keys = st.from_regex(r"[a-z*][a-z0-9_\-.*]{0,6}", fullmatch=True)
+bare_items = st.one_of(
+    st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1),
+    st.integers(min_value=-(10**12) + 1, max_value=10**12 - 1).flatmap(
+        lambda whole: st.integers(0, 999).map(
+            lambda milli: round(whole + (milli / 1000 if whole >= 0 else -milli / 1000), 3)
+        )
+    ),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=10),
+    st.from_regex(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]{0,8}", fullmatch=True).map(Token),
+    st.binary(max_size=10),
+    st.booleans(),
+)
+parameters = st.dictionaries(keys, bare_items, max_size=2)
+items = st.tuples(bare_items, parameters)
+members = st.one_of(items, st.tuples(st.lists(items, max_size=3), parameters))
+
+
+@given(st.dictionaries(keys, members, max_size=5))
+def test_dictionary_round_trip(dictionary: Dict[str, Any]) -> None:
+    """RFC 8941 sections 4.1.2 and 4.2.2: what is serialized parses back to the same members."""
+    parsed = parse_dictionary(serialize_dictionary(dictionary))
+    assert parsed == dictionary
+    assert [type(v) for v, _ in parsed.values()] == [type(v) for v, _ in dictionary.values()]
+
+
+@given(st.binary(max_size=60))
+def test_parse_dictionary_fails_only_with_structured_error(data: bytes) -> None:
+    """RFC 8941 section 4.2: anything parses or fails cleanly."""
+    with contextlib.suppress(StructuredError):
+        parse_dictionary(data)
+
+
+TARGETED_CASES: List[Tuple[str, bytes, Optional[Dict[bytes, Optional[bytes]]]]] = [
+    (
+        "integer and booleans",
+        b"max-age=60, no-store, public",
+        {b"max-age": b"60", b"no-store": None, b"public": None},
+    ),
+    ("false boolean is absent", b"no-store=?0, max-age=1", {b"max-age": b"1"}),
+    ("qualified private", b'private="set-cookie"', {b"private": None}),
+    (
+        "unknown directives of any type",
+        b'x=1.5, y="z", max-age=3',
+        {b"x": None, b"y": None, b"max-age": b"3"},
+    ),
+    ("parameters ignored", b"s-maxage=3;x=1", {b"s-maxage": b"3"}),
+    ("string max-age", b'max-age="60"', None),
+    ("decimal max-age", b"max-age=60.0", None),
+    ("negative max-age", b"max-age=-1", None),
+    ("boolean max-age", b"max-age=?1", None),
+    ("integer no-store", b"no-store=1", None),
+    ("token public", b"public=yes", None),
+    ("upper-case key", b"Max-Age=60", None),
+    ("Cache-Control syntax", b"max-age=60,", None),
+    ("empty", b"", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [c[1:] for c in TARGETED_CASES], ids=[c[0] for c in TARGETED_CASES]
+)
+def test_targeted_directives(value: bytes, expected: Optional[Dict[bytes, Optional[bytes]]]) -> None:
+    """RFC 9213 section 2.1: a Dictionary; a directive of the wrong type makes the field invalid (None)."""
+    assert targeted_directives([value]) == expected
+
+
+def test_target_list_first_valid_field_wins() -> None:
+    """RFC 9213 section 2.1: a cache's target list is tried in order; an invalid field is skipped."""
+    headers = [
+        (b"cache-control", b"max-age=1"),
+        (b"cdn-cache-control", b"max-age=2"),
+        (b"powerlb-cc", b"max-age=3"),
+    ]
+    targets = (b"powerlb-cc", b"cdn-cache-control")
+    assert freshness_lifetime(headers, T0, targeted=targets) == 3.0
+    invalid_own = [(k, b'max-age="3"' if k == b"powerlb-cc" else v) for k, v in headers]
+    assert freshness_lifetime(invalid_own, T0, targeted=targets) == 2.0
+    assert freshness_lifetime(headers, T0, targeted=()) == 1.0
+    assert own_targeted(targets) == {b"powerlb-cc"}
+
+
+def test_post_response_stored_for_get_only_with_freshness_and_own_content_location() -> None:
+    """RFC 9111 section 4, RFC 9110 section 9.3.3: a POST response can answer a later GET."""
+    key = primary_key(b"http", b"h", b"/form")
+    fresh = (b"cache-control", b"max-age=60")
+    cases = [
+        ([fresh, (b"content-location", b"/form")], True),
+        ([fresh, (b"content-location", b"http://h/form")], True),
+        ([(b"date", DATE), (b"expires", DATE_PLUS_100), (b"content-location", b"/form")], True),
+        ([fresh, (b"content-location", b"/other")], False),
+        ([fresh, (b"content-location", b"http://elsewhere/form")], False),
+        ([fresh], False),
+        ([(b"cache-control", b"public"), (b"content-location", b"/form")], False),
+        ([(b"last-modified", DATE), (b"content-location", b"/form")], False),
+    ]
+    for headers, stored in cases:
+        assert (plan_store(b"POST", [], 200, headers, T0, T0, key=key) is not None) is stored, headers

@@ -80,7 +80,7 @@ async def test_plain_keep_alive_requests_are_parsed_once_and_make_no_timer_each(
     await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", lb.port)
     responses = await client.done
     assert [headers_of(r)[0] for r in responses] == [200] * 10
-    assert all(b"\r\nx-cache: MISS\r\n" in r for r in responses)  # powerlb's own head block
+    assert all(b"\r\nX-Cache: MISS\r\n" in r for r in responses)  # powerlb's own head block
     assert a.served() == 10
     # The connection made its idle timer once, and none per request.
     assert [counter.made for counter in counters] == [1]

@@ -1,4 +1,6 @@
-"""Tests for powerlb.config: parsers, the option table, YAML merging and error messages."""
+"""Tests for the configuration: the value grammar (powerlb.values), the settings table
+(powerlb.settings), loading and YAML merging (powerlb.config), the command line
+(powerlb.tap.Options) and their error messages."""
 
 from __future__ import annotations
 
@@ -13,17 +15,13 @@ from typing import Any, Dict, List
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.python import usage
 
 from powerlb.backend import BackendSpec
-from powerlb.config import (
-    SETTINGS,
-    Config,
-    ConfigError,
-    Options,
-    build_config,
-    config_from_mapping,
-    config_to_mapping,
+from powerlb.config import ConfigError, build_config, config_from_mapping, config_to_mapping
+from powerlb.settings import SETTINGS, Config
+from powerlb.tap import Options
+from powerlb.values import (
+    endpoint_kind,
     format_size,
     parse_admin_endpoint,
     parse_backend,
@@ -48,6 +46,16 @@ def parse_args(args: List[str]) -> Config:
     options.parseOptions(args)
     assert options.config is not None
     return options.config
+
+
+def option_error(args: List[str]) -> str:
+    """The one line ``twistd powerlb`` exits with for a bad ``args``, between its prefix and suffix."""
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(args)
+    text = str(info.value)
+    prefix, suffix = "twistd powerlb: ", " (see twistd powerlb --help)"
+    assert text.startswith(prefix) and text.endswith(suffix), text
+    return text[len(prefix) : -len(suffix)]
 
 
 # --- parsers ---
@@ -284,11 +292,27 @@ def test_admin_endpoint_rejects_bad_string() -> None:
         parse_admin_endpoint("tcpx:9000")
 
 
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("tcp:8080", "tcp"),
+        (" TCP6 :port=8080", "tcp6"),
+        ("ssl:8443:privateKey=key.pem", "ssl"),
+        ("unix:/run/lb.sock", "unix"),
+        ("systemd:domain=INET:index=0", "systemd"),
+        ("8080", "8080"),
+    ],
+)
+def test_endpoint_kind(text: str, kind: str) -> None:
+    assert endpoint_kind(text) == kind
+
+
 def test_no_reactor_installed_as_side_effect() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from powerlb.config import Options, build_config
+        from powerlb.config import build_config
+        from powerlb.tap import Options
         config = build_config(
             {"backend": ["http://127.0.0.1:9001"], "listen": "tcp:0", "admin": "tcp:0"}
         )
@@ -319,14 +343,20 @@ def test_option_table_matches_config() -> None:
 
 
 def test_options_long_names() -> None:
-    long_names = {row[0] for row in Options.optParameters} | {"backend"}
+    long_names = {row[0] for row in Options.optParameters} | {"backend", "dns"}
     assert long_names == {
         "listen",
         "backend",
+        "dns",
+        "srv",
+        "dns-resolver",
+        "dns-min-ttl",
+        "dns-max-ttl",
         "algorithm",
         "hash-key",
         "hash-balance-factor",
         "sticky-cookie",
+        "health-check",
         "health-path",
         "health-interval",
         "health-timeout",
@@ -338,14 +368,22 @@ def test_options_long_names() -> None:
         "cache-grace",
         "cache-lock-timeout",
         "purge-allow",
+        "redis",
+        "redis-key-prefix",
+        "redis-timeout",
+        "redis-password-env",
+        "redis-password-file",
         "workers",
         "retries",
         "outlier-failures",
         "outlier-backoff",
+        "outlier-statuses",
+        "outlier-max-ejection",
         "slow-start",
         "response-timeout",
         "connect-timeout",
         "idle-timeout",
+        "tunnel-idle-timeout",
         "client-timeout",
         "max-body",
         "max-header-size",
@@ -494,10 +532,8 @@ def test_every_algorithm_accepted(name: str) -> None:
         (["--backend", B1, "--config", "/nonexistent.yaml"], "config: cannot read"),
     ],
 )
-def test_options_errors_are_one_line_usage_errors(args: List[str], message: str) -> None:
-    with pytest.raises(usage.UsageError) as info:
-        Options().parseOptions(args)
-    text = str(info.value)
+def test_options_errors_exit_with_one_line(args: List[str], message: str) -> None:
+    text = option_error(args)
     assert text.startswith(message)
     assert "\n" not in text
     assert ";" in text  # the fix follows the problem
@@ -840,10 +876,9 @@ def test_hashing_settings(args: List[str], expected: tuple) -> None:
     ],
 )
 def test_hashing_setting_errors(args: List[str], message: str) -> None:
-    with pytest.raises(usage.UsageError) as info:
-        Options().parseOptions(["--backend", B1, "--algorithm", "consistent-hash", *args])
-    assert str(info.value).startswith(message)
-    assert ";" in str(info.value)
+    text = option_error(["--backend", B1, "--algorithm", "consistent-hash", *args])
+    assert text.startswith(message)
+    assert ";" in text
 
 
 @pytest.mark.parametrize(
@@ -869,3 +904,79 @@ def test_sticky_cookie_goes_with_any_algorithm(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "backends: [http://a:1]\nalgorithm: least-connections\nsticky-cookie: srv\n")
     config = build_config({}, path)
     assert (config.algorithm, config.sticky_cookie) == ("least-connections", "srv")
+
+
+# --- health checks and outlier detection ---
+
+
+def test_health_and_outlier_defaults() -> None:
+    """No health-path: active checks are TCP connects; only gateway failures count; half a pool at most."""
+    config = config_from_mapping({"backends": [B1]})
+    assert (config.health_check, config.health_path) == (True, None)
+    assert (config.outlier_statuses, config.outlier_max_ejection) == (((502, 504),), 50)
+    written = config_to_mapping(config)
+    assert (written["health-check"], written["health-path"]) == ("on", None)
+    assert (written["outlier-statuses"], written["outlier-max-ejection"]) == ("502-504", "50%")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "attr", "value"),
+    [
+        ("health-check: off", "health_check", False),
+        ("health-check: on", "health_check", True),
+        ("health-check: no", "health_check", False),
+        ("health-check: true", "health_check", True),
+        ("health-check: 'OFF'", "health_check", False),
+        ("health-path: /healthz", "health_path", "/healthz"),
+        ("health-path: ~", "health_path", None),
+        ("outlier-statuses: 500-599", "outlier_statuses", ((500, 599),)),
+        ("outlier-statuses: 503", "outlier_statuses", ((503, 503),)),
+        ("outlier-statuses: 429, 502-504, 500-501", "outlier_statuses", ((429, 429), (500, 504))),
+        ("outlier-statuses: off", "outlier_statuses", ()),
+        ("outlier-max-ejection: 30%", "outlier_max_ejection", 30),
+        ("outlier-max-ejection: 100", "outlier_max_ejection", 100),
+        ("outlier-max-ejection: 0%", "outlier_max_ejection", 0),
+    ],
+)
+def test_health_and_outlier_settings_from_yaml(tmp_path: Path, yaml_text: str, attr: str, value: Any) -> None:
+    config = build_config({}, write_yaml(tmp_path, f"backends: [{B1}]\n{yaml_text}\n"))
+    assert getattr(config, attr) == value
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--health-check", "maybe"], "health-check: 'maybe' is neither on nor off; write on or off"),
+        (["--outlier-statuses", "5xx"], "outlier-statuses: '5xx' is not a status or a range of them;"),
+        (["--outlier-statuses", "504-502"], "outlier-statuses: '504-502' runs backwards; write the lower"),
+        (["--outlier-statuses", "200-599"], "outlier-statuses: '200-599' is outside 400-599;"),
+        (["--outlier-max-ejection", "150%"], "outlier-max-ejection: '150%' is not a percentage from 0"),
+        (["--outlier-max-ejection", "half"], "outlier-max-ejection: 'half' is not a percentage"),
+    ],
+)
+def test_health_and_outlier_setting_errors(args: List[str], message: str) -> None:
+    assert option_error(["--backend", B1, *args]).startswith(message)
+
+
+def test_health_and_outlier_options_on_the_command_line() -> None:
+    config = parse_args(
+        ["--backend", B1, "--health-check=off", "--outlier-statuses=500-599", "--outlier-max-ejection=25%"]
+    )
+    assert (config.health_check, config.outlier_statuses, config.outlier_max_ejection) == (
+        False,
+        ((500, 599),),
+        25,
+    )
+
+
+def test_help_says_what_health_checks_probe() -> None:
+    text = " ".join(str(Options()).split())
+    assert "TCP connect" in text
+    assert "HTTP GET" in text
+    assert "--health-check=" in text and "--outlier-statuses=" in text and "--outlier-max-ejection=" in text
+
+
+def test_lb_yaml_keeps_http_checks_for_the_demo_backends() -> None:
+    """``make run`` (lb.yaml) probes /health, which the demo backends serve."""
+    config = build_config({}, str(ROOT / "lb.yaml"))
+    assert (config.health_check, config.health_path) == (True, "/health")

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, protocol, reactor
 
-from powerlb.config import Config
 from powerlb.server import Limits, parse_simple_request
+from powerlb.settings import Config
 
 LIMITS = Limits(Config(max_url_length=64, max_header_size=512, max_headers=4))
 
@@ -120,11 +120,11 @@ async def test_fast_hit_equals_the_normal_way(make_backends, start_powerlb):
     plain = b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
     normal = b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
     (miss,) = await exchange(lb.port, normal)
-    assert b"\r\nx-cache: MISS\r\n" in miss  # a proxied response's head is written as received
+    assert b"\r\nX-Cache: MISS\r\n" in miss  # a proxied response's head block too
     (slow,) = await exchange(lb.port, normal)
     (fast,) = await exchange(lb.port, plain)
-    assert b"X-Cache: HIT" in slow  # twisted.web writes canonical names
-    assert b"\r\nx-cache: HIT\r\n" in fast  # the short way writes them as stored
+    assert b"X-Cache: HIT" in slow
+    assert b"\r\nX-Cache: HIT\r\n" in fast  # the short way writes them as twisted.web does
     assert headers_of(fast) == headers_of(slow)
     head_fast = (await exchange(lb.port, b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n"))[0]
     assert headers_of(head_fast)[1][b"content-length"] == b"11"
@@ -148,3 +148,36 @@ async def test_stale_or_conditional_requests_are_not_answered_the_short_way(make
     (no_cache,) = await exchange(lb.port, b"GET /c HTTP/1.1\r\nHost: x\r\nCache-Control: no-cache\r\n\r\n")
     assert headers_of(no_cache)[1][b"x-cache"] == b"MISS"  # went to the backend (which ignores validators)
     assert a.served() == 2
+
+
+def names_of(response: bytes) -> List[bytes]:
+    """The header names of a response as written, in order, without those that differ per response."""
+    lines = response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    names = [line.partition(b":")[0] for line in lines]
+    return sorted(n for n in names if n.lower() not in (b"age", b"date", b"x-cache"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_hits_carry_header_names_as_the_miss_did(make_backends, start_powerlb):
+    """A hit, the short way or the normal way, writes each header name in the case the miss had."""
+    (a,) = make_backends(1)
+
+    def mixed(request: Any) -> bytes:
+        request.setHeader(b"Cache-Control", b"max-age=60")
+        request.setHeader(b"ETag", b'"m"')
+        request.setHeader(b"x-lower-case", b"1")
+        request.setHeader(b"X-Powered-By", b"test")
+        request.setHeader(b"WWW-Authenticate", b"Basic")
+        return b"mixed"
+
+    a.routes[b"/m"] = mixed
+    lb = start_powerlb([a])
+    normal = b"GET /m HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+    (miss,) = await exchange(lb.port, normal)
+    (slow,) = await exchange(lb.port, normal)
+    (fast,) = await exchange(lb.port, b"GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [headers_of(r)[1][b"x-cache"] for r in (miss, slow, fast)] == [b"MISS", b"HIT", b"HIT"]
+    assert b"ETag" in names_of(miss) and b"X-Lower-Case" in names_of(miss)
+    assert names_of(fast) == names_of(slow) == names_of(miss)
+    for response in (slow, fast):
+        assert b"\r\nAge: " in response and b"\r\nDate: " in response and b"\r\nX-Cache: HIT" in response

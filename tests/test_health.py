@@ -1,20 +1,47 @@
-"""Tests for powerlb.health: rise/fall hysteresis and the HealthChecker service on a fake clock."""
+"""Tests for powerlb.health: rise/fall hysteresis and the HealthChecker service on a fake clock, what a
+check probes (TCP connect, HTTP GET, none), and health checks over real sockets."""
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import error
+from twisted.internet import defer, error, reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 
 from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import make_balancer
-from powerlb.health import HealthChecker, HealthState, SlowStart, is_healthy_status, ramp_weight
+from powerlb.health import (
+    CheckKind,
+    HealthChecker,
+    HealthState,
+    SlowStart,
+    connect_probe,
+    is_healthy_status,
+    passes,
+    ramp_weight,
+)
+from tests.conftest import sleep, wait_for
+from tests.support import (
+    HOST,
+    Process,
+    accepts,
+    clean_env,
+    get,
+    start_server,
+    start_twistd_powerlb,
+    stats,
+    wait_until,
+)
+from tests.test_backends_e2e import answer
 
 # --- HealthState ---------------------------------------------------------------------
 
@@ -456,18 +483,20 @@ def test_transitions_are_logged() -> None:
     assert [(e["log_level"], formatEvent(e)) for e in events] == [
         (
             LogLevel.warn,
-            "backend http://127.0.0.1:9001 is DOWN after 3 failed checks (last: ConnectionRefusedError)",
+            "backend http://127.0.0.1:9001 is DOWN after 3 failed checks (last: ConnectionRefusedError, "
+            "TCP connect); a check passes when a connection opens within health-timeout; "
+            "set health-path for HTTP checks, or health-check: off",
         ),
         (LogLevel.info, "backend http://127.0.0.1:9001 is UP after 2 passed checks"),
     ]
 
 
-def test_non_int_result_is_a_failure() -> None:
+def test_result_neither_status_nor_connection_is_a_failure() -> None:
     backend = make_backends(1)[0]
     clock = Clock()
     checker = HealthChecker(
         [backend],
-        lambda _backend: succeed(None),
+        lambda _backend: succeed("200"),
         clock,
         INTERVAL,
         TIMEOUT,
@@ -625,3 +654,218 @@ def test_slow_start_shifts_a_weighted_balancer_gradually() -> None:
 def test_slow_start_rejects_bad_settings(duration: float, steps: int) -> None:
     with pytest.raises(ValueError, match="need duration >= 0"):
         SlowStart(Clock(), duration, steps)
+
+
+# --- what a check probes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "ok"),
+    [(None, True), (200, True), (302, True), (404, False), (503, False), ("200", False), (b"", False)],
+)
+def test_passes(result: Any, ok: bool) -> None:
+    """A connection made (None, a TCP check) or a 2xx/3xx status passes; anything else fails."""
+    assert passes(result) is ok
+
+
+@pytest.mark.parametrize(
+    ("enabled", "path", "what", "hint"),
+    [
+        (True, None, "TCP connect", "set health-path for HTTP checks, or health-check: off"),
+        (True, "/health", "GET /health", "set health-path to a path the backend serves"),
+        (False, "/health", "no check", "health-check is off"),
+        (False, None, "no check", "health-check is off"),
+    ],
+)
+def test_check_kind(enabled: bool, path: Optional[str], what: str, hint: str) -> None:
+    kind = CheckKind(enabled, path)
+    assert (kind.enabled, kind.path, kind.what) == (enabled, path if enabled else None, what)
+    assert hint in kind.hint
+
+
+def test_http_check_down_line_names_the_path_and_the_fix() -> None:
+    backend = make_backends(1)[0]
+    probes, clock = FakeProbes(), Clock()
+    checker = make_checker([backend], probes, clock, fall=1, kind=CheckKind(True, "/health"))
+    events: List[dict] = []
+    checker.log = Logger(observer=events.append)
+    checker.startService()
+    probes.answer_all(404)
+    checker.stopService()
+    assert [formatEvent(e) for e in events] == [
+        "backend http://127.0.0.1:9001 is DOWN after 1 failed checks (last: 404, GET /health); "
+        "a check passes on a 2xx or 3xx answer within health-timeout; set health-path to a path "
+        "the backend serves, leave it out for TCP connect checks, or health-check: off"
+    ]
+
+
+def test_no_probe_means_no_checks_and_backends_stay_up() -> None:
+    backend = make_backends(1)[0]
+    clock = Clock()
+    checker = HealthChecker([backend], None, clock, INTERVAL, TIMEOUT, kind=CheckKind(False))
+    checker.startService()
+    assert clock.getDelayedCalls() == []
+    done: List[object] = []
+    checker.check_all().addBoth(done.append)
+    assert done == [None]
+    backend.healthy = False
+    checker.set_backends([backend, *make_backends(2)[1:]])
+    assert checker.last_result(backend) is None
+    checker.stopService()
+
+
+# --- over real sockets ----------------------------------------------------------------
+
+#: Checks every 50 ms; a single failed one takes a backend down, a single pass brings it back.
+FAST = {"health_interval": "50ms", "health_timeout": "500ms", "health_fall": 1, "health_rise": 1}
+
+
+def no_health(backend: Any) -> None:
+    """Make ``backend`` an ordinary application: it has no /health (404 there)."""
+    backend.routes[b"/health"] = answer(404)
+
+
+def log_of(checker: HealthChecker) -> List[str]:
+    """Capture ``checker``'s log lines from now on."""
+    lines: List[str] = []
+    checker.log = Logger(observer=lambda event: lines.append(formatEvent(event)))
+    return lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_probe_passes_on_a_listening_port_and_fails_on_a_closed_one(make_backends):
+    (a,) = make_backends(1)
+    backend = Backend(BackendSpec(a.url, "127.0.0.1", a.port_number))
+    assert await connect_probe(reactor, backend, 5.0) is None
+    assert a.connections == 1 and a.requests == []  # a connection, no request
+    await a.stop()
+    with pytest.raises(error.ConnectionRefusedError):
+        await connect_probe(reactor, backend, 5.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_connect_probe_is_a_cancellation(make_backends):
+    """A probe cancelled by its timeout fails as cancelled (counted as "timeout"), nothing else."""
+    (a,) = make_backends(1)
+    probe = connect_probe(reactor, Backend(BackendSpec(a.url, "127.0.0.1", a.port_number)), 5.0)
+    probe.cancel()
+    with pytest.raises(defer.CancelledError):
+        await probe
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_without_health_path_stays_up_under_the_default_tcp_check(
+    make_backends, start_powerlb, http
+):
+    (a,) = make_backends(1)
+    no_health(a)
+    lb = start_powerlb([a], **FAST)
+    backend = lb.service.backends[0]
+    await wait_for(lambda: backend.checks["pass"] >= 5)  # far more rounds than health-fall
+    assert backend.healthy and backend.checks["fail"] == 0
+    assert lb.service.health.last_result(backend) == "connected"
+    assert a.requests == []  # a TCP check sends no request
+    response = await http.get(lb.url + "/")
+    assert response.code == 200
+    await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_check_takes_a_closed_backend_down_says_so_and_brings_it_back(
+    make_backends, start_powerlb, http
+):
+    a, b = make_backends(2)
+    lb = start_powerlb([a, b], **FAST)
+    lines = log_of(lb.service.health)
+    gone = lb.service.backends[0]
+    port = a.port_number
+    await a.stop()
+    await wait_for(lambda: not gone.healthy)
+    # the error is a refused connection, or a reset when the port closed while a check connected
+    assert re.fullmatch(
+        re.escape(f"backend {a.url} is DOWN after 1 failed checks (last: ")
+        + r"Connect\w*Error"
+        + re.escape(
+            ", TCP connect); a check passes when a connection opens within health-timeout; "
+            "set health-path for HTTP checks, or health-check: off"
+        ),
+        lines[0],
+    ), lines
+    a.start(port)
+    await wait_for(lambda: gone.healthy)
+    assert lines[1] == f"backend {a.url} is UP after 1 passed checks"
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_path_turns_on_http_checks(make_backends, start_powerlb, http):
+    (a,) = make_backends(1)
+    no_health(a)
+    lb = start_powerlb([a], health_path="/health", **FAST)
+    lines = log_of(lb.service.health)
+    backend = lb.service.backends[0]
+    await wait_for(lambda: not backend.healthy)
+    assert lb.service.health.last_result(backend) == "404"
+    assert any(r.uri == b"/health" for r in a.requests)
+    assert lines[0].startswith(f"backend {a.url} is DOWN after 1 failed checks (last: 404, GET /health); ")
+    assert "set health-path to a path the backend serves" in lines[0]
+    response = await http.get(lb.url + "/")
+    assert (response.code, await response.text()) == (503, "503 Service Unavailable: no healthy backend\n")
+    a.routes[b"/health"] = lambda request: b"ok\n"
+    await wait_for(lambda: backend.healthy)
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_check_off_sends_no_probes_and_passive_detection_still_works(
+    make_backends, start_powerlb, http
+):
+    a, b = make_backends(2)
+    no_health(a)
+    lb = start_powerlb(
+        [a, b], health_check="off", health_path="/health", outlier_failures=2, outlier_backoff="60s", **FAST
+    )
+    await lb.service.health.check_all()
+    await sleep(0.3)  # six check intervals
+    assert (a.connections, b.connections) == (0, 0)
+    backend_a = lb.service.backends[0]
+    assert backend_a.healthy and backend_a.checks == {"pass": 0, "fail": 0}
+    assert lb.service.stats()["backends"][0]["last_check"] is None
+    await a.stop()
+    for _ in range(4):  # each request to a is refused and retried on b
+        response = await http.get(lb.url + "/")
+        assert response.code == 200
+        await response.content()
+    assert backend_a.ejected and backend_a.ejections == 1
+    assert backend_a.healthy  # no active check took it down
+
+
+def test_twistd_in_front_of_an_ordinary_app_keeps_serving(tmp_path: Path) -> None:
+    """The first-contact command: twistd -n powerlb --backend an app without /health."""
+
+    def make(ports: List[int]) -> Process:
+        args = [sys.executable, "-m", "http.server", "--bind", HOST, str(ports[0])]
+        return Process(args, tmp_path / "app.log", cwd=tmp_path, env=clean_env())
+
+    app, (app_port,) = start_server(make, 1, lambda ports: accepts(ports[0]))
+    try:
+        assert get(app_port, "/health").status == 404
+        lb, (listen, admin) = start_twistd_powerlb(
+            tmp_path, [app_port], "--health-interval=0.1", "--health-fall=1", "--health-timeout=1"
+        )
+        try:
+
+            def checked() -> bool:
+                return stats(admin)["backends"][0]["checks"]["pass"] >= 5  # far past health-fall
+
+            wait_until(checked, "five passed TCP checks")
+            assert get(listen, "/").status == 200
+            backend = stats(admin)["backends"][0]
+            assert (backend["healthy"], backend["last_check"], backend["checks"]["fail"]) == (
+                True,
+                "connected",
+                0,
+            )
+            assert "DOWN" not in lb.output()
+        finally:
+            lb.stop()
+    finally:
+        app.stop()

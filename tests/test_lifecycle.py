@@ -19,8 +19,10 @@ from twisted.web.server import NOT_DONE_YET
 
 import powerlb
 from powerlb.backend import BackendSpec
-from powerlb.config import config_from_mapping, parse_backend
-from powerlb.service import ConfigSource, ReloadOnSighup, diff_backends
+from powerlb.config import config_from_mapping
+from powerlb.reload import ConfigSource, diff_backends
+from powerlb.signals import ReloadOnSighup
+from powerlb.values import parse_backend
 from tests.conftest import wait_for
 from tests.support import (
     HOST,
@@ -453,7 +455,7 @@ def test_sighup_and_sigterm_with_workers_and_lb_tac(tmp_path: Path, demo: List[i
         os.kill(proc.pid, signal.SIGHUP)
         urls = [f"http://{HOST}:{b2}", f"http://{HOST}:{b3}"]
         wait_until(
-            lambda: [b["url"] for b in stats(admin).get("backends", [])] == urls, "the reload", timeout=5
+            lambda: [b["url"] for b in stats(admin).get("backends", [])] == urls, "the reload", timeout=30
         )
         assert proc.output().count("config reloaded: 2 backends added, 1 removed") == 2, proc.output()
         assert set(counts(listen, 8)) == {b2, b3}

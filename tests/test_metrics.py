@@ -137,6 +137,7 @@ async def test_requests_by_backend_code_and_cache_and_latency_histogram(make_bac
     assert samples[("powerlb_cache_evictions_total", ())] == 0
     assert samples[("powerlb_cache_bytes", ())] > 0
     assert samples[("powerlb_retries_total", ())] == 0
+    assert samples[("powerlb_outlier_ejections_refused_total", ())] == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -194,7 +195,9 @@ async def test_a_get_that_failed_and_was_retried_counts_a_retry(make_backends, s
 async def test_failing_health_checks_show_as_fail_results(make_backends, start_powerlb, http):
     sick, well = make_backends(2)
     sick.routes[b"/health"] = origin(b"not well", status=500)
-    lb = start_powerlb([sick, well], admin=ADMIN, health_interval="0.1s", health_fall=2)
+    lb = start_powerlb(
+        [sick, well], admin=ADMIN, health_path="/health", health_interval="0.1s", health_fall=2
+    )
     for _ in range(100):  # up to 5 s: the checks run every 0.1 s
         samples = await scrape(http, lb)
         if samples[("powerlb_backend_up", (("backend", sick.url),))] == 0.0:
@@ -208,6 +211,22 @@ async def test_failing_health_checks_show_as_fail_results(make_backends, start_p
     assert checks[(well.url, "pass")] >= 2 and checks[(well.url, "fail")] == 0
     assert samples[("powerlb_backend_up", (("backend", well.url),))] == 1.0
     assert lb.service.stats()["backends"][0]["checks"]["fail"] == checks[(sick.url, "fail")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_ejections_are_counted(make_backends, start_powerlb, http):
+    """A one-backend pool answering 502: ejecting it would leave nothing, so each due ejection is refused."""
+    (lonely,) = make_backends(1)
+    lonely.routes[b"/"] = origin(b"bad gateway", status=502)
+    lb = start_powerlb([lonely], admin=ADMIN, outlier_failures=2, retries=0)
+    for _ in range(6):
+        response = await http.get(lb.url + "/")
+        assert response.code == 502
+        await response.content()
+    samples = await scrape(http, lb)
+    assert samples[("powerlb_outlier_ejections_refused_total", ())] == 3
+    assert samples[("powerlb_backend_ejections_total", (("backend", lonely.url),))] == 0
+    assert samples[("powerlb_backend_up", (("backend", lonely.url),))] == 1.0
 
 
 @pytest_twisted.ensureDeferred

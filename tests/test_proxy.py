@@ -243,7 +243,9 @@ async def test_health_checks_take_a_backend_out_and_bring_it_back(make_backends,
         return b"health"
 
     a.routes[b"/health"] = health
-    lb = start_powerlb([a, b], health_interval=0.05, health_timeout=0.5, health_fall=3, health_rise=2)
+    lb = start_powerlb(
+        [a, b], health_path="/health", health_interval=0.05, health_timeout=0.5, health_fall=3, health_rise=2
+    )
     backend_a = lb.service.backends[0]
     status["code"] = 500
     for _ in range(200):

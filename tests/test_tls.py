@@ -37,9 +37,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from powerlb.backend import Backend, BackendSpec
-from powerlb.config import Config, ConfigError, config_from_mapping
+from powerlb.config import ConfigError, config_from_mapping
 from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
+from powerlb.settings import Config
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
 from tests.conftest import TestBackend, sleep, wait_for
@@ -362,7 +363,11 @@ async def test_h2_limits_refuse_the_stream_and_keep_the_connection(make_backends
 async def test_https_backend_with_ca_file_is_verified_and_reused(start_powerlb, pki, tls_backend, http):
     backend = tls_backend()
     lb = start_powerlb(
-        [backend.url], backend_ca_file=str(pki.ca_file), health_interval="100ms", health_fall=1
+        [backend.url],
+        backend_ca_file=str(pki.ca_file),
+        health_path="/health",
+        health_interval="100ms",
+        health_fall=1,
     )
     for _ in range(3):
         response = await http.get(lb.url + "/x")
@@ -376,6 +381,19 @@ async def test_https_backend_with_ca_file_is_verified_and_reused(start_powerlb, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_default_tcp_check_of_an_https_backend_completes_the_tls_handshake(
+    start_powerlb, pki, tls_backend
+):
+    backend = tls_backend()
+    lb = start_powerlb([backend.url], backend_ca_file=str(pki.ca_file), health_interval="100ms")
+    checked = lb.service.backends[0]
+    await wait_for(lambda: checked.checks["pass"] >= 2)
+    assert checked.healthy and checked.checks["fail"] == 0
+    assert lb.service.health.last_result(checked) == "connected"
+    assert backend.requests == []  # a TCP check sends no request
+
+
+@pytest_twisted.ensureDeferred
 async def test_https_backend_not_trusted_is_502_and_health_down(start_powerlb, tls_backend, http):
     backend = tls_backend()
     lb = start_powerlb([backend.url], health_interval="200ms", health_fall=3, retries=0)
@@ -385,6 +403,7 @@ async def test_https_backend_not_trusted_is_502_and_health_down(start_powerlb, t
     assert b"certificate verify failed" in body
     assert lb.service.backends[0].failures >= 1
     await wait_for(lambda: not lb.service.backends[0].healthy)
+    assert lb.service.health.last_result(lb.service.backends[0]) == "TLSHandshakeFailed"
     assert backend.served() == 0
 
 
