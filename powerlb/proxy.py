@@ -43,11 +43,16 @@ class ClientRequest:
 
     def __init__(self, request: Request) -> None:
         self.method: bytes = request.method
-        self.headers: Headers = [
-            (name.lower(), value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
+        parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
+        self.headers: Headers = (
+            parsed
+            if parsed is not None
+            else [
+                (name.lower(), value)
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ]
+        )
         self.target, self.host = _origin_form(request.uri, get_first(self.headers, b"host"))
         self.scheme = b"https" if request.isSecure() else b"http"
         self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
@@ -184,11 +189,16 @@ class ClientResponder:
         if status == 101:
             self._switched(reason)
             return
-        self.request.setResponseCode(status, reason or None)
         headers = forward_response_headers(headers)
         if self.sticky is not None:
             self._stick(headers)
-        set_response_headers(self.request, headers, self.x_cache)
+        request = self.request
+        send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
+        if send_head is not None:
+            send_head(status, reason, headers, self.x_cache)
+            return
+        request.setResponseCode(status, reason or None)
+        set_response_headers(request, headers, self.x_cache)
 
     def body_received(self, data: bytes) -> None:
         self.request.write(data)

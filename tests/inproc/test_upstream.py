@@ -658,8 +658,41 @@ def test_pieces_just_before_each_deadline_keep_the_exchange_alive() -> None:
     proto.dataReceived(b"y" * 78)
     assert sink.events[-1] == ("end",)
     assert pool.factory.idle_connections == 1
-    # Only the keep-alive timer is left.
-    assert len(pool.reactor.getDelayedCalls()) == 1
+    # The exchange's timer lapses when it next fires; then only the keep-alive sweep is left.
+    pool.reactor.advance(10)
+    assert [call.func.__name__ for call in pool.reactor.getDelayedCalls()] == ["_sweep_idle"]
+
+
+def test_keep_alive_requests_schedule_no_timer_each() -> None:
+    clock = CountingClock()
+    pool = Pool(clock, keepalive_timeout=60, response_timeout=30)
+    proto, _, _ = served(pool)
+    created = clock.timers_created
+    for _ in range(100):
+        clock.advance(0.01)
+        sink = Sink()
+        pool.get(sink)
+        proto.dataReceived(OK)
+        assert sink.events[-1] == ("end",)
+    assert clock.timers_created == created
+    assert pool.factory.open_connections == 1
+
+
+def test_idle_connections_are_swept_oldest_first() -> None:
+    pool = Pool(keepalive_timeout=10)
+    sinks = [Sink(), Sink()]
+    for sink in sinks:
+        pool.get(sink)
+    (first, first_transport), (second, second_transport) = pool.connect(), pool.connect()
+    first.dataReceived(OK)  # idle from 0
+    pool.reactor.advance(4)
+    second.dataReceived(OK)  # idle from 4
+    pool.reactor.advance(6)
+    assert first_transport.disconnecting and not second_transport.disconnecting
+    assert pool.factory.idle_connections == 1
+    pool.reactor.advance(4)
+    assert second_transport.disconnecting
+    assert pool.factory.idle_connections == 0
 
 
 def test_paused_exchange_does_not_time_out_for_idling() -> None:
@@ -726,12 +759,14 @@ def test_idle_timeout_applies_soon_after_a_head_under_a_long_response_timeout() 
     assert sink.events[-1] == Failed(504, False)
 
 
-def test_response_end_cancels_the_timer() -> None:
-    pool = Pool(keepalive_timeout=1000)
-    _, _, sink = served(pool)
+def test_exchange_timer_lapses_after_the_response_end() -> None:
+    pool = Pool(keepalive_timeout=1000, response_timeout=30)
+    _, transport, sink = served(pool)
     assert sink.events == OK_EVENTS
+    pool.reactor.advance(30)  # it fires with no exchange in progress: nothing happens, nothing re-armed
     (keepalive,) = pool.reactor.getDelayedCalls()
     assert keepalive.getTime() == 1000
+    assert not transport.disconnecting
 
 
 # --- connection limit and wait queue -----------------------------------------------
