@@ -670,7 +670,7 @@ def test_keep_alive_requests_schedule_no_timer_each() -> None:
     created = clock.timers_created
     for _ in range(100):
         clock.advance(0.01)
-        sink = Sink()
+        sink = RecordingSink()
         pool.get(sink)
         proto.dataReceived(OK)
         assert sink.events[-1] == ("end",)
@@ -680,7 +680,7 @@ def test_keep_alive_requests_schedule_no_timer_each() -> None:
 
 def test_idle_connections_are_swept_oldest_first() -> None:
     pool = Pool(keepalive_timeout=10)
-    sinks = [Sink(), Sink()]
+    sinks = [RecordingSink(), RecordingSink()]
     for sink in sinks:
         pool.get(sink)
     (first, first_transport), (second, second_transport) = pool.connect(), pool.connect()

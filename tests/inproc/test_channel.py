@@ -14,9 +14,8 @@ from twisted.internet import defer, protocol, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.test_fast_hits import headers_of
-from tests.test_hostile import raw
-from tests.test_interim import RELAYED, hinting, request
+from tests.support.inproc import headers_of, raw
+from tests.support.interim import RELAYED, hinting, request
 
 
 class _CountingCallLater:
