@@ -12,14 +12,17 @@ public import path for embedding powerlb.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+import dataclasses
+from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 import yaml
 
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
-from powerlb.settings import BY_KEY, BY_NAME, SETTINGS, Config, Setting
+from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name
+from powerlb.routing import Route
+from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
 from powerlb.values import as_text, endpoint_kind, parse_switch
 
 __all__ = [
@@ -77,42 +80,129 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
         raise ConfigError(setting.name, str(exc)) from None
 
 
-def _check_keys(given: Mapping[Any, Any], valid: Mapping[str, Setting], field: str) -> None:
+def _check_keys(given: Mapping[Any, Any], valid: Collection[str], field: str) -> None:
     for key in given:
         if key not in valid:
             raise ConfigError(field, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
 
 
+#: The keys of a configuration mapping beside the settings'.
+_SECTIONS = ("pools", "routes")
+
+
 def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, Any]:
-    _check_keys(mapping, BY_KEY, field)
-    return {BY_KEY[key].attr: _parse_setting(BY_KEY[key], raw) for key, raw in mapping.items()}
+    """The settings' values of ``mapping``, by Config attribute (``pools:`` and ``routes:`` left out)."""
+    _check_keys(mapping, [*BY_KEY, *_SECTIONS], field)
+    return {
+        BY_KEY[key].attr: _parse_setting(BY_KEY[key], raw) for key, raw in mapping.items() if key in BY_KEY
+    }
 
 
-def _finish(values: Mapping[str, Any]) -> Config:
-    if not values.get("backends"):
+def _finish(values: Mapping[str, Any], sections: Optional[Mapping[Any, Any]] = None) -> Config:
+    """The Config of the settings' ``values`` and the ``pools:`` and ``routes:`` of ``sections``."""
+    sections = sections or {}
+    if not values.get("backends") and sections.get("pools") is None:
         raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
     config = Config(**values)
     _check_backends_differ(config.backends)
     _check_hashing(config)
     if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
-    return config
+    pools = _pools(config, sections.get("pools"))
+    return dataclasses.replace(config, pools=pools, routes=_routes(sections.get("routes"), pools))
 
 
-def _check_backends_differ(backends: Tuple[BackendSpec, ...]) -> None:
+def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
+    """The pools of ``pools:`` (``raw``), each setting defaulting to ``top``; without it, ``default``."""
+    if raw is None:
+        return {"default": PoolConfig("default", top)}
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("pools", "give a mapping of pool names to settings, e.g. web: {backends: [...]}")
+    pools: Dict[str, PoolConfig] = {}
+    for name, entry in raw.items():
+        where = f"pools.{name}"
+        try:
+            parse_pool_name(name)
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
+        entry = {} if entry is None else entry
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                where, f"{entry!r} is not a mapping; give the pool's settings, e.g. backends: [...]"
+            )
+        _check_keys(entry, POOL_KEYS, where)
+        values = {}
+        for key, value in entry.items():
+            try:
+                values[POOL_KEYS[key].attr] = _parse_setting(POOL_KEYS[key], value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.{key}", exc.problem) from None
+        settings = dataclasses.replace(top, **values)
+        if not settings.backends:
+            raise ConfigError(f"{where}.backends", "no backends given; add backends: [http://HOST:PORT]")
+        _check_backends_differ(settings.backends, f"{where}.backends")
+        _check_hashing(settings, f"{where}.")
+        pools[name] = PoolConfig(name, settings)
+    return pools
+
+
+def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
+    """The routes of ``routes:`` (``raw``); without it, one catch-all route to the only pool
+    or to ``default``."""
+    if raw is None:
+        if len(pools) == 1 or "default" in pools:
+            return (Route(pool="default" if "default" in pools else next(iter(pools))),)
+        raise ConfigError("routes", "several pools need routes; add routes: with the pool of each request")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("routes", "give a list of routes, e.g. - {path-prefix: /api/, pool: api}")
+    routes = []
+    for index, entry in enumerate(raw):
+        where = f"routes[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                where, f"{entry!r} is not a mapping; write e.g. {{host: api.example.com, pool: api}}"
+            )
+        _check_keys(entry, ROUTE_KEYS, where)
+        values = {}
+        for key, value in entry.items():
+            try:
+                values[key] = ROUTE_KEYS[key].parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}", str(exc)) from None
+        try:
+            route = build_route(values, index)
+        except RouteKeyError as exc:
+            raise ConfigError(f"{where}.{exc.key}", str(exc)) from None
+        if route.pool is not None and route.pool not in pools:
+            raise ConfigError(
+                f"{where}.pool", f"unknown pool {route.pool!r}; name one of: {', '.join(pools)}"
+            )
+        routes.append(route)
+    for index, route in enumerate(routes[:-1]):
+        if route.matches_everything:
+            raise ConfigError(
+                f"routes[{index + 1}]",
+                f"never used: routes[{index}] has no match keys and takes every request; "
+                "move the catch-all route to the end",
+            )
+    return tuple(routes)
+
+
+def _check_backends_differ(backends: Tuple[BackendSpec, ...], field: str = "backend") -> None:
     """Each backend (``host:port``) is given once."""
     seen: Dict[str, str] = {}
     for spec in backends:
         if spec.id in seen:
             raise ConfigError(
-                "backend",
+                field,
                 f"{seen[spec.id]} and {spec.url} are the same server {spec.id}; give each backend once",
             )
         seen[spec.id] = spec.url
 
 
-def _check_hashing(config: Config) -> None:
-    """The hashing settings are set only with an algorithm that reads them."""
+def _check_hashing(config: Config, where: str = "") -> None:
+    """The hashing settings are set only with an algorithm that reads them (``where``: the
+    field's prefix, e.g. ``pools.web.``)."""
     if ALGORITHMS[config.algorithm] is ConsistentHash:
         return
     for setting, is_set in (
@@ -121,7 +211,7 @@ def _check_hashing(config: Config) -> None:
     ):
         if is_set:
             raise ConfigError(
-                setting,
+                where + setting,
                 f"only consistent-hash uses it, not {config.algorithm}; "
                 f"set algorithm: consistent-hash or leave {setting} out",
             )
@@ -129,7 +219,7 @@ def _check_hashing(config: Config) -> None:
 
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:
     """A Config from YAML-style keys, e.g. ``{"listen": "tcp:0", "backends": ["http://..."]}``."""
-    return _finish(_values_from_mapping(mapping, "config"))
+    return _finish(_values_from_mapping(mapping, "config"), mapping)
 
 
 def _read_yaml(path: str) -> Mapping[Any, Any]:
@@ -163,8 +253,9 @@ def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> C
     """Defaults < the YAML ``config_file`` < ``cli`` (command-line names; None or an empty
     ``backend`` list means not given; given ``backend``\\ s replace the YAML ``backends``)."""
     _check_keys(cli, BY_NAME, "option")
-    values = _values_from_mapping(_read_yaml(config_file), "config") if config_file else {}
+    data = _read_yaml(config_file) if config_file else {}
+    values = _values_from_mapping(data, "config")
     for name, raw in cli.items():
         if raw not in (None, [], ()):
             values[BY_NAME[name].attr] = _parse_setting(BY_NAME[name], raw)
-    return _finish(values)
+    return _finish(values, data)
