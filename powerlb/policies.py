@@ -292,12 +292,13 @@ class TokenBucket:
         if self.tokens >= 1.0 - _SLACK:
             self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        # Aim at half the slack, so that rounding cannot leave the bucket short after the wait.
+        return (1.0 - _SLACK / 2 - self.tokens) / self.rate
 
 
 def retry_after(wait: float) -> int:
     """The ``Retry-After`` seconds for a ``wait``: whole seconds, rounded up, at least 1."""
-    return max(1, math.ceil(wait - _SLACK))
+    return max(1, math.ceil(wait))
 
 
 class RateLimiter:
