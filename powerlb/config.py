@@ -80,10 +80,12 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
         raise ConfigError(setting.name, str(exc)) from None
 
 
-def _check_keys(given: Mapping[Any, Any], valid: Collection[str], field: str) -> None:
+def _check_keys(given: Mapping[Any, Any], valid: Collection[str], field: str, of: str = "") -> None:
+    """Every key of ``given`` is ``valid``; else a ConfigError naming ``field``, or ``of.KEY``."""
     for key in given:
         if key not in valid:
-            raise ConfigError(field, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
+            where = f"{of}.{key}" if of else field
+            raise ConfigError(where, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
 
 
 #: The keys of a configuration mapping beside the settings'.
@@ -117,7 +119,10 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
     if raw is None:
         return {"default": PoolConfig("default", top)}
     if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError("pools", "give a mapping of pool names to settings, e.g. web: {backends: [...]}")
+        raise ConfigError(
+            "pools",
+            f"{raw!r} is not a mapping of pool names to settings; write e.g. web: {{backends: [...]}}",
+        )
     pools: Dict[str, PoolConfig] = {}
     for name, entry in raw.items():
         where = f"pools.{name}"
@@ -130,7 +135,7 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
             raise ConfigError(
                 where, f"{entry!r} is not a mapping; give the pool's settings, e.g. backends: [...]"
             )
-        _check_keys(entry, POOL_KEYS, where)
+        _check_keys(entry, POOL_KEYS, where, of=where)
         values = {}
         for key, value in entry.items():
             try:
@@ -154,7 +159,9 @@ def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
             return (Route(pool="default" if "default" in pools else next(iter(pools))),)
         raise ConfigError("routes", "several pools need routes; add routes: with the pool of each request")
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("routes", "give a list of routes, e.g. - {path-prefix: /api/, pool: api}")
+        raise ConfigError(
+            "routes", f"{raw!r} is not a list of routes; write e.g. - {{path-prefix: /api/, pool: api}}"
+        )
     routes = []
     for index, entry in enumerate(raw):
         where = f"routes[{index}]"
@@ -162,7 +169,7 @@ def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
             raise ConfigError(
                 where, f"{entry!r} is not a mapping; write e.g. {{host: api.example.com, pool: api}}"
             )
-        _check_keys(entry, ROUTE_KEYS, where)
+        _check_keys(entry, ROUTE_KEYS, where, of=where)
         values = {}
         for key, value in entry.items():
             try:
