@@ -5,16 +5,19 @@ pool its requests go to and its policies (:mod:`powerlb.policies`). A :class:`Ro
 compiles a list of routes; :meth:`RouteTable.match` returns the first route whose keys all
 match, or None (answered 404 with :data:`NO_ROUTE_REASON`).
 
-Matching is fast whatever the number of routes: hosts are looked up in a dict (exact names,
-then wildcard suffixes, longest first), so only the routes that can match a host are tried;
-consecutive routes with only a path prefix are tried as one compiled regex.
+Matching is fast whatever the number of routes. At compile time the routes are sorted into
+plans by host (exact names, then wildcard suffixes, longest first, looked up in dicts) and by
+method, so a request only tries the routes that can match its host and method; in a plan,
+consecutive routes with only path prefixes are tried as one dict lookup per prefix length,
+consecutive routes with only path keys (prefix, regex) as one compiled regex, and
+consecutive routes with only an exact value of one header as one dict lookup.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
 
 from powerlb.headers import Headers
 from powerlb.policies import Acl, HeaderRules, RateLimit, Redirect, split_host
@@ -98,45 +101,147 @@ def _rest_matches(route: Route, method: bytes, path: bytes, headers: Headers) ->
 
 # A compiled plan is a tuple of steps (kind, test, routes), tried in order:
 _ALWAYS = 0  # routes[0] matches whatever the request
-_PREFIXES = 1  # test is a compiled alternation of path prefixes; routes[group - 1] matched
-_CHECK = 2  # test(method, path, headers) says whether routes[0] matches
+_PREFIXES = 1  # test is (lengths, {prefix: position}): the first position of a path prefix matched
+_PATHS = 2  # test is a compiled alternation of path keys; routes[owner[lastindex]] matched
+_VALUES = 3  # test is (name, {value: position}): the first position of a field's value matched
+_CHECK = 4  # test(path, headers) says whether routes[0] matches
 
-Step = Tuple[int, Optional[Callable[..., object]], Tuple[Route, ...]]
+#: A run of path prefixes of more distinct lengths than this is matched as a regex.
+_MAX_PREFIX_LENGTHS = 8
+
+Step = Tuple[int, Any, Tuple[Any, ...]]
+Plan = Tuple[Step, ...]
+
+#: The flags of a regex without global inline flags.
+_PLAIN_FLAGS = re.compile(b"").flags
+#: Back-references, which would break inside a combined regex (group numbers shift).
+_BACKREFERENCE = re.compile(rb"\\[1-9]|\(\?P=")
 
 
-def _only_prefix(route: Route) -> bool:
-    return route.path_prefix is not None and not (route.path_regex or route.methods or route.headers)
+def _path_alternative(route: Route) -> Optional[bytes]:
+    """The route's path keys as a regex matching the path from its start (prefix: a lookahead;
+    regex: found anywhere after it), or None when the route has other keys or a regex that
+    cannot be combined (global flags, named groups, back-references)."""
+    if route.headers or not (route.path_prefix or route.path_regex):
+        return None
+    regex = route.path_regex
+    if route.path_prefix is not None and regex is None:
+        return re.escape(route.path_prefix)
+    parts = []
+    if route.path_prefix is not None:
+        parts.append(b"(?=" + re.escape(route.path_prefix) + b")")
+    if regex is not None:
+        if regex.flags != _PLAIN_FLAGS or regex.groupindex or _BACKREFERENCE.search(regex.pattern):
+            return None
+        anchored = regex.pattern.startswith(b"^") and b"|" not in regex.pattern
+        parts.append((b"(?:" if anchored else b"(?s:.*?)(?:") + regex.pattern + b")")
+    return b"".join(parts)
 
 
-def _check(route: Route) -> Callable[[bytes, bytes, Headers], bool]:
-    if route.path_regex is not None and not (route.methods or route.path_prefix or route.headers):
-        search = route.path_regex.search
-        return lambda method, path, headers: search(path) is not None
-    return lambda method, path, headers: _rest_matches(route, method, path, headers)
+def _header_value(route: Route) -> Optional[HeaderMatch]:
+    """The route's one key if it is an exact header value."""
+    if route.path_prefix or route.path_regex or len(route.headers) != 1 or route.headers[0].value is None:
+        return None
+    return route.headers[0]
 
 
-def _plan(routes: Sequence[Route]) -> Tuple[Step, ...]:
-    """Steps trying ``routes`` (already known to match the host) in order."""
+def _check(route: Route) -> Callable[[bytes, Headers], bool]:
+    prefix, regex, keys = route.path_prefix, route.path_regex, route.headers
+    search = None if regex is None else regex.search
+
+    def check(path: bytes, headers: Headers) -> bool:
+        if prefix is not None and not path.startswith(prefix):
+            return False
+        if search is not None and search(path) is None:
+            return False
+        return all(key.matches(headers) for key in keys)
+
+    return check
+
+
+def _paths_step(run: List[Tuple[Route, bytes]]) -> Step:
+    """One regex trying the path keys of ``run`` in order: the first alternative that matches
+    wins, and the last group to close, ``lastindex``, is the alternative's own."""
+    owner: Dict[int, int] = {}
+    group = 1
+    for position, (route, _) in enumerate(run):
+        owner[group] = position
+        group += 1 + (route.path_regex.groups if route.path_regex is not None else 0)
+    pattern = b"|".join(b"(" + alternative + b")" for _, alternative in run)
+    return (_PATHS, (re.compile(pattern).match, owner), tuple(route for route, _ in run))
+
+
+def _path_steps(run: List[Tuple[Route, bytes]]) -> List[Step]:
+    """Steps for a run of routes with only path keys: a dict lookup per prefix length when they
+    are all prefixes of few lengths, else one regex."""
+    if any(route.path_regex is not None for route, _ in run):
+        return [_paths_step(run)]
+    positions: Dict[bytes, int] = {}
+    for position, (route, _) in enumerate(run):
+        positions.setdefault(route.path_prefix or b"", position)
+    lengths = sorted({len(prefix) for prefix in positions})
+    if len(lengths) > _MAX_PREFIX_LENGTHS:
+        return [_paths_step(run)]
+    return [(_PREFIXES, (lengths, positions), tuple(route for route, _ in run))]
+
+
+def _values_step(run: List[Tuple[Route, HeaderMatch]]) -> Step:
+    positions: Dict[bytes, int] = {}
+    for position, (_, key) in enumerate(run):
+        positions.setdefault(key.value or b"", position)
+    return (_VALUES, (run[0][1].name, positions), tuple(route for route, _ in run))
+
+
+def _plan(routes: Sequence[Route]) -> Plan:
+    """Steps trying ``routes`` in order; their host and method keys are known to match already.
+
+    Consecutive routes with only path keys become one regex, consecutive routes with only an
+    exact value of one header one dict lookup."""
     steps: List[Step] = []
-    run: List[Route] = []
+    paths: List[Tuple[Route, bytes]] = []
+    values: List[Tuple[Route, HeaderMatch]] = []
 
-    def end_run() -> None:
-        if run:
-            alternation = b"|".join(b"(" + re.escape(route.path_prefix or b"") + b")" for route in run)
-            steps.append((_PREFIXES, re.compile(alternation).match, tuple(run)))
-            run.clear()
+    def flush() -> None:
+        if paths:
+            steps.extend(_path_steps(paths))
+            paths.clear()
+        if values:
+            steps.append(_values_step(values))
+            values.clear()
 
     for route in routes:
-        if _only_prefix(route):
-            run.append(route)
+        alternative = _path_alternative(route)
+        if alternative is not None:
+            if values:
+                flush()
+            paths.append((route, alternative))
             continue
-        end_run()
-        if not (route.path_prefix or route.path_regex or route.methods or route.headers):
+        key = _header_value(route)
+        if key is not None:
+            if paths or (values and values[0][1].name != key.name):
+                flush()
+            values.append((route, key))
+            continue
+        flush()
+        if not (route.path_prefix or route.path_regex or route.headers):
             steps.append((_ALWAYS, None, (route,)))
             return tuple(steps)  # the routes after it can never match
         steps.append((_CHECK, _check(route), (route,)))
-    end_run()
+    flush()
     return tuple(steps)
+
+
+class _Plans:
+    """The plans for one host: by method, and for the methods no route names."""
+
+    __slots__ = ("by_method", "other")
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        methods = {method for route in routes for method in route.methods}
+        self.by_method: Dict[bytes, Plan] = {
+            method: _plan([r for r in routes if not r.methods or method in r.methods]) for method in methods
+        }
+        self.other: Plan = _plan([r for r in routes if not r.methods])
 
 
 class RouteTable:
@@ -146,19 +251,19 @@ class RouteTable:
         self.routes: Tuple[Route, ...] = tuple(routes)
         exact = {host for route in self.routes for host in route.hosts if not host.startswith(b"*.")}
         wild = {host[1:] for route in self.routes for host in route.hosts if host.startswith(b"*.")}
-        self._exact: Dict[bytes, Tuple[Step, ...]] = {host: self._plan_for(host) for host in exact}
+        self._exact: Dict[bytes, _Plans] = {host: self._plans_for(host) for host in exact}
         # A request host's longest matching wildcard suffix decides which wildcards match it:
         # the suffix's own and those of the shorter suffixes it ends with. A name standing for it.
-        self._wild: Dict[bytes, Tuple[Step, ...]] = {
-            suffix: self._plan_for(b"x" + suffix, wildcards_only=True) for suffix in wild
+        self._wild: Dict[bytes, _Plans] = {
+            suffix: self._plans_for(b"x" + suffix, wildcards_only=True) for suffix in wild
         }
-        self._default = self._plan_for(b"")
+        self._default = self._plans_for(b"")
 
-    def _plan_for(self, host: bytes, wildcards_only: bool = False) -> Tuple[Step, ...]:
+    def _plans_for(self, host: bytes, wildcards_only: bool = False) -> _Plans:
         def takes(pattern: bytes) -> bool:
             return (pattern.startswith(b"*.") or not wildcards_only) and _host_matches(pattern, host)
 
-        return _plan([r for r in self.routes if not r.hosts or any(takes(p) for p in r.hosts)])
+        return _Plans([r for r in self.routes if not r.hosts or any(takes(p) for p in r.hosts)])
 
     def match(self, method: bytes, host: Optional[bytes], path: bytes, headers: Headers) -> Optional[Route]:
         """The first route matching the request, or None.
@@ -166,27 +271,47 @@ class RouteTable:
         ``host`` is the ``Host`` value as received (port and case do not matter); ``path`` is the
         request target's path (a query, from ``?``, is ignored); ``headers`` the request's."""
         name = split_host(host)[0] if host else b""
-        steps = self._exact.get(name)
-        if steps is None:
-            steps = self._default
+        plans = self._exact.get(name)
+        if plans is None:
+            plans = self._default
             if self._wild:
                 dot = name.find(b".", 1)
                 while dot > 0:
                     found = self._wild.get(name[dot:])
                     if found is not None:
-                        steps = found
+                        plans = found
                         break
                     dot = name.find(b".", dot + 1)
+        steps = plans.by_method.get(method, plans.other) if plans.by_method else plans.other
         query = path.find(b"?")
         if query >= 0:
             path = path[:query]
         for kind, test, routes in steps:
             if kind == _PREFIXES:
-                found_prefix = test(path)  # type: ignore[misc]
-                if found_prefix is not None:
-                    return routes[found_prefix.lastindex - 1]
+                lengths, prefixes = test
+                best = len(routes)
+                for length in lengths:
+                    position = prefixes.get(path[:length], best)
+                    if position < best:
+                        best = position
+                if best < len(routes):
+                    return routes[best]
+            elif kind == _PATHS:
+                found_path = test[0](path)
+                if found_path is not None:
+                    return routes[test[1][found_path.lastindex]]
+            elif kind == _VALUES:
+                field, positions = test
+                best = len(routes)
+                for key, value in headers:
+                    if key == field:
+                        position = positions.get(value, best)
+                        if position < best:
+                            best = position
+                if best < len(routes):
+                    return routes[best]
             elif kind == _CHECK:
-                if test(method, path, headers):  # type: ignore[misc]
+                if test(path, headers):
                     return routes[0]
             else:
                 return routes[0]

@@ -7,7 +7,7 @@ import re
 from typing import List, Optional
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from powerlb.headers import Headers
@@ -97,23 +97,36 @@ _HOSTS = [b"a.test", b"b.test", b"*.test", b"*.b.test", b"x.b.test"]
 _PATHS = [b"/", b"/a", b"/a/", b"/a/b", b"/b", b"/b/c.php"]
 _METHODS = [b"GET", b"POST", b"HEAD"]
 
+_REGEXES = [
+    re.compile(rb"\.php$"),
+    re.compile(rb"^/a"),
+    re.compile(b"b"),
+    re.compile(rb"/(a|b)/"),  # a group: combined with the others
+    re.compile(rb"(?i)/A"),  # global flags: tried on its own
+    re.compile(rb"(?P<x>/)b"),  # a named group: on its own
+    re.compile(rb"(/)a\1"),  # a back-reference: on its own
+]
+_HEADER_KEYS = [
+    HeaderMatch(b"x-k", value=b"1"),
+    HeaderMatch(b"x-k", value=b"2x"),
+    HeaderMatch(b"x-k", regex=re.compile(b"^2")),
+    HeaderMatch(b"x-j", value=b""),
+]
+
+
+def _rarely(values: list) -> st.SearchStrategy:
+    """Mostly None: routes with few keys make runs the table combines."""
+    return st.sampled_from([None, None, None, *values])
+
+
 _routes = st.builds(
     Route,
     pool=st.just("p"),
-    hosts=st.lists(st.sampled_from(_HOSTS), max_size=2).map(tuple),
-    path_prefix=st.none() | st.sampled_from(_PATHS),
-    path_regex=st.none() | st.sampled_from([re.compile(rb"\.php$"), re.compile(rb"^/a"), re.compile(b"b")]),
-    methods=st.frozensets(st.sampled_from(_METHODS), max_size=2),
-    headers=st.lists(
-        st.sampled_from(
-            [
-                HeaderMatch(b"x-k", value=b"1"),
-                HeaderMatch(b"x-k", regex=re.compile(b"^2")),
-                HeaderMatch(b"x-j", value=b""),
-            ]
-        ),
-        max_size=1,
-    ).map(tuple),
+    hosts=_rarely([(host,) for host in _HOSTS] + [(b"a.test", b"*.b.test")]).map(lambda hosts: hosts or ()),
+    path_prefix=_rarely(_PATHS),
+    path_regex=_rarely(_REGEXES),
+    methods=_rarely([frozenset({b"GET"}), frozenset({b"GET", b"POST"})]).map(lambda m: m or frozenset()),
+    headers=_rarely([(key,) for key in _HEADER_KEYS] + [tuple(_HEADER_KEYS[:2])]).map(lambda h: h or ()),
 )
 
 
@@ -127,14 +140,15 @@ def _reference(
     return None
 
 
+@settings(max_examples=200, deadline=None)
 @given(
-    routes=st.lists(_routes, max_size=12),
+    routes=st.lists(_routes, max_size=16),
     requests=st.lists(
         st.tuples(
             st.sampled_from(_METHODS),
             st.none()
             | st.sampled_from([b"a.test", b"A.TEST:80", b"c.test", b"x.b.test", b"y.x.b.test", b"test"]),
-            st.sampled_from([*_PATHS, b"/a?x", b"/b?c.php", b"/zzz"]),
+            st.sampled_from([*_PATHS, b"/a?x", b"/b?c.php", b"/zzz", b"/A/b", b"/a/a", b"/b/"]),
             st.lists(
                 st.sampled_from([(b"x-k", b"1"), (b"x-k", b"2x"), (b"x-j", b""), (b"x-z", b"1")]), max_size=3
             ),
@@ -148,3 +162,19 @@ def test_table_equals_linear_first_match(routes: List[Route], requests: list) ->
     table = RouteTable(routes)
     for method, host, path, headers in requests:
         assert table.match(method, host, path, headers) is _reference(routes, method, host, path, headers)
+
+
+_SEGMENTS = st.lists(st.sampled_from([b"a", b"b", b"ab", b""]), max_size=6).map(
+    lambda parts: b"/" + b"/".join(parts)
+)
+
+
+@given(
+    prefixes=st.lists(_SEGMENTS, min_size=1, max_size=20), paths=st.lists(_SEGMENTS, min_size=1, max_size=5)
+)
+def test_runs_of_prefixes_equal_linear_first_match(prefixes: List[bytes], paths: List[bytes]) -> None:
+    """Many prefixes of many lengths: looked up by length, or (more than 8 lengths) as a regex."""
+    routes = [Route(pool="p", path_prefix=prefix, index=index) for index, prefix in enumerate(prefixes)]
+    table = RouteTable(routes)
+    for path in paths:
+        assert table.match(b"GET", None, path, []) is _reference(routes, b"GET", None, path, [])
