@@ -19,6 +19,9 @@ Semantics, as docs/configuration.md documents them:
   address in the ``deny`` list is refused (deny wins); refused requests are answered 403.
 - **Rate limits** (:class:`RateLimiter`): one token bucket per client address; a refused request
   is answered 429 with ``Retry-After``.
+
+:func:`admit` applies the ones that may answer a request instead of its pool, in this order:
+access list, redirect, rate limit.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import string
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, Optional, Protocol, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 from powerlb.cachepolicy import primary_key
 from powerlb.headers import Headers, get_all, get_first
@@ -329,6 +332,44 @@ class RateLimiter:
             buckets.move_to_end(client)
         wait = bucket.take(now)
         return retry_after(wait) if wait else None
+
+
+# -- all of them ---------------------------------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    """An answer a route's policy gives instead of forwarding: ``policy`` (``"acl"``,
+    ``"redirect"``, ``"rate-limit"``) names it for the metrics; the body is the wiring's."""
+
+    policy: str
+    status: int
+    reason: bytes
+    headers: Headers
+
+
+def admit(
+    route: Route,
+    client: str,
+    limiter: Optional[RateLimiter],
+    scheme: bytes,
+    host: Optional[bytes],
+    target: bytes,
+) -> Optional[Refusal]:
+    """None if the request may go to the route's pool, else the answer: 403 when the access
+    list refuses ``client`` (see :func:`client_address`), the redirect (:func:`redirect_for`),
+    or 429 when ``limiter`` (the route's :class:`RateLimiter`, None without ``rate-limit``)
+    refuses it. A redirect is not rate limited."""
+    if not route.acl.permits(client):
+        return Refusal("acl", 403, FORBIDDEN_REASON, [])
+    redirect = redirect_for(route, scheme, host, target)
+    if redirect is not None:
+        status, location = redirect
+        return Refusal("redirect", status, b"", [(b"location", location)])
+    if limiter is not None:
+        wait = limiter.check(client)
+        if wait is not None:
+            return Refusal("rate-limit", 429, RATE_LIMITED_REASON, [(b"retry-after", b"%d" % wait)])
+    return None
 
 
 # -- request ids and cache keys ------------------------------------------------------------------

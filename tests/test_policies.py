@@ -13,12 +13,16 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from powerlb.policies import (
+    FORBIDDEN_REASON,
+    RATE_LIMITED_REASON,
     Acl,
     HeaderRules,
     RateLimit,
     RateLimiter,
     Redirect,
+    Refusal,
     TokenBucket,
+    admit,
     apply_header_rules,
     cache_key,
     check_template,
@@ -296,3 +300,27 @@ def test_cache_key() -> None:
         Route(cache_key_headers=(b"x-tenant",)), b"http", b"ex.com", b"/a", [(b"x-tenant", b"t2")]
     )
     assert other != keyed
+
+
+# -- admit: the policies that answer instead of the pool -----------------------------------------
+
+
+def test_admit_order_acl_redirect_rate_limit() -> None:
+    limit = RateLimit(rate=1.0, burst=1)
+    route = Route(
+        acl=Acl(allow=_nets("10.0.0.0/8")), redirect=Redirect("https://{host}{target}", 308), rate_limit=limit
+    )
+    limiter = RateLimiter(limit, Clock())
+
+    def admit_(client: str, scheme: bytes) -> object:
+        return admit(route, client, limiter, scheme, b"h", b"/a?b")
+
+    assert admit_("192.168.0.1", b"http") == Refusal("acl", 403, FORBIDDEN_REASON, [])
+    redirect = Refusal("redirect", 308, b"", [(b"location", b"https://h/a?b")])
+    assert admit_("10.0.0.1", b"http") == redirect
+    assert admit_("10.0.0.1", b"http") == redirect  # redirects do not take tokens
+    assert admit_("10.0.0.1", b"https") is None
+    assert admit_("10.0.0.1", b"https") == Refusal(
+        "rate-limit", 429, RATE_LIMITED_REASON, [(b"retry-after", b"1")]
+    )
+    assert admit(Route(), "unix", None, b"http", None, b"/") is None
