@@ -114,8 +114,8 @@ Plan = Tuple[Step, ...]
 
 #: The flags of a regex without global inline flags.
 _PLAIN_FLAGS = re.compile(b"").flags
-#: Back-references, which would break inside a combined regex (group numbers shift).
-_BACKREFERENCE = re.compile(rb"\\[1-9]|\(\?P=")
+#: Back-references and conditionals, which would break in a combined regex (group numbers shift).
+_BACKREFERENCE = re.compile(rb"\\[1-9]|\(\?P=|\(\?\(")
 
 
 def _path_alternative(route: Route) -> Optional[bytes]:

@@ -105,6 +105,7 @@ _REGEXES = [
     re.compile(rb"(?i)/A"),  # global flags: tried on its own
     re.compile(rb"(?P<x>/)b"),  # a named group: on its own
     re.compile(rb"(/)a\1"),  # a back-reference: on its own
+    re.compile(rb"(/)?(?(1)b|a)"),  # a conditional: on its own
 ]
 _HEADER_KEYS = [
     HeaderMatch(b"x-k", value=b"1"),
