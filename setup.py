@@ -28,14 +28,24 @@ setup(
         "tls": ["twisted[tls]>=22.10"],
         # TLS listeners that also speak HTTP/2 (negotiated with ALPN).
         "http2": ["twisted[tls,http2]>=22.10"],
+        # A Redis (or Valkey) shared by several instances: second cache tier and change bus.
+        "redis": ["txredisapi>=1.4.7"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.13",
             "pytest-timeout>=2",
             "hypothesis>=6",
             "ruff",
+            # Type checks (`mypy`, configured in pyproject.toml): CPython only (mypy's compiled
+            # dependencies have no PyPy wheels).
+            "mypy>=1.8; platform_python_implementation == 'CPython'",
+            "mypy-zope>=1.0; platform_python_implementation == 'CPython'",
+            "types-PyYAML; platform_python_implementation == 'CPython'",
             "selenium>=4.11",
             "twisted[tls,http2]>=22.10",
+            "txredisapi>=1.4.7",
+            # A real WebSocket client and server for the tunnel tests (tests/test_tunnel_e2e.py).
+            "websockets>=13",
         ],
     },
     entry_points={

@@ -13,7 +13,7 @@ public import path for embedding powerlb.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Collection, Dict, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -23,7 +23,7 @@ from powerlb.outlier import parse_statuses
 from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name
 from powerlb.routing import Route
 from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
-from powerlb.values import as_text, endpoint_kind, parse_switch
+from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password
 
 __all__ = [
     "Config",
@@ -51,7 +51,8 @@ class ConfigError(ValueError):
 def backend_from_entry(entry: Any) -> BackendSpec:
     """One backend as the ``backends`` setting reads it: a URL string or a ``{url, weight, backup}``
     mapping; a bad one raises ConfigError naming the ``backend`` field."""
-    return _parse_setting(BY_KEY["backends"], [entry])[0]
+    specs: List[BackendSpec] = _parse_setting(BY_KEY["backends"], [entry])
+    return specs[0]
 
 
 def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:
@@ -103,15 +104,24 @@ def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, An
 def _finish(values: Mapping[str, Any], sections: Optional[Mapping[Any, Any]] = None) -> Config:
     """The Config of the settings' ``values`` and the ``pools:`` and ``routes:`` of ``sections``."""
     sections = sections or {}
-    if not values.get("backends") and sections.get("pools") is None:
-        raise ConfigError("backend", "no backends given; add --backend http://HOST:PORT")
+    if not _finds_backends(values) and sections.get("pools") is None:
+        raise ConfigError(
+            "backend", "no backends given; add --backend http://HOST:PORT (or find them in DNS: --dns, --srv)"
+        )
     config = Config(**values)
+    _check_dns(config)
     _check_backends_differ(config.backends)
     _check_hashing(config)
+    _check_redis(config)
     if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
     pools = _pools(config, sections.get("pools"))
     return dataclasses.replace(config, pools=pools, routes=_routes(sections.get("routes"), pools))
+
+
+def _finds_backends(values: Mapping[str, Any]) -> bool:
+    """Whether settings (by Config attribute) give backends, or find them in DNS."""
+    return bool(values.get("backends") or values.get("dns") or values.get("srv") is not None)
 
 
 def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
@@ -143,7 +153,7 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
             except ConfigError as exc:
                 raise ConfigError(f"{where}.{key}", exc.problem) from None
         settings = dataclasses.replace(top, **values)
-        if not settings.backends:
+        if not _finds_backends(vars(settings)):
             raise ConfigError(f"{where}.backends", "no backends given; add backends: [http://HOST:PORT]")
         _check_backends_differ(settings.backends, f"{where}.backends")
         _check_hashing(settings, f"{where}.")
@@ -207,6 +217,16 @@ def _check_backends_differ(backends: Tuple[BackendSpec, ...], field: str = "back
         seen[spec.id] = spec.url
 
 
+def _check_dns(config: Config) -> None:
+    """``dns-min-ttl`` is at most ``dns-max-ttl``."""
+    if config.dns_min_ttl > config.dns_max_ttl:
+        raise ConfigError(
+            "dns-min-ttl",
+            f"{format_duration(config.dns_min_ttl)} is more than dns-max-ttl "
+            f"({format_duration(config.dns_max_ttl)}); lower dns-min-ttl or raise dns-max-ttl",
+        )
+
+
 def _check_hashing(config: Config, where: str = "") -> None:
     """The hashing settings are set only with an algorithm that reads them (``where``: the
     field's prefix, e.g. ``pools.web.``)."""
@@ -222,6 +242,22 @@ def _check_hashing(config: Config, where: str = "") -> None:
                 f"only consistent-hash uses it, not {config.algorithm}; "
                 f"set algorithm: consistent-hash or leave {setting} out",
             )
+
+
+def _check_redis(config: Config) -> None:
+    """The redis-* settings go with ``redis``, and a password named must be there."""
+    if config.redis is None:
+        for name in ("redis-key-prefix", "redis-timeout", "redis-password-env", "redis-password-file"):
+            if getattr(config, BY_NAME[name].attr) != BY_NAME[name].default:
+                raise ConfigError(
+                    name, "it applies only with redis; set redis: redis://HOST:PORT or leave it out"
+                )
+        return
+    try:
+        read_password(config.redis_password_env, config.redis_password_file)
+    except ValueError as exc:
+        field = "redis-password-file" if config.redis_password_file is not None else "redis-password-env"
+        raise ConfigError(field, str(exc)) from None
 
 
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:

@@ -8,7 +8,9 @@ so it is tested by feeding it bytes split at every possible place.
 
 Interim (1xx) responses are reported apart from the final response
 (:meth:`IResponseEvents.response_interim`); ``101`` (a protocol switch) is
-refused. Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
+refused, except by a parser made with ``upgrade=True`` for an upgrade request
+(:meth:`IResponseEvents.response_switched`, see :mod:`powerlb.tunnel`).
+Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
 chunked when ``Transfer-Encoding`` ends in ``chunked``; ``Content-Length``
 otherwise; else the body runs to the end of the connection.
 """
@@ -47,9 +49,13 @@ class IResponseEvents(Interface):
     def response_end(keep_alive: bool) -> None:
         """The response is complete; ``keep_alive`` says whether the connection may be reused."""
 
+    def response_switched(reason: bytes, headers: Headers, rest: bytes) -> None:
+        """A ``101`` (upgrade parsers only): the connection now speaks another protocol, whose
+        first bytes are ``rest``; the parser reads nothing more."""
+
 
 # Parser states.
-_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE = range(8)
+_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _SWITCHED = range(9)
 
 
 class ResponseParser:
@@ -61,10 +67,12 @@ class ResponseParser:
     :class:`ProtocolError`; after one the parser must be discarded.
     """
 
-    __slots__ = ("_buffer", "_events", "_head_request", "_keep_alive", "_remaining", "_state")
+    __slots__ = ("_buffer", "_events", "_head_request", "_keep_alive", "_remaining", "_state", "_upgrade")
 
-    def __init__(self, events: IResponseEvents) -> None:
+    def __init__(self, events: IResponseEvents, upgrade: bool = False) -> None:
         self._events = events
+        #: A 101 switches protocols (the request asked for an upgrade) instead of being an error.
+        self._upgrade = upgrade
         self._state = _IDLE
         self._buffer = b""
         self._remaining = 0
@@ -159,7 +167,11 @@ class ResponseParser:
         headers = _parse_header_lines(lines)
         if 100 <= status < 200:
             if status == 101:
-                raise ProtocolError("protocol upgrades are not supported")
+                if not self._upgrade:
+                    raise ProtocolError("protocol upgrades are not supported")
+                self._state = _SWITCHED
+                self._events.response_switched(reason, headers, rest)
+                return b""
             self._events.response_interim(status, reason, headers)
             return rest  # the final response follows
         tokens = connection_tokens(headers)

@@ -290,6 +290,8 @@ class ProxyChannel(TrackedChannel):
     _head_lines = 0
     _rejected = False
     _secure = False
+    #: The tunnel this connection became after a protocol switch (:mod:`powerlb.tunnel`), or None.
+    tunnel: Any = None
 
     def connectionMade(self) -> None:
         limits = self.site.limits
@@ -301,6 +303,9 @@ class ProxyChannel(TrackedChannel):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
         if self._rejected:
             return
         if self._head_pending:
@@ -321,6 +326,22 @@ class ProxyChannel(TrackedChannel):
                         return
             self._head_pending = True
         super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+        super().connectionLost(reason)
+
+    def switch_protocols(self, tunnel: Any) -> bytes:
+        """Stop speaking HTTP (a 101 was relayed): every byte read from now on goes to
+        ``tunnel.client_data``, the connection's end to ``tunnel.client_lost``. Returns the bytes
+        already read past the request (the new protocol's first ones); the tunnel paces the reads."""
+        self.tunnel = tunnel
+        self.setTimeout(None)
+        self.transport.unregisterProducer()
+        early = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        return early
 
     def timeoutConnection(self) -> None:
         if self._head_pending:

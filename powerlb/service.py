@@ -18,7 +18,7 @@ SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -45,6 +45,9 @@ from powerlb.sticky import StickyCookie
 from powerlb.tls import BackendTLS
 from powerlb.upstream import ProxyClientFactory
 from powerlb.values import endpoint_kind
+
+if TYPE_CHECKING:
+    from powerlb.discovery import DnsDiscovery
 
 log = Logger()
 
@@ -99,9 +102,11 @@ class PowerLBService(MultiService):
             )
             self.outliers.setServiceParent(self)
         check_kind = CheckKind(config.health_check, config.health_path)
+        #: The health check of one backend (None with ``health-check: off``).
+        self.probe = backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for)
         self.health = HealthChecker(
             self.backends,
-            backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for),
+            self.probe,
             reactor,
             config.health_interval,
             config.health_timeout,
@@ -112,12 +117,21 @@ class PowerLBService(MultiService):
             kind=check_kind,
         )
         self.health.setServiceParent(self)
+        #: Backends from DNS names (``dns``, ``srv``), or None.
+        self.discovery: Optional[DnsDiscovery] = None
+        if config.dns or config.srv:
+            # Imported here: discovery brings twisted.names.
+            from powerlb.discovery import discovery_for
+
+            self.discovery = discovery_for(config, reactor, self, self.probe)
+            self.discovery.setServiceParent(self)
         self.dispatcher = Dispatcher(
             self.balancer,
             self.clients,
             retries=config.retries,
             outliers=self.outliers,
             counters=self.counters,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
         )
         cache_layer = None
         if self.cache is not None:
@@ -131,6 +145,10 @@ class PowerLBService(MultiService):
                 lock_timeout=config.cache_lock_timeout,
                 purge_allow=config.purge_allow,
             )
+        #: The shared second cache tier and the change bus (None without ``redis``).
+        self.redis: Optional[Any] = None
+        self.bus: Optional[Any] = None
+        changes = None if config.redis is None else self._join_cluster(config, cache_layer)
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
@@ -151,7 +169,9 @@ class PowerLBService(MultiService):
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
 
-            admin = admin_root(self.stats, lambda: self.config, self, cache_layer, config.admin_token)
+            admin = admin_root(
+                self.stats, lambda: self.config, self, cache_layer, config.admin_token, changes
+            )
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
 
@@ -168,6 +188,7 @@ class PowerLBService(MultiService):
                 "queued": self.clients[b].queued,
             },
             self.outcomes.snapshot(),
+            None if self.bus is None else self.bus.stats(),
         )
 
     def privilegedStartService(self) -> None:
@@ -219,7 +240,9 @@ class PowerLBService(MultiService):
         ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
         ``retries`` applies to the next request and ``drain_timeout`` to the
         next stop. A change to any other setting is logged as needing a
-        restart and ignored.
+        restart and ignored. Backends found by DNS discovery are not part of
+        ``config.backends`` and stay, unless the new configuration names one:
+        that one becomes static.
         """
         old = self.config
         self.config = reloaded(old, config)
@@ -234,9 +257,17 @@ class PowerLBService(MultiService):
             backend.backup = spec.backup
             log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
         for spec in added:
-            by_url[spec.url] = self.add_backend(spec)
+            if spec.url in by_url:  # found by DNS discovery: now a static backend
+                backend = by_url[spec.url]
+                if self.discovery is not None:
+                    self.discovery.release(backend)
+                backend.set_weight(spec.weight)
+                backend.backup = spec.backup
+            else:
+                by_url[spec.url] = self.add_backend(spec)
             log.info("reload: backend {url} added", url=spec.url)
-        self._set_backends([by_url[spec.url] for spec in config.backends])
+        static = [by_url[spec.url] for spec in config.backends]
+        self._set_backends([*static, *(b for b in self.backends if b not in static and self._discovered(b))])
         if any(getattr(config, name) != getattr(old, name) for name in _BALANCER_SETTINGS):
             self.balancer = self._make_balancer(config)
             self.dispatcher.balancer = self.balancer
@@ -282,7 +313,21 @@ class PowerLBService(MultiService):
         self.backends[:] = backends
         self.health.set_backends(self.backends)
         self.balancer.set_backends(self.backends)
-        self.config = dataclasses.replace(self.config, backends=tuple(b.spec() for b in self.backends))
+        configured = tuple(b.spec() for b in self.backends if not self._discovered(b))
+        self.config = dataclasses.replace(self.config, backends=configured)
+
+    def _discovered(self, backend: Backend) -> bool:
+        """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
+        return self.discovery is not None and self.discovery.owns(backend)
+
+    def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
+        """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
+        from powerlb.redistier import cluster_for
+
+        self.redis, self.bus, changes = cluster_for(config, self, cache_layer, self.reactor)
+        self.redis.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return changes
 
     def _make_balancer(self, config: Config) -> IBalancer:
         """The balancer ``config`` asks for over the current backends (at start, and on reload)."""

@@ -19,14 +19,17 @@ from powerlb.routing import Route
 from powerlb.values import above_zero as _above_zero
 from powerlb.values import (
     format_backend,
+    format_host_port,
     format_percent,
     format_size,
     format_switch,
     parse_admin_endpoint,
     parse_duration,
     parse_endpoint,
+    parse_env_name,
     parse_networks,
     parse_percent,
+    parse_redis,
     parse_size,
     parse_switch,
 )
@@ -39,6 +42,9 @@ from powerlb.values import parse_balance_factor as _parse_balance_factor
 from powerlb.values import parse_ca_file as _parse_ca_file
 from powerlb.values import parse_cookie_name as _parse_cookie_name
 from powerlb.values import parse_count as _parse_count
+from powerlb.values import parse_dns_name as _parse_dns_name
+from powerlb.values import parse_dns_resolver as _parse_dns_resolver
+from powerlb.values import parse_dns_target as _parse_dns_target
 from powerlb.values import parse_header_name as _parse_header_name
 from powerlb.values import parse_header_names as _parse_header_names
 from powerlb.values import parse_path as _parse_path
@@ -51,6 +57,11 @@ class Config:
 
     listen: str = "tcp:8080"
     backends: Tuple[BackendSpec, ...] = ()
+    dns: Tuple[Tuple[str, int], ...] = ()
+    srv: Optional[str] = None
+    dns_resolver: Optional[Tuple[str, int]] = None
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 300.0
     algorithm: str = "round-robin"
     hash_key: str = "client"
     hash_balance_factor: float = 0.0
@@ -74,7 +85,13 @@ class Config:
     purge_allow: Tuple[str, ...] = ()
     trusted_proxies: Tuple[str, ...] = ()
     request_id_header: str = "X-Request-ID"
+    redis: Optional[str] = None
+    redis_key_prefix: str = "powerlb:"
+    redis_timeout: float = 0.05
+    redis_password_env: Optional[str] = None
+    redis_password_file: Optional[str] = None
     idle_timeout: float = 60.0
+    tunnel_idle_timeout: float = 300.0
     client_timeout: float = 30.0
     max_body: int = 100 * 1024 * 1024
     max_header_size: int = 32 * 1024
@@ -173,6 +190,42 @@ SETTINGS: Tuple[Setting, ...] = (
         many=True,
         yaml_key="backends",
         scope="pool",
+    ),
+    Setting(
+        "dns",
+        "dns",
+        _parse_dns_target,
+        "backends from DNS: NAME:PORT, each A/AAAA address of NAME on PORT; repeat for more "
+        "(YAML: dns: [...])",
+        show=format_host_port,
+        many=True,
+    ),
+    Setting(
+        "srv",
+        "srv",
+        _parse_dns_name,
+        "backends from DNS: an SRV name (e.g. _http._tcp.web.service.consul), with its ports and weights",
+    ),
+    Setting(
+        "dns-resolver",
+        "dns_resolver",
+        _parse_dns_resolver,
+        "DNS server for dns and srv, IP[:PORT] (e.g. Consul's 127.0.0.1:8600); off: /etc/resolv.conf's",
+        show=format_host_port,
+    ),
+    Setting(
+        "dns-min-ttl",
+        "dns_min_ttl",
+        _positive_duration,
+        "dns and srv names are looked up again when their TTL ends, but never sooner than this",
+        show=_format_duration,
+    ),
+    Setting(
+        "dns-max-ttl",
+        "dns_max_ttl",
+        _positive_duration,
+        "dns and srv names are looked up again at least this often, whatever their TTL",
+        show=_format_duration,
     ),
     Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm", scope="pool"),
     Setting(
@@ -310,6 +363,33 @@ SETTINGS: Tuple[Setting, ...] = (
         "request header carrying the request id; one is generated when a request has none",
     ),
     Setting(
+        "redis",
+        "redis",
+        parse_redis,
+        "redis://HOST[:PORT][/DB] (rediss:// for TLS) shared by several powerlb: a second cache tier "
+        "and the bus for purges and admin changes (needs powerlb[redis])",
+    ),
+    Setting("redis-key-prefix", "redis_key_prefix", _parse_text, "prefix of every Redis key and channel"),
+    Setting(
+        "redis-timeout",
+        "redis_timeout",
+        _positive_duration,
+        "a Redis lookup slower than this is a miss (and a store is dropped)",
+        show=_format_duration,
+    ),
+    Setting(
+        "redis-password-env",
+        "redis_password_env",
+        parse_env_name,
+        "environment variable holding the Redis password",
+    ),
+    Setting(
+        "redis-password-file",
+        "redis_password_file",
+        _parse_text,
+        "file whose first line is the Redis password",
+    ),
+    Setting(
         "response-timeout",
         "response_timeout",
         _positive_duration,
@@ -332,6 +412,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "time a backend may pause between two pieces of a response body",
         show=_format_duration,
         scope="pool",
+    ),
+    Setting(
+        "tunnel-idle-timeout",
+        "tunnel_idle_timeout",
+        _positive_duration,
+        "time an upgraded connection (WebSocket...) may pass no byte either way before it is closed",
+        show=_format_duration,
     ),
     Setting(
         "client-timeout",

@@ -35,12 +35,18 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["backend"] = []
+        self["dns"] = []
         self.config: Optional[Config] = None
 
     def opt_backend(self, value: str) -> None:
         self["backend"].append(value)
 
     opt_backend.__doc__ = BY_NAME["backend"].describe()
+
+    def opt_dns(self, value: str) -> None:
+        self["dns"].append(value)
+
+    opt_dns.__doc__ = BY_NAME["dns"].describe()
 
     def postOptions(self) -> None:
         """Build ``self.config``; a bad setting becomes a one-line UsageError."""

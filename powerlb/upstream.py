@@ -535,6 +535,8 @@ class ProxyClientFactory(ClientFactory):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.queue_timeout = queue_timeout
+        #: The TLS connection creator (None: plain HTTP), for other clients of the backend (powerlb.tunnel).
+        self.tls = tls
         self._first_check = min(response_timeout, idle_timeout)
         self._queue_timer: Any = None
         self._idle: List[UpstreamConnection] = []

@@ -11,10 +11,11 @@ the ``ValueError`` into a :class:`~powerlb.config.ConfigError` naming the settin
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
@@ -40,7 +41,9 @@ _DURATION_UNITS: Dict[str, Fraction] = {
 }
 
 
-def _parse_quantity(text: str, units: Mapping[str, Any], what: str, example: str) -> Fraction:
+def _parse_quantity(
+    text: str, units: Mapping[str, Union[int, Fraction]], what: str, example: str
+) -> Fraction:
     """A non-negative number with an optional case-insensitive unit, as an exact Fraction."""
     found = _NUMBER.fullmatch(text)
     if found is None:
@@ -361,3 +364,129 @@ def parse_admin_endpoint(text: str) -> str:
     if loopback and not any(arg.strip().startswith("interface=") for arg in arguments):
         text = f"{text}:interface={loopback}"
     return parse_endpoint(text)
+
+
+#: A DNS name: dot-separated labels of letters, digits, ``-`` and ``_`` (SRV names start with ``_``).
+_DNS_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?")
+
+
+def parse_dns_name(text: str) -> str:
+    """A DNS name such as ``_http._tcp.web.service.consul``, lower-cased, without a trailing dot."""
+    name = text.strip()
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(
+            f"{text!r} is not a DNS name; write e.g. web.internal or _http._tcp.web.service.consul"
+        )
+    return name.rstrip(".").lower()
+
+
+def _split_host_port(text: str, example: str) -> Tuple[str, str]:
+    """``("HOST", "PORT")`` from ``HOST:PORT`` or ``[IPv6]:PORT``; PORT is ``""`` when not given."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} has a bad [IPv6] address; write e.g. {example}")
+        return host, rest[1:] if rest else ""
+    if text.count(":") > 1:
+        return text, ""  # a bare IPv6 address
+    host, _, port = text.partition(":")
+    return host, port
+
+
+def _parse_port(port: str, text: str, example: str) -> int:
+    if re.fullmatch(r"[0-9]{1,5}", port) is None or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} has port {port!r}; give a port from 1 to 65535, e.g. {example}")
+    return int(port)
+
+
+def format_host_port(address: Tuple[str, int]) -> str:
+    """``HOST:PORT`` (``[IPv6]:PORT``), as :func:`parse_dns_target` and :func:`parse_dns_resolver` read it."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_dns_target(text: str) -> Tuple[str, int]:
+    """``(name, port)`` from ``NAME:PORT`` (``web.internal:8080``): its A/AAAA addresses are backends."""
+    example = "web.internal:8080"
+    host, port = _split_host_port(text, example)
+    if not port:
+        raise ValueError(f"{text!r} has no port; write NAME:PORT, e.g. {example}")
+    return parse_dns_name(host), _parse_port(port, text, example)
+
+
+def parse_dns_resolver(text: str) -> Tuple[str, int]:
+    """``(address, port)`` of a DNS server from ``IP[:PORT]`` (``127.0.0.1:8600``, ``[::1]:53``; port 53)."""
+    example = "127.0.0.1:8600"
+    host, port = _split_host_port(text, example)
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address; give the DNS server as IP[:PORT], e.g. {example}"
+        ) from None
+    return address, _parse_port(port, text, example) if port else 53
+
+
+class RedisAddress(NamedTuple):
+    """Where Redis is (``redis: redis://[user@]host[:port][/db]``, TLS with ``rediss://``)."""
+
+    host: str
+    port: int
+    db: int
+    tls: bool
+
+
+def redis_address(text: str) -> RedisAddress:
+    """The address a ``redis://`` or ``rediss://`` URL names. A password in the URL is refused:
+    it would show on the command line and in the effective config."""
+    example = "redis://127.0.0.1:6379/0"
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{text!r} is not a redis:// or rediss:// URL; write e.g. {example}")
+    if parts.password is not None:
+        raise ValueError("a password does not go in the URL; use redis-password-env or redis-password-file")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port; write e.g. {example}") from None
+    if not parts.hostname:
+        raise ValueError(f"{text!r} names no host; write e.g. {example}")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit() or parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: the path is the database number; write e.g. {example}")
+    return RedisAddress(parts.hostname, port, int(db), parts.scheme == "rediss")
+
+
+def parse_redis(text: str) -> str:
+    """A ``redis://`` or ``rediss://`` URL (see :func:`redis_address`)."""
+    redis_address(text)
+    return text.strip()
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_env_name(text: str) -> str:
+    """An environment variable name such as ``REDIS_PASSWORD``."""
+    if not _ENV_NAME.match(text):
+        raise ValueError(f"{text!r} is not an environment variable name; write e.g. REDIS_PASSWORD")
+    return text
+
+
+def read_password(env: Optional[str], path: Optional[str]) -> Optional[str]:
+    """The Redis password: the environment variable ``env`` when it is set, else the first line
+    of the file ``path``, else None when neither is named; ValueError when none of those named
+    gives one."""
+    if env is not None and env in os.environ:
+        return os.environ[env]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if env is not None:
+        raise ValueError(f"the environment variable {env} is not set (and no redis-password-file)")
+    return None

@@ -350,10 +350,15 @@ def test_option_table_matches_config() -> None:
 
 
 def test_options_long_names() -> None:
-    long_names = {row[0] for row in Options.optParameters} | {"backend"}
+    long_names = {row[0] for row in Options.optParameters} | {"backend", "dns"}
     assert long_names == {
         "listen",
         "backend",
+        "dns",
+        "srv",
+        "dns-resolver",
+        "dns-min-ttl",
+        "dns-max-ttl",
         "algorithm",
         "hash-key",
         "hash-balance-factor",
@@ -372,6 +377,11 @@ def test_options_long_names() -> None:
         "purge-allow",
         "trusted-proxies",
         "request-id-header",
+        "redis",
+        "redis-key-prefix",
+        "redis-timeout",
+        "redis-password-env",
+        "redis-password-file",
         "workers",
         "retries",
         "outlier-failures",
@@ -382,6 +392,7 @@ def test_options_long_names() -> None:
         "response-timeout",
         "connect-timeout",
         "idle-timeout",
+        "tunnel-idle-timeout",
         "client-timeout",
         "max-body",
         "max-header-size",

@@ -18,13 +18,19 @@ from tests.test_tls import PKI
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 #: The file the documentation names for backend-ca-file; the tests put a real CA there.
 DOCUMENTED_CA_FILE = "/etc/powerlb/internal-ca.pem"
+#: The file the documentation names for redis-password-file; the tests put a password there.
+DOCUMENTED_PASSWORD_FILE = "/etc/powerlb/redis-password"
 
 
 @pytest.fixture
 def real_files(tmp_path: pathlib.Path) -> Callable[[str], str]:
     """Rewrites documented file paths in YAML text to real files of the right kind."""
     ca_file = str(PKI(tmp_path).ca_file)
-    return lambda text: text.replace(DOCUMENTED_CA_FILE, ca_file)
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("secret\n")
+    return lambda text: text.replace(DOCUMENTED_CA_FILE, ca_file).replace(
+        DOCUMENTED_PASSWORD_FILE, str(password_file)
+    )
 
 
 def _example(real_files: Callable[[str], str]) -> Dict[str, object]:

@@ -42,6 +42,9 @@ class Recorder:
     def response_end(self, keep_alive: bool) -> None:
         self.events.append(("end", keep_alive))
 
+    def response_switched(self, reason: bytes, headers: Any, rest: bytes) -> None:
+        self.events.append(("switched", reason, list(headers), rest))
+
 
 def merged(events: List[Event]) -> List[Event]:
     """``events`` with consecutive body pieces joined (how a split stream should compare)."""

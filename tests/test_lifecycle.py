@@ -455,7 +455,7 @@ def test_sighup_and_sigterm_with_workers_and_lb_tac(tmp_path: Path, demo: List[i
         os.kill(proc.pid, signal.SIGHUP)
         urls = [f"http://{HOST}:{b2}", f"http://{HOST}:{b3}"]
         wait_until(
-            lambda: [b["url"] for b in stats(admin).get("backends", [])] == urls, "the reload", timeout=5
+            lambda: [b["url"] for b in stats(admin).get("backends", [])] == urls, "the reload", timeout=30
         )
         assert proc.output().count("config reloaded: 2 backends added, 1 removed") == 2, proc.output()
         assert set(counts(listen, 8)) == {b2, b3}
