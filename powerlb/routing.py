@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Match, Optional, Pattern, Sequence, Tuple
 
 from powerlb.headers import Headers
 from powerlb.policies import Acl, HeaderRules, RateLimit, Redirect, split_host
@@ -109,7 +109,7 @@ _CHECK = 4  # test(path, headers) says whether routes[0] matches
 #: A run of path prefixes of more distinct lengths than this is matched as a regex.
 _MAX_PREFIX_LENGTHS = 8
 
-Step = Tuple[int, Any, Tuple[Any, ...]]
+Step = Tuple[int, Any, Tuple[Route, ...]]
 Plan = Tuple[Step, ...]
 
 #: The flags of a regex without global inline flags.
@@ -297,9 +297,10 @@ class RouteTable:
                 if best < len(routes):
                     return routes[best]
             elif kind == _PATHS:
-                found_path = test[0](path)
+                owner: Dict[Optional[int], int] = test[1]  # lastindex is never None on a match
+                found_path: Optional[Match[bytes]] = test[0](path)
                 if found_path is not None:
-                    return routes[test[1][found_path.lastindex]]
+                    return routes[owner[found_path.lastindex]]
             elif kind == _VALUES:
                 field, positions = test
                 best = len(routes)
