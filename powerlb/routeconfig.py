@@ -64,15 +64,17 @@ def _path_bytes(raw: Any) -> bytes:
     return parse_path(as_text(raw)).encode("utf-8")
 
 
-def parse_path_regex(raw: Any) -> Pattern[bytes]:
-    """A regular expression (Python syntax) searched in the request path."""
+def _regex(raw: Any, example: str) -> Pattern[bytes]:
     text = as_text(raw)
     try:
         return re.compile(text.encode("utf-8"))
     except re.error as exc:
-        raise ValueError(
-            f"{text!r} is not a regular expression ({exc}); fix it, e.g. ^/api/v[0-9]+/"
-        ) from None
+        raise ValueError(f"{text!r} is not a regular expression ({exc}); fix it, e.g. {example}") from None
+
+
+def parse_path_regex(raw: Any) -> Pattern[bytes]:
+    """A regular expression (Python syntax) searched in the request path."""
+    return _regex(raw, "^/api/v[0-9]+/")
 
 
 def parse_methods(raw: Any) -> FrozenSet[bytes]:
@@ -117,7 +119,7 @@ def parse_header_matches(raw: Any) -> Tuple[HeaderMatch, ...]:
         if "value" in item:
             out.append(HeaderMatch(name, value=_header_value(item["value"], "value")))
         else:
-            out.append(HeaderMatch(name, regex=parse_path_regex(item["regex"])))
+            out.append(HeaderMatch(name, regex=_regex(item["regex"], "^(1|yes)$")))
     if not out:
         raise ValueError("no header match given; write {name: X-Canary, value: '1'}, or leave header out")
     return tuple(out)

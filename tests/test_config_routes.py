@@ -185,6 +185,7 @@ def test_redirect_only_route_needs_no_pool() -> None:
             "routes[0].header",
             "not a header name",
         ),
+        ([{"pool": "default", "header": {"name": "X", "regex": "("}}], "routes[0].header", "e.g. ^(1|yes)$"),
         ([{"pool": "default", "cache": "maybe"}], "routes[0].cache", "on or off"),
         (
             [{"pool": "default", "request-headers": {"replace": {}}}],
