@@ -57,6 +57,40 @@ def test_split_host(host: Optional[bytes], expected: Tuple[bytes, bytes]) -> Non
     assert split_host(host) == expected
 
 
+_LABELS = st.from_regex(rb"[A-Za-z0-9-]{1,10}(\.[A-Za-z0-9-]{1,10}){0,3}", fullmatch=True)
+
+
+@given(name=_LABELS, port=st.none() | st.integers(0, 65535).map(lambda n: str(n).encode()))
+def test_split_host_properties(name: bytes, port: Optional[bytes]) -> None:
+    host = name if port is None else name + b":" + port
+    assert split_host(host) == (name.lower(), port or b"")
+    assert split_host(b"[::1]" + (b"" if port is None else b":" + port)) == (b"[::1]", port or b"")
+
+
+_PATH = st.lists(st.sampled_from([b"api", b"v1", b"x", b""]), max_size=4).map(
+    lambda parts: b"/" + b"/".join(parts)
+)
+
+
+@given(
+    strip=st.none() | _PATH,
+    add=st.none() | _PATH,
+    path=_PATH,
+    query=st.sampled_from([b"", b"?a=1", b"?"]),
+)
+def test_rewrite_path_properties(
+    strip: Optional[bytes], add: Optional[bytes], path: bytes, query: bytes
+) -> None:
+    out = rewrite_path(Route(strip_prefix=strip, add_prefix=add), path + query)
+    assert out.startswith(b"/")
+    assert out.endswith(query)
+    rest = out[: len(out) - len(query)] if query else out
+    if add is not None:
+        assert rest.startswith(add.rstrip(b"/"))
+    if strip is None and add is None:
+        assert out == path + query
+
+
 @pytest.mark.parametrize(
     ("strip", "add", "target", "expected"),
     [
