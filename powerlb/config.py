@@ -20,7 +20,7 @@ import yaml
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
-from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name
+from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name, route_to_mapping
 from powerlb.routing import Route
 from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
 from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password
@@ -57,11 +57,23 @@ def backend_from_entry(entry: Any) -> BackendSpec:
 
 def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:
     """``config`` with the YAML keys, values as a config file writes them (:func:`config_from_mapping`
-    reads it back); ``redact`` hides secrets such as the admin token."""
+    reads it back); ``redact`` hides secrets such as the admin token. ``pools`` and ``routes``
+    are written unless the configuration is the single-pool form."""
     out: Dict[str, Any] = {}
     for setting in SETTINGS:
         value = setting.written(getattr(config, setting.attr))
         out[setting.key] = "<redacted>" if redact and setting.secret and value is not None else value
+    pools = {
+        name: {
+            setting.key: setting.written(getattr(pool.settings, setting.attr))
+            for setting in POOL_KEYS.values()
+            if getattr(pool.settings, setting.attr) != getattr(config, setting.attr)
+        }
+        for name, pool in config.pools.items()
+    }
+    if pools != {"default": {}} or config.routes != (Route(pool="default"),):
+        out["pools"] = pools
+        out["routes"] = [route_to_mapping(route) for route in config.routes]
     return out
 
 

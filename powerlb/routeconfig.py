@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Pattern, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Pattern, Tuple
 
 from powerlb.headers import TOKEN
 from powerlb.policies import (
@@ -264,3 +264,55 @@ def build_route(values: Mapping[str, Any], index: int) -> Route:
         rate_limit=rate_limit,
         index=index,
     )
+
+
+def _rate_text(rate: float) -> str:
+    """A rate per second as :func:`~powerlb.policies.parse_rate` reads it back: in the first
+    unit (s, m, h) where it is a number of at most 6 decimals."""
+    units = (("s", 1), ("m", 60), ("h", 3600))
+    exact = (unit for unit in units if abs(rate * unit[1] - round(rate * unit[1], 6)) < 1e-9)
+    name, seconds = next(exact, units[-1])
+    return f"{round(rate * seconds, 6)!r}/{name}"
+
+
+def _rules_mapping(rules: HeaderRules) -> Optional[Dict[str, Any]]:
+    text = {
+        "set": {name.decode(): value.decode("latin-1") for name, value in rules.set},
+        "add": {name.decode(): value.decode("latin-1") for name, value in rules.add},
+        "remove": [name.decode() for name in rules.remove],
+    }
+    return {kind: value for kind, value in text.items() if value} or None
+
+
+def route_to_mapping(route: Route) -> Dict[str, Any]:
+    """``route`` with the ``routes:`` keys, as a config file writes it (:func:`build_route`
+    reads it back); keys at their defaults are left out."""
+    headers = [
+        {"name": key.name.decode(), "regex": key.regex.pattern.decode("utf-8")}
+        if key.regex is not None
+        else {"name": key.name.decode(), "value": (key.value or b"").decode("latin-1")}
+        for key in route.headers
+    ]
+    redirect, limit = route.redirect, route.rate_limit
+    out: Dict[str, Any] = {
+        "host": [host.decode() for host in route.hosts] or None,
+        "path-prefix": None if route.path_prefix is None else route.path_prefix.decode("utf-8"),
+        "path-regex": None if route.path_regex is None else route.path_regex.pattern.decode("utf-8"),
+        "method": sorted(method.decode() for method in route.methods) or None,
+        "header": headers or None,
+        "pool": route.pool,
+        "cache": None if route.cache else "off",
+        "cache-key-query": None if route.cache_key_query else "off",
+        "cache-key-headers": [name.decode() for name in route.cache_key_headers] or None,
+        "strip-prefix": None if route.strip_prefix is None else route.strip_prefix.decode("utf-8"),
+        "add-prefix": None if route.add_prefix is None else route.add_prefix.decode("utf-8"),
+        "request-headers": _rules_mapping(route.request_headers),
+        "response-headers": _rules_mapping(route.response_headers),
+        "redirect": None if redirect is None else redirect.location,
+        "redirect-status": None if redirect is None or redirect.status == 301 else redirect.status,
+        "allow": [str(net) for net in route.acl.allow] or None,
+        "deny": [str(net) for net in route.acl.deny] or None,
+        "rate-limit": None if limit is None else _rate_text(limit.rate),
+        "rate-limit-burst": None if limit is None else limit.burst,
+    }
+    return {key: value for key, value in out.items() if value is not None}
