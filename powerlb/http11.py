@@ -28,6 +28,8 @@ MAX_CHUNK_LINE = 4096
 
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+#: What a reason phrase may hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text): it is relayed to clients.
+_REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
 
 
 class ProtocolError(Exception):
@@ -228,6 +230,7 @@ class ResponseParser:
             return b""
         if end > MAX_HEAD_SIZE:
             raise ProtocolError("trailers too large")
+        _parse_header_lines([b"", *data[:end].split(b"\r\n")])  # malformed trailers are an error too
         self._finish()
         return data[end + 4 :]
 
@@ -246,6 +249,8 @@ def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
     if len(code) != 3 or not code.isdigit() or code < b"100":
         raise ProtocolError("invalid status code")
     reason = parts[2] if len(parts) == 3 else b""
+    if not _REASON_CHARS.issuperset(reason):
+        raise ProtocolError("invalid reason phrase")
     # HTTP/1.1 (and any later 1.x) defaults to persistent connections.
     return int(code), reason, version != b"HTTP/1.0"
 

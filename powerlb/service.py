@@ -158,7 +158,7 @@ class PowerLBService(MultiService):
             self.access_log = AccessLog(config.access_log, config.access_log_format, reactor)
         self.outcomes = Outcomes(reactor, None if self.access_log is None else self.access_log.logger)
         site = ProxySite(resource, reactor, config, self.outcomes)
-        if endpoint_kind(config.listen) == "ssl":
+        if config.http2 and endpoint_kind(config.listen) == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
             site.fast_answer = cache_layer.fast_response

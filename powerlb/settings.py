@@ -109,6 +109,7 @@ class Config:
     outlier_max_ejection: int = 50
     slow_start: float = 0.0
     backend_ca_file: Optional[str] = None
+    http2: bool = True
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
@@ -558,6 +559,13 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_ca_file,
         "PEM file of the CAs that https:// backend certificates must chain to; default: the system's",
         scope="pool",
+    ),
+    Setting(
+        "http2",
+        "http2",
+        parse_switch,
+        "on an ssl: listener, offer HTTP/2 (ALPN h2) besides HTTP/1.1; off: HTTP/1.1 only",
+        show=format_switch,
     ),
     Setting(
         "admin",

@@ -404,7 +404,7 @@ class WorkerSupervisor(MultiService):
         reported yet have no handler, and open the file afresh anyway)."""
         for worker in self.workers:
             if worker is not None and worker.snapshot is not None and worker.transport.pid is not None:
-                worker.transport.signalProcess("USR1")
+                worker.transport.signalProcess(signal.SIGUSR1)  # a number: "USR1" is no name Twisted knows
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop accepting at once, let every worker drain and exit (killed if it overstays)."""
