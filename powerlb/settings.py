@@ -2,7 +2,7 @@
 table that drives the ``twistd powerlb`` options (:class:`powerlb.tap.Options`), the YAML
 keys (:mod:`powerlb.config`), the parsers (:mod:`powerlb.values`) and the help texts.
 
-docs/configuration.md documents every row (tests/test_config_reference.py checks it).
+docs/configuration.md documents every row (tests/unit/test_config_reference.py checks it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Redis tier's pure parts and its hook in the cache layer, without a Redis: entry frames,
 TTLs, the redis-* settings, bus messages, the store's timeout, and the cache layer over a fake
-second tier (tests/test_caching_unit.py's request path on a task.Clock)."""
+second tier (tests/support/caching.py's request path on a task.Clock)."""
 
 from __future__ import annotations
 

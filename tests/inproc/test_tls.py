@@ -40,7 +40,7 @@ from powerlb.tls import BackendTLS, pem_certificates, tls_failure
 from powerlb.upstream import ConnectFailed, ProxyClientFactory
 from tests.support.backends import make_backend
 from tests.support.inproc import sleep, wait_for
-from tests.support.pki import PKI
+from tests.support.pki import PKI, tls_listen
 
 HOST = "127.0.0.1"
 
@@ -51,12 +51,6 @@ HOST = "127.0.0.1"
 @pytest.fixture
 def pki(tmp_path: Path) -> PKI:
     return PKI(tmp_path)
-
-
-def tls_listen(pki: PKI) -> str:
-    """A TLS listen endpoint on 127.0.0.1 with a certificate for 127.0.0.1 and localhost."""
-    key, cert = pki.issue("powerlb", dns=["localhost"], ips=[HOST])
-    return f"ssl:0:interface={HOST}:privateKey={key}:certKey={cert}"
 
 
 @pytest.fixture

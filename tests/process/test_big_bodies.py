@@ -6,7 +6,6 @@ import hashlib
 import re
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -18,6 +17,7 @@ from twisted.internet import defer, protocol, reactor
 from tests.support import HOST, REPO, Process, accepts, clean_env, start_server, start_twistd_powerlb
 from tests.support.bigbody_backend import BLOCK, pattern
 from tests.support.inproc import RawClient
+from tests.support.memory import PeakRss, rss_mib
 
 
 class HeadFirstBackend(protocol.Protocol):
@@ -108,35 +108,6 @@ async def test_backend_answering_before_the_body_does_not_cut_the_upload(start_p
 
 
 # --- 1 GiB each way, against powerlb as a process --------------------------------------------
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-class PeakRss:
-    """Samples a process's resident memory every 0.1 s in a thread, keeping the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = rss_mib(pid)
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_mib(self.pid))
-            time.sleep(0.1)
-
-    def stop(self) -> float:
-        self.running = False
-        self.thread.join()
-        return self.peak
 
 
 def read_response(sock: socket.socket) -> Dict[str, Any]:

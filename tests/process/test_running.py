@@ -1,6 +1,6 @@
 """powerlb running for real over sockets on 127.0.0.1: as a twistd plugin, from lb.tac,
 embedded (in-process and examples/embed.py), and with bad configuration. (Installed into
-a fresh virtualenv: tests/test_packaging.py.)"""
+a fresh virtualenv: tests/process/test_packaging.py.)"""
 
 from __future__ import annotations
 

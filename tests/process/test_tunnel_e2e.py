@@ -22,10 +22,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
-from tests.conftest import wait_for
 from tests.support import HOST, Process, accepts, clean_env, get, script, start_server, stats
-from tests.test_big_bodies import PeakRss, rss_mib
-from tests.test_tls import PKI, tls_listen
+from tests.support.inproc import wait_for
+from tests.support.memory import PeakRss, rss_mib
+from tests.support.pki import PKI, tls_listen
 
 MIB = 1024 * 1024
 

@@ -48,7 +48,7 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
         merged = wait_until(lambda: (s := stats(admin)) and s["requests"] == 30 and s, "merged stats")
         assert sum(b["requests"] for b in merged["backends"]) == 30
         # the runtime API: reads show the merged figures; changes need the admin token
-        # (tests/test_workers_control.py makes them)
+        # (tests/process/test_workers_control.py makes them)
         listed = get(admin, "/api/v1/backends").json()["backends"]
         assert [(b["id"], b["state"]) for b in listed] == [(f"{HOST}:{port}", "enabled") for port in demo]
         assert get(admin, f"/api/v1/backends/{HOST}:{demo[0]}").json()["url"] == f"http://{HOST}:{demo[0]}"

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import HOST
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -69,3 +71,9 @@ class PKI:
         key_file.write_bytes(_pem_key(key))
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return key_file, cert_file
+
+
+def tls_listen(pki: PKI) -> str:
+    """A TLS listen endpoint on 127.0.0.1 with a certificate for 127.0.0.1 and localhost."""
+    key, cert = pki.issue("powerlb", dns=["localhost"], ips=[HOST])
+    return f"ssl:0:interface={HOST}:privateKey={key}:certKey={cert}"

@@ -1,10 +1,10 @@
 """A real ``redis-server`` (Debian's, /usr/bin/redis-server) on 127.0.0.1 at an ephemeral port.
 
-Import the ``redis_server`` fixture into a test module (``from tests.redis_fixture import
-redis_server``). The server keeps nothing on disk, runs from the test's tmp_path and is
-stopped by its PID; :meth:`RedisServer.stop` and :meth:`RedisServer.start` take it down and
-bring it back on the same port mid-test, :meth:`RedisServer.pause` and
-:meth:`RedisServer.resume` hang it and let it go on.
+tests/conftest.py registers the ``redis_server`` fixture: a test asks for it by name. The
+server keeps nothing on disk, runs from the test's tmp_path and is stopped by its PID;
+:meth:`RedisServer.stop` and :meth:`RedisServer.start` take it down and bring it back on the
+same port mid-test, :meth:`RedisServer.pause` and :meth:`RedisServer.resume` hang it and let
+it go on.
 """
 
 from __future__ import annotations
