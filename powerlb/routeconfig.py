@@ -3,7 +3,7 @@ and help, and :func:`build_route`, a :class:`~powerlb.routing.Route` from one pa
 
 Parsers take a YAML value and return the Route's value or raise ``ValueError("<problem>; <fix>")``;
 :mod:`powerlb.config` names the route and key (``routes[2].path-regex``) in the ConfigError.
-docs/configuration.md documents every key (tests/test_config_reference.py checks it).
+docs/configuration.md documents every key (tests/unit/test_config_reference.py checks it).
 """
 
 from __future__ import annotations
