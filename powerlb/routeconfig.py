@@ -194,22 +194,21 @@ def parse_burst(raw: Any) -> int:
 
 @dataclass(frozen=True)
 class RouteKey:
-    """One ``routes:`` key: its YAML name, the parser and help text; ``match`` marks match keys."""
+    """One ``routes:`` key: its YAML name, the parser and a short help text."""
 
     key: str
     parse: Callable[[Any], Any]
     help: str
-    match: bool = False
 
 
 ROUTE_KEYS: Dict[str, RouteKey] = {
     row.key: row
     for row in (
-        RouteKey("host", parse_hosts, "host name or *.suffix wildcard, or a list; port ignored", match=True),
-        RouteKey("path-prefix", _path_bytes, "the path starts with this", match=True),
-        RouteKey("path-regex", parse_path_regex, "a regex found in the path", match=True),
-        RouteKey("method", parse_methods, "a method or a list", match=True),
-        RouteKey("header", parse_header_matches, "{name, value} or {name, regex}, or a list", match=True),
+        RouteKey("host", parse_hosts, "host name or *.suffix wildcard, or a list; port ignored"),
+        RouteKey("path-prefix", _path_bytes, "the path starts with this"),
+        RouteKey("path-regex", parse_path_regex, "a regex found in the path"),
+        RouteKey("method", parse_methods, "a method or a list"),
+        RouteKey("header", parse_header_matches, "{name, value} or {name, regex}, or a list"),
         RouteKey("pool", parse_pool_name, "the pool the requests go to"),
         RouteKey("cache", _switch, "cache the route's responses: on or off"),
         RouteKey("cache-key-query", _switch, "the query is part of the cache key: on or off"),
