@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from powerlb.config import config_from_mapping
-from powerlb.settings import SETTINGS, Setting
+from powerlb.routeconfig import ROUTE_KEYS
+from powerlb.routing import RouteTable
+from powerlb.settings import POOL_KEYS, SETTINGS, Setting
 from tests.support.pki import PKI
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -89,3 +91,55 @@ def test_example_configuration_parses_and_sets_every_key(real_files: Callable[[s
     assert sorted(mapping) == sorted(setting.key for setting in SETTINGS)
     config = config_from_mapping(mapping)
     assert len(config.backends) == 3 and config.backends[2].backup
+
+
+# --- Pools and routes ---
+
+
+def _route_rows() -> Dict[str, List[str]]:
+    """The route keys table (the one whose first header cell is ``key``), by key."""
+    rows: Dict[str, List[str]] = {}
+    in_table = False
+    for line in DOC.read_text().splitlines():
+        if line.startswith("| key |"):
+            in_table = True
+            continue
+        if in_table and not line.startswith("|"):
+            break
+        if in_table and not line.startswith("|---"):
+            cells = [re.sub(r"^`(.*)`$", r"\1", cell) for cell in _cells(line)]
+            assert cells[0] not in rows, f"{cells[0]} has two rows"
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_every_route_key_has_one_row() -> None:
+    assert sorted(_route_rows()) == sorted(ROUTE_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(ROUTE_KEYS))
+def test_route_row_has_a_working_yaml_form(key: str) -> None:
+    _, yaml_form, default, meaning = _route_rows()[key]
+    assert default and meaning
+    mapping = yaml.safe_load(yaml_form)
+    assert list(mapping) == [key]
+    # In a route that has what some keys need (redirect-status needs redirect...).
+    route = {"pool": "default", "redirect": "https://example.com{target}", "rate-limit": "1/s", **mapping}
+    pools = {"default": None, "api": None}  # both with the top-level backends
+    config = config_from_mapping({"backends": ["http://127.0.0.1:9001"], "pools": pools, "routes": [route]})
+    assert len(config.routes) == 1
+
+
+def test_pool_keys_are_listed() -> None:
+    listed = DOC.read_text().split("<!-- pool-keys -->", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"`([a-z-]+)`", listed) == list(POOL_KEYS)
+
+
+def test_routes_example_parses_and_routes() -> None:
+    block = re.search(r"<!-- example-routes -->\n```yaml\n(.*?)```", DOC.read_text(), re.S)
+    assert block is not None, "the pools and routes example is missing"
+    config = config_from_mapping(yaml.safe_load(block.group(1)))
+    assert sorted(config.pools) == ["api", "web"]
+    table = RouteTable(config.routes)
+    assert table.match(b"GET", b"API.example.com", b"/v1/users", []) is config.routes[1]
+    assert table.match(b"GET", b"www.example.com", b"/static/a.css", []) is config.routes[3]
