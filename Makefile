@@ -7,14 +7,15 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # The dashboard test drives Debian's headless Chromium through chromedriver.
 CHROMEDRIVER := /usr/bin/chromedriver
+# The Redis tier tests start Debian's redis-server on an ephemeral port.
+REDIS_SERVER := /usr/bin/redis-server
 
 .PHONY: run test bench clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	# cryptography (via treq) has PyPy wheels only up to some release: never build it from source.
-	$(BIN)/python -m pip install -q --only-binary cryptography -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q --upgrade pip setuptools
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -31,8 +32,13 @@ run: $(STAMP)
 $(CHROMEDRIVER):
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 
-test: $(STAMP) $(CHROMEDRIVER)
+$(REDIS_SERVER):
+	apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+
+# mypy runs where it installs (CPython; the test extra leaves it out on PyPy).
+test: $(STAMP) $(CHROMEDRIVER) $(REDIS_SERVER)
 	$(BIN)/ruff check .
+	if [ -x $(BIN)/mypy ]; then $(BIN)/mypy; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ~12 min: this tree and the baseline commit (bench/baseline.py, venvs cached under .bench/) side by side.
@@ -43,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv .venv-* build *.egg-info .pytest_cache .hypothesis
+	rm -rf .venv .venv-* .bench build *.egg-info .pytest_cache .hypothesis

@@ -9,11 +9,11 @@ from typing import Any, Mapping, Union
 
 from twisted.application.service import IService
 
+from powerlb._version import __version__
 from powerlb.config import ConfigError, config_from_mapping
 from powerlb.settings import Config
 
-__all__ = ["Config", "ConfigError", "makeService"]
-__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "__version__", "makeService"]
 
 
 def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -> IService:

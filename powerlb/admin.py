@@ -28,12 +28,12 @@ class SeriesSampler(TimerService):
     ) -> None:
         self.keeper = keeper or SeriesKeeper()
         super().__init__(self.keeper.step, self.sample)
-        self.clock = clock
+        self.clock = self._clock = clock  # TimerService runs its loop on ``clock``
         self._stats = stats
 
     def sample(self) -> None:
         """Take one snapshot now."""
-        self.keeper.add(self.clock.seconds(), self._stats())
+        self.keeper.add(self._clock.seconds(), self._stats())
 
 
 def admin_root(

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from powerlb._version import __version__
 from powerlb.backend import BACKEND_STATES, BackendSpec
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
@@ -290,8 +291,8 @@ class ApiResource(Resource):
         raise ApiError(404, f"no backend {backend_id!r}; the backends are: {known}")
 
     def get_stats(self, request: Request) -> Tuple[int, Any]:
-        """``GET /api/v1/stats``: counters, backends and cache figures."""
-        return 200, self._stats()
+        """``GET /api/v1/stats``: powerlb's version, counters, backends and cache figures."""
+        return 200, {"version": __version__, **self._stats()}
 
     def list_backends(self, request: Request) -> Tuple[int, Any]:
         """``GET /api/v1/backends``: every backend's figures and state."""

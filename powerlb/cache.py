@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
@@ -139,6 +140,13 @@ class CachedResponse:
         if has_validator(self.headers):
             keep = max(keep, KEEP_FOR_REVALIDATION)
         return self.expires_at + keep
+
+
+def remote_ttl(entry: CachedResponse, keep_stale: float, now: float) -> int:
+    """Milliseconds the shared store keeps ``entry``: its remaining usable lifetime, fresh or stale
+    (its stale-while-revalidate and stale-if-error windows, grace, revalidation; see
+    :meth:`CachedResponse.drop_at`), rounded up; 0 or less when it is not worth storing."""
+    return math.ceil((entry.drop_at(keep_stale) - now) * 1000)
 
 
 class ICacheStore(Interface):

@@ -30,6 +30,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    cast,
 )
 from urllib.parse import urljoin, urlsplit
 
@@ -228,7 +229,7 @@ def targeted_directives(lines: Sequence[bytes]) -> Optional[Directives]:
         if not _well_typed(name, value):
             return None
         if name in _INTEGER_DIRECTIVES:
-            directives[name] = b"%d" % value
+            directives[name] = b"%d" % cast(int, value)  # _well_typed checked it
         elif value is not False:
             directives[name] = None
     return directives
@@ -859,18 +860,17 @@ def answer_head(
         return Answer(304, b"Not Modified", headers, b""), NO_BODY
     if status == 206:
         return _partial_answer(request_headers, reason, stored_headers, headers, length)
-    span = None
     if status == 200 and method == b"GET" and length is not None:
         span = byte_range(request_headers, stored_headers, length)
-    if span == UNSATISFIABLE:
-        headers.append((b"content-range", b"bytes */%d" % length))
-        headers.append((b"content-length", b"0"))
-        return Answer(416, b"Range Not Satisfiable", headers, b""), NO_BODY
-    if span is not None:
-        first, last = span
-        headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, length)))
-        headers.append((b"content-length", b"%d" % (last - first + 1)))
-        return Answer(206, b"Partial Content", headers, b""), span
+        if span == UNSATISFIABLE:
+            headers.append((b"content-range", b"bytes */%d" % length))
+            headers.append((b"content-length", b"0"))
+            return Answer(416, b"Range Not Satisfiable", headers, b""), NO_BODY
+        if span is not None:
+            first, last = span
+            headers.append((b"content-range", b"bytes %d-%d/%d" % (first, last, length)))
+            headers.append((b"content-length", b"%d" % (last - first + 1)))
+            return Answer(206, b"Partial Content", headers, b""), span
     if length is not None:
         headers.append((b"content-length", b"%d" % length))
     return Answer(status, reason, headers, b""), None

@@ -54,7 +54,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
-from powerlb.cache import CachedResponse, ICacheStore
+from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
@@ -120,6 +120,8 @@ class CacheLayer:
         self.purge_allow = [ipaddress.ip_network(network) for network in purge_allow]
         #: Keys with a request on its way upstream, and who waits for it.
         self.flights: Dict[bytes, _Flight] = {}
+        #: The shared second cache tier (powerlb.redistier.IRemoteStore), None without one.
+        self.remote: Any = None
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
 
@@ -187,11 +189,56 @@ class CacheLayer:
         request for a key that could not be stored whole (hit-for-pass) goes upstream with its
         ``Range``, so that the ``206`` can be stored and answer the ranges it covers.
         """
-        now = self.clock.seconds()
         flight = None
         if lead:
             flight = self.flights[key] = _Flight()
             request.notifyFinish().addBoth(lambda _: self.land(key, flight))
+            # -- second cache tier (powerlb.redistier): a local miss asks the shared store first --
+            if entry is None and self.remote is not None:
+                self.remote.get(key).addCallback(self._remote_found, resource, request, client, key, flight)
+                return NOT_DONE_YET
+        return self._send(resource, request, client, key, entry, flight)
+
+    def _remote_found(
+        self,
+        entries: List[CachedResponse],
+        resource: Any,
+        request: Any,
+        client: Any,
+        key: bytes,
+        flight: _Flight,
+    ) -> None:
+        """The shared tier's variants of ``key`` arrived: they join the local tier; a fresh one
+        answers (``HIT``), else the request goes upstream in its flight as it would have."""
+        for found in entries:
+            self.store.put(key, found)
+        if self.flights.get(key) is not flight:
+            return  # the client went away meanwhile
+        now = self.clock.seconds()
+        entry = self.lookup(key, client.method, client.headers)
+        directives = cachepolicy.request_directives(client.headers)
+        if entry is not None and (
+            cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
+            == cachepolicy.FRESH
+        ):
+            self.land(key, flight)
+            self.serve(request, client, entry, now, HIT)
+        else:
+            self._send(resource, request, client, key, entry, flight)
+        # -- end of the second cache tier's hook --
+
+    def _send(
+        self,
+        resource: Any,
+        request: Any,
+        client: Any,
+        key: bytes,
+        entry: Optional[CachedResponse],
+        flight: Any,
+    ) -> Any:
+        """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
+        now = self.clock.seconds()
+        lead = flight is not None
         # A range of an object that was not stored whole (hit-for-pass) goes upstream as asked:
         # the backend sends only that range, and its 206 may be stored.
         ranged = (
@@ -273,6 +320,9 @@ class CacheLayer:
         """Store ``entry`` under ``key`` (counted when the store takes it)."""
         if self.store.put(key, entry):
             self.counters.cache_stores += 1
+            if self.remote is not None:  # the second cache tier (powerlb.redistier): write-through
+                ttl = remote_ttl(entry, self.grace, self.clock.seconds())
+                self.remote.put(key, entry, ttl)
 
     def update(
         self,

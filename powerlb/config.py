@@ -12,15 +12,18 @@ public import path for embedding powerlb.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+import dataclasses
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
-from powerlb.settings import BY_KEY, BY_NAME, SETTINGS, Config, Setting
-from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch
+from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name, route_to_mapping
+from powerlb.routing import Route
+from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
+from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password
 
 __all__ = [
     "Config",
@@ -48,16 +51,29 @@ class ConfigError(ValueError):
 def backend_from_entry(entry: Any) -> BackendSpec:
     """One backend as the ``backends`` setting reads it: a URL string or a ``{url, weight, backup}``
     mapping; a bad one raises ConfigError naming the ``backend`` field."""
-    return _parse_setting(BY_KEY["backends"], [entry])[0]
+    specs: List[BackendSpec] = _parse_setting(BY_KEY["backends"], [entry])
+    return specs[0]
 
 
 def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:
     """``config`` with the YAML keys, values as a config file writes them (:func:`config_from_mapping`
-    reads it back); ``redact`` hides secrets such as the admin token."""
+    reads it back); ``redact`` hides secrets such as the admin token. ``pools`` and ``routes``
+    are written unless the configuration is the single-pool form."""
     out: Dict[str, Any] = {}
     for setting in SETTINGS:
         value = setting.written(getattr(config, setting.attr))
         out[setting.key] = "<redacted>" if redact and setting.secret and value is not None else value
+    pools = {
+        name: {
+            setting.key: setting.written(getattr(pool.settings, setting.attr))
+            for setting in POOL_KEYS.values()
+            if getattr(pool.settings, setting.attr) != getattr(config, setting.attr)
+        }
+        for name, pool in config.pools.items()
+    }
+    if pools != {"default": {}} or config.routes != (Route(pool="default"),):
+        out["pools"] = pools
+        out["routes"] = [route_to_mapping(route) for route in config.routes]
     return out
 
 
@@ -77,19 +93,30 @@ def _parse_setting(setting: Setting, raw: Any) -> Any:
         raise ConfigError(setting.name, str(exc)) from None
 
 
-def _check_keys(given: Mapping[Any, Any], valid: Mapping[str, Setting], field: str) -> None:
+def _check_keys(given: Mapping[Any, Any], valid: Collection[str], field: str, of: str = "") -> None:
+    """Every key of ``given`` is ``valid``; else a ConfigError naming ``field``, or ``of.KEY``."""
     for key in given:
         if key not in valid:
-            raise ConfigError(field, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
+            where = f"{of}.{key}" if of else field
+            raise ConfigError(where, f"unknown key {key!r}; valid keys are: {', '.join(valid)}")
+
+
+#: The keys of a configuration mapping beside the settings'.
+_SECTIONS = ("pools", "routes")
 
 
 def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, Any]:
-    _check_keys(mapping, BY_KEY, field)
-    return {BY_KEY[key].attr: _parse_setting(BY_KEY[key], raw) for key, raw in mapping.items()}
+    """The settings' values of ``mapping``, by Config attribute (``pools:`` and ``routes:`` left out)."""
+    _check_keys(mapping, [*BY_KEY, *_SECTIONS], field)
+    return {
+        BY_KEY[key].attr: _parse_setting(BY_KEY[key], raw) for key, raw in mapping.items() if key in BY_KEY
+    }
 
 
-def _finish(values: Mapping[str, Any]) -> Config:
-    if not values.get("backends") and not values.get("dns") and values.get("srv") is None:
+def _finish(values: Mapping[str, Any], sections: Optional[Mapping[Any, Any]] = None) -> Config:
+    """The Config of the settings' ``values`` and the ``pools:`` and ``routes:`` of ``sections``."""
+    sections = sections or {}
+    if not _finds_backends(values) and sections.get("pools") is None:
         raise ConfigError(
             "backend", "no backends given; add --backend http://HOST:PORT (or find them in DNS: --dns, --srv)"
         )
@@ -97,18 +124,106 @@ def _finish(values: Mapping[str, Any]) -> Config:
     _check_dns(config)
     _check_backends_differ(config.backends)
     _check_hashing(config)
+    _check_redis(config)
     if config.workers > 1 and endpoint_kind(config.listen) not in ("tcp", "tcp6"):
         raise ConfigError("workers", f"several workers need a tcp: listen endpoint, not {config.listen!r}")
-    return config
+    pools = _pools(config, sections.get("pools"))
+    return dataclasses.replace(config, pools=pools, routes=_routes(sections.get("routes"), pools))
 
 
-def _check_backends_differ(backends: Tuple[BackendSpec, ...]) -> None:
+def _finds_backends(values: Mapping[str, Any]) -> bool:
+    """Whether settings (by Config attribute) give backends, or find them in DNS."""
+    return bool(values.get("backends") or values.get("dns") or values.get("srv") is not None)
+
+
+def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
+    """The pools of ``pools:`` (``raw``), each setting defaulting to ``top``; without it, ``default``."""
+    if raw is None:
+        return {"default": PoolConfig("default", top)}
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            "pools",
+            f"{raw!r} is not a mapping of pool names to settings; write e.g. web: {{backends: [...]}}",
+        )
+    pools: Dict[str, PoolConfig] = {}
+    for name, entry in raw.items():
+        where = f"pools.{name}"
+        try:
+            parse_pool_name(name)
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
+        entry = {} if entry is None else entry
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                where, f"{entry!r} is not a mapping; give the pool's settings, e.g. backends: [...]"
+            )
+        _check_keys(entry, POOL_KEYS, where, of=where)
+        values = {}
+        for key, value in entry.items():
+            try:
+                values[POOL_KEYS[key].attr] = _parse_setting(POOL_KEYS[key], value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.{key}", exc.problem) from None
+        settings = dataclasses.replace(top, **values)
+        if not _finds_backends(vars(settings)):
+            raise ConfigError(f"{where}.backends", "no backends given; add backends: [http://HOST:PORT]")
+        _check_backends_differ(settings.backends, f"{where}.backends")
+        _check_hashing(settings, f"{where}.")
+        pools[name] = PoolConfig(name, settings)
+    return pools
+
+
+def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
+    """The routes of ``routes:`` (``raw``); without it, one catch-all route to the only pool
+    or to ``default``."""
+    if raw is None:
+        if len(pools) == 1 or "default" in pools:
+            return (Route(pool="default" if "default" in pools else next(iter(pools))),)
+        raise ConfigError("routes", "several pools need routes; add routes: with the pool of each request")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(
+            "routes", f"{raw!r} is not a list of routes; write e.g. - {{path-prefix: /api/, pool: api}}"
+        )
+    routes = []
+    for index, entry in enumerate(raw):
+        where = f"routes[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                where, f"{entry!r} is not a mapping; write e.g. {{host: api.example.com, pool: api}}"
+            )
+        _check_keys(entry, ROUTE_KEYS, where, of=where)
+        values = {}
+        for key, value in entry.items():
+            try:
+                values[key] = ROUTE_KEYS[key].parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}", str(exc)) from None
+        try:
+            route = build_route(values, index)
+        except RouteKeyError as exc:
+            raise ConfigError(f"{where}.{exc.key}", str(exc)) from None
+        if route.pool is not None and route.pool not in pools:
+            raise ConfigError(
+                f"{where}.pool", f"unknown pool {route.pool!r}; name one of: {', '.join(pools)}"
+            )
+        routes.append(route)
+    for index, route in enumerate(routes[:-1]):
+        if route.matches_everything:
+            raise ConfigError(
+                f"routes[{index + 1}]",
+                f"never used: routes[{index}] has no match keys and takes every request; "
+                "move the catch-all route to the end",
+            )
+    return tuple(routes)
+
+
+def _check_backends_differ(backends: Tuple[BackendSpec, ...], field: str = "backend") -> None:
     """Each backend (``host:port``) is given once."""
     seen: Dict[str, str] = {}
     for spec in backends:
         if spec.id in seen:
             raise ConfigError(
-                "backend",
+                field,
                 f"{seen[spec.id]} and {spec.url} are the same server {spec.id}; give each backend once",
             )
         seen[spec.id] = spec.url
@@ -124,8 +239,9 @@ def _check_dns(config: Config) -> None:
         )
 
 
-def _check_hashing(config: Config) -> None:
-    """The hashing settings are set only with an algorithm that reads them."""
+def _check_hashing(config: Config, where: str = "") -> None:
+    """The hashing settings are set only with an algorithm that reads them (``where``: the
+    field's prefix, e.g. ``pools.web.``)."""
     if ALGORITHMS[config.algorithm] is ConsistentHash:
         return
     for setting, is_set in (
@@ -134,15 +250,31 @@ def _check_hashing(config: Config) -> None:
     ):
         if is_set:
             raise ConfigError(
-                setting,
+                where + setting,
                 f"only consistent-hash uses it, not {config.algorithm}; "
                 f"set algorithm: consistent-hash or leave {setting} out",
             )
 
 
+def _check_redis(config: Config) -> None:
+    """The redis-* settings go with ``redis``, and a password named must be there."""
+    if config.redis is None:
+        for name in ("redis-key-prefix", "redis-timeout", "redis-password-env", "redis-password-file"):
+            if getattr(config, BY_NAME[name].attr) != BY_NAME[name].default:
+                raise ConfigError(
+                    name, "it applies only with redis; set redis: redis://HOST:PORT or leave it out"
+                )
+        return
+    try:
+        read_password(config.redis_password_env, config.redis_password_file)
+    except ValueError as exc:
+        field = "redis-password-file" if config.redis_password_file is not None else "redis-password-env"
+        raise ConfigError(field, str(exc)) from None
+
+
 def config_from_mapping(mapping: Mapping[str, Any]) -> Config:
     """A Config from YAML-style keys, e.g. ``{"listen": "tcp:0", "backends": ["http://..."]}``."""
-    return _finish(_values_from_mapping(mapping, "config"))
+    return _finish(_values_from_mapping(mapping, "config"), mapping)
 
 
 def _read_yaml(path: str) -> Mapping[Any, Any]:
@@ -176,8 +308,9 @@ def build_config(cli: Mapping[str, Any], config_file: Optional[str] = None) -> C
     """Defaults < the YAML ``config_file`` < ``cli`` (command-line names; None or an empty
     ``backend`` list means not given; given ``backend``\\ s replace the YAML ``backends``)."""
     _check_keys(cli, BY_NAME, "option")
-    values = _values_from_mapping(_read_yaml(config_file), "config") if config_file else {}
+    data = _read_yaml(config_file) if config_file else {}
+    values = _values_from_mapping(data, "config")
     for name, raw in cli.items():
         if raw not in (None, [], ()):
             values[BY_NAME[name].attr] = _parse_setting(BY_NAME[name], raw)
-    return _finish(values)
+    return _finish(values, data)

@@ -289,10 +289,11 @@ def kept_by_reload(changes: Sequence[Change], backend_ids: Sequence[str]) -> Lis
 class Control(Protocol):
     """Where the runtime API's changes go: :class:`LocalControl` or the ``--workers`` relay."""
 
-    #: Whether there is a cache to purge.
-    caching: bool
+    @property
+    def caching(self) -> bool:
+        """Whether there is a cache to purge."""
 
-    def apply(self, change: Change) -> defer.Deferred:
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
         """Make ``change``; fires with its result (see :func:`apply_change`; the relay adds
         ``workers``, the pids that applied it) or fails with ChangeFailed."""
 
@@ -305,7 +306,7 @@ class LocalControl:
         self.purge = purge
         self.caching = purge is not None
 
-    def apply(self, change: Change) -> defer.Deferred:
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
         """Apply ``change`` now; a Deferred that has already fired."""
         return defer.maybeDeferred(apply_change, self.target, self.purge, change)
 

@@ -19,6 +19,8 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+from powerlb._version import __version__
+
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 #: Seconds to wait for the admin API.
 TIMEOUT = 10.0
@@ -106,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="powerlb-ctl", description="Control a running powerlb via its admin API."
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     top.add_argument(
         "--admin",
         default=os.environ.get("POWERLB_ADMIN", DEFAULT_ADMIN),

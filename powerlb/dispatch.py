@@ -23,6 +23,7 @@ from powerlb.hashkey import RoutedRequest
 from powerlb.headers import Headers, get_first
 from powerlb.outlier import OutlierEjector
 from powerlb.stats import Counters
+from powerlb.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnels
 from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
 
 log = Logger()
@@ -42,17 +43,26 @@ class NoBackend(UpstreamError):
 
 
 class UpstreamRequest:
-    """A request as it goes upstream: forwarded headers, re-framed body."""
+    """A request as it goes upstream: forwarded headers, re-framed body.
 
-    __slots__ = ("body", "headers", "method", "target")
+    ``upgrade`` is the client connection of an upgrade request (see :mod:`powerlb.tunnel`), else None.
+    """
+
+    __slots__ = ("body", "headers", "method", "target", "upgrade")
 
     def __init__(
-        self, method: bytes, target: bytes, headers: Headers, body: Union[bytes, BodyStream] = b""
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: Union[bytes, BodyStream] = b"",
+        upgrade: Any = None,
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
+        self.upgrade = upgrade
 
 
 class Dispatcher:
@@ -60,7 +70,8 @@ class Dispatcher:
 
     Each retry adds one to ``counters.retries``; each response head, its
     upstream time to the backend's latency histogram, and each timeout to the
-    backend's ``timeouts`` by kind.
+    backend's ``timeouts`` by kind. Upgrade requests go on connections of
+    their own (``tunnels``, closed after ``tunnel_idle_timeout`` seconds idle).
     """
 
     def __init__(
@@ -70,12 +81,14 @@ class Dispatcher:
         retries: int = 1,
         outliers: Optional[OutlierEjector] = None,
         counters: Optional[Counters] = None,
+        tunnel_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.balancer = balancer
         self.clients = clients
         self.retries = retries
         self.outliers = outliers
         self.counters = Counters() if counters is None else counters
+        self.tunnels = Tunnels(tunnel_idle_timeout, self.counters)
 
     def send(self, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest] = None) -> Dispatch:
         """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504).
@@ -147,7 +160,10 @@ class Dispatch:
         backend.requests += 1
         request = self.request
         replayable = request.method in IDEMPOTENT_METHODS and not request.body
-        self.exchange = self.dispatcher.clients[backend].request(
+        client = self.dispatcher.clients[backend]
+        if request.upgrade is not None:
+            client = self.dispatcher.tunnels.client_for(client, request.upgrade)
+        self.exchange = client.request(
             request.method, request.target, request.headers, request.body, self, idempotent=replayable
         )
         if self.paused:

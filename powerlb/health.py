@@ -18,7 +18,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -81,7 +89,7 @@ def _describe(result: Union[ProbeResult, Failure]) -> str:
         return str(result)
     if result.check(defer.TimeoutError, error.TimeoutError):
         return "timeout"
-    return result.type.__name__
+    return result.type.__name__ if result.type is not None else "error"
 
 
 class CheckKind:
@@ -124,6 +132,8 @@ _DONE = Failure(error.ConnectionDone())
 class _ConnectProbe(Protocol):
     """Fires the factory's Deferred once connected (TLS: once the handshake is done), then hangs up."""
 
+    transport: Optional[ITCPTransport]
+
     def __init__(self, factory: _ConnectProbeFactory) -> None:
         self.factory = factory
 
@@ -135,6 +145,7 @@ class _ConnectProbe(Protocol):
         self._passed()
 
     def _passed(self) -> None:
+        assert self.transport is not None  # connected
         self.transport.loseConnection()
         self.factory.finish(None)
 
@@ -150,16 +161,16 @@ class _ConnectProbeFactory(ClientFactory):
 
     def __init__(self, tls: bool) -> None:
         self.tls = tls
-        self.connector: Any = None
+        self.connector: Optional[IConnector] = None
         self.protocol_made: Optional[_ConnectProbe] = None
         self.ended = False
-        self.deferred: Deferred[None] = Deferred(self._cancel)
+        self.deferred: Deferred[ProbeResult] = Deferred(self._cancel)
 
-    def buildProtocol(self, addr: Any) -> _ConnectProbe:
+    def buildProtocol(self, addr: Optional[IAddress]) -> _ConnectProbe:
         self.protocol_made = _ConnectProbe(self)
         return self.protocol_made
 
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self.finish(reason)
 
     def finish(self, result: Optional[Failure]) -> None:
@@ -171,16 +182,21 @@ class _ConnectProbeFactory(ClientFactory):
         else:
             self.deferred.errback(result)
 
-    def _cancel(self, _: Deferred[None]) -> None:
+    def _cancel(self, _: Deferred[ProbeResult]) -> None:
         """Abandon the check (its timeout): the Deferred fails with CancelledError, nothing else."""
         self.ended = True
         if self.protocol_made is not None and self.protocol_made.transport is not None:
             self.protocol_made.transport.abortConnection()
-        else:
+        elif self.connector is not None:  # set as soon as connectTCP returns
             self.connector.stopConnecting()
 
 
-def connect_probe(reactor: IReactorTCP, backend: Backend, timeout: float, tls: Any = None) -> Deferred[None]:
+def connect_probe(
+    reactor: IReactorTCP,
+    backend: Backend,
+    timeout: float,
+    tls: Optional[IOpenSSLClientConnectionCreator] = None,
+) -> Deferred[ProbeResult]:
     """Open a connection to ``backend`` and close it; fires with None once it is open.
 
     With ``tls`` (the backend's ``IOpenSSLClientConnectionCreator``) the TLS
@@ -188,13 +204,16 @@ def connect_probe(reactor: IReactorTCP, backend: Backend, timeout: float, tls: A
     Cancelling the Deferred abandons the attempt.
     """
     factory = _ConnectProbeFactory(tls is not None)
-    connect_to = TLSMemoryBIOFactory(tls, True, factory) if tls is not None else factory
+    connect_to: ClientFactory[Any] = TLSMemoryBIOFactory(tls, True, factory) if tls is not None else factory
     factory.connector = reactor.connectTCP(backend.host, backend.port, connect_to, timeout=timeout)
     return factory.deferred
 
 
 def backend_probe(
-    reactor: Any, kind: CheckKind, timeout: float, tls_for: Callable[[Backend], Any]
+    reactor: IReactorTCP,
+    kind: CheckKind,
+    timeout: float,
+    tls_for: Callable[[Backend], Optional[IOpenSSLClientConnectionCreator]],
 ) -> Optional[Callable[[Backend], Deferred[ProbeResult]]]:
     """The probe function a :class:`HealthChecker` runs for ``kind`` (None when checks are off).
 
@@ -302,15 +321,18 @@ class HealthChecker(Service):
         A disabled backend (maintenance) is not probed and keeps the health it
         had; checks resume with the first round after it is enabled again.
         """
-        if self._probe is None:
+        run = self._probe
+        if run is None:
             return succeed(None)
-        round_ = gatherResults([self._check(backend) for backend in self._backends if not backend.disabled])
+        round_ = gatherResults(
+            [self._check(run, backend) for backend in self._backends if not backend.disabled]
+        )
         return round_.addCallback(lambda _: None)
 
-    def _check(self, backend: Backend) -> Deferred[None]:
+    def _check(self, run: Callable[[Backend], Deferred[ProbeResult]], backend: Backend) -> Deferred[None]:
         """Run one probe with a timeout and record its outcome; never fails."""
         try:
-            probe = self._probe(backend)
+            probe = run(backend)
         except Exception:
             probe = fail()
         probe.addTimeout(self._timeout, self._clock)

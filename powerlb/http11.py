@@ -8,7 +8,9 @@ so it is tested by feeding it bytes split at every possible place.
 
 Interim (1xx) responses are reported apart from the final response
 (:meth:`IResponseEvents.response_interim`); ``101`` (a protocol switch) is
-refused. Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
+refused, except by a parser made with ``upgrade=True`` for an upgrade request
+(:meth:`IResponseEvents.response_switched`, see :mod:`powerlb.tunnel`).
+Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304;
 chunked when ``Transfer-Encoding`` ends in ``chunked``; ``Content-Length``
 otherwise; else the body runs to the end of the connection.
 """
@@ -26,6 +28,8 @@ MAX_CHUNK_LINE = 4096
 
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+#: What a reason phrase may hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text): it is relayed to clients.
+_REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
 
 
 class ProtocolError(Exception):
@@ -47,9 +51,13 @@ class IResponseEvents(Interface):
     def response_end(keep_alive: bool) -> None:
         """The response is complete; ``keep_alive`` says whether the connection may be reused."""
 
+    def response_switched(reason: bytes, headers: Headers, rest: bytes) -> None:
+        """A ``101`` (upgrade parsers only): the connection now speaks another protocol, whose
+        first bytes are ``rest``; the parser reads nothing more."""
+
 
 # Parser states.
-_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE = range(8)
+_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _SWITCHED = range(9)
 
 
 class ResponseParser:
@@ -61,10 +69,12 @@ class ResponseParser:
     :class:`ProtocolError`; after one the parser must be discarded.
     """
 
-    __slots__ = ("_buffer", "_events", "_head_request", "_keep_alive", "_remaining", "_state")
+    __slots__ = ("_buffer", "_events", "_head_request", "_keep_alive", "_remaining", "_state", "_upgrade")
 
-    def __init__(self, events: IResponseEvents) -> None:
+    def __init__(self, events: IResponseEvents, upgrade: bool = False) -> None:
         self._events = events
+        #: A 101 switches protocols (the request asked for an upgrade) instead of being an error.
+        self._upgrade = upgrade
         self._state = _IDLE
         self._buffer = b""
         self._remaining = 0
@@ -159,7 +169,11 @@ class ResponseParser:
         headers = _parse_header_lines(lines)
         if 100 <= status < 200:
             if status == 101:
-                raise ProtocolError("protocol upgrades are not supported")
+                if not self._upgrade:
+                    raise ProtocolError("protocol upgrades are not supported")
+                self._state = _SWITCHED
+                self._events.response_switched(reason, headers, rest)
+                return b""
             self._events.response_interim(status, reason, headers)
             return rest  # the final response follows
         tokens = connection_tokens(headers)
@@ -216,6 +230,7 @@ class ResponseParser:
             return b""
         if end > MAX_HEAD_SIZE:
             raise ProtocolError("trailers too large")
+        _parse_header_lines([b"", *data[:end].split(b"\r\n")])  # malformed trailers are an error too
         self._finish()
         return data[end + 4 :]
 
@@ -234,6 +249,8 @@ def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
     if len(code) != 3 or not code.isdigit() or code < b"100":
         raise ProtocolError("invalid status code")
     reason = parts[2] if len(parts) == 3 else b""
+    if not _REASON_CHARS.issuperset(reason):
+        raise ProtocolError("invalid reason phrase")
     # HTTP/1.1 (and any later 1.x) defaults to persistent connections.
     return int(code), reason, version != b"HTTP/1.0"
 

@@ -123,6 +123,9 @@ class H2ProxyRequest(ProxyRequest):
         """Cut the response off: reset the stream."""
         self.channel.abortConnection()
 
+    #: The stream writes its own HEADERS frame: the response head goes through twisted.web's headers.
+    send_head = None
+
 
 class ProxyH2Connection(H2Connection):
     """One HTTP/2 client connection: Twisted's, with powerlb's limits, requests and draining.

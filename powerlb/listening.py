@@ -7,12 +7,13 @@ their requests end, aborting those left after a timeout.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Set
+from typing import Any, List, Optional, Set
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 
 class Listener(Service):
@@ -27,7 +28,7 @@ class Listener(Service):
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self._started = False
-        self._waiting: list = []
+        self._waiting: List[defer.Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -41,7 +42,7 @@ class Listener(Service):
         if self._started:
             return
         self._started = True
-        failures: list = []
+        failures: List[Failure] = []
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failures.append)
         if failures:
@@ -54,11 +55,11 @@ class Listener(Service):
         for d in waiting:
             d.callback(port)
 
-    def whenListening(self) -> defer.Deferred:
+    def whenListening(self) -> defer.Deferred[IListeningPort]:
         """A Deferred firing with the ``IListeningPort`` once listening."""
         if self.port is not None:
             return defer.succeed(self.port)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
         self._waiting.append(d)
         return d
 
@@ -75,7 +76,7 @@ class Listener(Service):
 DRAIN_POLL_INTERVAL = 0.05
 
 
-def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
+def drain(site: Any, clock: IReactorTime, timeout: float) -> defer.Deferred[None]:
     """Close a site's client connections as their requests end; abort those left after ``timeout``.
 
     ``site.channels`` is the set of its open ``HTTPChannel``\\ s and HTTP/2
@@ -85,7 +86,7 @@ def drain(site: Any, clock: Any, timeout: float) -> defer.Deferred:
     responses say ``Connection: close``; HTTP/2: new streams are refused).
     After ``timeout`` seconds the rest are aborted. The result fires once no connection is left.
     """
-    done: defer.Deferred = defer.Deferred()
+    done: defer.Deferred[None] = defer.Deferred()
     deadline = clock.seconds() + timeout
     closing: Set[Any] = set()
 

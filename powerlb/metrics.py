@@ -9,10 +9,10 @@ an instance without an admin listener never loads it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -28,7 +28,7 @@ class _Families:
     def __init__(self, stats: Callable[[], Dict[str, Any]]) -> None:
         self._stats = stats
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterable[Metric]:
         return prometheus_families(self._stats())
 
 
@@ -51,7 +51,7 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
-def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
+def prometheus_families(stats: Dict[str, Any]) -> Iterable[Metric]:
     """The snapshot (of one process, or merged) as Prometheus metric families, for a collector.
 
     Counters keep their ``_total`` suffix, times are in seconds; every family
@@ -79,9 +79,11 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Any]:
     )
     yield from _backend_families(stats["backends"])
     yield from _cache_families(stats["cache"])
+    yield from _redis_families(stats.get("redis", {}))
+    yield from _tunnel_families(stats.get("tunnels", {}))
 
 
-def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
+def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
     label = ["backend"]
     gauges = {
         "in_flight": GaugeMetricFamily("powerlb_backend_in_flight", "Requests in flight", labels=label),
@@ -121,12 +123,16 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
         "Seconds from a request sent to a backend to its response head",
         labels=label,
     )
+    families: List[Tuple[str, Union[GaugeMetricFamily, CounterMetricFamily]]] = [
+        *gauges.items(),
+        *counters.items(),
+    ]
     for backend in backends:
         url = [backend["url"]]
         up.add_metric(
             url, float(backend["healthy"] and not backend.get("ejected") and not backend.get("disabled"))
         )
-        for field, family in (*gauges.items(), *counters.items()):
+        for field, family in families:
             if field in backend:
                 family.add_metric(url, backend[field])
         for result, count in backend.get("checks", {}).items():
@@ -145,7 +151,7 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Any]:
     yield latency
 
 
-def _cache_families(cache: Dict[str, Any]) -> Iterable[Any]:
+def _cache_families(cache: Dict[str, Any]) -> Iterable[Metric]:
     results = CounterMetricFamily("powerlb_cache_results", "Cache lookups by result", labels=["result"])
     for result in CACHE_RESULTS:
         results.add_metric([result], cache[result])
@@ -164,6 +170,42 @@ def _cache_families(cache: Dict[str, Any]) -> Iterable[Any]:
     ):
         if field in cache:
             yield CounterMetricFamily(f"powerlb_cache_{field}", help_text, value=cache[field])
+
+
+#: The Redis tier's counters (see :meth:`powerlb.redistier.RedisStore.stats`) and their help.
+REDIS_COUNTERS = (
+    ("hits", "Local misses the Redis tier answered"),
+    ("misses", "Local misses the Redis tier did not answer (timeouts and errors included)"),
+    ("timeouts", "Redis commands that took longer than redis-timeout"),
+    ("errors", "Redis commands that failed, and bad entries read"),
+    ("reconnects", "Times the connection to Redis came back"),
+    ("stores", "Responses written through to Redis"),
+    ("dropped", "Stores dropped because Redis was slow or down"),
+    ("received", "Changes received from other instances on the bus"),
+)
+
+
+def _redis_families(redis: Dict[str, Any]) -> Iterable[Metric]:
+    if not redis.get("enabled"):
+        return
+    yield GaugeMetricFamily("powerlb_redis_up", "1 while connected to Redis", value=float(redis["up"]))
+    for field, help_text in REDIS_COUNTERS:
+        yield CounterMetricFamily(f"powerlb_redis_{field}", help_text, value=redis.get(field, 0))
+
+
+def _tunnel_families(tunnels: Dict[str, int]) -> Iterable[Metric]:
+    yield GaugeMetricFamily(
+        "powerlb_tunnels_open", "Upgraded connections (WebSocket...) open now", value=tunnels.get("open", 0)
+    )
+    yield CounterMetricFamily(
+        "powerlb_tunnels", "Upgraded connections (WebSocket...) opened", value=tunnels.get("total", 0)
+    )
+    carried = CounterMetricFamily(
+        "powerlb_tunnel_bytes", "Bytes carried by tunnels, to backends or to clients", labels=["direction"]
+    )
+    for direction in ("upstream", "downstream"):
+        carried.add_metric([direction], tunnels.get(f"bytes_{direction}", 0))
+    yield carried
 
 
 def cumulative_buckets(counts: Sequence[int]) -> List[Tuple[str, int]]:

@@ -32,24 +32,33 @@ from powerlb.http11 import serialize_interim
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
+from powerlb.tunnel import is_upgrade, upgrade_request_headers
 from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
 
 
 class ClientRequest:
     """What the request path needs to know of a client request, parsed once."""
 
-    __slots__ = ("client_host", "headers", "host", "method", "scheme", "target")
+    __slots__ = ("client_host", "headers", "host", "method", "scheme", "target", "upgrade")
 
     def __init__(self, request: Request) -> None:
         self.method: bytes = request.method
-        self.headers: Headers = [
-            (name.lower(), value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
+        parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
+        self.headers: Headers = (
+            parsed
+            if parsed is not None
+            else [
+                (name.lower(), value)
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ]
+        )
         self.target, self.host = _origin_form(request.uri, get_first(self.headers, b"host"))
         self.scheme = b"https" if request.isSecure() else b"http"
         self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
+        #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
+        upgrade = is_upgrade(self.method, request.clientproto, self.headers)
+        self.upgrade: Any = request.channel if upgrade else None
 
     def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
         """A copy of this request with another ``method`` and ``headers`` (e.g. the cache's own GET).
@@ -63,12 +72,15 @@ class ClientRequest:
         other.host = self.host
         other.scheme = self.scheme
         other.client_host = self.client_host
+        other.upgrade = self.upgrade
         return other
 
     def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
         """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
-        return UpstreamRequest(self.method, self.target, headers, body)
+        if self.upgrade is not None:
+            headers = upgrade_request_headers(self.headers, headers)
+        return UpstreamRequest(self.method, self.target, headers, body, self.upgrade)
 
 
 class ProxyResource(Resource):
@@ -99,7 +111,7 @@ class ProxyResource(Resource):
         if client.host is None and request.clientproto == b"HTTP/1.1":
             self.counters.errors += 1
             return error_response(request, 400, "HTTP/1.1 request without a Host header")
-        if self.cache is None:
+        if self.cache is None or client.upgrade is not None:  # upgrades never touch the cache
             self.counters.cache_bypass += 1
             return self.forward(request, client, b"BYPASS")
         return self.cache.render(self, request, client)
@@ -174,11 +186,19 @@ class ClientResponder:
         request.channel.transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
-        self.request.setResponseCode(status, reason or None)
+        if status == 101:
+            self._switched(reason)
+            return
         headers = forward_response_headers(headers)
         if self.sticky is not None:
             self._stick(headers)
-        set_response_headers(self.request, headers, self.x_cache)
+        request = self.request
+        send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
+        if send_head is not None:
+            send_head(status, reason, headers, self.x_cache)
+            return
+        request.setResponseCode(status, reason or None)
+        set_response_headers(request, headers, self.x_cache)
 
     def body_received(self, data: bytes) -> None:
         self.request.write(data)
@@ -217,6 +237,17 @@ class ClientResponder:
         self._client_gone(None)
 
     # -- internals -------------------------------------------------------
+
+    def _switched(self, reason: bytes) -> None:
+        """The backend switched protocols (an upgrade request's): the tunnel (:mod:`powerlb.tunnel`) writes
+        the 101 and takes the connection over, so twisted.web's request writes nothing more. It is logged
+        now; the dispatch stays open (the backend's in-flight count) until the client connection closes."""
+        self.done = True
+        request = self.request
+        request.unregisterProducer()
+        request.setResponseCode(101, reason or None)
+        request.x_cache = self.x_cache
+        request.channel.factory.log(request)
 
     def _stick(self, headers: Headers) -> None:
         """Add the sticky cookie of the backend whose response this is (none for one made from the cache

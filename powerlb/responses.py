@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers as TwistedHeaders
@@ -12,8 +12,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from powerlb import cachepolicy
 from powerlb.headers import Headers
 
+if TYPE_CHECKING:
+    from powerlb.server import ProxyRequest
 
-def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> None:
+
+def set_response_headers(request: ProxyRequest, headers: Headers, x_cache: bytes) -> None:
     """Replace the twisted.web response headers with ``headers`` plus ``X-Cache``.
 
     twisted.web's own ``Server`` header is dropped; its ``Date`` is kept only
@@ -29,13 +32,13 @@ def set_response_headers(request: Request, headers: Headers, x_cache: bytes) -> 
     for name, value in headers:
         grouped.setdefault(name, []).append(value)
     if b"date" not in grouped and date:
-        grouped[b"date"] = date
+        grouped[b"date"] = list(date)
     grouped[b"x-cache"] = [x_cache]
     for name, values in grouped.items():
         out.setRawHeaders(name, values)
 
 
-def serve_answer(request: Request, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
+def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
     """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
 
     The response is written and finished here, so that the answer's own

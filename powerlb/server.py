@@ -16,12 +16,14 @@ cut by the channel's idle timeout.
 On a TLS listener with HTTP/2 support, a :class:`NegotiatingChannel` hands
 connections that negotiated ``h2`` (ALPN) to :mod:`powerlb.http2`.
 
-Cache hits take a shorter way: when a read holds exactly one complete,
+Plain requests take a shorter way: when a read holds exactly one complete,
 plain ``GET``/``HEAD`` request and the connection has nothing in flight,
-:func:`parse_simple_request` reads it and the site's ``fast_answer`` (the
-same cache layer and policy as every other request) may answer it with
-ready bytes, with no twisted.web ``Request`` built. Anything unusual, and
-every miss, takes the normal way.
+:func:`parse_simple_request` reads it in one pass. The site's
+``fast_answer`` (the same cache layer and policy as every other request)
+may answer it with ready bytes, with no twisted.web ``Request`` built; on a
+miss the request is built from that parse (``parsed_headers``) instead of
+twisted.web parsing the head again line by line. Anything unusual takes the
+normal way.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
-from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
+from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
 from powerlb.headers import Headers, get_first
 from powerlb.outcomes import Outcomes
+from powerlb.responses import wire_name
 from powerlb.settings import Config
 from powerlb.upstream import BodyStream
 
@@ -147,10 +150,20 @@ class ProxyRequest(Request):
     (shared-key) instance dict into a dict of its own for every request.
     """
 
-    __slots__ = ("_body_size", "_body_started", "_finish_pending", "body_stream", "dispatch", "x_cache")
+    __slots__ = (
+        "_body_size",
+        "_body_started",
+        "_finish_pending",
+        "body_stream",
+        "dispatch",
+        "parsed_headers",
+        "x_cache",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: The request's header list (names lower-cased) when the channel parsed it in one pass, else None.
+        self.parsed_headers: Optional[Headers] = None
         self.body_stream: Optional[BodyStream] = None
         self.dispatch: Any = None
         self.x_cache = b""
@@ -186,6 +199,46 @@ class ProxyRequest(Request):
     def reject(self, status: int, reason: str) -> None:
         """Answer ``status`` with a short ``reason`` instead of the request; the connection closes."""
         self.channel.reject(status, reason)
+
+    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes) -> None:
+        """Start the response: ``headers`` (names lower-cased, no hop-by-hop ones) plus ``X-Cache``.
+
+        What twisted.web's first ``write`` does, but written in one block built
+        straight from the list (names in twisted.web's case, :func:`wire_name`),
+        with no twisted.web header object: the
+        ``Date`` twisted.web set is kept only when the response has none, and
+        its ``Connection: close`` (a closing connection) is kept; a body of
+        unknown length to an HTTP/1.1 client is chunked; HEAD, 1xx, 204 and 304
+        responses get no body.
+        """
+        self.setResponseCode(status, reason or None)
+        self.x_cache = x_cache
+        if self._disconnected:
+            return
+        self.startedWriting = 1
+        version = self.clientproto
+        parts = [version, b" %d " % status, self.code_message, b"\r\n"]
+        dated = framed = False
+        for name, value in headers:
+            if name == b"x-cache":
+                continue
+            dated = dated or name == b"date"
+            framed = framed or name == b"content-length"
+            parts += (wire_name(name), b": ", value, b"\r\n")
+        own = self.responseHeaders
+        if not dated:
+            parts += (b"Date: ", own.getRawHeaders(b"date", [b""])[0], b"\r\n")
+        connection = own.getRawHeaders(b"connection")
+        if connection:
+            parts += (b"Connection: ", connection[0], b"\r\n")
+        bodiless = self.method == b"HEAD" or status in NO_BODY_CODES
+        if not framed and not bodiless and version == b"HTTP/1.1":
+            self.chunked = 1
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts += (b"X-Cache: ", x_cache, b"\r\n\r\n")
+        self.channel.write(b"".join(parts))
+        if bodiless:
+            self.write = lambda data: None
 
     def body_too_large(self) -> None:
         """The body is, or is announced as, larger than ``max_body``: 413 (or a cut once answering)."""
@@ -280,16 +333,24 @@ class ProxyChannel(TrackedChannel):
 
     While a request head arrives (from its first byte to its blank line) reads
     do not restart the idle timer, so the timer itself cuts a head still
-    incomplete ``client_timeout`` after its first byte, with 408.
+    incomplete ``client_timeout`` after its first byte, with 408. While a
+    plain request (:meth:`_plain_request`) is answered the timer keeps running
+    instead of being cancelled and made again (twisted.web's way): when it
+    fires then it only re-arms, and the end of the request restarts it, so a
+    keep-alive connection schedules no timer per request.
     """
 
     _head_pending = False
+    _host_address: Any = None
+    _peer_address: Any = None
     _in_head = False
     _host_seen = False
     _head_bytes = 0
     _head_lines = 0
     _rejected = False
     _secure = False
+    #: The tunnel this connection became after a protocol switch (:mod:`powerlb.tunnel`), or None.
+    tunnel: Any = None
 
     def connectionMade(self) -> None:
         limits = self.site.limits
@@ -301,6 +362,9 @@ class ProxyChannel(TrackedChannel):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
         if self._rejected:
             return
         if self._head_pending:
@@ -308,25 +372,55 @@ class ProxyChannel(TrackedChannel):
             return
         if self.line_mode and not self._handlingRequest:
             # The first bytes of a request.
-            if self.site.fast_answer is not None and not self.requests and not self._buffer:
+            if not self.requests and not self._buffer and self.persistent:
                 simple = parse_simple_request(data, self.site.limits)
                 if simple is not None:
-                    method, target, headers = simple
-                    site = self.site
-                    response = site.fast_answer(method, target, headers, self._secure)
-                    if response is not None:
-                        self.resetTimeout()
-                        self.transport.writeSequence(response)
-                        site.outcomes.fast_hit(self.transport, method, target, headers, response)
-                        return
+                    self.resetTimeout()
+                    if not self._fast_hit(*simple):
+                        self._plain_request(*simple)
+                    return
             self._head_pending = True
         super().dataReceived(data)
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once per connection rather than once per request."""
+        if self._host_address is None:
+            self._host_address = self.transport.getHost()
+        return self._host_address
+
+    def getPeer(self) -> Any:
+        """The client's address (the same for every request of the connection)."""
+        if self._peer_address is None:
+            self._peer_address = self.transport.getPeer()
+        return self._peer_address
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+        super().connectionLost(reason)
+
+    def switch_protocols(self, tunnel: Any) -> bytes:
+        """Stop speaking HTTP (a 101 was relayed): every byte read from now on goes to
+        ``tunnel.client_data``, the connection's end to ``tunnel.client_lost``. Returns the bytes
+        already read past the request (the new protocol's first ones); the tunnel paces the reads."""
+        self.tunnel = tunnel
+        self.setTimeout(None)
+        self.transport.unregisterProducer()
+        early = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        return early
 
     def timeoutConnection(self) -> None:
         if self._head_pending:
             self.reject(408, "request headers not received in time")
+        elif self._handlingRequest:
+            self.setTimeout(self.timeOut)  # a request being answered is no idleness
         else:
             super().timeoutConnection()
+
+    def requestDone(self, request: Any) -> None:
+        self.resetTimeout()  # the idle time starts again (a plain request's timer kept running)
+        super().requestDone(request)
 
     def lineReceived(self, line: bytes) -> None:
         if self._in_head:
@@ -367,6 +461,38 @@ class ProxyChannel(TrackedChannel):
         self.reject(400, "malformed request")
 
     # -- internals -------------------------------------------------------
+
+    def _fast_hit(self, method: bytes, target: bytes, headers: Headers) -> bool:
+        """Answer a plain request from the cache with ready bytes, if the site can."""
+        site = self.site
+        if site.fast_answer is None:
+            return False
+        response = site.fast_answer(method, target, headers, self._secure)
+        if response is None:
+            return False
+        self.transport.writeSequence(response)
+        site.outcomes.fast_hit(self.transport, method, target, headers, response)
+        return True
+
+    def _plain_request(self, method: bytes, target: bytes, headers: Headers) -> None:
+        """Start the request :func:`parse_simple_request` read, as twisted.web would once its head is in.
+
+        (``HTTPChannel.lineReceived``, ``headerReceived``, ``allHeadersReceived``
+        and ``allContentReceived`` for a request without a body or
+        ``Connection`` handling, which leaves the connection persistent.)
+        """
+        request = self.requestFactory(self, 0)
+        self.requests.append(request)
+        request.parsed_headers = headers
+        raw = request.requestHeaders
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        request.parseCookies()
+        request.gotLength(0)
+        self._savedTimeOut = None  # the idle timer keeps running (see the class docstring)
+        self._handlingRequest = True
+        self.setRawMode()
+        request.requestReceived(method, target, b"HTTP/1.1")
 
     def _start_request(self, line: bytes) -> bool:
         limits = self.site.limits

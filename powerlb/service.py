@@ -131,6 +131,7 @@ class PowerLBService(MultiService):
             retries=config.retries,
             outliers=self.outliers,
             counters=self.counters,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
         )
         cache_layer = None
         if self.cache is not None:
@@ -144,6 +145,10 @@ class PowerLBService(MultiService):
                 lock_timeout=config.cache_lock_timeout,
                 purge_allow=config.purge_allow,
             )
+        #: The shared second cache tier and the change bus (None without ``redis``).
+        self.redis: Optional[Any] = None
+        self.bus: Optional[Any] = None
+        changes = None if config.redis is None else self._join_cluster(config, cache_layer)
         resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
@@ -153,7 +158,7 @@ class PowerLBService(MultiService):
             self.access_log = AccessLog(config.access_log, config.access_log_format, reactor)
         self.outcomes = Outcomes(reactor, None if self.access_log is None else self.access_log.logger)
         site = ProxySite(resource, reactor, config, self.outcomes)
-        if endpoint_kind(config.listen) == "ssl":
+        if config.http2 and endpoint_kind(config.listen) == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
             site.fast_answer = cache_layer.fast_response
@@ -167,7 +172,13 @@ class PowerLBService(MultiService):
             sampler = SeriesSampler(self.stats, reactor)
             sampler.setServiceParent(self)
             admin = admin_root(
-                self.stats, lambda: self.config, self, cache_layer, config.admin_token, series=sampler.keeper
+                self.stats,
+                lambda: self.config,
+                self,
+                cache_layer,
+                config.admin_token,
+                changes,
+                series=sampler.keeper,
             )
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
@@ -185,6 +196,7 @@ class PowerLBService(MultiService):
                 "queued": self.clients[b].queued,
             },
             self.outcomes.snapshot(),
+            None if self.bus is None else self.bus.stats(),
         )
 
     def privilegedStartService(self) -> None:
@@ -315,6 +327,15 @@ class PowerLBService(MultiService):
     def _discovered(self, backend: Backend) -> bool:
         """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
         return self.discovery is not None and self.discovery.owns(backend)
+
+    def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
+        """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
+        from powerlb.redistier import cluster_for
+
+        self.redis, self.bus, changes = cluster_for(config, self, cache_layer, self.reactor)
+        self.redis.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return changes
 
     def _make_balancer(self, config: Config) -> IBalancer:
         """The balancer ``config`` asks for over the current backends (at start, and on reload)."""

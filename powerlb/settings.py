@@ -2,17 +2,18 @@
 table that drives the ``twistd powerlb`` options (:class:`powerlb.tap.Options`), the YAML
 keys (:mod:`powerlb.config`), the parsers (:mod:`powerlb.values`) and the help texts.
 
-docs/configuration.md documents every row (tests/test_config_reference.py checks it).
+docs/configuration.md documents every row (tests/unit/test_config_reference.py checks it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from powerlb.backend import BackendSpec
 from powerlb.hashkey import parse_hash_key
 from powerlb.outlier import GATEWAY_STATUSES, StatusRanges, format_statuses, parse_statuses
+from powerlb.routing import Route
 
 # The table names these parsers by the private aliases below.
 from powerlb.values import above_zero as _above_zero
@@ -25,8 +26,10 @@ from powerlb.values import (
     parse_admin_endpoint,
     parse_duration,
     parse_endpoint,
+    parse_env_name,
     parse_networks,
     parse_percent,
+    parse_redis,
     parse_size,
     parse_switch,
 )
@@ -42,6 +45,7 @@ from powerlb.values import parse_count as _parse_count
 from powerlb.values import parse_dns_name as _parse_dns_name
 from powerlb.values import parse_dns_resolver as _parse_dns_resolver
 from powerlb.values import parse_dns_target as _parse_dns_target
+from powerlb.values import parse_header_name as _parse_header_name
 from powerlb.values import parse_header_names as _parse_header_names
 from powerlb.values import parse_path as _parse_path
 from powerlb.values import parse_text as _parse_text
@@ -79,7 +83,15 @@ class Config:
     cache_grace: float = 0.0
     cache_lock_timeout: float = 5.0
     purge_allow: Tuple[str, ...] = ()
+    trusted_proxies: Tuple[str, ...] = ()
+    request_id_header: str = "X-Request-ID"
+    redis: Optional[str] = None
+    redis_key_prefix: str = "powerlb:"
+    redis_timeout: float = 0.05
+    redis_password_env: Optional[str] = None
+    redis_password_file: Optional[str] = None
     idle_timeout: float = 60.0
+    tunnel_idle_timeout: float = 300.0
     client_timeout: float = 30.0
     max_body: int = 100 * 1024 * 1024
     max_header_size: int = 32 * 1024
@@ -97,19 +109,35 @@ class Config:
     outlier_max_ejection: int = 50
     slow_start: float = 0.0
     backend_ca_file: Optional[str] = None
+    http2: bool = True
     admin: Optional[str] = None
     admin_token: Optional[str] = None
     access_log: Optional[str] = None
     access_log_format: str = "combined"
+    #: The pools by name (see :class:`PoolConfig`); :mod:`powerlb.config` fills it in, with the
+    #: single pool ``default`` when the configuration has no ``pools:``.
+    pools: Dict[str, PoolConfig] = field(default_factory=dict, hash=False)
+    #: The routes, in order (first match wins); one catch-all route without ``routes:``.
+    routes: Tuple[Route, ...] = ()
 
 
-_DEFAULTS: Dict[str, Any] = {field.name: field.default for field in fields(Config)}
+@dataclass(frozen=True)
+class PoolConfig:
+    """A pool of backends: its name and its settings, a :class:`Config` whose pool-scoped
+    settings (``Setting.scope == "pool"``) are the pool's own and the others the top level's."""
+
+    name: str
+    settings: Config
+
+
+_DEFAULTS: Dict[str, Any] = {item.name: item.default for item in fields(Config)}
 
 
 @dataclass(frozen=True)
 class Setting:
     """One option: its command-line name (also the YAML key unless ``yaml_key`` is set),
-    the Config attribute, how to parse it and its help text."""
+    the Config attribute, how to parse it and its help text. ``scope`` is ``"pool"`` for the
+    settings of a set of backends, which each pool of ``pools:`` may set for itself."""
 
     name: str
     attr: str
@@ -120,6 +148,7 @@ class Setting:
     many: bool = False
     yaml_key: str = ""
     secret: bool = False
+    scope: str = "top"
 
     @property
     def key(self) -> str:
@@ -161,6 +190,7 @@ SETTINGS: Tuple[Setting, ...] = (
         show=format_backend,
         many=True,
         yaml_key="backends",
+        scope="pool",
     ),
     Setting(
         "dns",
@@ -198,12 +228,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "dns and srv names are looked up again at least this often, whatever their TTL",
         show=_format_duration,
     ),
-    Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm"),
+    Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm", scope="pool"),
     Setting(
         "hash-key",
         "hash_key",
         parse_hash_key,
         "what consistent-hash hashes: client, uri, header:NAME or cookie:NAME (missing: client address)",
+        scope="pool",
     ),
     Setting(
         "hash-balance-factor",
@@ -212,12 +243,14 @@ SETTINGS: Tuple[Setting, ...] = (
         "consistent-hash bounded loads: a backend takes at most this times its share of the requests "
         "in flight (e.g. 1.25); 0 = unbounded",
         show=_format_factor,
+        scope="pool",
     ),
     Setting(
         "sticky-cookie",
         "sticky_cookie",
         _parse_cookie_name,
         "cookie keeping each client on the backend that first answered it, over any algorithm",
+        scope="pool",
     ),
     Setting(
         "health-check",
@@ -226,6 +259,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "active health checks: on (a TCP connect, or an HTTP GET of health-path when set) "
         "or off (passive outlier detection only)",
         show=format_switch,
+        scope="pool",
     ),
     Setting(
         "health-path",
@@ -233,6 +267,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_path,
         "path each backend is probed on with HTTP GET (2xx or 3xx pass), e.g. /health; "
         "without it the check is a TCP connect",
+        scope="pool",
     ),
     Setting(
         "health-interval",
@@ -240,6 +275,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "time between health probes",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "health-timeout",
@@ -247,18 +283,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "time a health probe may take",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "health-rise",
         "health_rise",
         _above_zero(_parse_count, "2"),
         "passed probes before a down backend is up",
+        scope="pool",
     ),
     Setting(
         "health-fall",
         "health_fall",
         _above_zero(_parse_count, "3"),
         "failed probes before an up backend is down",
+        scope="pool",
     ),
     Setting(
         "cache-size",
@@ -312,11 +351,52 @@ SETTINGS: Tuple[Setting, ...] = (
         show=",".join,
     ),
     Setting(
+        "trusted-proxies",
+        "trusted_proxies",
+        parse_networks,
+        "addresses or networks (comma-separated) of proxies whose X-Forwarded-For names the client",
+        show=",".join,
+    ),
+    Setting(
+        "request-id-header",
+        "request_id_header",
+        _parse_header_name,
+        "request header carrying the request id; one is generated when a request has none",
+    ),
+    Setting(
+        "redis",
+        "redis",
+        parse_redis,
+        "redis://HOST[:PORT][/DB] (rediss:// for TLS) shared by several powerlb: a second cache tier "
+        "and the bus for purges and admin changes (needs powerlb[redis])",
+    ),
+    Setting("redis-key-prefix", "redis_key_prefix", _parse_text, "prefix of every Redis key and channel"),
+    Setting(
+        "redis-timeout",
+        "redis_timeout",
+        _positive_duration,
+        "a Redis lookup slower than this is a miss (and a store is dropped)",
+        show=_format_duration,
+    ),
+    Setting(
+        "redis-password-env",
+        "redis_password_env",
+        parse_env_name,
+        "environment variable holding the Redis password",
+    ),
+    Setting(
+        "redis-password-file",
+        "redis_password_file",
+        _parse_text,
+        "file whose first line is the Redis password",
+    ),
+    Setting(
         "response-timeout",
         "response_timeout",
         _positive_duration,
         "time a backend may take to answer",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "connect-timeout",
@@ -324,12 +404,21 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "time a backend connection may take",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "idle-timeout",
         "idle_timeout",
         _positive_duration,
         "time a backend may pause between two pieces of a response body",
+        show=_format_duration,
+        scope="pool",
+    ),
+    Setting(
+        "tunnel-idle-timeout",
+        "tunnel_idle_timeout",
+        _positive_duration,
+        "time an upgraded connection (WebSocket...) may pass no byte either way before it is closed",
         show=_format_duration,
     ),
     Setting(
@@ -377,6 +466,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "backend_max_connections",
         _parse_count,
         "connections to one backend at once; further requests wait in a queue; 0 = no limit",
+        scope="pool",
     ),
     Setting(
         "backend-queue-timeout",
@@ -384,6 +474,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "time a request may wait for a backend connection slot before a 503",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "drain-timeout",
@@ -398,6 +489,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "idle upstream keep-alive connections are closed after this",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "keepalive-max-idle",
@@ -405,6 +497,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_count,
         "idle upstream connections kept per backend; 0 disables reuse (YAML only)",
         cli=False,
+        scope="pool",
     ),
     Setting(
         "workers",
@@ -417,6 +510,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "retries",
         _parse_count,
         "times an idempotent request that never reached a backend is tried on another",
+        scope="pool",
     ),
     Setting(
         "outlier-failures",
@@ -424,6 +518,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_count,
         "consecutive gateway failures (connect failures, resets, timeouts, malformed responses, "
         "outlier-statuses) that take a backend out; 0 turns it off",
+        scope="pool",
     ),
     Setting(
         "outlier-backoff",
@@ -431,6 +526,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "how long an outlier stays out the first time; doubles while it keeps failing",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "outlier-statuses",
@@ -439,6 +535,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "response statuses that count as failures for outlier detection, e.g. 500-599 or 429,502-504; "
         "off: none",
         show=format_statuses,
+        scope="pool",
     ),
     Setting(
         "outlier-max-ejection",
@@ -446,6 +543,7 @@ SETTINGS: Tuple[Setting, ...] = (
         parse_percent,
         "most of the backends outlier detection may take out at once; it never takes out the last one",
         show=format_percent,
+        scope="pool",
     ),
     Setting(
         "slow-start",
@@ -453,12 +551,21 @@ SETTINGS: Tuple[Setting, ...] = (
         parse_duration,
         "a backend coming back ramps its weight up over this time; 0 turns it off",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "backend-ca-file",
         "backend_ca_file",
         _parse_ca_file,
         "PEM file of the CAs that https:// backend certificates must chain to; default: the system's",
+        scope="pool",
+    ),
+    Setting(
+        "http2",
+        "http2",
+        parse_switch,
+        "on an ssl: listener, offer HTTP/2 (ALPN h2) besides HTTP/1.1; off: HTTP/1.1 only",
+        show=format_switch,
     ),
     Setting(
         "admin",
@@ -486,3 +593,5 @@ SETTINGS: Tuple[Setting, ...] = (
 BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS if setting.cli}
 #: Every setting by YAML key (``backends``, ``cache-size``...).
 BY_KEY: Dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
+#: The settings each pool of ``pools:`` may set, by YAML key.
+POOL_KEYS: Dict[str, Setting] = {setting.key: setting for setting in SETTINGS if setting.scope == "pool"}

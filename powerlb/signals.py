@@ -8,15 +8,23 @@ Signal handlers are process-wide, so these are for ``twistd powerlb``,
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from powerlb.config import ConfigError
 from powerlb.reload import ConfigSource
+from powerlb.settings import Config
 
 log = Logger()
+
+
+class Reloadable(Protocol):
+    """What :class:`ReloadOnSighup` hands a new configuration to."""
+
+    def reload(self, config: Config) -> None:
+        """Apply ``config`` (the running one stays where it does not fit)."""
 
 
 class OnSignal(Service):
@@ -60,7 +68,7 @@ class ReloadOnSighup(OnSignal):
     running one is kept.
     """
 
-    def __init__(self, target: Any, source: ConfigSource, reactor: Any = None) -> None:
+    def __init__(self, target: Reloadable, source: ConfigSource, reactor: Any = None) -> None:
         super().__init__(signal.SIGHUP, self.reload, reactor)
         self.target = target
         self.source = source

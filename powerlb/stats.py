@@ -23,7 +23,9 @@ class Counters:
     ``cache_purged`` and ``cache_invalidated`` count stored responses removed
     by purges and by unsafe requests; ``retries`` the requests sent again to
     another backend; ``ejections_refused`` the outlier ejections not made
-    because the pool's ejection cap refused them.
+    because the pool's ejection cap refused them. ``tunnels_open`` and
+    ``tunnels_total`` count upgraded connections (:mod:`powerlb.tunnel`),
+    ``tunnel_bytes_upstream``/``_downstream`` the bytes they carried each way.
     """
 
     __slots__ = (
@@ -40,8 +42,27 @@ class Counters:
         "errors",
         "requests",
         "retries",
+        "tunnel_bytes_downstream",
+        "tunnel_bytes_upstream",
+        "tunnels_open",
+        "tunnels_total",
         "upstream_errors",
     )
+
+    cache_bypass: int
+    cache_coalesced: int
+    cache_hits: int
+    cache_invalidated: int
+    cache_misses: int
+    cache_purged: int
+    cache_revalidated: int
+    cache_stale: int
+    cache_stores: int
+    ejections_refused: int
+    errors: int
+    requests: int
+    retries: int
+    upstream_errors: int
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -67,11 +88,13 @@ def snapshot(
     last_check: Callable[[Backend], Optional[str]],
     connections: Callable[[Backend], Dict[str, int]],
     responses: Optional[Mapping[str, Any]] = None,
+    redis: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Everything ``GET /api/v1/stats`` returns, as plain JSON-ready data.
 
     ``responses`` is :meth:`powerlb.outcomes.Outcomes.snapshot`: completed requests by
-    backend, status class and cache result.
+    backend, status class and cache result; ``redis`` the Redis tier's and bus's figures
+    (:meth:`powerlb.redistier.ClusterBus.stats`), None without one.
     """
     cache_figures: Dict[str, Any] = {
         "enabled": cache is not None,
@@ -91,4 +114,11 @@ def snapshot(
         "responses": dict(responses or {}),
         "backends": [{**b.snapshot(), "last_check": last_check(b), **connections(b)} for b in backends],
         "cache": cache_figures,
+        "redis": dict(redis) if redis is not None else {"enabled": False},
+        "tunnels": {
+            "open": counters.tunnels_open,
+            "total": counters.tunnels_total,
+            "bytes_upstream": counters.tunnel_bytes_upstream,
+            "bytes_downstream": counters.tunnel_bytes_downstream,
+        },
     }

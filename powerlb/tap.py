@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any, List, Optional
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from powerlb import makeService as make_powerlb
+from powerlb._version import __version__
 from powerlb.config import ConfigError, build_config
 from powerlb.reload import ConfigSource
 from powerlb.settings import BY_NAME, SETTINGS, Config
@@ -61,6 +63,13 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as err:
             raise SystemExit(f"twistd powerlb: {err} (see twistd powerlb --help)") from None
+
+    def opt_version(self) -> None:
+        """Print powerlb's and Twisted's versions and exit."""
+        from twisted import copyright
+
+        print(f"powerlb {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
 
 def makeService(options: Options) -> IService:

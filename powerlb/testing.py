@@ -63,7 +63,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from powerlb.backend import Backend, BackendSpec
-from powerlb.balancing import RoundRobin
+from powerlb.balancing import IBalancer, RoundRobin
 from powerlb.dispatch import Dispatcher
 from powerlb.headers import Headers, get_first
 from powerlb.upstream import (
@@ -75,6 +75,9 @@ from powerlb.upstream import (
     UpstreamError,
     UpstreamTimeout,
 )
+
+#: Header fields as a test gives them: a list or a tuple of (name, value) pairs.
+HeaderItems = Sequence[Tuple[bytes, bytes]]
 
 __all__ = [
     "FAILURES",
@@ -203,7 +206,7 @@ class FakeExchange:
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> None:
         self.clock = clock
@@ -211,7 +214,7 @@ class FakeExchange:
         self.target = target
         self.headers = list(headers)
         self.body = body
-        self.sink: Optional[Any] = sink
+        self.sink: Optional[IResponseSink] = sink
         self.idempotent = idempotent
         self.sent_at = clock.seconds()
         #: Seconds from the request to the response head, on the clock (0.0 until the head).
@@ -233,7 +236,7 @@ class FakeExchange:
     def respond(
         self,
         status: int = 200,
-        headers: Headers = (),
+        headers: HeaderItems = (),
         body: Union[bytes, Sequence[bytes]] = b"",
         reason: bytes = b"",
         cut: Optional[Fault] = None,
@@ -258,12 +261,12 @@ class FakeExchange:
         else:
             self.fail(cut)
 
-    def send_interim(self, status: int, headers: Headers = (), reason: bytes = b"") -> None:
+    def send_interim(self, status: int, headers: HeaderItems = (), reason: bytes = b"") -> None:
         """A 1xx response (e.g. ``103 Early Hints``) before the final one."""
         if self.sink is not None:
             self.sink.interim_received(status, reason, list(headers))
 
-    def send_head(self, status: int = 200, headers: Headers = (), reason: bytes = b"") -> None:
+    def send_head(self, status: int = 200, headers: HeaderItems = (), reason: bytes = b"") -> None:
         """The status line and headers, exactly as given."""
         if self.sink is not None:
             self.response_time = self.clock.seconds() - self.sent_at
@@ -331,7 +334,7 @@ class FakeUpstream:
     def answer(
         self,
         status: int = 200,
-        headers: Headers = (),
+        headers: HeaderItems = (),
         body: Union[bytes, Sequence[bytes]] = b"",
         *,
         reason: bytes = b"",
@@ -359,7 +362,7 @@ class FakeUpstream:
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> FakeExchange:
         """As :meth:`ProxyClientFactory.request`: record the request, play the next scripted reply."""
@@ -403,7 +406,7 @@ class FakePool:
         self.backends = [Backend(BackendSpec(f"http://127.0.0.1:{p}", "127.0.0.1", p)) for p in ports]
         self.upstreams = [FakeUpstream(self.clock, backend) for backend in self.backends]
         self.clients: Dict[Backend, FakeUpstream] = dict(zip(self.backends, self.upstreams))
-        self.balancer: Any = RoundRobin(self.backends)
+        self.balancer: IBalancer = RoundRobin(self.backends)
 
     def dispatcher(self, **settings: Any) -> Dispatcher:
         """A Dispatcher over the fakes; ``settings`` are its keyword arguments (``retries``, ``counters``)."""
@@ -431,6 +434,7 @@ class RecordedRequest:
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
+        assert request.content is not None  # twisted.web sets it before rendering
         self.body: bytes = request.content.read()
         #: Which connection carried it (equal for requests on one connection).
         self.connection = id(request.channel)
@@ -450,6 +454,7 @@ class _Routes(Resource):
     def render(self, request: Request) -> Any:
         backend = self.backend
         backend.requests.append(RecordedRequest(request))
+        assert request.content is not None  # twisted.web sets it before rendering
         request.content.seek(0)
         request.setHeader(b"x-backend", backend.name.encode())
         handler = backend.routes.get(request.path, backend.default)
@@ -502,7 +507,7 @@ class TestBackend:
         return json.dumps({"backend": self.name, "uri": request.uri.decode()}).encode()
 
     def answer(
-        self, path: bytes, status: int = 200, body: bytes = b"", headers: Headers = (), delay: float = 0.0
+        self, path: bytes, status: int = 200, body: bytes = b"", headers: HeaderItems = (), delay: float = 0.0
     ) -> None:
         """Answer the requests for ``path`` with ``status``, ``headers`` and ``body``, ``delay`` seconds
         after each arrives (on the backend's reactor)."""
@@ -544,7 +549,7 @@ class TestBackend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port_number}"
 
-    def stop(self) -> Deferred:
+    def stop(self) -> Deferred[None]:
         """Stop listening and drop every open connection (a crashed backend)."""
         port, self.port = self.port, None
         stopped = maybeDeferred(port.stopListening) if port is not None else succeed(None)

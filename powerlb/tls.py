@@ -12,11 +12,15 @@ when a TLS backend or CA file is used, so http-only setups do not need them.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 
 from powerlb.backend import Backend
+
+if TYPE_CHECKING:  # twisted.internet.ssl needs pyOpenSSL (the tls extra)
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----"
@@ -83,10 +87,10 @@ class BackendTLS:
 
     def __init__(self, ca_file: Optional[str] = None) -> None:
         self.ca_file = ca_file
-        self._trust_root: Any = None
-        self._creators: Dict[str, Any] = {}
+        self._trust_root: Optional[IOpenSSLTrustRoot] = None
+        self._creators: Dict[str, IOpenSSLClientConnectionCreator] = {}
 
-    def creator_for(self, backend: Backend) -> Any:
+    def creator_for(self, backend: Backend) -> Optional[IOpenSSLClientConnectionCreator]:
         """The ``IOpenSSLClientConnectionCreator`` for ``backend``, or None for an http:// backend."""
         if backend.scheme != "https":
             return None
@@ -99,7 +103,7 @@ class BackendTLS:
             )
         return creator
 
-    def _trust(self) -> Any:
+    def _trust(self) -> IOpenSSLTrustRoot:
         if self._trust_root is None:
             from twisted.internet import ssl
 
@@ -117,7 +121,7 @@ def tls_failure(reason: Failure) -> Optional[str]:
     if reason.check("OpenSSL.SSL.Error"):
         details = [
             str(entry[-1])
-            for entry in (reason.value.args[0] if reason.value.args else [])
+            for entry in (reason.value.args[0] if reason.value is not None and reason.value.args else [])
             if isinstance(entry, tuple) and entry
         ]
         return "TLS handshake with backend failed" + (f": {'; '.join(details)}" if details else "")

@@ -301,10 +301,13 @@ class Exchange:
 class UpstreamConnection(Protocol):
     """One HTTP/1.1 connection to a backend, carrying one exchange at a time.
 
-    One timer per exchange enforces both time limits: ``response_timeout``
-    from the request to the response head, then ``idle_timeout`` of silence
-    between pieces of the body. Reads only record the time; the timer, when
-    it fires, re-arms itself for whatever time is left.
+    One timer per connection enforces both time limits of its exchanges:
+    ``response_timeout`` from the request to the response head, then
+    ``idle_timeout`` of silence between pieces of the body. Reads only record
+    the time; the timer, when it fires, re-arms itself for whatever time is
+    left, and lapses once no exchange is in progress. An exchange that finds
+    it still armed (from the one before: it can only fire early) leaves it
+    be, so a keep-alive connection schedules no timer per request.
     """
 
     def __init__(self, factory: ProxyClientFactory) -> None:
@@ -315,6 +318,7 @@ class UpstreamConnection(Protocol):
         self.response_started = False
         self.last_data = 0.0  # when the backend last sent something, or the read last resumed
         self.sent_at = 0.0  # when the exchange's request head was written
+        self.idle_since = 0.0  # when it last went back to the pool
         self._seconds = factory.reactor.seconds
         self._response_deadline = 0.0
         self._timer: Any = None
@@ -337,7 +341,8 @@ class UpstreamConnection(Protocol):
         factory = self.factory
         self.sent_at = self._seconds()
         self._response_deadline = self.sent_at + factory.response_timeout
-        self._timer = factory.reactor.callLater(factory._first_check, self._check_timeout)
+        if self._timer is None:
+            self._timer = factory.reactor.callLater(factory._first_check, self._check_timeout)
         stream = exchange.stream
         if stream is not None:
             self.transport.registerProducer(stream, True)
@@ -401,8 +406,7 @@ class UpstreamConnection(Protocol):
         if exchange.stream is not None and not exchange.stream.complete:
             keep_alive = False  # answered before the whole body was sent: the stream is out of step
         self._release_stream()
-        self.exchange = None
-        self._cancel_timer()
+        self.exchange = None  # the timer lapses when it next fires
         exchange.connection = None
         sink = exchange.sink
         exchange.sink = None
@@ -455,6 +459,8 @@ class UpstreamConnection(Protocol):
     def _check_timeout(self) -> None:
         """Fail the exchange if its time is up, or wait for the time left."""
         self._timer = None
+        if self.exchange is None:
+            return  # no exchange in progress: the timer lapses
         factory = self.factory
         stream = self.exchange.stream
         if stream is not None and not stream.complete:
@@ -500,7 +506,9 @@ class ProxyClientFactory(ClientFactory):
 
     One instance lives as long as its backend; :meth:`request` sends a
     request on an idle keep-alive connection or on a new one (a connection
-    that frees up first serves the oldest waiting request). With
+    that frees up first serves the oldest waiting request). One timer sweeps
+    the idle connections (oldest first, as they are in the pool) instead of
+    one per connection going idle. With
     ``max_connections`` above 0, open and connecting connections never
     exceed it; a request with no slot waits, oldest first, up to
     ``queue_timeout`` seconds (then 503), and is refused at once (503) when
@@ -535,10 +543,13 @@ class ProxyClientFactory(ClientFactory):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.queue_timeout = queue_timeout
+        #: The TLS connection creator (None: plain HTTP), for other clients of the backend (powerlb.tunnel).
+        self.tls = tls
         self._first_check = min(response_timeout, idle_timeout)
         self._queue_timer: Any = None
+        #: Idle connections, oldest first (reused from the end).
         self._idle: List[UpstreamConnection] = []
-        self._idle_timers: dict = {}
+        self._idle_timer: Any = None
         self._waiting: Deque[Exchange] = deque()
         self._connecting = 0
         self._connections: Set[UpstreamConnection] = set()
@@ -603,7 +614,6 @@ class ProxyClientFactory(ClientFactory):
     def _dispatch(self, exchange: Exchange) -> None:
         if self._idle:
             connection = self._idle.pop()
-            self._idle_timers.pop(connection).cancel()
             connection.send(exchange, reused=True)
             return
         waiting = self._waiting
@@ -672,15 +682,26 @@ class ProxyClientFactory(ClientFactory):
         self._dispatch(exchange)
 
     def _close_all_idle(self) -> None:
-        for connection in self._idle[:]:
-            self._close_idle(connection)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.transport.loseConnection()
 
-    def _close_idle(self, connection: UpstreamConnection) -> None:
-        timer = self._idle_timers.pop(connection)
-        if timer.active():
-            timer.cancel()
-        self._idle.remove(connection)
-        connection.transport.loseConnection()
+    def _sweep_idle(self) -> None:
+        """Close the connections idle for ``keepalive_timeout``; wait for the next one's time."""
+        self._idle_timer = None
+        idle = self._idle
+        expiry = self.reactor.seconds() - self.keepalive_timeout
+        expired = 0
+        while expired < len(idle) and idle[expired].idle_since <= expiry:
+            expired += 1
+        self._idle = idle[expired:]
+        for connection in idle[:expired]:
+            connection.transport.loseConnection()
+        if self._idle:
+            self._idle_timer = self.reactor.callLater(self._idle[0].idle_since - expiry, self._sweep_idle)
 
     def _forget_waiting(self, exchange: Exchange) -> None:
         if exchange in self._waiting:
@@ -706,17 +727,17 @@ class ProxyClientFactory(ClientFactory):
         if len(self._idle) >= self.max_idle:
             connection.transport.loseConnection()
             return
+        connection.idle_since = self.reactor.seconds()
         self._idle.append(connection)
-        self._idle_timers[connection] = self.reactor.callLater(
-            self.keepalive_timeout, self._close_idle, connection
-        )
+        if self._idle_timer is None:
+            self._idle_timer = self.reactor.callLater(self.keepalive_timeout, self._sweep_idle)
 
     def _connection_lost(self, connection: UpstreamConnection) -> None:
         self._connections.discard(connection)
-        timer = self._idle_timers.pop(connection, None)
-        if timer is not None:
-            timer.cancel()
+        if connection in self._idle:
             self._idle.remove(connection)
+            if not self._idle:
+                self._close_all_idle()  # nothing left to sweep: the timer goes too
         self._connect_waiting()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:

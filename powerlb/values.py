@@ -11,10 +11,11 @@ the ``ValueError`` into a :class:`~powerlb.config.ConfigError` naming the settin
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
@@ -40,7 +41,9 @@ _DURATION_UNITS: Dict[str, Fraction] = {
 }
 
 
-def _parse_quantity(text: str, units: Mapping[str, Any], what: str, example: str) -> Fraction:
+def _parse_quantity(
+    text: str, units: Mapping[str, Union[int, Fraction]], what: str, example: str
+) -> Fraction:
     """A non-negative number with an optional case-insensitive unit, as an exact Fraction."""
     found = _NUMBER.fullmatch(text)
     if found is None:
@@ -424,3 +427,66 @@ def parse_dns_resolver(text: str) -> Tuple[str, int]:
             f"{text!r} is not an IP address; give the DNS server as IP[:PORT], e.g. {example}"
         ) from None
     return address, _parse_port(port, text, example) if port else 53
+
+
+class RedisAddress(NamedTuple):
+    """Where Redis is (``redis: redis://[user@]host[:port][/db]``, TLS with ``rediss://``)."""
+
+    host: str
+    port: int
+    db: int
+    tls: bool
+
+
+def redis_address(text: str) -> RedisAddress:
+    """The address a ``redis://`` or ``rediss://`` URL names. A password in the URL is refused:
+    it would show on the command line and in the effective config."""
+    example = "redis://127.0.0.1:6379/0"
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{text!r} is not a redis:// or rediss:// URL; write e.g. {example}")
+    if parts.password is not None:
+        raise ValueError("a password does not go in the URL; use redis-password-env or redis-password-file")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port; write e.g. {example}") from None
+    if not parts.hostname:
+        raise ValueError(f"{text!r} names no host; write e.g. {example}")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit() or parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: the path is the database number; write e.g. {example}")
+    return RedisAddress(parts.hostname, port, int(db), parts.scheme == "rediss")
+
+
+def parse_redis(text: str) -> str:
+    """A ``redis://`` or ``rediss://`` URL (see :func:`redis_address`)."""
+    redis_address(text)
+    return text.strip()
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_env_name(text: str) -> str:
+    """An environment variable name such as ``REDIS_PASSWORD``."""
+    if not _ENV_NAME.match(text):
+        raise ValueError(f"{text!r} is not an environment variable name; write e.g. REDIS_PASSWORD")
+    return text
+
+
+def read_password(env: Optional[str], path: Optional[str]) -> Optional[str]:
+    """The Redis password: the environment variable ``env`` when it is set, else the first line
+    of the file ``path``, else None when neither is named; ValueError when none of those named
+    gives one."""
+    if env is not None and env in os.environ:
+        return os.environ[env]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if env is not None:
+        raise ValueError(f"the environment variable {env} is not set (and no redis-password-file)")
+    return None

@@ -44,13 +44,15 @@ import pickle
 import signal
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IProcessTransport, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from powerlb.control import (
     Applied,
@@ -75,6 +77,9 @@ from powerlb.reload import ConfigSource, reloaded
 from powerlb.settings import Config
 from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
+
+if TYPE_CHECKING:  # only a worker runs one (imported there)
+    from powerlb.service import PowerLBService
 
 log = Logger()
 
@@ -108,7 +113,7 @@ def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
     for snapshot in snapshots:
         for backend in snapshot.get("backends", []):
             by_url.setdefault(backend["url"], []).append(backend)
-    merged = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
+    merged: Dict[str, Any] = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
     merged["backends"] = [_merge(same) for same in by_url.values()]
     cache = merged.get("cache")
     if isinstance(cache, dict):
@@ -147,25 +152,32 @@ class _WorkerProcess(protocol.ProcessProtocol):
     """The supervisor's side of one worker: its messages (stats, acknowledgments, forwarded
     purges), the changes sent to it that it has not acknowledged yet, and its end."""
 
+    transport: IProcessTransport  # set when the supervisor spawns it, before any use
+
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self.buffer = b""
         self.snapshot: Optional[Dict[str, Any]] = None
-        self.ended: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
         self.reload_pending = False
-        self.pending: Dict[int, defer.Deferred] = {}
+        self.pending: Dict[int, defer.Deferred[Applied]] = {}
 
     @property
     def pid(self) -> Optional[int]:
         """The worker's process id (None once it has exited)."""
-        return self.transport.pid
+        pid: Optional[int] = self.transport.pid
+        return pid
 
-    def change(self, change_id: int, change: Change) -> defer.Deferred:
+    def change(self, change_id: int, change: Change) -> defer.Deferred[WorkerOutcome]:
         """Send the worker ``change``; fires with its :class:`WorkerOutcome`, an error one if it
         refuses, exits or does not answer within :data:`CHANGE_TIMEOUT`."""
         pid = self.pid
-        acked: defer.Deferred = defer.Deferred(lambda d: self.pending.pop(change_id, None))
+
+        def forget(_: defer.Deferred[Applied]) -> None:
+            self.pending.pop(change_id, None)
+
+        acked: defer.Deferred[Applied] = defer.Deferred(forget)
         self.pending[change_id] = acked
         self.transport.write(encode(Apply(change_id, change)))
         acked.addTimeout(CHANGE_TIMEOUT, self.supervisor.reactor)
@@ -219,7 +231,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         elif isinstance(message, Forward):
             self.supervisor.relay(message.change, origin=self)
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         pending, self.pending = self.pending, {}
         for acked in pending.values():
             acked.errback(ChangeFailed(502, "the worker exited"))
@@ -296,7 +308,7 @@ class WorkerSupervisor(MultiService):
         worker = _WorkerProcess(self, index)
         self.workers[index] = worker
         family = socket.AF_INET6 if ":" in self.port.getHost().host else socket.AF_INET
-        overrides = {"workers": 1, "admin": None}
+        overrides: Dict[str, Any] = {"workers": 1, "admin": None}
         child_config = dataclasses.replace(self.config, **overrides)
         source = self.config_source
         if source is not None:
@@ -313,7 +325,7 @@ class WorkerSupervisor(MultiService):
         process.write(payload)
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
 
-    def worker_ended(self, worker: _WorkerProcess, reason: Any) -> None:
+    def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """A worker exited: start it again unless powerlb is stopping."""
         if self._stopping or self.workers[worker.index] is not worker:
             return
@@ -330,7 +342,7 @@ class WorkerSupervisor(MultiService):
         """Whether the workers have a cache to purge."""
         return self.config.cache_size > 0
 
-    def apply(self, change: Change) -> defer.Deferred:
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
         """Relay ``change`` to every running worker; fires with their results summed and their
         pids (``workers``) once each has applied it, or fails with ChangeFailed naming those that
         did not (see :func:`powerlb.control.relay_verdict`). A worker not running now (being
@@ -346,7 +358,7 @@ class WorkerSupervisor(MultiService):
 
         return self._fan_out(change, None).addCallback(verdict)
 
-    def relay(self, change: Change, origin: _WorkerProcess) -> defer.Deferred:
+    def relay(self, change: Change, origin: _WorkerProcess) -> defer.Deferred[None]:
         """Relay a change a worker made on its own (a ``PURGE`` it served) to the other workers;
         those that did not apply it are logged."""
 
@@ -358,7 +370,9 @@ class WorkerSupervisor(MultiService):
 
         return self._fan_out(change, origin).addCallback(logged)
 
-    def _fan_out(self, change: Change, origin: Optional[_WorkerProcess]) -> defer.Deferred:
+    def _fan_out(
+        self, change: Change, origin: Optional[_WorkerProcess]
+    ) -> defer.Deferred[List[WorkerOutcome]]:
         """Send ``change`` to every running worker but ``origin``; fires with their outcomes."""
         change_id = next(self._change_ids)
         live = [w for w in self.workers if w is not None and w is not origin and w.pid is not None]
@@ -394,9 +408,9 @@ class WorkerSupervisor(MultiService):
         reported yet have no handler, and open the file afresh anyway)."""
         for worker in self.workers:
             if worker is not None and worker.snapshot is not None and worker.transport.pid is not None:
-                worker.transport.signalProcess("USR1")
+                worker.transport.signalProcess(signal.SIGUSR1)  # a number: "USR1" is no name Twisted knows
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[None]:
         """Stop accepting at once, let every worker drain and exit (killed if it overstays)."""
         self._stopping = True
         # The workers hold copies of the socket: it stops accepting once they have closed theirs too.
@@ -421,6 +435,8 @@ class _SupervisorPipe(protocol.Protocol):
     """A worker's side of the pipes to the supervisor: it applies the changes the supervisor
     sends (to ``control``) and acknowledges each with ``stats()`` just after; when the pipes
     close, the supervisor is gone."""
+
+    transport: ITransport  # the worker's stdio, connected before any message
 
     def __init__(self, control: LocalControl, stats: Callable[[], Dict[str, Any]]) -> None:
         self.control = control
@@ -449,7 +465,7 @@ class _SupervisorPipe(protocol.Protocol):
                 error = err.message
             self.send(Applied(message.id, result, error, self.stats()))
 
-    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         from twisted.internet import reactor
 
         if reactor.running:
@@ -459,7 +475,7 @@ class _SupervisorPipe(protocol.Protocol):
 class _Reporting(Service):
     """Writes the worker's stats snapshot to the supervisor every second."""
 
-    def __init__(self, service: Any, pipe: _SupervisorPipe, reactor: Any) -> None:
+    def __init__(self, service: PowerLBService, pipe: _SupervisorPipe, reactor: IReactorTime) -> None:
         self.loop = LoopingCall(lambda: pipe.send(Report(service.stats())))
         self.loop.clock = reactor
 
@@ -493,7 +509,7 @@ def _purge_everywhere(cache: Any, pipe: _SupervisorPipe) -> None:
     """Make the ``PURGE`` requests this worker serves purge every worker: ``cache.purge`` (which
     the cache layer calls for them) purges here and forwards the purge to the supervisor. Purges
     the supervisor relays use the original method (the pipe's control), so they go no further."""
-    purge_here = cache.purge
+    purge_here: Callable[[bytes, bool], int] = cache.purge
 
     def purge(key: bytes, prefix: bool = False) -> int:
         removed = purge_here(key, prefix)
@@ -531,7 +547,7 @@ def worker_main() -> None:
     if service.access_log is not None:
         OnSignal(signal.SIGUSR1, service.reopen_logs, reactor).setServiceParent(service)
     pipe = _SupervisorPipe(control, service.stats)
-    StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)
+    StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]  # mypy reads Windows' StandardIO; POSIX's takes stdout
     if cache is not None:
         _purge_everywhere(cache, pipe)
     _Reporting(service, pipe, reactor).setServiceParent(service)

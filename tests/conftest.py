@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import powerlb
 from powerlb.testing import TestBackend
 from tests.support import start_demo_backends
+from tests.support.inproc import Running
+from tests.support.redis import redis_server  # noqa: F401 - the fixture, for tests to ask for
 
 
 @pytest.fixture
@@ -33,17 +34,6 @@ def make_backends() -> Any:
     yield make
     for backend in started:
         pytest_twisted.blockon(backend.stop())
-
-
-class Running:
-    """A started powerlb instance and its address."""
-
-    def __init__(self, service: Any, port: int, admin_port: Optional[int]) -> None:
-        self.service = service
-        self.port = port
-        self.admin_port = admin_port
-        self.url = f"http://127.0.0.1:{port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}" if admin_port else None
 
 
 @pytest.fixture
@@ -98,18 +88,3 @@ def demo_backends(tmp_path: Path) -> Any:
     yield start
     for process in processes:
         process.stop()
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    """A Deferred that fires after ``seconds`` on the real reactor."""
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait on the real reactor until ``condition()`` holds; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await sleep(0.01)

@@ -1,0 +1,1 @@
+"""powerlb tests, sorted by kind: unit/, inproc/, process/; shared helpers in support/."""

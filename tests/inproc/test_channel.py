@@ -1,0 +1,113 @@
+"""The client channel's short way for plain requests: parsed once, one head block, no timer each.
+
+And the design card: :class:`~powerlb.proxy.ProxyResource` still serves
+when mounted in an ordinary twisted.web ``Site`` of someone else's
+application (twisted.web's own request and channel, none of powerlb's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from tests.support.inproc import headers_of, raw
+from tests.support.interim import RELAYED, hinting, request
+
+
+class _CountingCallLater:
+    """Wraps a channel's ``callLater`` to count the timers it makes."""
+
+    def __init__(self, call_later: Any) -> None:
+        self.call_later = call_later
+        self.made = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.made += 1
+        return self.call_later(*args, **kwargs)
+
+
+class _OneByOne(protocol.Protocol):
+    """Sends ``request`` ``count`` times on one connection, each once the response before is complete."""
+
+    def __init__(self, request: bytes, count: int) -> None:
+        self.request = request
+        self.left = count
+        self.buffer = b""
+        self.responses: List[bytes] = []
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        head, _, body = self.buffer.partition(b"\r\n\r\n")
+        if not _ or len(body) < int(headers_of(head + b"\r\n\r\n")[1][b"content-length"]):
+            return
+        self.responses.append(self.buffer)
+        self.buffer = b""
+        self.left -= 1
+        if self.left:
+            self.transport.write(self.request)
+        else:
+            self.transport.loseConnection()
+            self.done.callback(self.responses)
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_keep_alive_requests_are_parsed_once_and_make_no_timer_each(make_backends, start_powerlb):
+    (a,) = make_backends(1)
+    lb = start_powerlb([a])
+    site = lb.service.proxy_listener.factory
+    counters: list = []
+    build = site.buildProtocol
+
+    def counting_build(addr: Any) -> Any:
+        channel = build(addr)
+        channel.callLater = counter = _CountingCallLater(channel.callLater)
+        counters.append(counter)
+        return channel
+
+    site.buildProtocol = counting_build
+    plain = b"GET /p HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    # One connection, ten plain requests one after the other (each read holds exactly one).
+    client = _OneByOne(plain, 10)
+    await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", lb.port)
+    responses = await client.done
+    assert [headers_of(r)[0] for r in responses] == [200] * 10
+    assert all(b"\r\nX-Cache: MISS\r\n" in r for r in responses)  # powerlb's own head block
+    assert a.served() == 10
+    # The connection made its idle timer once, and none per request.
+    assert [counter.made for counter in counters] == [1]
+    assert [r.header(b"accept") for r in a.requests if r.uri == b"/p"] == [[b"*/*"]] * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_resource_serves_inside_an_ordinary_site(make_backends, start_powerlb, http):
+    (a,) = make_backends(1)
+    a.routes[b"/app/hints"] = hinting(b"no-store")
+    lb = start_powerlb([a])
+    root = Resource()
+    root.putChild(b"app", lb.service.proxy_listener.factory.resource)
+    site = Site(root)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        response = await http.get(url + "/app/x?y=1")
+        assert response.code == 200
+        assert (await response.json())["uri"] == "/app/x?y=1"
+        assert response.headers.getRawHeaders("x-cache") == ["MISS"]
+        posted = await http.post(url + "/app/up", data=b"u" * 5000)
+        assert posted.code == 200
+        await posted.content()
+        assert a.requests[-1].body == b"u" * 5000
+        # Interim responses pass through twisted.web's own channel too.
+        answer = await raw(port.getHost().port, request(b"GET", b"/app/hints"))
+        assert answer.startswith(RELAYED + b"HTTP/1.1 200 OK\r\n"), answer
+    finally:
+        await defer.maybeDeferred(port.stopListening)

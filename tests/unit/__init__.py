@@ -1,0 +1,1 @@
+"""Pure code: no reactor, no clock, no sockets."""
