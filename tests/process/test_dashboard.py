@@ -343,6 +343,27 @@ def test_dashboard_in_chromium_charts_each_pool_and_saves_a_screenshot(tmp_path,
     # no routes yet: the placeholder says so
     assert browser.find_element(By.ID, "no-routes").text == "no routes"
     assert browser.find_elements(By.CSS_SELECTOR, "#routes tr") == []
+    # stats with routes, as the page's poll passes them on (the next poll puts today's back)
+    shown = browser.execute_script(
+        """
+        var routes = [
+          {"path-prefix": "/api/", pool: "api", requests: 3}, {host: "<b>x</b>", pool: "default"}
+        ];
+        document.dispatchEvent(new CustomEvent("powerlb-stats", {detail: {routes: routes}}));
+        var rows = Array.from(document.querySelectorAll("#routes tr"), function (row) {
+          return Array.from(row.cells, function (cell) { return cell.textContent; });
+        });
+        var head = Array.from(document.querySelectorAll("#routes-head th"), function (th) {
+          return th.textContent;
+        });
+        return [head, rows, document.getElementById("no-routes").hidden];
+        """
+    )
+    assert shown == [
+        ["path-prefix", "pool", "requests", "host"],
+        [["/api/", "api", "3", "\N{EN DASH}"], ["\N{EN DASH}", "default", "\N{EN DASH}", "<b>x</b>"]],
+        True,
+    ]
     assert _severe(browser) == []
 
     screenshot = tmp_path / "dashboard.png"
