@@ -233,7 +233,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "hash-key",
         "hash_key",
         parse_hash_key,
-        "what consistent-hash hashes: client, uri, host-uri, header:NAME or cookie:NAME (missing: client address)",
+        "what consistent-hash hashes: client, uri, host-uri, header:NAME or cookie:NAME "
+        "(missing: client address)",
         scope="pool",
     ),
     Setting(

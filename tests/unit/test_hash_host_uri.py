@@ -56,7 +56,9 @@ hosts = st.from_regex(rb"\A[a-z0-9.-]{1,20}\Z")
 targets = st.from_regex(rb"\A/[!-~]{0,30}\Z")
 
 
-@given(host=hosts, target=targets, clients=st.lists(st.binary(min_size=1, max_size=8), min_size=2, max_size=5))
+@given(
+    host=hosts, target=targets, clients=st.lists(st.binary(min_size=1, max_size=8), min_size=2, max_size=5)
+)
 def test_same_host_and_uri_always_go_to_one_backend(host: bytes, target: bytes, clients: List[bytes]) -> None:
     balancer = ConsistentHash(BACKENDS, key_of=host_uri_key)
     picked = {balancer.pick(req(host, target, client)) for client in clients}
