@@ -2,9 +2,9 @@
 ``twisted.names`` server on 127.0.0.1 (UDP, ephemeral port), whose records the tests change.
 
 The backends are real (:class:`powerlb.testing.TestBackend`); a second address on the same
-port is the IPv6 loopback (``::1``, an AAAA record): test traffic stays on 127.0.0.1 and ::1. Lookups run on the real reactor with a short
-``dns-min-ttl``; waits are bounded by :func:`tests.support.inproc.wait_for`.
-"""
+port is the IPv6 loopback (``::1``, an AAAA record): test traffic stays on 127.0.0.1 and ::1.
+Lookups run on the real reactor with a short ``dns-min-ttl``; waits are bounded by
+:func:`tests.support.inproc.wait_for`."""
 
 from __future__ import annotations
 
