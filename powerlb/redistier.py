@@ -14,7 +14,15 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
   :class:`~powerlb.control.Change` JSON of the ``--workers`` pipes) on
   ``<prefix>changes`` and applies every other instance's through the same
   :class:`~powerlb.control.Control` as the runtime API; :class:`ClusterControl`
-  is the API's control that does both.
+  is the API's control that does both. An unsafe request's invalidation
+  (RFC 9111 section 4.4) deletes the shared copies and is published as a purge
+  of each key (:meth:`RedisStore.invalidated`), so every instance drops its own.
+* With ``--workers`` the main process (:class:`~powerlb.workers.WorkerSupervisor`)
+  is the instance on the bus: it publishes the changes made through its API and
+  the purges and invalidations its workers forward, and relays every other
+  instance's change to all its workers, without publishing it again. Each worker
+  keeps its own connection for the cache tier but neither subscribes nor
+  publishes (:meth:`ClusterBus.behind_supervisor`).
 * Redis slow or down fails open: a lookup that takes longer than
   ``redis-timeout`` is a miss, a store is dropped, purges still apply here,
   connections come back with exponential backoff and the subscription is
@@ -28,7 +36,7 @@ import json
 import math
 import struct
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
@@ -198,6 +206,10 @@ class IRemoteStore(Interface):
     def purge(key: bytes, prefix: bool) -> defer.Deferred:
         """Remove every variant of ``key`` (or of every key starting with it); fires when done."""
 
+    def invalidated(keys: Sequence[bytes]) -> defer.Deferred:
+        """Drop the shared copies of ``keys`` (an unsafe request invalidated them here) and tell
+        the other instances; fires when done."""
+
     def stats() -> Dict[str, Any]:
         """Figures: enabled, up, hits, misses, timeouts, errors, reconnects, stores, dropped, purges."""
 
@@ -319,6 +331,9 @@ class RedisStore(Service):
         #: Commands timed out in a row.
         self.late = 0
         self.link: Optional[_Link] = None
+        #: Where the keys an unsafe request invalidated are announced as purges (the bus's
+        #: :meth:`ClusterBus.publish`, set by the bus); None: nowhere.
+        self.announce: Optional[Callable[[Change], Any]] = None
 
     # -- the connection ------------------------------------------------
 
@@ -449,6 +464,23 @@ class RedisStore(Service):
         except Exception:  # fail open: the purge still applies to every local tier
             self.trouble(Failure(), "purge")
 
+    def invalidated(self, keys: Sequence[bytes]) -> defer.Deferred[None]:
+        """The cache layer's hook for ``keys`` an unsafe request invalidated here: delete their
+        shared copies, then announce each as a purge (:attr:`announce`), so the other instances
+        drop theirs. Fails open: on trouble the announcement still goes out."""
+        if not keys:
+            return defer.succeed(None)
+        d = self.command("DEL", *[self.prefix + b"c:" + key for key in keys])
+
+        def announced(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.trouble(result, "invalidation")
+            if self.announce is not None:
+                for key in keys:
+                    self.announce(Change("purge", key=key))
+
+        return d.addBoth(announced)
+
     def stats(self) -> Dict[str, Any]:
         return {"enabled": True, "up": self.up, **self.figures}
 
@@ -513,7 +545,8 @@ def read_bus_message(data: bytes) -> Tuple[str, Change]:
 class ClusterBus(Service):
     """Applies the changes other instances publish on ``<prefix>changes`` through ``control`` (as
     the runtime API does), and publishes this instance's (:meth:`publish`); subscribes again,
-    with backoff, whenever the connection comes back."""
+    with backoff, whenever the connection comes back. It announces the ``store``'s
+    invalidations (:meth:`RedisStore.invalidated`)."""
 
     def __init__(self, store: RedisStore, control: Control) -> None:
         self.store = store
@@ -523,9 +556,21 @@ class ClusterBus(Service):
         self.link: Optional[_Link] = None
         self.received = 0
         self.subscribed = False
+        #: Set in a ``--workers`` worker: where its changes go instead (to the supervisor).
+        self.forward: Optional[Callable[[Change], None]] = None
+        store.announce = self.publish
+
+    def behind_supervisor(self, forward: Callable[[Change], None]) -> None:
+        """Make this the bus of a ``--workers`` worker (before it starts): ``forward`` hands its
+        changes (purges, invalidations) to the supervisor, which relays them to the other workers
+        and publishes them; it does not subscribe, as the supervisor relays the other instances'
+        changes to every worker."""
+        self.forward = forward
 
     def startService(self) -> None:
         super().startService()
+        if self.forward is not None:
+            return
         import txredisapi
 
         bus = self
@@ -571,7 +616,11 @@ class ClusterBus(Service):
         return {**self.store.stats(), "subscribed": self.subscribed, "received": self.received}
 
     def publish(self, change: Change) -> defer.Deferred:
-        """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble)."""
+        """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble);
+        in a worker, to the supervisor (:meth:`behind_supervisor`)."""
+        if self.forward is not None:
+            self.forward(change)
+            return defer.succeed(None)
         return self.store.command("PUBLISH", self.channel, bus_message(self.instance, change)).addErrback(
             self.store.trouble, "publish"
         )
@@ -599,19 +648,25 @@ class ClusterControl:
         return first.addCallback(lambda _: self.local.apply(change)).addCallback(published)
 
 
-def cluster_for(
-    config: Config, target: BackendControl, cache_layer: Any, reactor: Any
-) -> Tuple[RedisStore, ClusterBus, ClusterControl]:
-    """The Redis tier, the bus and the API's control of one instance (``target``, its cache layer
-    or None) for ``config.redis``. ``PURGE`` requests the cache layer serves are made cluster-wide
-    too; the changes received from the bus apply through the original purge, so go no further."""
-    store = RedisStore(
+def store_for(config: Config, reactor: Any) -> RedisStore:
+    """The (not yet started) Redis connection ``config.redis`` and the other redis-* settings name."""
+    return RedisStore(
         redis_address(config.redis or ""),
         config.redis_key_prefix.encode(),
         config.redis_timeout,
         reactor,
         read_password(config.redis_password_env, config.redis_password_file),
     )
+
+
+def cluster_for(
+    config: Config, target: BackendControl, cache_layer: Any, reactor: Any
+) -> Tuple[RedisStore, ClusterBus, ClusterControl]:
+    """The Redis tier, the bus and the API's control of one instance (``target``, its cache layer
+    or None) for ``config.redis``. ``PURGE`` requests the cache layer serves are made cluster-wide
+    too; the changes received from the bus apply through the original purge (the bus's
+    ``control``), so go no further."""
+    store = store_for(config, reactor)
     purge_here = None if cache_layer is None else cache_layer.purge
     local = LocalControl(target, purge_here)
     bus = ClusterBus(store, local)

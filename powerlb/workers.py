@@ -78,7 +78,9 @@ from powerlb.settings import Config
 from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
 
-if TYPE_CHECKING:  # only a worker runs one (imported there)
+if TYPE_CHECKING:  # only a worker runs one (imported there); the bus only with redis
+    from powerlb.control import Control
+    from powerlb.redistier import ClusterBus
     from powerlb.service import PowerLBService
 
 log = Logger()
@@ -257,14 +259,31 @@ class WorkerSupervisor(MultiService):
         #: The backend changes made since the last reload, in order: every worker started gets them.
         self.changes: List[Change] = []
         self._change_ids = itertools.count(1)
+        #: With redis, this instance's voice on the cluster's change bus (see _join_cluster).
+        self.bus: Optional[ClusterBus] = None
+        changes: Control = self if config.redis is None else self._join_cluster(config, reactor)
         if config.admin is not None:
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import admin_root
             from powerlb.server import QuietSite
 
-            root = admin_root(self.stats, lambda: self.config, token=config.admin_token, changes=self)
+            root = admin_root(self.stats, lambda: self.config, token=config.admin_token, changes=changes)
             admin_site = QuietSite(root, reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
+
+    def _join_cluster(self, config: Config, reactor: Any) -> Control:
+        """Join the Redis change bus as this instance (see :mod:`powerlb.redistier`): the API's
+        changes are published once applied, the purges the workers forward once relayed, and the
+        other instances' changes are relayed to every worker (and kept for workers to come). The
+        workers' own buses only forward to here (:meth:`~powerlb.redistier.ClusterBus.behind_supervisor`).
+        """
+        from powerlb.redistier import ClusterBus, ClusterControl, store_for
+
+        store = store_for(config, reactor)
+        self.bus = ClusterBus(store, self)
+        store.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return ClusterControl(self, self.bus)
 
     @property
     def config_source(self) -> Optional[ConfigSource]:
@@ -355,8 +374,11 @@ class WorkerSupervisor(MultiService):
         return self._fan_out(change, None).addCallback(verdict)
 
     def relay(self, change: Change, origin: _WorkerProcess) -> defer.Deferred[None]:
-        """Relay a change a worker made on its own (a ``PURGE`` it served) to the other workers;
-        those that did not apply it are logged."""
+        """Relay a change a worker made on its own (a ``PURGE`` it served, with redis an
+        invalidation too) to the other workers, and publish it on the bus; those that did not
+        apply it are logged."""
+        if self.bus is not None:  # the worker has deleted the shared copies already
+            self.bus.publish(change)
 
         def logged(outcomes: List[WorkerOutcome]) -> None:
             try:
@@ -379,6 +401,8 @@ class WorkerSupervisor(MultiService):
         live = [w for w in self.workers if w is not None]
         merged = merge_snapshots([w.snapshot for w in live if w.snapshot is not None])
         merged["workers"] = [w.transport.pid for w in live if w.transport is not None]
+        if self.bus is not None:  # the workers' buses neither subscribe nor receive: this one does
+            merged.setdefault("redis", {}).update(subscribed=self.bus.subscribed, received=self.bus.received)
         return merged
 
     def reload(self, config: Config) -> None:
@@ -532,6 +556,8 @@ def worker_main() -> None:
     service = PowerLBService(config, reactor, listen_endpoint=endpoint)
     cache = service.proxy_listener.factory.resource.cache
     control = LocalControl(service, None if cache is None else cache.purge)
+    if service.bus is not None:  # with redis, cache.purge tells the cluster: this purges here only
+        control = service.bus.control
     for change in changes:  # made before this worker started
         try:
             apply_change(service, control.purge, change_from_json(change))
@@ -544,7 +570,9 @@ def worker_main() -> None:
         OnSignal(signal.SIGUSR1, service.reopen_logs, reactor).setServiceParent(service)
     pipe = _SupervisorPipe(control, service.stats)
     StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]  # mypy reads Windows' StandardIO; POSIX's takes stdout
-    if cache is not None:
+    if service.bus is not None:  # its purges and invalidations go to the supervisor (and on)
+        service.bus.behind_supervisor(lambda change: pipe.send(Forward(change)))
+    elif cache is not None:
         _purge_everywhere(cache, pipe)
     _Reporting(service, pipe, reactor).setServiceParent(service)
     service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy
