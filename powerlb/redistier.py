@@ -32,6 +32,7 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import struct
@@ -125,6 +126,7 @@ class _Reader:
         return values
 
     def count(self) -> int:
+        count: int
         (count,) = self.unpack(_LENGTH)
         # every item takes at least one byte (its length or marker): a larger count is a lie
         if count > len(self.data) - self.at:
@@ -197,16 +199,16 @@ class IRemoteStore(Interface):
     """A cache tier shared by instances, behind the in-process one. Never fails: trouble is a
     miss, a dropped store or nothing purged, counted in :meth:`stats`."""
 
-    def get(key: bytes) -> defer.Deferred:
+    def get(key: bytes) -> defer.Deferred[List[CachedResponse]]:
         """Fires with the stored variants of ``key`` (a list of CachedResponse, maybe empty)."""
 
-    def put(key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred:
+    def put(key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred[bool]:
         """Store ``entry`` (a variant of ``key``) for ``ttl`` milliseconds; fires with whether it was."""
 
-    def purge(key: bytes, prefix: bool) -> defer.Deferred:
+    def purge(key: bytes, prefix: bool) -> defer.Deferred[None]:
         """Remove every variant of ``key`` (or of every key starting with it); fires when done."""
 
-    def invalidated(keys: Sequence[bytes]) -> defer.Deferred:
+    def invalidated(keys: Sequence[bytes]) -> defer.Deferred[None]:
         """Drop the shared copies of ``keys`` (an unsafe request invalidated them here) and tell
         the other instances; fires when done."""
 
@@ -236,7 +238,7 @@ _GLOB_SPECIAL = frozenset(b"*?[]\\")
 
 #: Seconds between reconnection attempts: the first, and the most (doubling in between).
 RECONNECT_FIRST = 0.1
-RECONNECT_MAX = 10.0
+RECONNECT_MAX = 10
 
 
 def glob_escape(data: bytes) -> bytes:
@@ -363,7 +365,7 @@ class RedisStore(Service):
             )
         self.up = False
 
-    def command(self, name: str, *args: Any) -> defer.Deferred:
+    def command(self, name: str, *args: Any) -> defer.Deferred[Any]:
         """Run one command within the timeout; fails with RedisTimeout or the error (also when down)."""
         conn = None if self.link is None else self.link.connection
         if conn is None:
@@ -395,7 +397,7 @@ class RedisStore(Service):
 
     # -- IRemoteStore --------------------------------------------------
 
-    def get(self, key: bytes) -> defer.Deferred:
+    def get(self, key: bytes) -> defer.Deferred[List[CachedResponse]]:
         """The variants stored for ``key``; none (a miss) on any trouble."""
 
         def found(fields: Any) -> List[CachedResponse]:
@@ -419,7 +421,7 @@ class RedisStore(Service):
 
         return self.command("HGETALL", self.prefix + b"c:" + key).addCallbacks(found, failed)
 
-    def put(self, key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred:
+    def put(self, key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred[bool]:
         """Write ``entry`` through (the cache layer passes only what its own tier took, so within
         ``cache-max-object``); dropped (False) when already expired or Redis has trouble."""
         if ttl <= 0:
@@ -489,6 +491,14 @@ def _timed_out(result: Any, timeout: float) -> Any:
     raise RedisTimeout(f"no answer from redis within {timeout:g} s")
 
 
+def _txredisapi() -> Any:
+    """The txredisapi module (untyped, so Any); ImportError naming the extra when it is missing."""
+    try:
+        return importlib.import_module("txredisapi")
+    except ImportError:
+        raise ImportError("redis needs txredisapi: pip install 'powerlb[redis]'") from None
+
+
 def connect_link(
     address: RedisAddress,
     password: Optional[str],
@@ -499,11 +509,7 @@ def connect_link(
 ) -> _Link:
     """Start a reconnecting connection to ``address`` (txredisapi's ``RedisProtocol`` unless
     ``protocol_class``); ImportError naming the extra when txredisapi is missing."""
-    try:
-        import txredisapi
-    except ImportError:
-        raise ImportError("redis needs txredisapi: pip install 'powerlb[redis]'") from None
-    link = _Link(protocol_class or txredisapi.RedisProtocol, address.db, password, on_connect, on_lost)
+    link = _Link(protocol_class or _txredisapi().RedisProtocol, address.db, password, on_connect, on_lost)
     link.clock = reactor
     if address.tls:
         from twisted.internet import ssl
@@ -571,16 +577,14 @@ class ClusterBus(Service):
         super().startService()
         if self.forward is not None:
             return
-        import txredisapi
-
         bus = self
 
-        class Subscriber(txredisapi.SubscriberProtocol):
-            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                bus.message(message)
+        def received(protocol: Any, pattern: Any, channel: Any, message: Any) -> None:
+            bus.message(message)
 
+        subscriber = type("Subscriber", (_txredisapi().SubscriberProtocol,), {"messageReceived": received})
         self.link = connect_link(
-            self.store.address, self.store.password, self.store.clock, self._connected, self._lost, Subscriber
+            self.store.address, self.store.password, self.store.clock, self._connected, self._lost, subscriber
         )
 
     def stopService(self) -> None:
@@ -615,7 +619,7 @@ class ClusterBus(Service):
         """The tier's figures and the bus's: subscribed, changes received from other instances."""
         return {**self.store.stats(), "subscribed": self.subscribed, "received": self.received}
 
-    def publish(self, change: Change) -> defer.Deferred:
+    def publish(self, change: Change) -> defer.Deferred[Any]:
         """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble);
         in a worker, to the supervisor (:meth:`behind_supervisor`)."""
         if self.forward is not None:
@@ -636,7 +640,7 @@ class ClusterControl:
         self.bus = bus
         self.caching = local.caching
 
-    def apply(self, change: Change) -> defer.Deferred:
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
         first = defer.succeed(None)
         if change.op == "purge" and self.local.caching:
             first = self.bus.store.purge(change.key, change.prefix)
@@ -667,11 +671,11 @@ def cluster_for(
     too; the changes received from the bus apply through the original purge (the bus's
     ``control``), so go no further."""
     store = store_for(config, reactor)
-    purge_here = None if cache_layer is None else cache_layer.purge
-    local = LocalControl(target, purge_here)
+    local = LocalControl(target, None if cache_layer is None else cache_layer.purge)
     bus = ClusterBus(store, local)
     if cache_layer is not None:
         cache_layer.remote = store
+        purge_here: Callable[[bytes, bool], int] = cache_layer.purge
 
         def purge(key: bytes, prefix: bool = False) -> int:
             removed = purge_here(key, prefix)
