@@ -532,7 +532,9 @@ class DnsDiscovery(Service):
         self._checking[target.id] = d
         d.addBoth(self._checked, target.id, d)
 
-    def _checked(self, result: Union[Optional[int], Failure], target_id: str, d: Deferred[Optional[int]]) -> None:
+    def _checked(
+        self, result: Union[Optional[int], Failure], target_id: str, d: Deferred[Optional[int]]
+    ) -> None:
         if self._checking.get(target_id) is not d:  # forgotten meanwhile
             return
         if not isinstance(result, Failure) and passes(result):
@@ -585,7 +587,10 @@ class DnsDiscovery(Service):
 
 
 def discovery_for(
-    config: Config, reactor: Any, control: BackendControl, probe: Optional[Callable[[Backend], Deferred[Optional[int]]]]
+    config: Config,
+    reactor: Any,
+    control: BackendControl,
+    probe: Optional[Callable[[Backend], Deferred[Optional[int]]]],
 ) -> DnsDiscovery:
     """The discovery service of ``config``'s ``dns`` and ``srv`` names, over ``control``'s backends."""
     sources: List[Source] = [("dns", target) for target in config.dns]
