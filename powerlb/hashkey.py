@@ -27,7 +27,7 @@ from typing import Callable, Optional, Protocol
 from powerlb.headers import TOKEN, Headers, get_cookie
 
 #: The accepted forms, for error messages.
-HASH_KEY_FORMS = "host-uri, client, uri, header:NAME or cookie:NAME"
+HASH_KEY_FORMS = "client, uri, host-uri, header:NAME or cookie:NAME"
 
 
 class RoutedRequest(Protocol):

@@ -23,6 +23,10 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
   instance's change to all its workers, without publishing it again. Each worker
   keeps its own connection for the cache tier but neither subscribes nor
   publishes (:meth:`ClusterBus.behind_supervisor`).
+* With ``redis-sentinel``, every connection and reconnection first asks the
+  Sentinels where the master is (:func:`ask_sentinels`), so a failover is
+  followed: Sentinel closes the clients of a demoted master, and they come
+  back to the new one.
 * Redis slow or down fails open: a lookup that takes longer than
   ``redis-timeout`` is a miss, a store is dropped, purges still apply here,
   connections come back with exponential backoff and the subscription is
@@ -32,15 +36,17 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
 import struct
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -256,10 +262,68 @@ class RedisTimeout(Exception):
     """Redis did not answer within redis-timeout."""
 
 
+#: Where the master is now: a Deferred firing with ``(host, port)`` (see :func:`ask_sentinels`).
+Locate = Callable[[], "defer.Deferred[Tuple[str, int]]"]
+
+#: Seconds each Redis Sentinel gets to connect, and then to answer.
+SENTINEL_TIMEOUT = 1.0
+
+
+@defer.inlineCallbacks
+def ask_sentinels(
+    reactor: Any, sentinels: Sequence[Tuple[str, int]], master: str
+) -> Generator[Any, Any, Tuple[str, int]]:
+    """Where the Sentinels say ``master`` is, asking one after the other until one knows;
+    fails with LookupError (after logging each one's trouble) when none does."""
+    redis = _txredisapi()
+    for host, port in sentinels:
+        try:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=SENTINEL_TIMEOUT)
+            conn = yield connectProtocol(endpoint, redis.RedisProtocol(charset=None, convertNumbers=False))
+            try:
+                asked = conn.execute_command("SENTINEL", "get-master-addr-by-name", master)
+                answer = yield asked.addTimeout(SENTINEL_TIMEOUT, reactor)
+            finally:
+                conn.transport.loseConnection()
+        except Exception as exc:
+            log.warn("redis: sentinel {host}:{port}: {err}", host=host, port=port, err=exc)
+            continue
+        if isinstance(answer, list) and len(answer) == 2:
+            return answer[0].decode(), int(answer[1])
+        log.warn(
+            "redis: sentinel {host}:{port} knows no master {master}", host=host, port=port, master=master
+        )
+    raise LookupError(f"no Redis Sentinel knows where master {master!r} is")
+
+
+class _Relocating:
+    """A connector that asks where the master is (``link.locate``) before each connection
+    attempt; when nobody knows, the link tries again after its backoff."""
+
+    def __init__(self, connector: Any, link: _Link) -> None:
+        self.connector = connector
+        self.link = link
+
+    def connect(self) -> None:
+        assert self.link.locate is not None
+
+        def found(address: Tuple[str, int]) -> None:
+            if self.link.continueTrying:
+                self.connector.host, self.connector.port = address
+                self.connector.connect()
+
+        def unknown(failure: Failure) -> None:
+            log.warn("redis: {err}", err=failure.getErrorMessage())
+            if self.link.continueTrying:
+                self.link.retry(self.connector)
+
+        self.link.locate().addCallbacks(found, unknown)
+
+
 class _Link(protocol.ReconnectingClientFactory):
     """One reconnecting Redis connection (a txredisapi protocol) with exponential backoff;
     ``on_connect`` gets each connection once it is ready (authenticated, database selected),
-    ``on_lost`` hears when it goes."""
+    ``on_lost`` hears when it goes. With ``locate``, each attempt first asks where to connect."""
 
     initialDelay = RECONNECT_FIRST
     maxDelay = RECONNECT_MAX
@@ -273,7 +337,9 @@ class _Link(protocol.ReconnectingClientFactory):
         password: Optional[str],
         on_connect: Callable[[Any], None],
         on_lost: Callable[[], None],
+        locate: Optional[Locate] = None,
     ) -> None:
+        self.locate = locate
         self.protocol_class = protocol_class
         self.db = db
         self.password = password
@@ -301,6 +367,11 @@ class _Link(protocol.ReconnectingClientFactory):
     def connectionError(self, why: str) -> None:
         log.warn("redis: {why}", why=why)
 
+    def retry(self, connector: Any = None) -> None:
+        if self.locate is not None:  # ask again where the master is, when it is time to connect
+            connector = _Relocating(connector or self.connector, self)
+        super().retry(connector)
+
 
 @implementer(IRemoteStore)
 class RedisStore(Service):
@@ -319,8 +390,14 @@ class RedisStore(Service):
         timeout: float,
         clock: IReactorTime,
         password: Optional[str] = None,
+        sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+        master: str = "",
     ) -> None:
         self.address = address
+        #: Where the master is, with Sentinels (then ``address`` gives only the database).
+        self.locate: Optional[Locate] = None
+        if sentinels:
+            self.locate = functools.partial(ask_sentinels, clock, sentinels, master)
         self.prefix = prefix
         self.timeout = timeout
         self.clock = clock
@@ -341,7 +418,9 @@ class RedisStore(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.link = connect_link(self.address, self.password, self.clock, self._connected, self._lost)
+        self.link = connect_link(
+            self.address, self.password, self.clock, self._connected, self._lost, locate=self.locate
+        )
 
     def stopService(self) -> None:
         super().stopService()
@@ -506,12 +585,18 @@ def connect_link(
     on_connect: Callable[[Any], None],
     on_lost: Callable[[], None],
     protocol_class: Any = None,
+    locate: Optional[Locate] = None,
 ) -> _Link:
     """Start a reconnecting connection to ``address`` (txredisapi's ``RedisProtocol`` unless
-    ``protocol_class``); ImportError naming the extra when txredisapi is missing."""
-    link = _Link(protocol_class or _txredisapi().RedisProtocol, address.db, password, on_connect, on_lost)
+    ``protocol_class``), or to where ``locate`` says each time; ImportError naming the extra when
+    txredisapi is missing."""
+    link = _Link(
+        protocol_class or _txredisapi().RedisProtocol, address.db, password, on_connect, on_lost, locate
+    )
     link.clock = reactor
-    if address.tls:
+    if locate is not None:  # plain TCP (config.py refuses rediss:// with Sentinels)
+        _Relocating(tcp.Connector(address.host, address.port, link, 30, None, reactor), link).connect()
+    elif address.tls:
         from twisted.internet import ssl
 
         reactor.connectSSL(address.host, address.port, link, ssl.optionsForClientTLS(address.host))
@@ -584,7 +669,13 @@ class ClusterBus(Service):
 
         subscriber = type("Subscriber", (_txredisapi().SubscriberProtocol,), {"messageReceived": received})
         self.link = connect_link(
-            self.store.address, self.store.password, self.store.clock, self._connected, self._lost, subscriber
+            self.store.address,
+            self.store.password,
+            self.store.clock,
+            self._connected,
+            self._lost,
+            subscriber,
+            self.store.locate,
         )
 
     def stopService(self) -> None:
@@ -660,6 +751,8 @@ def store_for(config: Config, reactor: Any) -> RedisStore:
         config.redis_timeout,
         reactor,
         read_password(config.redis_password_env, config.redis_password_file),
+        config.redis_sentinel,
+        config.redis_sentinel_master or "",
     )
 
 
