@@ -27,6 +27,11 @@ whole lines to the same file). Merged: counters, in-flight figures, cache
 sizes and latency histogram buckets are summed; a backend shows as healthy
 only while every worker sees it healthy.
 
+With ``redis``, the main process is this instance on the cluster's change bus
+(:mod:`powerlb.redistier`): it publishes the changes made through its API and
+those its workers forward (purges, invalidations), and relays the other
+instances' changes to every worker without publishing them again.
+
 Stopping sends SIGTERM to every worker, which drains its connections (up to
 ``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
 is killed. SIGHUP to the main process (see
