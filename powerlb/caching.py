@@ -388,6 +388,8 @@ class CacheLayer:
         )
         for key in keys:
             self.counters.cache_invalidated += self.store.remove(key)
+        if keys and self.remote is not None:  # the shared tier and the other instances drop them too
+            self.remote.invalidated(keys)
 
     def purge(self, key: bytes, prefix: bool = False) -> int:
         """Remove every stored response of ``key`` (or of every key starting with it); how many."""

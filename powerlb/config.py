@@ -23,7 +23,7 @@ from powerlb.outlier import parse_statuses
 from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name, route_to_mapping
 from powerlb.routing import Route
 from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
-from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password
+from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password, redis_address
 
 __all__ = [
     "Config",
@@ -259,12 +259,30 @@ def _check_hashing(config: Config, where: str = "") -> None:
 def _check_redis(config: Config) -> None:
     """The redis-* settings go with ``redis``, and a password named must be there."""
     if config.redis is None:
-        for name in ("redis-key-prefix", "redis-timeout", "redis-password-env", "redis-password-file"):
+        for name in (
+            "redis-key-prefix",
+            "redis-timeout",
+            "redis-password-env",
+            "redis-password-file",
+            "redis-sentinel",
+            "redis-sentinel-master",
+        ):
             if getattr(config, BY_NAME[name].attr) != BY_NAME[name].default:
                 raise ConfigError(
                     name, "it applies only with redis; set redis: redis://HOST:PORT or leave it out"
                 )
         return
+    if (config.redis_sentinel is None) != (config.redis_sentinel_master is None):
+        given, missing = (
+            ("redis-sentinel", "redis-sentinel-master: NAME")
+            if config.redis_sentinel is not None
+            else ("redis-sentinel-master", "redis-sentinel: HOST:PORT[,HOST:PORT...]")
+        )
+        raise ConfigError(given, f"it needs {missing} too (the Sentinels, and the master's name there)")
+    if config.redis_sentinel is not None and redis_address(config.redis).tls:
+        raise ConfigError(
+            "redis-sentinel", "it works with redis:// (not rediss://); put TLS in front of Redis otherwise"
+        )
     try:
         read_password(config.redis_password_env, config.redis_password_file)
     except ValueError as exc:

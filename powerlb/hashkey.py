@@ -6,6 +6,9 @@ The ``hash-key`` setting is one of:
     the client address (the default);
 ``uri``
     the request target, path and query;
+``host-uri``
+    the request's host (lower-cased) and target: the two-tier pattern's front tier, for
+    several sites behind one front (a request without a host hashes on its target alone);
 ``header:NAME``
     the values of request header NAME (joined by ``", "`` when repeated);
 ``cookie:NAME``
@@ -19,18 +22,19 @@ they do not pay for it.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 from powerlb.headers import TOKEN, Headers, get_cookie
 
 #: The accepted forms, for error messages.
-HASH_KEY_FORMS = "client, uri, header:NAME or cookie:NAME"
+HASH_KEY_FORMS = "client, uri, host-uri, header:NAME or cookie:NAME"
 
 
 class RoutedRequest(Protocol):
     """What balancers may read of a client request (``powerlb.proxy.ClientRequest`` is one)."""
 
     target: bytes
+    host: Optional[bytes]
     headers: Headers
     client_host: bytes
 
@@ -46,7 +50,7 @@ def parse_hash_key(text: str) -> str:
     """
     kind, colon, name = text.strip().partition(":")
     kind = kind.lower()
-    if not colon and kind in ("client", "uri"):
+    if not colon and kind in ("client", "uri", "host-uri"):
         return kind
     if colon and kind in ("header", "cookie"):
         if not TOKEN.fullmatch(name):
@@ -66,6 +70,12 @@ def uri_key(request: RoutedRequest) -> bytes:
     return request.target
 
 
+def host_uri_key(request: RoutedRequest) -> bytes:
+    """The host (lower-cased) and the target: the ``host-uri`` hash key. A target starts with
+    ``/`` (or is ``*``), so no two host and target pairs make the same key."""
+    return (request.host or b"").lower() + request.target
+
+
 def key_function(hash_key: str) -> KeyFunction:
     """The function computing a request's key for ``hash_key`` (a value :func:`parse_hash_key` returned)."""
     kind, _, name = hash_key.partition(":")
@@ -73,6 +83,8 @@ def key_function(hash_key: str) -> KeyFunction:
         return client_key
     if kind == "uri":
         return uri_key
+    if kind == "host-uri":
+        return host_uri_key
     wanted = name.encode("ascii")
     if kind == "header":
 

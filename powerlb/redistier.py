@@ -14,7 +14,19 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
   :class:`~powerlb.control.Change` JSON of the ``--workers`` pipes) on
   ``<prefix>changes`` and applies every other instance's through the same
   :class:`~powerlb.control.Control` as the runtime API; :class:`ClusterControl`
-  is the API's control that does both.
+  is the API's control that does both. An unsafe request's invalidation
+  (RFC 9111 section 4.4) deletes the shared copies and is published as a purge
+  of each key (:meth:`RedisStore.invalidated`), so every instance drops its own.
+* With ``--workers`` the main process (:class:`~powerlb.workers.WorkerSupervisor`)
+  is the instance on the bus: it publishes the changes made through its API and
+  the purges and invalidations its workers forward, and relays every other
+  instance's change to all its workers, without publishing it again. Each worker
+  keeps its own connection for the cache tier but neither subscribes nor
+  publishes (:meth:`ClusterBus.behind_supervisor`).
+* With ``redis-sentinel``, every connection and reconnection first asks the
+  Sentinels where the master is (:func:`ask_sentinels`), so a failover is
+  followed: Sentinel closes the clients of a demoted master, and they come
+  back to the new one.
 * Redis slow or down fails open: a lookup that takes longer than
   ``redis-timeout`` is a miss, a store is dropped, purges still apply here,
   connections come back with exponential backoff and the subscription is
@@ -24,14 +36,17 @@ Enabled with ``redis: redis://host:6379/0`` (``rediss://`` for TLS) and the
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import struct
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -117,6 +132,7 @@ class _Reader:
         return values
 
     def count(self) -> int:
+        count: int
         (count,) = self.unpack(_LENGTH)
         # every item takes at least one byte (its length or marker): a larger count is a lie
         if count > len(self.data) - self.at:
@@ -189,14 +205,18 @@ class IRemoteStore(Interface):
     """A cache tier shared by instances, behind the in-process one. Never fails: trouble is a
     miss, a dropped store or nothing purged, counted in :meth:`stats`."""
 
-    def get(key: bytes) -> defer.Deferred:
+    def get(key: bytes) -> defer.Deferred[List[CachedResponse]]:
         """Fires with the stored variants of ``key`` (a list of CachedResponse, maybe empty)."""
 
-    def put(key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred:
+    def put(key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred[bool]:
         """Store ``entry`` (a variant of ``key``) for ``ttl`` milliseconds; fires with whether it was."""
 
-    def purge(key: bytes, prefix: bool) -> defer.Deferred:
+    def purge(key: bytes, prefix: bool) -> defer.Deferred[None]:
         """Remove every variant of ``key`` (or of every key starting with it); fires when done."""
+
+    def invalidated(keys: Sequence[bytes]) -> defer.Deferred[None]:
+        """Drop the shared copies of ``keys`` (an unsafe request invalidated them here) and tell
+        the other instances; fires when done."""
 
     def stats() -> Dict[str, Any]:
         """Figures: enabled, up, hits, misses, timeouts, errors, reconnects, stores, dropped, purges."""
@@ -224,7 +244,7 @@ _GLOB_SPECIAL = frozenset(b"*?[]\\")
 
 #: Seconds between reconnection attempts: the first, and the most (doubling in between).
 RECONNECT_FIRST = 0.1
-RECONNECT_MAX = 10.0
+RECONNECT_MAX = 10
 
 
 def glob_escape(data: bytes) -> bytes:
@@ -242,10 +262,68 @@ class RedisTimeout(Exception):
     """Redis did not answer within redis-timeout."""
 
 
+#: Where the master is now: a Deferred firing with ``(host, port)`` (see :func:`ask_sentinels`).
+Locate = Callable[[], "defer.Deferred[Tuple[str, int]]"]
+
+#: Seconds each Redis Sentinel gets to connect, and then to answer.
+SENTINEL_TIMEOUT = 1.0
+
+
+@defer.inlineCallbacks
+def ask_sentinels(
+    reactor: Any, sentinels: Sequence[Tuple[str, int]], master: str
+) -> Generator[Any, Any, Tuple[str, int]]:
+    """Where the Sentinels say ``master`` is, asking one after the other until one knows;
+    fails with LookupError (after logging each one's trouble) when none does."""
+    redis = _txredisapi()
+    for host, port in sentinels:
+        try:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=SENTINEL_TIMEOUT)
+            conn = yield connectProtocol(endpoint, redis.RedisProtocol(charset=None, convertNumbers=False))
+            try:
+                asked = conn.execute_command("SENTINEL", "get-master-addr-by-name", master)
+                answer = yield asked.addTimeout(SENTINEL_TIMEOUT, reactor)
+            finally:
+                conn.transport.loseConnection()
+        except Exception as exc:
+            log.warn("redis: sentinel {host}:{port}: {err}", host=host, port=port, err=exc)
+            continue
+        if isinstance(answer, list) and len(answer) == 2:
+            return answer[0].decode(), int(answer[1])
+        log.warn(
+            "redis: sentinel {host}:{port} knows no master {master}", host=host, port=port, master=master
+        )
+    raise LookupError(f"no Redis Sentinel knows where master {master!r} is")
+
+
+class _Relocating:
+    """A connector that asks where the master is (``link.locate``) before each connection
+    attempt; when nobody knows, the link tries again after its backoff."""
+
+    def __init__(self, connector: Any, link: _Link) -> None:
+        self.connector = connector
+        self.link = link
+
+    def connect(self) -> None:
+        assert self.link.locate is not None
+
+        def found(address: Tuple[str, int]) -> None:
+            if self.link.continueTrying:
+                self.connector.host, self.connector.port = address
+                self.connector.connect()
+
+        def unknown(failure: Failure) -> None:
+            log.warn("redis: {err}", err=failure.getErrorMessage())
+            if self.link.continueTrying:
+                self.link.retry(self.connector)
+
+        self.link.locate().addCallbacks(found, unknown)
+
+
 class _Link(protocol.ReconnectingClientFactory):
     """One reconnecting Redis connection (a txredisapi protocol) with exponential backoff;
     ``on_connect`` gets each connection once it is ready (authenticated, database selected),
-    ``on_lost`` hears when it goes."""
+    ``on_lost`` hears when it goes. With ``locate``, each attempt first asks where to connect."""
 
     initialDelay = RECONNECT_FIRST
     maxDelay = RECONNECT_MAX
@@ -259,7 +337,9 @@ class _Link(protocol.ReconnectingClientFactory):
         password: Optional[str],
         on_connect: Callable[[Any], None],
         on_lost: Callable[[], None],
+        locate: Optional[Locate] = None,
     ) -> None:
+        self.locate = locate
         self.protocol_class = protocol_class
         self.db = db
         self.password = password
@@ -287,6 +367,11 @@ class _Link(protocol.ReconnectingClientFactory):
     def connectionError(self, why: str) -> None:
         log.warn("redis: {why}", why=why)
 
+    def retry(self, connector: Any = None) -> None:
+        if self.locate is not None:  # ask again where the master is, when it is time to connect
+            connector = _Relocating(connector or self.connector, self)
+        super().retry(connector)
+
 
 @implementer(IRemoteStore)
 class RedisStore(Service):
@@ -305,8 +390,14 @@ class RedisStore(Service):
         timeout: float,
         clock: IReactorTime,
         password: Optional[str] = None,
+        sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+        master: str = "",
     ) -> None:
         self.address = address
+        #: Where the master is, with Sentinels (then ``address`` gives only the database).
+        self.locate: Optional[Locate] = None
+        if sentinels:
+            self.locate = functools.partial(ask_sentinels, clock, sentinels, master)
         self.prefix = prefix
         self.timeout = timeout
         self.clock = clock
@@ -319,12 +410,17 @@ class RedisStore(Service):
         #: Commands timed out in a row.
         self.late = 0
         self.link: Optional[_Link] = None
+        #: Where the keys an unsafe request invalidated are announced as purges (the bus's
+        #: :meth:`ClusterBus.publish`, set by the bus); None: nowhere.
+        self.announce: Optional[Callable[[Change], Any]] = None
 
     # -- the connection ------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self.link = connect_link(self.address, self.password, self.clock, self._connected, self._lost)
+        self.link = connect_link(
+            self.address, self.password, self.clock, self._connected, self._lost, locate=self.locate
+        )
 
     def stopService(self) -> None:
         super().stopService()
@@ -348,7 +444,7 @@ class RedisStore(Service):
             )
         self.up = False
 
-    def command(self, name: str, *args: Any) -> defer.Deferred:
+    def command(self, name: str, *args: Any) -> defer.Deferred[Any]:
         """Run one command within the timeout; fails with RedisTimeout or the error (also when down)."""
         conn = None if self.link is None else self.link.connection
         if conn is None:
@@ -380,7 +476,7 @@ class RedisStore(Service):
 
     # -- IRemoteStore --------------------------------------------------
 
-    def get(self, key: bytes) -> defer.Deferred:
+    def get(self, key: bytes) -> defer.Deferred[List[CachedResponse]]:
         """The variants stored for ``key``; none (a miss) on any trouble."""
 
         def found(fields: Any) -> List[CachedResponse]:
@@ -404,7 +500,7 @@ class RedisStore(Service):
 
         return self.command("HGETALL", self.prefix + b"c:" + key).addCallbacks(found, failed)
 
-    def put(self, key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred:
+    def put(self, key: bytes, entry: CachedResponse, ttl: int) -> defer.Deferred[bool]:
         """Write ``entry`` through (the cache layer passes only what its own tier took, so within
         ``cache-max-object``); dropped (False) when already expired or Redis has trouble."""
         if ttl <= 0:
@@ -449,12 +545,37 @@ class RedisStore(Service):
         except Exception:  # fail open: the purge still applies to every local tier
             self.trouble(Failure(), "purge")
 
+    def invalidated(self, keys: Sequence[bytes]) -> defer.Deferred[None]:
+        """The cache layer's hook for ``keys`` an unsafe request invalidated here: delete their
+        shared copies, then announce each as a purge (:attr:`announce`), so the other instances
+        drop theirs. Fails open: on trouble the announcement still goes out."""
+        if not keys:
+            return defer.succeed(None)
+        d = self.command("DEL", *[self.prefix + b"c:" + key for key in keys])
+
+        def announced(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.trouble(result, "invalidation")
+            if self.announce is not None:
+                for key in keys:
+                    self.announce(Change("purge", key=key))
+
+        return d.addBoth(announced)
+
     def stats(self) -> Dict[str, Any]:
         return {"enabled": True, "up": self.up, **self.figures}
 
 
 def _timed_out(result: Any, timeout: float) -> Any:
     raise RedisTimeout(f"no answer from redis within {timeout:g} s")
+
+
+def _txredisapi() -> Any:
+    """The txredisapi module (untyped, so Any); ImportError naming the extra when it is missing."""
+    try:
+        return importlib.import_module("txredisapi")
+    except ImportError:
+        raise ImportError("redis needs txredisapi: pip install 'powerlb[redis]'") from None
 
 
 def connect_link(
@@ -464,16 +585,18 @@ def connect_link(
     on_connect: Callable[[Any], None],
     on_lost: Callable[[], None],
     protocol_class: Any = None,
+    locate: Optional[Locate] = None,
 ) -> _Link:
     """Start a reconnecting connection to ``address`` (txredisapi's ``RedisProtocol`` unless
-    ``protocol_class``); ImportError naming the extra when txredisapi is missing."""
-    try:
-        import txredisapi
-    except ImportError:
-        raise ImportError("redis needs txredisapi: pip install 'powerlb[redis]'") from None
-    link = _Link(protocol_class or txredisapi.RedisProtocol, address.db, password, on_connect, on_lost)
+    ``protocol_class``), or to where ``locate`` says each time; ImportError naming the extra when
+    txredisapi is missing."""
+    link = _Link(
+        protocol_class or _txredisapi().RedisProtocol, address.db, password, on_connect, on_lost, locate
+    )
     link.clock = reactor
-    if address.tls:
+    if locate is not None:  # plain TCP (config.py refuses rediss:// with Sentinels)
+        _Relocating(tcp.Connector(address.host, address.port, link, 30, None, reactor), link).connect()
+    elif address.tls:
         from twisted.internet import ssl
 
         reactor.connectSSL(address.host, address.port, link, ssl.optionsForClientTLS(address.host))
@@ -513,7 +636,8 @@ def read_bus_message(data: bytes) -> Tuple[str, Change]:
 class ClusterBus(Service):
     """Applies the changes other instances publish on ``<prefix>changes`` through ``control`` (as
     the runtime API does), and publishes this instance's (:meth:`publish`); subscribes again,
-    with backoff, whenever the connection comes back."""
+    with backoff, whenever the connection comes back. It announces the ``store``'s
+    invalidations (:meth:`RedisStore.invalidated`)."""
 
     def __init__(self, store: RedisStore, control: Control) -> None:
         self.store = store
@@ -523,19 +647,35 @@ class ClusterBus(Service):
         self.link: Optional[_Link] = None
         self.received = 0
         self.subscribed = False
+        #: Set in a ``--workers`` worker: where its changes go instead (to the supervisor).
+        self.forward: Optional[Callable[[Change], None]] = None
+        store.announce = self.publish
+
+    def behind_supervisor(self, forward: Callable[[Change], None]) -> None:
+        """Make this the bus of a ``--workers`` worker (before it starts): ``forward`` hands its
+        changes (purges, invalidations) to the supervisor, which relays them to the other workers
+        and publishes them; it does not subscribe, as the supervisor relays the other instances'
+        changes to every worker."""
+        self.forward = forward
 
     def startService(self) -> None:
         super().startService()
-        import txredisapi
-
+        if self.forward is not None:
+            return
         bus = self
 
-        class Subscriber(txredisapi.SubscriberProtocol):
-            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                bus.message(message)
+        def received(protocol: Any, pattern: Any, channel: Any, message: Any) -> None:
+            bus.message(message)
 
+        subscriber = type("Subscriber", (_txredisapi().SubscriberProtocol,), {"messageReceived": received})
         self.link = connect_link(
-            self.store.address, self.store.password, self.store.clock, self._connected, self._lost, Subscriber
+            self.store.address,
+            self.store.password,
+            self.store.clock,
+            self._connected,
+            self._lost,
+            subscriber,
+            self.store.locate,
         )
 
     def stopService(self) -> None:
@@ -570,8 +710,12 @@ class ClusterBus(Service):
         """The tier's figures and the bus's: subscribed, changes received from other instances."""
         return {**self.store.stats(), "subscribed": self.subscribed, "received": self.received}
 
-    def publish(self, change: Change) -> defer.Deferred:
-        """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble)."""
+    def publish(self, change: Change) -> defer.Deferred[Any]:
+        """Send ``change`` to the other instances (dropped, and counted, when Redis has trouble);
+        in a worker, to the supervisor (:meth:`behind_supervisor`)."""
+        if self.forward is not None:
+            self.forward(change)
+            return defer.succeed(None)
         return self.store.command("PUBLISH", self.channel, bus_message(self.instance, change)).addErrback(
             self.store.trouble, "publish"
         )
@@ -587,7 +731,7 @@ class ClusterControl:
         self.bus = bus
         self.caching = local.caching
 
-    def apply(self, change: Change) -> defer.Deferred:
+    def apply(self, change: Change) -> defer.Deferred[Dict[str, Any]]:
         first = defer.succeed(None)
         if change.op == "purge" and self.local.caching:
             first = self.bus.store.purge(change.key, change.prefix)
@@ -599,24 +743,32 @@ class ClusterControl:
         return first.addCallback(lambda _: self.local.apply(change)).addCallback(published)
 
 
-def cluster_for(
-    config: Config, target: BackendControl, cache_layer: Any, reactor: Any
-) -> Tuple[RedisStore, ClusterBus, ClusterControl]:
-    """The Redis tier, the bus and the API's control of one instance (``target``, its cache layer
-    or None) for ``config.redis``. ``PURGE`` requests the cache layer serves are made cluster-wide
-    too; the changes received from the bus apply through the original purge, so go no further."""
-    store = RedisStore(
+def store_for(config: Config, reactor: Any) -> RedisStore:
+    """The (not yet started) Redis connection ``config.redis`` and the other redis-* settings name."""
+    return RedisStore(
         redis_address(config.redis or ""),
         config.redis_key_prefix.encode(),
         config.redis_timeout,
         reactor,
         read_password(config.redis_password_env, config.redis_password_file),
+        config.redis_sentinel,
+        config.redis_sentinel_master or "",
     )
-    purge_here = None if cache_layer is None else cache_layer.purge
-    local = LocalControl(target, purge_here)
+
+
+def cluster_for(
+    config: Config, target: BackendControl, cache_layer: Any, reactor: Any
+) -> Tuple[RedisStore, ClusterBus, ClusterControl]:
+    """The Redis tier, the bus and the API's control of one instance (``target``, its cache layer
+    or None) for ``config.redis``. ``PURGE`` requests the cache layer serves are made cluster-wide
+    too; the changes received from the bus apply through the original purge (the bus's
+    ``control``), so go no further."""
+    store = store_for(config, reactor)
+    local = LocalControl(target, None if cache_layer is None else cache_layer.purge)
     bus = ClusterBus(store, local)
     if cache_layer is not None:
         cache_layer.remote = store
+        purge_here: Callable[[bytes, bool], int] = cache_layer.purge
 
         def purge(key: bytes, prefix: bool = False) -> int:
             removed = purge_here(key, prefix)

@@ -21,6 +21,7 @@ from powerlb.values import (
     format_backend,
     format_host_port,
     format_percent,
+    format_sentinels,
     format_size,
     format_switch,
     parse_admin_endpoint,
@@ -30,6 +31,7 @@ from powerlb.values import (
     parse_networks,
     parse_percent,
     parse_redis,
+    parse_sentinels,
     parse_size,
     parse_switch,
 )
@@ -90,6 +92,8 @@ class Config:
     redis_timeout: float = 0.05
     redis_password_env: Optional[str] = None
     redis_password_file: Optional[str] = None
+    redis_sentinel: Optional[Tuple[Tuple[str, int], ...]] = None
+    redis_sentinel_master: Optional[str] = None
     idle_timeout: float = 60.0
     tunnel_idle_timeout: float = 300.0
     client_timeout: float = 30.0
@@ -233,7 +237,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "hash-key",
         "hash_key",
         parse_hash_key,
-        "what consistent-hash hashes: client, uri, header:NAME or cookie:NAME (missing: client address)",
+        "what consistent-hash hashes: client, uri, host-uri, header:NAME or cookie:NAME "
+        "(missing: client address)",
         scope="pool",
     ),
     Setting(
@@ -389,6 +394,20 @@ SETTINGS: Tuple[Setting, ...] = (
         "redis_password_file",
         _parse_text,
         "file whose first line is the Redis password",
+    ),
+    Setting(
+        "redis-sentinel",
+        "redis_sentinel",
+        parse_sentinels,
+        "HOST[:PORT],... of Redis Sentinels to ask where the master of redis-sentinel-master is, "
+        "at every (re)connection",
+        show=format_sentinels,
+    ),
+    Setting(
+        "redis-sentinel-master",
+        "redis_sentinel_master",
+        _parse_text,
+        "the name the Sentinels know the Redis master by (with redis-sentinel)",
     ),
     Setting(
         "response-timeout",

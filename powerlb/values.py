@@ -459,6 +459,28 @@ def redis_address(text: str) -> RedisAddress:
     return RedisAddress(parts.hostname, port, int(db), parts.scheme == "rediss")
 
 
+#: The port of a Redis Sentinel when ``redis-sentinel`` names none.
+SENTINEL_PORT = 26379
+
+
+def parse_sentinels(text: str) -> Tuple[Tuple[str, int], ...]:
+    """The ``redis-sentinel`` addresses: ``HOST[:PORT][,HOST[:PORT]...]`` (``[IPv6]:PORT``; port
+    26379 when not given), in the order to ask them."""
+    example = "10.0.0.5:26379,10.0.0.6:26379"
+    found = []
+    for part in text.split(","):
+        host, port = _split_host_port(part, example)
+        if not host:
+            raise ValueError(f"{text!r} has an empty address; write HOST:PORT[,HOST:PORT...], e.g. {example}")
+        found.append((host, _parse_port(port, part, example) if port else SENTINEL_PORT))
+    return tuple(found)
+
+
+def format_sentinels(addresses: Tuple[Tuple[str, int], ...]) -> str:
+    """``redis-sentinel`` as :func:`parse_sentinels` reads it."""
+    return ",".join(format_host_port(address) for address in addresses)
+
+
 def parse_redis(text: str) -> str:
     """A ``redis://`` or ``rediss://`` URL (see :func:`redis_address`)."""
     redis_address(text)

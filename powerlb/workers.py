@@ -27,6 +27,11 @@ whole lines to the same file). Merged: counters, in-flight figures, cache
 sizes and latency histogram buckets are summed; a backend shows as healthy
 only while every worker sees it healthy.
 
+With ``redis``, the main process is this instance on the cluster's change bus
+(:mod:`powerlb.redistier`): it publishes the changes made through its API and
+those its workers forward (purges, invalidations), and relays the other
+instances' changes to every worker without publishing them again.
+
 Stopping sends SIGTERM to every worker, which drains its connections (up to
 ``drain_timeout``); a worker still running ``STOP_MARGIN`` seconds after that
 is killed. SIGHUP to the main process (see
@@ -78,7 +83,9 @@ from powerlb.settings import Config
 from powerlb.signals import OnSignal, ReloadOnSighup
 from powerlb.stats import hit_ratio
 
-if TYPE_CHECKING:  # only a worker runs one (imported there)
+if TYPE_CHECKING:  # only a worker runs one (imported there); the bus only with redis
+    from powerlb.control import Control
+    from powerlb.redistier import ClusterBus
     from powerlb.service import PowerLBService
 
 log = Logger()
@@ -257,6 +264,9 @@ class WorkerSupervisor(MultiService):
         #: The backend changes made since the last reload, in order: every worker started gets them.
         self.changes: List[Change] = []
         self._change_ids = itertools.count(1)
+        #: With redis, this instance's voice on the cluster's change bus (see _join_cluster).
+        self.bus: Optional[ClusterBus] = None
+        changes: Control = self if config.redis is None else self._join_cluster(config, reactor)
         if config.admin is not None:
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
             from powerlb.admin import SeriesSampler, admin_root
@@ -265,10 +275,28 @@ class WorkerSupervisor(MultiService):
             sampler = SeriesSampler(self.stats, reactor)
             sampler.setServiceParent(self)
             root = admin_root(
-                self.stats, lambda: self.config, token=config.admin_token, changes=self, series=sampler.keeper
+                self.stats,
+                lambda: self.config,
+                token=config.admin_token,
+                changes=changes,
+                series=sampler.keeper,
             )
             admin_site = QuietSite(root, reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
+
+    def _join_cluster(self, config: Config, reactor: Any) -> Control:
+        """Join the Redis change bus as this instance (see :mod:`powerlb.redistier`): the API's
+        changes are published once applied, the purges the workers forward once relayed, and the
+        other instances' changes are relayed to every worker (and kept for workers to come). The
+        workers' own buses only forward to here (:meth:`~powerlb.redistier.ClusterBus.behind_supervisor`).
+        """
+        from powerlb.redistier import ClusterBus, ClusterControl, store_for
+
+        store = store_for(config, reactor)
+        self.bus = ClusterBus(store, self)
+        store.setServiceParent(self)
+        self.bus.setServiceParent(self)
+        return ClusterControl(self, self.bus)
 
     @property
     def config_source(self) -> Optional[ConfigSource]:
@@ -359,8 +387,11 @@ class WorkerSupervisor(MultiService):
         return self._fan_out(change, None).addCallback(verdict)
 
     def relay(self, change: Change, origin: _WorkerProcess) -> defer.Deferred[None]:
-        """Relay a change a worker made on its own (a ``PURGE`` it served) to the other workers;
-        those that did not apply it are logged."""
+        """Relay a change a worker made on its own (a ``PURGE`` it served, with redis an
+        invalidation too) to the other workers, and publish it on the bus; those that did not
+        apply it are logged."""
+        if self.bus is not None:  # the worker has deleted the shared copies already
+            self.bus.publish(change)
 
         def logged(outcomes: List[WorkerOutcome]) -> None:
             try:
@@ -383,6 +414,8 @@ class WorkerSupervisor(MultiService):
         live = [w for w in self.workers if w is not None]
         merged = merge_snapshots([w.snapshot for w in live if w.snapshot is not None])
         merged["workers"] = [w.transport.pid for w in live if w.transport is not None]
+        if self.bus is not None:  # the workers' buses neither subscribe nor receive: this one does
+            merged.setdefault("redis", {}).update(subscribed=self.bus.subscribed, received=self.bus.received)
         return merged
 
     def reload(self, config: Config) -> None:
@@ -536,6 +569,8 @@ def worker_main() -> None:
     service = PowerLBService(config, reactor, listen_endpoint=endpoint)
     cache = service.proxy_listener.factory.resource.cache
     control = LocalControl(service, None if cache is None else cache.purge)
+    if service.bus is not None:  # with redis, cache.purge tells the cluster: this purges here only
+        control = service.bus.control
     for change in changes:  # made before this worker started
         try:
             apply_change(service, control.purge, change_from_json(change))
@@ -548,7 +583,9 @@ def worker_main() -> None:
         OnSignal(signal.SIGUSR1, service.reopen_logs, reactor).setServiceParent(service)
     pipe = _SupervisorPipe(control, service.stats)
     StandardIO(pipe, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]  # mypy reads Windows' StandardIO; POSIX's takes stdout
-    if cache is not None:
+    if service.bus is not None:  # its purges and invalidations go to the supervisor (and on)
+        service.bus.behind_supervisor(lambda change: pipe.send(Forward(change)))
+    elif cache is not None:
         _purge_everywhere(cache, pipe)
     _Reporting(service, pipe, reactor).setServiceParent(service)
     service.startService()  # the adopted endpoint closes LISTEN_FD once it holds its own copy

@@ -2,9 +2,9 @@
 ``twisted.names`` server on 127.0.0.1 (UDP, ephemeral port), whose records the tests change.
 
 The backends are real (:class:`powerlb.testing.TestBackend`); a second address on the same
-port is another loopback address (127.0.0.2). Lookups run on the real reactor with a short
-``dns-min-ttl``; waits are bounded by :func:`tests.support.inproc.wait_for`.
-"""
+port is the IPv6 loopback (``::1``, an AAAA record): test traffic stays on 127.0.0.1 and ::1.
+Lookups run on the real reactor with a short ``dns-min-ttl``; waits are bounded by
+:func:`tests.support.inproc.wait_for`."""
 
 from __future__ import annotations
 
@@ -66,22 +66,22 @@ def ids(running: Running) -> List[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_records_add_drain_and_survive_a_dead_dns_server(
+async def test_a_and_aaaa_records_add_drain_and_survive_a_dead_dns_server(
     start_powerlb: Any, make_backends: Any, dns_server: Tuple[Zone, Any], http: Any
 ) -> None:
     zone, port = dns_server
     one, two = make_backends(2)
-    # The second backend on 127.0.0.2, on the first one's port: both are web.test:PORT.
+    # The second backend on ::1, on the first one's port: both are web.test:PORT (A and AAAA).
     two.port.stopListening()
-    two.port = reactor.listenTCP(one.port_number, two.site, interface="127.0.0.2")
+    two.port = reactor.listenTCP(one.port_number, two.site, interface="::1")
     zone.addresses("web.test", "127.0.0.1", ttl=0)
     running = start_with_dns(start_powerlb, port, dns=[f"web.test:{one.port_number}"])
-    first, second = f"127.0.0.1:{one.port_number}", f"127.0.0.2:{one.port_number}"
+    first, second = f"127.0.0.1:{one.port_number}", f"[::1]:{one.port_number}"
     await wait_for(lambda: ids(running) == [first])
     assert await names_of(http, running.url, 2) == ["a", "a"]
 
-    # A second address: health-checked first, then it takes traffic too.
-    zone.addresses("web.test", "127.0.0.1", "127.0.0.2", ttl=0)
+    # A second address (AAAA): health-checked first, then it takes traffic too.
+    zone.addresses("web.test", "127.0.0.1", "::1", ttl=0)
     await wait_for(lambda: ids(running) == [first, second])
     assert [request.uri for request in two.requests] == [b"/health"]
     assert sorted(set(await names_of(http, running.url, 4))) == ["a", "b"]
@@ -92,7 +92,7 @@ async def test_a_records_add_drain_and_survive_a_dead_dns_server(
     one.routes[b"/slow"] = lambda request: held.append(request) or NOT_DONE_YET
     slow = [http.get(running.url + "/slow") for _ in range(2)]  # round-robin: one each
     await wait_for(lambda: len(held) == 1)
-    zone.addresses("web.test", "127.0.0.2", ttl=0)
+    zone.addresses("web.test", "::1", ttl=0)
     backend = running.service.backends[0]
     await wait_for(lambda: backend.state == "draining")
     assert backend.in_flight == 1 and ids(running) == [first, second]

@@ -446,5 +446,10 @@ def test_the_cluster_examples_parse(monkeypatch: Any) -> None:
         "shop:",
         "REDIS_PASSWORD",
     )
-    assert (edge.algorithm, edge.hash_key, edge.cache_size, edge.redis) == ("consistent-hash", "uri", 0, None)
+    assert (edge.algorithm, edge.hash_key, edge.cache_size, edge.redis) == (
+        "consistent-hash",
+        "host-uri",
+        0,
+        None,
+    )
     assert [spec.url for spec in edge.backends] == [f"http://10.0.0.2{n}:8080" for n in (1, 2, 3)]

@@ -687,7 +687,7 @@ def test_parse_hash_key(text: str, parsed: str) -> None:
     "text", ["", "host", "client:x", "uri:", "header:", "cookie:", "header:a b", "query"]
 )
 def test_parse_hash_key_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"client, uri, header:NAME or cookie:NAME|write e\.g\."):
+    with pytest.raises(ValueError, match=r"client, uri, host-uri, header:NAME or cookie:NAME|write e\.g\."):
         parse_hash_key(text)
 
 

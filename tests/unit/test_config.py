@@ -383,6 +383,8 @@ def test_options_long_names() -> None:
         "redis-timeout",
         "redis-password-env",
         "redis-password-file",
+        "redis-sentinel",
+        "redis-sentinel-master",
         "workers",
         "retries",
         "outlier-failures",
@@ -874,7 +876,7 @@ def test_hashing_settings(args: List[str], expected: tuple) -> None:
     [
         (
             ["--hash-key", "host"],
-            "hash-key: 'host' is not a hash key; write client, uri, header:NAME or cookie:NAME",
+            "hash-key: 'host' is not a hash key; write client, uri, host-uri, header:NAME or cookie:NAME",
         ),
         (["--hash-key", "header:"], "hash-key: 'header:' has no valid header name after 'header:'"),
         (["--hash-key", "cookie:a b"], "hash-key: 'cookie:a b' has no valid cookie name after 'cookie:'"),
