@@ -26,17 +26,22 @@ RELOADABLE = frozenset(
 )
 
 
-def reloaded(old: Config, new: Config) -> Config:
+def reloaded(old: Config, new: Config, where: str = "") -> Config:
     """What a reload from ``old`` to ``new`` runs with: ``new``, but every setting outside
-    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart)."""
+    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart).
+
+    ``where`` is a pool's prefix (``pools.web.``) when ``old`` and ``new`` are a pool's
+    settings: then only the pool's own settings are logged (the top level logs the others)."""
     kept: Dict[str, Any] = {}
     for setting in SETTINGS:
         before, after = getattr(old, setting.attr), getattr(new, setting.attr)
         if setting.attr not in RELOADABLE and after != before:
             kept[setting.attr] = before
+            if where and setting.scope != "pool":
+                continue
             log.warn(
                 "reload: {setting} changed, which needs a restart; still using {value}",
-                setting=setting.key,
+                setting=where + setting.key,
                 value="off" if before is None else setting.show(before),
             )
     return dataclasses.replace(new, **kept)
