@@ -46,7 +46,6 @@ class Pool(MultiService):
     def __init__(self, name: str, config: Config, reactor: Any, counters: Counters) -> None:
         super().__init__()
         self.name = name
-        self.setName(f"pool {name}")
         self.config = config
         self.reactor = reactor
         self.counters = counters
