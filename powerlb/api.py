@@ -228,7 +228,9 @@ class ApiResource(Resource):
     def render(self, request: Request) -> Any:
         """Reads answer at once; a change answers once it is applied (``NOT_DONE_YET`` until then)."""
         try:
-            endpoint, args = match_endpoint([part.decode("utf-8", "replace") for part in request.postpath])
+            endpoint, args = match_endpoint(
+                [part.decode("utf-8", "replace") for part in request.postpath or []]
+            )
             method = request.method.decode("ascii", "replace")
             method = "GET" if method == "HEAD" else method
             if method not in ENDPOINTS[endpoint]:
@@ -256,10 +258,10 @@ class ApiResource(Resource):
 
     def _failed(self, failure: Failure, request: Request) -> Tuple[int, Any]:
         """A change that failed: ChangeFailed as its status, anything else as 500 (logged)."""
+        err: Any = failure.value
         if failure.check(ApiError):
-            return self._refusal(request, failure.value)
+            return self._refusal(request, err)
         if failure.check(ChangeFailed):
-            err = failure.value
             return err.status, {"error": err.message, **err.details}
         log.failure("api: a change failed", failure)
         return 500, {"error": f"the change failed: {failure.getErrorMessage()}"}
@@ -280,9 +282,12 @@ class ApiResource(Resource):
         return json.dumps(body, indent=2).encode() + b"\n"
 
     def _json(self, request: Request) -> Dict[str, Any]:
+        assert request.content is not None  # twisted.web sets it before rendering
         return parse_json_body(request.getHeader(b"content-type"), request.content.read(MAX_BODY + 1))
 
-    def _apply(self, change: Change, answer: Callable[[Dict[str, Any]], Tuple[int, Any]]) -> defer.Deferred:
+    def _apply(
+        self, change: Change, answer: Callable[[Dict[str, Any]], Tuple[int, Any]]
+    ) -> defer.Deferred[Any]:
         """Make ``change``; then ``answer(result)``."""
         assert self._changes is not None
         return self._changes.apply(change).addCallback(answer)
@@ -347,7 +352,7 @@ class ApiResource(Resource):
         """``GET /api/v1/pools/<pool>/backends/<id>``."""
         return self.get_backend(request, backend_id, pool)
 
-    def add_backend(self, request: Request, pool: Optional[str] = None) -> defer.Deferred:
+    def add_backend(self, request: Request, pool: Optional[str] = None) -> defer.Deferred[Any]:
         """``POST /api/v1/backends`` (``/api/v1/pools/<pool>/backends``): a new backend, healthy
         until its checks say otherwise; 409 if known."""
         name, where = self._pool(pool)
@@ -369,7 +374,9 @@ class ApiResource(Resource):
 
         return self._apply(Change.add(spec, where), added)
 
-    def change_backend(self, request: Request, backend_id: str, pool: Optional[str] = None) -> defer.Deferred:
+    def change_backend(
+        self, request: Request, backend_id: str, pool: Optional[str] = None
+    ) -> defer.Deferred[Any]:
         """``PATCH /api/v1/backends/<id>``: a new weight and/or state, both checked before either is set."""
         where = self._pool(pool)[1]
         known = self._snapshot(backend_id, pool)["id"]
@@ -384,11 +391,13 @@ class ApiResource(Resource):
 
         return self._apply(Change("set", backend=known, weight=weight, state=state, pool=where), changed)
 
-    def change_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred:
+    def change_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred[Any]:
         """``PATCH /api/v1/pools/<pool>/backends/<id>``."""
         return self.change_backend(request, backend_id, pool)
 
-    def remove_backend(self, request: Request, backend_id: str, pool: Optional[str] = None) -> defer.Deferred:
+    def remove_backend(
+        self, request: Request, backend_id: str, pool: Optional[str] = None
+    ) -> defer.Deferred[Any]:
         """``DELETE /api/v1/backends/<id>``: out of the balancer now; requests in flight finish."""
         name, where = self._pool(pool)
         known = self._snapshot(backend_id, pool)["id"]
@@ -401,11 +410,11 @@ class ApiResource(Resource):
 
         return self._apply(Change("remove", backend=known, pool=where), removed)
 
-    def remove_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred:
+    def remove_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred[Any]:
         """``DELETE /api/v1/pools/<pool>/backends/<id>``."""
         return self.remove_backend(request, backend_id, pool)
 
-    def purge(self, request: Request) -> defer.Deferred:
+    def purge(self, request: Request) -> defer.Deferred[Any]:
         """``POST /api/v1/cache/purge``: remove every stored response of a URL or a URL prefix."""
         assert self._changes is not None
         if not self._changes.caching:

@@ -193,10 +193,11 @@ def reconcile(
 
 def _address(record: dns.RRHeader) -> Optional[str]:
     """The address of an A or AAAA record, else None."""
+    payload: Any = record.payload
     if record.type == dns.A:
-        return record.payload.dottedQuad()
+        return str(payload.dottedQuad())
     if record.type == dns.AAAA:
-        return socket.inet_ntop(socket.AF_INET6, record.payload.address)
+        return socket.inet_ntop(socket.AF_INET6, payload.address)
     return None
 
 
@@ -222,11 +223,12 @@ def address_found(records: Iterable[dns.RRHeader], port: int) -> Found:
 
 def srv_records(records: Iterable[dns.RRHeader]) -> List[Tuple[dns.Record_SRV, float]]:
     """The SRV records among ``records`` with their TTL, but those whose target is ``.`` (no service)."""
-    return [
-        (record.payload, record.ttl)
-        for record in records
-        if record.type == dns.SRV and str(record.payload.target).strip(".")
-    ]
+    found: List[Tuple[dns.Record_SRV, float]] = []
+    for record in records:
+        payload = record.payload
+        if record.type == dns.SRV and isinstance(payload, dns.Record_SRV) and str(payload.target).strip("."):
+            found.append((payload, record.ttl))
+    return found
 
 
 def srv_found(
@@ -270,7 +272,7 @@ def nameservers(resolv_conf: str) -> List[Tuple[str, int]]:
 Source = Tuple[str, Union[str, Tuple[str, int]]]
 
 
-def _records(d: Deferred, additional: bool = False) -> Deferred:
+def _records(d: Deferred[Any], additional: bool = False) -> Deferred[Any]:
     """The answer records of a lookup (and the additional ones); a name that does not exist has none."""
 
     def missing(failure: Failure) -> Any:
@@ -280,7 +282,7 @@ def _records(d: Deferred, additional: bool = False) -> Deferred:
     return d.addCallbacks(lambda sections: [*sections[0], *(sections[2] if additional else ())], missing)
 
 
-def lookup_addresses(resolver: Any, name: str, timeout: Sequence[float]) -> Deferred:
+def lookup_addresses(resolver: Any, name: str, timeout: Sequence[float]) -> Deferred[Any]:
     """The A and AAAA records of ``name`` (both queries must be answered), as one list."""
     queries = [
         _records(resolver.lookupAddress(name, timeout)),
@@ -291,7 +293,7 @@ def lookup_addresses(resolver: Any, name: str, timeout: Sequence[float]) -> Defe
     )
 
 
-def lookup(resolver: Any, source: Source, timeout: Sequence[float]) -> Deferred:
+def lookup(resolver: Any, source: Source, timeout: Sequence[float]) -> Deferred[Any]:
     """A Deferred firing with what ``source`` stands for now (:class:`Found`), or failing."""
     kind, what = source
     if kind == "dns":
@@ -300,7 +302,7 @@ def lookup(resolver: Any, source: Source, timeout: Sequence[float]) -> Deferred:
         return lookup_addresses(resolver, name, timeout).addCallback(address_found, port)
     assert isinstance(what, str)
 
-    def targets(records: List[dns.RRHeader]) -> Deferred:
+    def targets(records: List[dns.RRHeader]) -> Deferred[Any]:
         srvs = srv_records(records)
         known = addresses(records)  # the additional section usually has them
         missing = sorted({str(srv.target).lower().rstrip(".") for srv, _ in srvs} - set(known))
@@ -358,7 +360,7 @@ class DnsDiscovery(Service):
         resolver: Any,
         clock: IReactorTime,
         control: BackendControl,
-        probe: Optional[Callable[[Backend], Deferred]],
+        probe: Optional[Callable[[Backend], Deferred[Any]]],
         timing: Timing,
         health_interval: float,
         health_timeout: float,
@@ -378,13 +380,13 @@ class DnsDiscovery(Service):
         self._known: Dict[Source, Dict[str, Target]] = {source: {} for source in self.sources}
         self._failures: Dict[Source, int] = dict.fromkeys(self.sources, 0)
         self._next: Dict[Source, IDelayedCall] = {}
-        self._lookups: Dict[Source, Deferred] = {}
+        self._lookups: Dict[Source, Deferred[Any]] = {}
         #: Backends discovery added, by id, with the target last applied to each.
         self._owned: Dict[str, Tuple[Backend, Target]] = {}
         #: Draining owned backends: when each must be removed even with requests in flight.
         self._draining: Dict[str, float] = {}
         #: New targets being health-checked: the probe in flight or the call that sends the next one.
-        self._checking: Dict[str, Union[Deferred, IDelayedCall, None]] = {}
+        self._checking: Dict[str, Union[Deferred[Any], IDelayedCall, None]] = {}
         self._drain_loop: Optional[LoopingCall] = None
         #: The id of the backend being added, while ``control.add_backend`` runs.
         self._adding: Optional[str] = None
@@ -436,15 +438,19 @@ class DnsDiscovery(Service):
         self._next.pop(source, None)
         d = lookup(self.resolver, source, self.query_timeout)
         self._lookups[source] = d
-        d.addCallbacks(self._looked_up, self._lookup_failed, (source,), None, (source,))
+        d.addCallbacks(self._looked_up, self._lookup_failed, (source,), {}, (source,))
         d.addErrback(lambda failure: log.failure("DNS discovery for {source} broke", failure, source=source))
 
     def _lookup_failed(self, failure: Failure, source: Source) -> None:
         if failure.check(defer.FirstError):  # one of several queries failed
-            failure = failure.value.subFailure
+            first: Any = failure.value
+            failure = first.subFailure
         if failure.check(defer.CancelledError):
             return
-        self._looked_up(None, source, failure.type.__name__)  # the messages hold whole DNS queries
+        kind = failure.type
+        self._looked_up(
+            None, source, "error" if kind is None else kind.__name__
+        )  # the messages hold whole DNS queries
 
     def _looked_up(self, found: Optional[Found], source: Source, reason: str = "") -> None:
         self._lookups.pop(source, None)
@@ -530,7 +536,7 @@ class DnsDiscovery(Service):
         self._checking[target.id] = d
         d.addBoth(self._checked, target.id, d)
 
-    def _checked(self, result: Union[int, Failure], target_id: str, d: Deferred) -> None:
+    def _checked(self, result: Union[int, Failure], target_id: str, d: Deferred[Any]) -> None:
         if self._checking.get(target_id) is not d:  # forgotten meanwhile
             return
         if not isinstance(result, Failure) and passes(result):
@@ -583,7 +589,7 @@ class DnsDiscovery(Service):
 
 
 def discovery_for(
-    config: Config, reactor: Any, control: BackendControl, probe: Optional[Callable[[Backend], Deferred]]
+    config: Config, reactor: Any, control: BackendControl, probe: Optional[Callable[[Backend], Deferred[Any]]]
 ) -> DnsDiscovery:
     """The discovery service of ``config``'s ``dns`` and ``srv`` names, over ``control``'s backends."""
     sources: List[Source] = [("dns", target) for target in config.dns]

@@ -137,4 +137,4 @@ class Router:
         assert route.pool is not None  # only a redirect-only route has none, and it refused above
         pool = self.pools[route.pool]
         _, identifier = request_id(headers, self.request_id_header)
-        return RequestPlan(route, pool.name, pool.dispatcher, pool.sticky, identifier)
+        return RequestPlan(route, route.pool, pool.dispatcher, pool.sticky, identifier)

@@ -191,7 +191,7 @@ class PowerLBService(MultiService):
         if self.access_log is not None:
             self.access_log.reopen()
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[Any]:
         """Stop listening at once, drain the client connections (see :func:`drain`), close the pools.
 
         The result fires when every client connection is closed, at most

@@ -62,6 +62,10 @@ class Counters:
     errors: int
     requests: int
     retries: int
+    tunnel_bytes_downstream: int
+    tunnel_bytes_upstream: int
+    tunnels_open: int
+    tunnels_total: int
     upstream_errors: int
 
     def __init__(self) -> None:
