@@ -181,7 +181,8 @@ class Pool(MultiService):
             )
         self.dispatcher.retries = config.retries
         log.info(
-            "pool {pool} reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted",
+            "config reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted"
+            " (pool {pool})",
             pool=self.name,
             added=len(added),
             removed=len(removed),

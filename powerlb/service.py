@@ -246,7 +246,7 @@ class PowerLBService(MultiService):
             self._retire(pool)
             log.info("reload: pool {pool} removed; its requests in flight finish", pool=pool.name)
         log.info(
-            "config reloaded: {pools} pools, {routes} routes",
+            "routes and pools reloaded: {pools} pools, {routes} routes",
             pools=len(self.pools),
             routes=len(self.planner.routes),
         )
