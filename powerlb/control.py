@@ -294,13 +294,19 @@ def apply_change(
     return {}
 
 
-def kept_by_reload(changes: Sequence[Change], backend_ids: Sequence[str]) -> List[Change]:
+def kept_by_reload(
+    changes: Sequence[Change], backend_ids: Sequence[str], pools: Optional[Mapping[str, Sequence[str]]] = None
+) -> List[Change]:
     """What of ``changes`` a reload keeps, as a reload does in one process: backends and weights
-    become the file's again, the states of the backends that stay (``backend_ids``) are kept."""
+    become the file's again, the states of the backends that stay are kept (``backend_ids``: of
+    the default pool; ``pools``: the ids of each pool by name, for changes naming their pool)."""
+    pools = pools or {}
     return [
-        Change("set", backend=change.backend, state=change.state)
+        Change("set", backend=change.backend, state=change.state, pool=change.pool)
         for change in changes
-        if change.op == "set" and change.state is not None and change.backend in backend_ids
+        if change.op == "set"
+        and change.state is not None
+        and change.backend in (pools.get(change.pool, ()) if change.pool else backend_ids)
     ]
 
 

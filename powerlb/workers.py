@@ -414,7 +414,13 @@ class WorkerSupervisor(MultiService):
             log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
             return
         # the workers go back to what the file says, keeping the states of the backends that stay
-        self.changes = kept_by_reload(self.changes, [spec.id for spec in self.config.backends])
+        pools = {
+            name: [spec.id for spec in pool.settings.backends] for name, pool in self.config.pools.items()
+        }
+        default = pools.get("default") or next(
+            iter(pools.values()), [spec.id for spec in self.config.backends]
+        )
+        self.changes = kept_by_reload(self.changes, default, pools)
         for worker in self.workers:
             if worker is not None:
                 worker.reload()

@@ -382,6 +382,11 @@ def test_a_reload_keeps_only_the_states_of_the_backends_that_stay() -> None:
     ]
     assert kept_by_reload(made, ["a:1", "b:2"]) == [Change("set", backend="a:1", state="draining")]
     assert kept_by_reload([], ["a:1"]) == []
+    in_pools = [
+        Change("set", backend="a:1", state="disabled", pool="api"),
+        Change("set", backend="b:2", state="disabled", pool="web"),
+    ]
+    assert kept_by_reload(in_pools, [], {"api": ["a:1"], "web": []}) == in_pools[:1]
 
 
 def test_powerlb_ctl_waits_longer_than_the_workers_get_to_answer() -> None:

@@ -185,7 +185,10 @@ def test_reload_starts_new_pools_retires_removed_ones_and_swaps_the_router() -> 
         plan(lb, b"/", b"api.example.com")
         old_router, api = lb.planner, lb.pools["api"]
         pools = {
-            "web": {"backends": ["http://127.0.0.1:9001", "http://127.0.0.1:9003"], "algorithm": "random-two-choices"},
+            "web": {
+                "backends": ["http://127.0.0.1:9001", "http://127.0.0.1:9003"],
+                "algorithm": "random-two-choices",
+            },
             "img": {"backends": ["http://127.0.0.1:9201"]},
         }
         routes = [{"path-prefix": "/img/", "pool": "img"}, {"pool": "web"}]
