@@ -16,7 +16,7 @@ from powerlb.plan import RequestPlan
 from powerlb.policies import Refusal
 from powerlb.routing import NO_ROUTE_REASON
 from powerlb.service import PowerLBService
-from tests.support.inproc import ADMIN, TOKEN, backends_hit, wait_for
+from tests.support.inproc import ADMIN, TOKEN, backends_hit, scrape, wait_for
 
 #: The example of issue 12 (and the README).
 POOLS = {
@@ -261,3 +261,21 @@ async def test_pools_are_health_checked_each_on_its_own_path(make_backends, star
     await wait_for(lambda: b"/healthz" in [r.uri for r in b.requests])
     assert b"/healthz" not in [r.uri for r in a.requests]
     assert lb.service.pools["api"].health is not lb.service.pools["default"].health
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_carry_pool_and_route_labels(make_backends, start_powerlb, http):
+    a, b = make_backends(2)
+    pools = {"default": {"backends": [a.url]}, "api": {"backends": [b.url]}}
+    routes = [{"path-prefix": "/api/", "pool": "api", "deny": "0.0.0.0/0"}, {"pool": "default"}]
+    lb = start_powerlb([a], admin=ADMIN, pools=pools, routes=routes)
+    await backends_hit(http, lb.url, 2)
+    lb.service.planner.plan(
+        b"GET", b"http", b"h", b"/api/x", [], "192.0.2.1"
+    )  # what the request path will do
+    samples = await scrape(http, lb)
+    assert samples[("powerlb_backend_requests_total", (("backend", a.url), ("pool", "default")))] == 2
+    assert samples[("powerlb_backend_up", (("backend", b.url), ("pool", "api")))] == 1.0
+    assert samples[("powerlb_route_requests_total", (("pool", "api"), ("route", "0")))] == 1
+    assert samples[("powerlb_route_requests_total", (("pool", "default"), ("route", "1")))] == 0
+    assert samples[("powerlb_policy_refusals_total", (("policy", "acl"), ("route", "0")))] == 1
