@@ -50,6 +50,7 @@ ENDPOINTS: Dict[str, Tuple[str, ...]] = {
     "pools/{pool}/backends/{id}": ("GET", "PATCH", "DELETE"),
     "cache/purge": ("POST",),
     "config": ("GET",),
+    "series": ("GET",),
 }
 
 #: The largest request body the API reads.
@@ -186,7 +187,9 @@ class ApiResource(Resource):
     (None: changes are off). Changes go to ``changes`` when given (the
     ``--workers`` relay), else to a :class:`~powerlb.control.LocalControl` of
     ``control`` (the live backends) and ``cache`` (None when the cache is
-    off); with neither, changes are refused with 403.
+    off); with neither, changes are refused with 403. ``series`` gives the
+    dashboard's charts (:meth:`powerlb.timeseries.SeriesKeeper.series`; None:
+    ``GET /api/v1/series`` answers 404).
     """
 
     isLeaf = True
@@ -199,8 +202,10 @@ class ApiResource(Resource):
         cache: Optional[CacheLayer] = None,
         token: Optional[str] = None,
         changes: Optional[Control] = None,
+        series: Optional[Callable[[], Dict[str, Any]]] = None,
     ) -> None:
         super().__init__()
+        self._series = series
         self._stats = stats
         self._config = config
         if changes is None and control is not None:
@@ -223,6 +228,7 @@ class ApiResource(Resource):
             ("pools/{pool}/backends/{id}", "DELETE"): self.remove_backend_of,
             ("cache/purge", "POST"): self.purge,
             ("config", "GET"): self.get_config,
+            ("series", "GET"): self.get_series,
         }
 
     def render(self, request: Request) -> Any:
@@ -425,3 +431,9 @@ class ApiResource(Resource):
     def get_config(self, request: Request) -> Tuple[int, Any]:
         """``GET /api/v1/config``: the effective configuration with the YAML keys, secrets redacted."""
         return 200, config_to_mapping(self._config())
+
+    def get_series(self, request: Request) -> Tuple[int, Any]:
+        """``GET /api/v1/series``: per pool, the figures of the last 15 minutes the dashboard charts."""
+        if self._series is None:
+            raise ApiError(404, "this admin listener keeps no series")
+        return 200, self._series()

@@ -114,10 +114,18 @@ class PowerLBService(MultiService):
         self.admin_listener: Optional[Listener] = None
         if config.admin is not None:
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
-            from powerlb.admin import admin_root
+            from powerlb.admin import SeriesSampler, admin_root
 
+            sampler = SeriesSampler(self.stats, reactor)
+            sampler.setServiceParent(self)
             admin = admin_root(
-                self.stats, lambda: self.config, self, cache_layer, config.admin_token, changes
+                self.stats,
+                lambda: self.config,
+                self,
+                cache_layer,
+                config.admin_token,
+                changes,
+                series=sampler.keeper,
             )
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)

@@ -279,10 +279,14 @@ class WorkerSupervisor(MultiService):
         self._change_ids = itertools.count(1)
         if config.admin is not None:
             # Imported here: the admin listener brings the API, the dashboard and prometheus_client.
-            from powerlb.admin import admin_root
+            from powerlb.admin import SeriesSampler, admin_root
             from powerlb.server import QuietSite
 
-            root = admin_root(self.stats, lambda: self.config, token=config.admin_token, changes=self)
+            sampler = SeriesSampler(self.stats, reactor)
+            sampler.setServiceParent(self)
+            root = admin_root(
+                self.stats, lambda: self.config, token=config.admin_token, changes=self, series=sampler.keeper
+            )
             admin_site = QuietSite(root, reactor)
             Listener(serverFromString(reactor, config.admin), admin_site).setServiceParent(self)
 

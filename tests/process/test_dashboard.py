@@ -115,7 +115,7 @@ async def test_dashboard_is_served_with_a_strict_policy_for_its_own_inline_block
     policy = _directives(header(b"content-security-policy"))
     parsed = _InlineBlocks()
     parsed.feed(body)
-    assert len(parsed.blocks["script"]) == len(parsed.blocks["style"]) == 1
+    assert len(parsed.blocks["script"]) == len(parsed.blocks["style"]) == 2  # the page's, the charts'
     assert policy["script-src"] == [_csp_hash(text) for text in parsed.blocks["script"]]
     assert policy["style-src"] == [_csp_hash(text) for text in parsed.blocks["style"]]
     assert policy["default-src"] == ["'none'"]
@@ -136,6 +136,9 @@ async def test_dashboard_is_served_with_a_strict_policy_for_its_own_inline_block
     assert polled.code == 200
     figures = await polled.json()
     assert [backend["url"] for backend in figures["backends"]] == [a.url]
+    series = await http.get(lb.admin_url + "/api/v1/series")
+    assert series.code == 200
+    assert set(await series.json()) == {"step", "window", "now", "pools"}
     assert (await http.get(lb.admin_url + "/dashboard/extra")).code == 404
 
 
@@ -284,3 +287,85 @@ def test_dashboard_in_chromium_shows_every_backend_and_one_going_down(tmp_path, 
     lb.stop()
     wait.until(lambda d: d.find_element(By.ID, "connection").text.startswith("connection lost"))
     assert sorted(_backend_rows(browser)) == sorted(urls)  # the last figures stay on show
+
+
+def _chart_paths(driver: Any, pool: str) -> Dict[str, str]:
+    """The pool's chart lines as drawn: figure (``rps``, ``p50`` ...) -> the SVG path's ``d``."""
+    from selenium.webdriver.common.by import By
+
+    card = driver.find_element(By.CSS_SELECTOR, f'article.pool[data-pool="{pool}"]')
+    paths = card.find_elements(By.CSS_SELECTOR, "figure.chart svg path")
+    return {path.get_attribute("data-figure"): path.get_attribute("d") or "" for path in paths}
+
+
+def test_dashboard_in_chromium_charts_each_pool_and_saves_a_screenshot(tmp_path, browser, processes):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ports = [_start_demo_backend(tmp_path, name, processes) for name in ("a", "b")]
+    lb, (listen, admin) = start_twistd_powerlb(tmp_path, ports, "--cache-size", "1MiB")
+    processes.append(lb)
+    browser.set_window_size(1280, 1000)
+    browser.get(f"http://{HOST}:{admin}/")
+    wait = WebDriverWait(
+        browser, PAGE_WAIT, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+    )
+
+    def drawn() -> bool:
+        # traffic while the page waits: each series step then has requests, latency and look-ups
+        for path in ("/", "/cached", "/slow?seconds=0.02"):
+            assert get(listen, path).status == 200
+        paths = _chart_paths(browser, "default")
+        # a line through two samples or more in every chart
+        return sorted(paths) == ["error_rate", "hit_ratio", "p50", "p99", "rps"] and all(
+            d.count("L") >= 1 for d in paths.values()
+        )
+
+    wait.until(lambda d: drawn())
+    card = browser.find_element(By.CSS_SELECTOR, 'article.pool[data-pool="default"]')
+    assert card.find_element(By.TAG_NAME, "h3").text == "default 2 backends"
+    values = {
+        figure.get_attribute("data-chart"): figure.find_element(
+            By.CSS_SELECTOR, "figcaption > span:last-child"
+        ).text
+        for figure in card.find_elements(By.CSS_SELECTOR, "figure.chart")
+    }
+    assert re.fullmatch(r"\d+\.\d", values["rps"]) and float(values["rps"]) > 0
+    assert values["error_rate"] == "0.0%"
+    assert re.fullmatch(r"[\d.]+ ms / [\d.]+ ms", values["latency"])
+    assert re.fullmatch(r"\d+\.\d%", values["hit_ratio"]) and float(values["hit_ratio"][:-1]) > 0
+    # the charts' inline style applies (the CSP let it in): the line is stroked, not filled
+    line = card.find_element(By.CSS_SELECTOR, 'path[data-figure="rps"]')
+    assert line.value_of_css_property("fill") == "none"
+    assert line.value_of_css_property("stroke") not in ("none", "")
+    assert browser.find_element(By.ID, "no-pools").is_displayed() is False
+    # no routes yet: the placeholder says so
+    assert browser.find_element(By.ID, "no-routes").text == "no routes"
+    assert browser.find_elements(By.CSS_SELECTOR, "#routes tr") == []
+    # stats with routes, as the page's poll passes them on (the next poll puts today's back)
+    shown = browser.execute_script(
+        """
+        var routes = [
+          {"path-prefix": "/api/", pool: "api", requests: 3}, {host: "<b>x</b>", pool: "default"}
+        ];
+        document.dispatchEvent(new CustomEvent("powerlb-stats", {detail: {routes: routes}}));
+        var rows = Array.from(document.querySelectorAll("#routes tr"), function (row) {
+          return Array.from(row.cells, function (cell) { return cell.textContent; });
+        });
+        var head = Array.from(document.querySelectorAll("#routes-head th"), function (th) {
+          return th.textContent;
+        });
+        return [head, rows, document.getElementById("no-routes").hidden];
+        """
+    )
+    assert shown == [
+        ["path-prefix", "pool", "requests", "host"],
+        [["/api/", "api", "3", "\N{EN DASH}"], ["\N{EN DASH}", "default", "\N{EN DASH}", "<b>x</b>"]],
+        True,
+    ]
+    assert _severe(browser) == []
+
+    screenshot = tmp_path / "dashboard.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

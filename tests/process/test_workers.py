@@ -6,7 +6,7 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,6 +34,11 @@ ACCESS_LINE = re.compile(
 def demo(demo_backends: Any) -> List[int]:
     """Two demo backends' ports."""
     return demo_backends(2)
+
+
+def series(admin: int) -> Dict[str, Any]:
+    """The dashboard's series of pool ``default`` (all the backends) from the admin port."""
+    return get(admin, "/api/v1/series").json()["pools"].get("default", {"at": [], "rps": []})
 
 
 def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, demo: List[int]) -> None:
@@ -71,6 +76,9 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
         assert sum(v for (name, _), v in metrics.items() if name == "powerlb_requests_total") == 30
         latency = [v for (name, _), v in metrics.items() if name == "powerlb_upstream_response_seconds_count"]
         assert len(latency) == 2 and sum(latency) == 30
+        # the dashboard's series, sampled every 2 s from the merged stats
+        charted = wait_until(lambda: (s := series(admin)) and any(s["rps"]) and s, "requests in the series")
+        assert set(charted["error_rate"]) <= {None, 0.0}
         first, second = merged["workers"]
         os.kill(first, signal.SIGKILL)
         restarted = wait_until(
@@ -80,6 +88,11 @@ def test_two_workers_share_the_socket_and_report_merged_stats(tmp_path: Path, de
         assert second in restarted
         for _ in range(10):
             assert get(listen, "/").status == 200
+        # the killed worker's counts left the merged sums: that step adds nothing, never a negative rate
+        later = wait_until(
+            lambda: (s := series(admin)) and len(s["at"]) > len(charted["at"]) + 1 and s, "samples"
+        )
+        assert min(later["rps"]) >= 0 and set(later["error_rate"]) <= {None, 0.0}
     finally:
         status = proc.stop()
     assert status in (0, -signal.SIGTERM), proc.describe()
