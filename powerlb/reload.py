@@ -26,18 +26,19 @@ RELOADABLE = frozenset(
 )
 
 
-def reloaded(old: Config, new: Config, where: str = "") -> Config:
+def reloaded(old: Config, new: Config, scope: Optional[str] = None, where: str = "") -> Config:
     """What a reload from ``old`` to ``new`` runs with: ``new``, but every setting outside
     :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart).
 
-    ``where`` is a pool's prefix (``pools.web.``) when ``old`` and ``new`` are a pool's
-    settings: then only the pool's own settings are logged (the top level logs the others)."""
+    ``scope`` limits the logging: ``"pool"`` to the pool settings (``old`` and ``new`` are a
+    pool's, ``where`` its prefix, e.g. ``pools.web.``), ``"top"`` to the others (each pool logs
+    its own), None logs every one."""
     kept: Dict[str, Any] = {}
     for setting in SETTINGS:
         before, after = getattr(old, setting.attr), getattr(new, setting.attr)
         if setting.attr not in RELOADABLE and after != before:
             kept[setting.attr] = before
-            if where and setting.scope != "pool":
+            if scope is not None and (setting.scope == "pool") != (scope == "pool"):
                 continue
             log.warn(
                 "reload: {setting} changed, which needs a restart; still using {value}",

@@ -237,13 +237,14 @@ class PowerLBService(MultiService):
         setting is logged as needing a restart and ignored.
         """
         old = self._config
-        self._config = reloaded(old, config)
+        self._config = reloaded(old, config, scope="top")
         new_pools = _pool_configs(config)
         pools = dict(self.pools)
         for name, pool_config in new_pools.items():
             if name in pools:
                 before = pools[name].config
-                pools[name].reload(reloaded(before, pool_config.settings, where=f"pools.{name}."))
+                where = "" if len(new_pools) == 1 else f"pools.{name}."  # one pool: the top level's
+                pools[name].reload(reloaded(before, pool_config.settings, "pool", where))
             else:
                 pools[name] = self._start_pool(name, pool_config.settings)
                 log.info("reload: pool {pool} added", pool=name)

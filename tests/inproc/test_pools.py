@@ -206,6 +206,18 @@ def test_reload_starts_new_pools_retires_removed_ones_and_swaps_the_router() -> 
         lb.stopService()
 
 
+def test_reload_keeps_a_pools_restart_settings_and_names_the_pool(logged: List[str]) -> None:
+    lb = service()
+    pools = {**POOLS, "api": {**POOLS["api"], "health-path": "/ready", "retries": 0}}
+    lb.reload(config_from_mapping({"listen": "tcp:1", "pools": pools, "routes": ROUTES}))
+    api = lb.pools["api"]
+    assert (api.config.health_path, api.dispatcher.retries) == ("/healthz", 0)
+    restart = [line for line in logged if "needs a restart" in line]
+    assert len(restart) == 2, logged
+    assert "reload: listen changed" in restart[0]
+    assert "reload: pools.api.health-path changed" in restart[1]
+
+
 # --- end to end: the runtime API's pools -------------------------------------------------------------
 
 

@@ -8,13 +8,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import error
-from twisted.logger import globalLogPublisher
 
 import powerlb
 from powerlb.backend import BackendSpec
@@ -62,21 +61,6 @@ def test_diff_backends_same_or_reordered_is_no_change() -> None:
 
 
 # --- reload() in-process -----------------------------------------------------------------
-
-
-@pytest.fixture
-def logged() -> Iterator[List[str]]:
-    """Formatted Twisted log lines emitted during the test."""
-    from twisted.logger import formatEvent
-
-    lines: List[str] = []
-
-    def observe(event: Dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 async def names(http: Any, url: str, count: int) -> List[str]:
