@@ -4,8 +4,8 @@
 first match wins; none: 404 with :data:`~powerlb.routing.NO_ROUTE_REASON`), applies the matched
 route's policies (:func:`~powerlb.policies.admit`: access list, redirect, rate limit, on the
 client address that ``trusted-proxies`` gives) and answers the plan: the route, its pool's
-dispatcher and sticky cookie, and the request id. A reload builds a new Router and swaps it in
-whole; the figures (:class:`RouteCounters`) carry over.
+dispatcher and sticky cookie, and the request id. The service keeps one Router: a reload swaps
+its :class:`Routing` (routes, pools, rate limiters) in one step; the figures carry over.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def route_label(route: Route) -> str:
 
 
 class RouteCounters:
-    """Requests per route and refusals per route and policy (they outlive a reload's Router)."""
+    """Requests per route and refusals per route and policy (they outlive a reload)."""
 
     def __init__(self) -> None:
         self.requests: Dict[str, int] = {}
@@ -86,13 +86,29 @@ def describe(route: Route) -> str:
     return " ".join(parts) or "*"
 
 
+class Routing:
+    """One configuration's routes, compiled, the pools they name and their rate limiters
+    (immutable once built: a reload builds another)."""
+
+    def __init__(self, routes: Sequence[Route], pools: Mapping[str, Pool], clock: Clock) -> None:
+        self.routes = tuple(routes)
+        self.table = RouteTable(self.routes)
+        self.pools = dict(pools)
+        self.limiters: Dict[int, RateLimiter] = {
+            route.index: RateLimiter(route.rate_limit, clock)
+            for route in self.routes
+            if route.rate_limit is not None
+        }
+
+
 @implementer(IPlanner)
 class Router:
     """Plans requests over ``routes`` to ``pools`` (by name): see the module docstring.
 
     ``clock`` times the rate limits; ``trusted_proxies`` (addresses or networks) are the proxies
     whose ``X-Forwarded-For`` names the client; ``request_id_header`` names the request id's
-    header. ``counters`` keeps the figures across reloads (a new one when None)."""
+    header. :meth:`update` swaps in a reloaded configuration's routes and pools in one step
+    (``routing``); the figures (``counters``) carry over."""
 
     def __init__(
         self,
@@ -101,26 +117,33 @@ class Router:
         clock: Clock,
         trusted_proxies: Sequence[str] = (),
         request_id_header: str = "X-Request-ID",
-        counters: Optional[RouteCounters] = None,
     ) -> None:
-        self.routes = tuple(routes)
-        self.table = RouteTable(self.routes)
-        self.pools = dict(pools)
+        self.clock = clock
         self.trusted = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_proxies)
         self.request_id_header = request_id_header.lower().encode("ascii")
-        self.counters = RouteCounters() if counters is None else counters
-        self.limiters: Dict[int, RateLimiter] = {
-            route.index: RateLimiter(route.rate_limit, clock)
-            for route in self.routes
-            if route.rate_limit is not None
-        }
+        self.counters = RouteCounters()
+        self.routing = Routing(routes, pools, clock)
+
+    @property
+    def routes(self) -> Tuple[Route, ...]:
+        """The routes in use."""
+        return self.routing.routes
+
+    def update(self, routes: Sequence[Route], pools: Mapping[str, Pool]) -> None:
+        """Plan the next requests over ``routes`` and ``pools`` (a reload); the requests planned
+        before keep the pools they were given. Rate limits start afresh."""
+        self.routing = Routing(routes, pools, self.clock)
+
+    def snapshot(self) -> List[Dict[str, Any]]:
+        """The stats' ``routes`` (see :meth:`RouteCounters.snapshot`)."""
+        return self.counters.snapshot(self.routing.routes)
 
     def plan(
         self, method: bytes, scheme: bytes, host: Optional[bytes], target: bytes, headers: Headers, peer: str
     ) -> Decision:
         """The request's plan, or its refusal (each counted by route and policy)."""
-        counters = self.counters
-        route = self.table.match(method, host, target, headers)
+        counters, routing = self.counters, self.routing
+        route = routing.table.match(method, host, target, headers)
         if route is None:
             counters.requests[UNROUTED] = counters.requests.get(UNROUTED, 0) + 1
             key = (UNROUTED, NO_ROUTE)
@@ -129,12 +152,12 @@ class Router:
         label = route_label(route)
         counters.requests[label] = counters.requests.get(label, 0) + 1
         client = client_address(peer, get_all(headers, b"x-forwarded-for"), self.trusted)
-        refusal = admit(route, client, self.limiters.get(route.index), scheme, host, target)
+        refusal = admit(route, client, routing.limiters.get(route.index), scheme, host, target)
         if refusal is not None:
             key = (label, refusal.policy)
             counters.refusals[key] = counters.refusals.get(key, 0) + 1
             return refusal
         assert route.pool is not None  # only a redirect-only route has none, and it refused above
-        pool = self.pools[route.pool]
+        pool = routing.pools[route.pool]
         _, identifier = request_id(headers, self.request_id_header)
         return RequestPlan(route, route.pool, pool.dispatcher, pool.sticky, identifier)

@@ -18,7 +18,7 @@ SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -36,7 +36,7 @@ from powerlb.outcomes import Outcomes
 from powerlb.pool import Pool
 from powerlb.proxy import ProxyResource
 from powerlb.reload import reloaded
-from powerlb.router import RouteCounters, Router
+from powerlb.router import Router
 from powerlb.routing import Route
 from powerlb.server import ProxySite, QuietSite
 from powerlb.settings import Config, PoolConfig
@@ -67,10 +67,15 @@ class PowerLBService(MultiService):
         self.pools: Dict[str, Pool] = {}
         for name, pool_config in _pool_configs(config).items():
             self.pools[name] = self._start_pool(name, pool_config.settings)
-        #: The figures per route, kept across reloads.
-        self.route_counters = RouteCounters()
-        #: The :class:`~powerlb.plan.IPlanner` of the requests (swapped whole on reload).
-        self.planner = self._make_router(config)
+        #: The :class:`~powerlb.plan.IPlanner` of the requests (one for the service's life: a
+        #: reload swaps its routes and pools).
+        self.planner = Router(
+            _routes(config, self.default_pool),
+            self.pools,
+            reactor,
+            trusted_proxies=config.trusted_proxies,
+            request_id_header=config.request_id_header,
+        )
         self.cache: Optional[LRUCache] = None
         if config.cache_size > 0:
             self.cache = LRUCache(
@@ -181,7 +186,7 @@ class PowerLBService(MultiService):
             None if self.bus is None else self.bus.stats(),
         )
         figures["pools"] = [{**pool.summary(), "default": pool is default} for pool in self.pools.values()]
-        figures["routes"] = self.planner.counters.snapshot(self.planner.routes)
+        figures["routes"] = self.planner.snapshot()
         return figures
 
     def privilegedStartService(self) -> None:
@@ -250,7 +255,7 @@ class PowerLBService(MultiService):
                 log.info("reload: pool {pool} added", pool=name)
         removed = [pools.pop(name) for name in list(pools) if name not in new_pools]
         self.pools = pools
-        self.planner = self._make_router(self._config)
+        self.planner.update(_routes(self._config, self.default_pool), self.pools)
         for pool in removed:
             self._retire(pool)
             log.info("reload: pool {pool} removed; its requests in flight finish", pool=pool.name)
@@ -284,17 +289,6 @@ class PowerLBService(MultiService):
         d = defer.maybeDeferred(pool.disownServiceParent)
         d.addBoth(lambda result: pool.close())
 
-    def _make_router(self, config: Config) -> Router:
-        """The planner over ``config``'s routes and the live pools (at start, and on reload)."""
-        return Router(
-            config.routes or (Route(pool=self.default_pool.name),),
-            self.pools,
-            self.reactor,
-            trusted_proxies=config.trusted_proxies,
-            request_id_header=config.request_id_header,
-            counters=self.route_counters,
-        )
-
     def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
         """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
         from powerlb.redistier import cluster_for
@@ -303,6 +297,12 @@ class PowerLBService(MultiService):
         self.redis.setServiceParent(self)
         self.bus.setServiceParent(self)
         return changes
+
+
+def _routes(config: Config, default: Pool) -> Tuple[Route, ...]:
+    """``config``'s routes; one catch-all to the default pool when it has none (a Config built
+    in code rather than by :func:`~powerlb.config.build_config`)."""
+    return config.routes or (Route(pool=default.name),)
 
 
 def _pool_configs(config: Config) -> Dict[str, PoolConfig]:

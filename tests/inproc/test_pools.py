@@ -183,7 +183,7 @@ def test_reload_starts_new_pools_retires_removed_ones_and_swaps_the_router() -> 
     lb.startService()
     try:
         plan(lb, b"/", b"api.example.com")
-        old_router, api = lb.planner, lb.pools["api"]
+        router, old, api = lb.planner, lb.planner.routing, lb.pools["api"]
         pools = {
             "web": {
                 "backends": ["http://127.0.0.1:9001", "http://127.0.0.1:9003"],
@@ -194,7 +194,8 @@ def test_reload_starts_new_pools_retires_removed_ones_and_swaps_the_router() -> 
         routes = [{"path-prefix": "/img/", "pool": "img"}, {"pool": "web"}]
         lb.reload(config_from_mapping({"listen": "tcp:0", "pools": pools, "routes": routes}))
         assert set(lb.pools) == {"web", "img"}
-        assert lb.planner is not old_router and old_router.pools["api"] is api  # in flight: old objects
+        assert lb.planner is router and router.routing is not old
+        assert old.pools["api"] is api  # what requests in flight were planned with
         assert not api.running and api.parent is None
         assert lb.pools["img"].running
         assert [b.url for b in lb.pools["web"].backends] == pools["web"]["backends"]
