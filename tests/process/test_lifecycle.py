@@ -367,6 +367,39 @@ def test_sighup_reloads_backends_from_the_config_file(tmp_path: Path, demo: List
     assert_clean_exit(proc, status)
 
 
+def test_sighup_reloads_routes_and_pools(tmp_path: Path, demo: List[int]) -> None:
+    b1, b2, b3 = demo
+    config = tmp_path / "lb.yaml"
+
+    def write(pools: Dict[str, List[int]], routes: str) -> None:
+        lines = ["health-interval: 60s", "pools:"]
+        for name, ports in pools.items():
+            lines += [f"  {name}:", "    backends:", *(f"      - http://{HOST}:{port}" for port in ports)]
+        config.write_text("\n".join([*lines, "routes:", routes, ""]), encoding="utf-8")
+
+    write({"default": [b1], "api": [b2]}, "  - {path-prefix: /api/, pool: api}\n  - {pool: default}")
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, [], "--config", str(config))
+    try:
+        assert [p["name"] for p in stats(admin)["pools"]] == ["default", "api"]
+        write({"default": [b1], "img": [b3]}, "  - {path-prefix: /img/, pool: img}\n  - {pool: default}")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: [p["name"] for p in stats(admin)["pools"]] == ["default", "img"], "the reload")
+        figures = stats(admin)
+        assert [(b["pool"], b["url"]) for b in figures["backends"]] == [
+            ("default", f"http://{HOST}:{b1}"),
+            ("img", f"http://{HOST}:{b3}"),
+        ]
+        assert [(r["route"], r["pool"], r["match"]) for r in figures["routes"]] == [
+            ("0", "img", "path-prefix /img/"),
+            ("1", "default", "*"),
+        ]
+        assert get(listen, "/").status == 200
+        assert "reload: pool api removed" in proc.output()
+    finally:
+        status = proc.stop()
+    assert_clean_exit(proc, status)
+
+
 def test_sighup_with_a_broken_file_keeps_serving(tmp_path: Path, demo: List[int]) -> None:
     b1, b2, _ = demo
     config = tmp_path / "lb.yaml"
