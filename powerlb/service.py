@@ -1,7 +1,9 @@
 """The composition root: one powerlb instance as a Twisted ``MultiService``.
 
-:class:`PowerLBService` builds and wires everything of one instance —
-backends, balancer, upstream pools, cache, health checks, listeners — and
+:class:`PowerLBService` builds and wires everything of one instance — the
+pools (:class:`~powerlb.pool.Pool`: backends, balancer, health checks,
+upstream connections), the router (:class:`~powerlb.router.Router`, the
+requests' :class:`~powerlb.plan.IPlanner`), the cache, the listeners — and
 keeps no global state, so several can run in one process. ``twistd powerlb``,
 ``lb.tac`` and embedders all build it through :func:`powerlb.makeService`.
 
@@ -9,10 +11,11 @@ Stopping drains (see :func:`powerlb.listening.drain`): the listeners stop at
 once, idle client connections are closed, in-flight requests get
 ``drain_timeout`` seconds to finish, then whatever is left is cut and the
 upstream pools are closed. :meth:`PowerLBService.reload` applies a re-read
-configuration (backends added, removed or re-weighted, the algorithm,
-retries, the drain timeout; see :mod:`powerlb.reload`) without dropping
-in-flight requests; :class:`powerlb.signals.ReloadOnSighup` does that on
-SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
+configuration (pools and routes; in each pool backends added, removed or
+re-weighted, the algorithm, retries; the drain timeout; see
+:mod:`powerlb.reload`) without dropping in-flight requests;
+:class:`powerlb.signals.ReloadOnSighup` does that on SIGHUP for the
+top-level ``twistd`` runs (embedders call ``reload``).
 """
 
 from __future__ import annotations
