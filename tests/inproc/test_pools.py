@@ -167,6 +167,12 @@ def test_each_pool_has_its_own_settings_and_parts() -> None:
     ]
 
 
+def test_dns_discovery_finds_the_default_pools_backends_only() -> None:
+    lb = service(dns=["app.example.com:8000"])
+    assert lb.default_pool.discovery is not None
+    assert lb.pools["api"].discovery is None and lb.pools["api"].config.dns == ()
+
+
 def test_the_effective_config_keeps_pools_and_their_live_backends() -> None:
     lb = service()
     lb.pools["api"].add_backend(config_from_mapping({"backends": ["http://127.0.0.1:9102"]}).backends[0])
