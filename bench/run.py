@@ -98,6 +98,10 @@ METHOD = """\
   interpreter, built once per commit and reused. Each powerlb row runs from both trees, the baseline
   twin (`@REV`) right after it in every round, so both see the same machine at nearly the same time.
   **vs baseline** is the row's median req/s divided by its twin's; above 1.00x is faster.
+- The routes row (`--rows routes`, this tree only) is the proxied row with `--config` of 50 routes
+  (hosts, path prefixes, path regexes, header values no request has, then a catch-all that takes them
+  all); its **vs baseline** divides by the proxied row of this tree (one catch-all route). Issue 12's goal:
+  its CPU us/req at most 5 % above the proxied row's.
 - Each measurement starts the balancer, polls until it answers 200, records its idle RSS (whole process
   tree, from `/proc/PID/statm`), checks the body size (and, for cache rows, that a second GET says `HIT`),
   warms up with wrk for 1 s, runs wrk once and stops the balancer. Rounds are interleaved: every round
@@ -176,9 +180,20 @@ POWERLB_ROWS = (
     ("pypy-hits", "powerlb PyPy (hits)", "pypy", True, ()),
     ("workers", "powerlb CPython --workers 2", "cpython", False, ("--workers", "2")),
 )
+# The routes row (issue 12): the proxied row with ROUTE_COUNT routes of mixed kinds, only the last
+# (a catch-all) matching; its "vs baseline" is this tree's proxied row (one catch-all route). The goal:
+# CPU per request at most 5 % above it. This tree only (an older baseline may have no routes).
+ROUTES_KEY = "routes"
+ROUTES_LABEL = "powerlb CPython, 50 routes (last matches)"
+ROUTE_COUNT = 50
 # --rows keys beyond the wrk rows: the streaming memory checks and the callgrind counts.
 EXTRA_KEYS = ("memory", "callgrind")
-ROW_KEYS = (*(row.key for row in REFERENCE_ROWS), *(entry[0] for entry in POWERLB_ROWS), *EXTRA_KEYS)
+ROW_KEYS = (
+    *(row.key for row in REFERENCE_ROWS),
+    *(entry[0] for entry in POWERLB_ROWS),
+    ROUTES_KEY,
+    *EXTRA_KEYS,
+)
 
 
 @dataclass(frozen=True)
@@ -453,7 +468,26 @@ def balancer_argv(row: Row, port: int, ctx: Context) -> list[str]:
     ]
     for backend in backends:
         argv += ["--backend", backend]
+    if row.key == ROUTES_KEY:
+        argv += ["--config", str(routes_config(Path(tempfile.mkdtemp(prefix="routes-", dir=ctx.tmp))))]
     return [*argv, *row.options]
+
+
+def routes_config(directory: Path) -> Path:
+    """A config file of ROUTE_COUNT routes to the pool ``default`` (the --backend ones): hosts, path
+    prefixes, path regexes and header values no benchmark request has, then a catch-all."""
+    kinds = (
+        lambda i: f"host: app{i}.example.com",
+        lambda i: f"path-prefix: /service{i}/",
+        lambda i: f"path-regex: '^/v{i}/[a-z]+$'",
+        lambda i: f"header: {{name: X-Tenant, value: t{i}}}",
+    )
+    lines = ["routes:"]
+    lines += [f"  - {{{kinds[i % len(kinds)](i)}, pool: default}}" for i in range(ROUTE_COUNT - 1)]
+    lines.append("  - {pool: default}")
+    path = directory / "routes.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def check_answer(row: Row, port: int, setting: Setting) -> None:
@@ -1167,6 +1201,10 @@ def benchmark_rows(selected: Sequence[str], trees: Sequence[Tree]) -> tuple[list
                 skipped.append(f"`{label}{tree.suffix}` (`twistd powerlb --help` lists no `{options[0]}`)")
                 continue
             rows.append(Row(label + tree.suffix, key, "powerlb", cached, venv, options, twin))
+    if ROUTES_KEY in selected:
+        proxied = next(label for key, label, *_ in POWERLB_ROWS if key == "proxied")
+        venv = trees[0].venvs["cpython"]
+        rows.append(Row(ROUTES_LABEL, ROUTES_KEY, "powerlb", False, venv, baseline_label=proxied))
     return rows, skipped
 
 

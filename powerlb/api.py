@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from powerlb.backend import BACKEND_STATES, BackendSpec
 from powerlb.cachepolicy import url_key
 from powerlb.caching import CacheLayer
 from powerlb.config import ConfigError, backend_from_entry, config_to_mapping
-from powerlb.control import BackendControl, Change, ChangeFailed, Control, LocalControl
+from powerlb.control import BackendControl, Change, ChangeFailed, Control, LocalControl, PoolDirectory
 from powerlb.settings import Config
 from powerlb.values import parse_backend, parse_weight
 
@@ -38,11 +38,16 @@ log = Logger()
 #: Where the API lives on the admin listener.
 API_ROOT = "/api/v1/"
 
-#: The endpoints: a path under :data:`API_ROOT` (``{id}`` is one segment, a backend id) -> its methods.
+#: The endpoints: a path under :data:`API_ROOT` (``{id}``: a backend id, ``{pool}``: a pool name,
+#: one segment each) -> its methods. ``backends`` act on the default pool.
 ENDPOINTS: Dict[str, Tuple[str, ...]] = {
     "stats": ("GET",),
     "backends": ("GET", "POST"),
     "backends/{id}": ("GET", "PATCH", "DELETE"),
+    "pools": ("GET",),
+    "pools/{pool}": ("GET",),
+    "pools/{pool}/backends": ("GET", "POST"),
+    "pools/{pool}/backends/{id}": ("GET", "PATCH", "DELETE"),
     "cache/purge": ("POST",),
     "config": ("GET",),
     "series": ("GET",),
@@ -66,8 +71,9 @@ class ApiError(Exception):
 
 
 def match_endpoint(segments: Sequence[str]) -> Tuple[str, List[str]]:
-    """The endpoint (a key of :data:`ENDPOINTS`) and its ``{id}`` arguments for the path segments
-    after ``/api/``; ApiError 404 when there is none. A trailing slash is ignored."""
+    """The endpoint (a key of :data:`ENDPOINTS`) and its ``{pool}`` and ``{id}`` arguments, in
+    order, for the path segments after ``/api/``; ApiError 404 when there is none. A trailing
+    slash is ignored."""
     parts = list(segments)
     if parts and parts[-1] == "":
         parts.pop()
@@ -75,8 +81,8 @@ def match_endpoint(segments: Sequence[str]) -> Tuple[str, List[str]]:
         rest = parts[1:]
         for endpoint in ENDPOINTS:
             pattern = endpoint.split("/")
-            if len(pattern) == len(rest) and all(p in ("{id}", r) for p, r in zip(pattern, rest)):
-                return endpoint, [r for p, r in zip(pattern, rest) if p == "{id}"]
+            if len(pattern) == len(rest) and all(p in ("{id}", "{pool}", r) for p, r in zip(pattern, rest)):
+                return endpoint, [r for p, r in zip(pattern, rest) if p in ("{id}", "{pool}")]
     known = ", ".join(API_ROOT + endpoint for endpoint in ENDPOINTS)
     raise ApiError(404, f"no such endpoint /api/{'/'.join(parts)}; the endpoints are: {known}")
 
@@ -192,7 +198,7 @@ class ApiResource(Resource):
         self,
         stats: Callable[[], Dict[str, Any]],
         config: Callable[[], Config],
-        control: Optional[BackendControl] = None,
+        control: Union[BackendControl, PoolDirectory, None] = None,
         cache: Optional[CacheLayer] = None,
         token: Optional[str] = None,
         changes: Optional[Control] = None,
@@ -213,6 +219,13 @@ class ApiResource(Resource):
             ("backends/{id}", "GET"): self.get_backend,
             ("backends/{id}", "PATCH"): self.change_backend,
             ("backends/{id}", "DELETE"): self.remove_backend,
+            ("pools", "GET"): self.list_pools,
+            ("pools/{pool}", "GET"): self.get_pool,
+            ("pools/{pool}/backends", "GET"): self.list_backends,
+            ("pools/{pool}/backends", "POST"): self.add_backend,
+            ("pools/{pool}/backends/{id}", "GET"): self.get_backend_of,
+            ("pools/{pool}/backends/{id}", "PATCH"): self.change_backend_of,
+            ("pools/{pool}/backends/{id}", "DELETE"): self.remove_backend_of,
             ("cache/purge", "POST"): self.purge,
             ("config", "GET"): self.get_config,
             ("series", "GET"): self.get_series,
@@ -221,7 +234,9 @@ class ApiResource(Resource):
     def render(self, request: Request) -> Any:
         """Reads answer at once; a change answers once it is applied (``NOT_DONE_YET`` until then)."""
         try:
-            endpoint, args = match_endpoint([part.decode("utf-8", "replace") for part in request.postpath])
+            endpoint, args = match_endpoint(
+                [part.decode("utf-8", "replace") for part in request.postpath or []]
+            )
             method = request.method.decode("ascii", "replace")
             method = "GET" if method == "HEAD" else method
             if method not in ENDPOINTS[endpoint]:
@@ -249,10 +264,10 @@ class ApiResource(Resource):
 
     def _failed(self, failure: Failure, request: Request) -> Tuple[int, Any]:
         """A change that failed: ChangeFailed as its status, anything else as 500 (logged)."""
+        err: Any = failure.value
         if failure.check(ApiError):
-            return self._refusal(request, failure.value)
+            return self._refusal(request, err)
         if failure.check(ChangeFailed):
-            err = failure.value
             return err.status, {"error": err.message, **err.details}
         log.failure("api: a change failed", failure)
         return 500, {"error": f"the change failed: {failure.getErrorMessage()}"}
@@ -273,17 +288,43 @@ class ApiResource(Resource):
         return json.dumps(body, indent=2).encode() + b"\n"
 
     def _json(self, request: Request) -> Dict[str, Any]:
+        assert request.content is not None  # twisted.web sets it before rendering
         return parse_json_body(request.getHeader(b"content-type"), request.content.read(MAX_BODY + 1))
 
-    def _apply(self, change: Change, answer: Callable[[Dict[str, Any]], Tuple[int, Any]]) -> defer.Deferred:
+    def _apply(
+        self, change: Change, answer: Callable[[Dict[str, Any]], Tuple[int, Any]]
+    ) -> defer.Deferred[Any]:
         """Make ``change``; then ``answer(result)``."""
         assert self._changes is not None
         return self._changes.apply(change).addCallback(answer)
 
-    def _snapshot(self, backend_id: str) -> Dict[str, Any]:
-        """A backend's entry in the stats; 404 naming the known ones when there is none."""
+    def _pools(self) -> Tuple[List[Dict[str, Any]], str]:
+        """The stats' pools and the default pool's name (``default`` when the stats name none)."""
+        pools = self._stats().get("pools") or []
+        default = next((pool["name"] for pool in pools if pool.get("default")), "default")
+        return pools, default
+
+    def _pool(self, pool: Optional[str]) -> Tuple[str, str]:
+        """``(pool name, name in changes)`` for ``pool`` (None: the default pool, ``""`` in
+        changes); 404 naming the pools when there is no such pool."""
+        pools, default = self._pools()
+        if pool is None:
+            return default, ""
+        names = [entry["name"] for entry in pools] or [default]
+        if pool not in names:
+            raise ApiError(404, f"no pool {pool!r}; the pools are: {', '.join(names)}")
+        return pool, pool
+
+    def _backends(self, pool: str) -> List[Dict[str, Any]]:
+        """The stats' entries of the backends of ``pool``."""
+        default = self._pools()[1]
+        return [entry for entry in self._stats().get("backends", []) if entry.get("pool", default) == pool]
+
+    def _snapshot(self, backend_id: str, pool: Optional[str] = None) -> Dict[str, Any]:
+        """A backend's entry in the stats (of ``pool``, None: the default pool); 404 naming the
+        known ones when there is none."""
         wanted = canonical_id(backend_id)
-        snapshots = self._stats().get("backends", [])
+        snapshots = self._backends(self._pool(pool)[0])
         for snapshot in snapshots:
             if snapshot["id"] == wanted:
                 return snapshot
@@ -294,32 +335,57 @@ class ApiResource(Resource):
         """``GET /api/v1/stats``: powerlb's version, counters, backends and cache figures."""
         return 200, {"version": __version__, **self._stats()}
 
-    def list_backends(self, request: Request) -> Tuple[int, Any]:
-        """``GET /api/v1/backends``: every backend's figures and state."""
-        return 200, {"backends": self._stats().get("backends", [])}
+    def list_pools(self, request: Request) -> Tuple[int, Any]:
+        """``GET /api/v1/pools``: every pool's name, algorithm and backend counts."""
+        return 200, {"pools": self._pools()[0]}
 
-    def get_backend(self, request: Request, backend_id: str) -> Tuple[int, Any]:
+    def get_pool(self, request: Request, pool: str) -> Tuple[int, Any]:
+        """``GET /api/v1/pools/<pool>``: one pool's figures and its backends'."""
+        name = self._pool(pool)[0]
+        summary = next((entry for entry in self._pools()[0] if entry["name"] == name), {"name": name})
+        return 200, {**summary, "backends": self._backends(name)}
+
+    def list_backends(self, request: Request, pool: Optional[str] = None) -> Tuple[int, Any]:
+        """``GET /api/v1/backends`` (the default pool's), ``GET /api/v1/pools/<pool>/backends``:
+        every backend's figures and state."""
+        return 200, {"backends": self._backends(self._pool(pool)[0])}
+
+    def get_backend(self, request: Request, backend_id: str, pool: Optional[str] = None) -> Tuple[int, Any]:
         """``GET /api/v1/backends/<id>``: one backend's figures and state."""
-        return 200, self._snapshot(backend_id)
+        return 200, self._snapshot(backend_id, pool)
 
-    def add_backend(self, request: Request) -> defer.Deferred:
-        """``POST /api/v1/backends``: a new backend, healthy until its checks say otherwise; 409 if known."""
+    def get_backend_of(self, request: Request, pool: str, backend_id: str) -> Tuple[int, Any]:
+        """``GET /api/v1/pools/<pool>/backends/<id>``."""
+        return self.get_backend(request, backend_id, pool)
+
+    def add_backend(self, request: Request, pool: Optional[str] = None) -> defer.Deferred[Any]:
+        """``POST /api/v1/backends`` (``/api/v1/pools/<pool>/backends``): a new backend, healthy
+        until its checks say otherwise; 409 if known."""
+        name, where = self._pool(pool)
         spec = parse_new_backend(self._json(request))
-        if any(snapshot["id"] == spec.id for snapshot in self._stats().get("backends", [])):
-            raise ApiError(
-                409, f"backend {spec.id} exists; change it with PATCH {API_ROOT}backends/{spec.id}"
-            )
+        if any(snapshot["id"] == spec.id for snapshot in self._backends(name)):
+            path = f"{API_ROOT}backends" if pool is None else f"{API_ROOT}pools/{name}/backends"
+            raise ApiError(409, f"backend {spec.id} exists; change it with PATCH {path}/{spec.id}")
 
         def added(result: Dict[str, Any]) -> Tuple[int, Any]:
-            log.info("api: backend {url} added with weight {weight}", url=spec.url, weight=spec.weight)
-            request.setHeader(b"location", f"{API_ROOT}backends/{spec.id}".encode())
-            return 201, {**self._snapshot(spec.id), **result}
+            log.info(
+                "api: backend {url} added to pool {pool} with weight {weight}",
+                url=spec.url,
+                pool=name,
+                weight=spec.weight,
+            )
+            path = f"{API_ROOT}backends" if pool is None else f"{API_ROOT}pools/{name}/backends"
+            request.setHeader(b"location", f"{path}/{spec.id}".encode())
+            return 201, {**self._snapshot(spec.id, pool), **result}
 
-        return self._apply(Change.add(spec), added)
+        return self._apply(Change.add(spec, where), added)
 
-    def change_backend(self, request: Request, backend_id: str) -> defer.Deferred:
+    def change_backend(
+        self, request: Request, backend_id: str, pool: Optional[str] = None
+    ) -> defer.Deferred[Any]:
         """``PATCH /api/v1/backends/<id>``: a new weight and/or state, both checked before either is set."""
-        known = self._snapshot(backend_id)["id"]
+        where = self._pool(pool)[1]
+        known = self._snapshot(backend_id, pool)["id"]
         weight, state = parse_backend_change(self._json(request), known)
 
         def changed(result: Dict[str, Any]) -> Tuple[int, Any]:
@@ -327,23 +393,34 @@ class ApiResource(Resource):
                 log.info("api: backend {id} now has weight {weight}", id=known, weight=weight)
             if state is not None:
                 log.info("api: backend {id} is now {state}", id=known, state=state)
-            return 200, {**self._snapshot(known), **result}
+            return 200, {**self._snapshot(known, pool), **result}
 
-        return self._apply(Change("set", backend=known, weight=weight, state=state), changed)
+        return self._apply(Change("set", backend=known, weight=weight, state=state, pool=where), changed)
 
-    def remove_backend(self, request: Request, backend_id: str) -> defer.Deferred:
+    def change_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred[Any]:
+        """``PATCH /api/v1/pools/<pool>/backends/<id>``."""
+        return self.change_backend(request, backend_id, pool)
+
+    def remove_backend(
+        self, request: Request, backend_id: str, pool: Optional[str] = None
+    ) -> defer.Deferred[Any]:
         """``DELETE /api/v1/backends/<id>``: out of the balancer now; requests in flight finish."""
-        known = self._snapshot(backend_id)["id"]
-        if len(self._stats().get("backends", [])) == 1:
+        name, where = self._pool(pool)
+        known = self._snapshot(backend_id, pool)["id"]
+        if len(self._backends(name)) == 1:
             raise ApiError(409, f"{known} is the last backend; add another before removing it")
 
         def removed(result: Dict[str, Any]) -> Tuple[int, Any]:
-            log.info("api: backend {id} removed", id=known)
+            log.info("api: backend {id} removed from pool {pool}", id=known, pool=name)
             return 200, {"removed": known, **result}
 
-        return self._apply(Change("remove", backend=known), removed)
+        return self._apply(Change("remove", backend=known, pool=where), removed)
 
-    def purge(self, request: Request) -> defer.Deferred:
+    def remove_backend_of(self, request: Request, pool: str, backend_id: str) -> defer.Deferred[Any]:
+        """``DELETE /api/v1/pools/<pool>/backends/<id>``."""
+        return self.remove_backend(request, backend_id, pool)
+
+    def purge(self, request: Request) -> defer.Deferred[Any]:
         """``POST /api/v1/cache/purge``: remove every stored response of a URL or a URL prefix."""
         assert self._changes is not None
         if not self._changes.caching:

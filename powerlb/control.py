@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from twisted.internet import defer
 
@@ -65,7 +65,7 @@ class Change:
     ``add``: ``backend`` is the new backend's URL, with ``weight`` and ``backup``;
     ``set``: ``backend`` is an id (``host:port``), ``weight`` and/or ``state`` (None: unchanged);
     ``remove``: ``backend`` is an id; ``purge``: the cache ``key`` (a URL, or a URL prefix
-    when ``prefix``).
+    when ``prefix``). ``pool`` names the pool of a backend change (``""``: the default pool).
     """
 
     op: str
@@ -75,20 +75,22 @@ class Change:
     backup: bool = False
     key: bytes = b""
     prefix: bool = False
+    pool: str = ""
 
     @classmethod
-    def add(cls, spec: BackendSpec) -> Change:
-        """Add the backend ``spec`` describes."""
-        return cls("add", backend=spec.url, weight=spec.weight, backup=spec.backup)
+    def add(cls, spec: BackendSpec, pool: str = "") -> Change:
+        """Add the backend ``spec`` describes (to ``pool``)."""
+        return cls("add", backend=spec.url, weight=spec.weight, backup=spec.backup, pool=pool)
 
     def to_json(self) -> Dict[str, Any]:
-        """The change as a JSON object holds it (only the fields its op uses)."""
+        """The change as a JSON object holds it (only the fields its op uses; ``pool`` when set)."""
+        where = {"pool": self.pool} if self.pool else {}
         if self.op == "add":
-            return {"op": "add", "url": self.backend, "weight": self.weight, "backup": self.backup}
+            return {"op": "add", "url": self.backend, "weight": self.weight, "backup": self.backup, **where}
         if self.op == "set":
-            return {"op": "set", "id": self.backend, "weight": self.weight, "state": self.state}
+            return {"op": "set", "id": self.backend, "weight": self.weight, "state": self.state, **where}
         if self.op == "remove":
-            return {"op": "remove", "id": self.backend}
+            return {"op": "remove", "id": self.backend, **where}
         # a cache key is bytes; latin-1 maps each byte to one character and back
         return {"op": "purge", "key": self.key.decode("latin-1"), "prefix": self.prefix}
 
@@ -98,13 +100,14 @@ def change_from_json(value: Any) -> Change:
     if not isinstance(value, dict):
         raise ProtocolError(f"a change must be a JSON object, not {type(value).__name__}")
     op = value.get("op")
+    pool = _field(value, "pool", str, optional=True) or ""
     if op == "add":
         url, weight, backup = (
             _field(value, "url", str),
             _field(value, "weight", int),
             _field(value, "backup", bool),
         )
-        return Change("add", backend=url, weight=weight, backup=backup)
+        return Change("add", backend=url, weight=weight, backup=backup, pool=pool)
     if op == "set":
         weight, state = (
             _field(value, "weight", int, optional=True),
@@ -114,9 +117,9 @@ def change_from_json(value: Any) -> Change:
             raise ProtocolError(f"state {state!r} is not one of {', '.join(BACKEND_STATES)}")
         if weight is None and state is None:
             raise ProtocolError("a set change needs a weight or a state")
-        return Change("set", backend=_field(value, "id", str), weight=weight, state=state)
+        return Change("set", backend=_field(value, "id", str), weight=weight, state=state, pool=pool)
     if op == "remove":
-        return Change("remove", backend=_field(value, "id", str))
+        return Change("remove", backend=_field(value, "id", str), pool=pool)
     if op == "purge":
         key = _field(value, "key", str)
         try:
@@ -223,7 +226,7 @@ def decode(line: bytes) -> Message:
 
 
 class BackendControl(Protocol):
-    """What changes apply to: the live backends of one powerlb (``PowerLBService``)."""
+    """What backend changes apply to: the live backends of one pool (:class:`powerlb.pool.Pool`)."""
 
     backends: List[Backend]
 
@@ -237,19 +240,34 @@ class BackendControl(Protocol):
         """Change a backend's weight."""
 
 
+@runtime_checkable
+class PoolDirectory(Protocol):
+    """Pools by name (``PowerLBService``): backend changes go to the pool they name."""
+
+    def pool(self, name: str) -> BackendControl:
+        """The pool ``name`` (``""``: the default pool); ChangeFailed 404 when there is none."""
+
+
 #: A cache's purge entry point: ``(key, prefix) -> how many stored responses were removed``.
 Purge = Callable[[bytes, bool], int]
 
 
-def apply_change(target: BackendControl, purge: Optional[Purge], change: Change) -> Dict[str, int]:
-    """Apply ``change`` to ``target`` (and the cache behind ``purge``, None when it is off); the
-    result (``{"purged": n}`` for a purge, else empty). ChangeFailed (409) when it does not fit
-    the live state (an unknown or a known backend, the last one, the cache off), before any part
-    of it is made."""
+def apply_change(
+    target: Union[BackendControl, PoolDirectory], purge: Optional[Purge], change: Change
+) -> Dict[str, int]:
+    """Apply ``change`` to ``target`` (a pool, or the pool the change names among the pools of
+    a :class:`PoolDirectory`) and the cache behind ``purge`` (None when it is off); the result
+    (``{"purged": n}`` for a purge, else empty). ChangeFailed (409) when it does not fit the live
+    state (an unknown or a known backend, the last one, the cache off; 404: an unknown pool),
+    before any part of it is made."""
     if change.op == "purge":
         if purge is None:
             raise ChangeFailed(409, "the cache is off (cache-size 0)")
         return {"purged": purge(change.key, change.prefix)}
+    if isinstance(target, PoolDirectory):
+        target = target.pool(change.pool)
+    elif change.pool:
+        raise ChangeFailed(404, f"no pool {change.pool!r}")
     if change.op == "add":
         try:
             spec = backend_from_entry(
@@ -276,13 +294,19 @@ def apply_change(target: BackendControl, purge: Optional[Purge], change: Change)
     return {}
 
 
-def kept_by_reload(changes: Sequence[Change], backend_ids: Sequence[str]) -> List[Change]:
+def kept_by_reload(
+    changes: Sequence[Change], backend_ids: Sequence[str], pools: Optional[Mapping[str, Sequence[str]]] = None
+) -> List[Change]:
     """What of ``changes`` a reload keeps, as a reload does in one process: backends and weights
-    become the file's again, the states of the backends that stay (``backend_ids``) are kept."""
+    become the file's again, the states of the backends that stay are kept (``backend_ids``: of
+    the default pool; ``pools``: the ids of each pool by name, for changes naming their pool)."""
+    pools = pools or {}
     return [
-        Change("set", backend=change.backend, state=change.state)
+        Change("set", backend=change.backend, state=change.state, pool=change.pool)
         for change in changes
-        if change.op == "set" and change.state is not None and change.backend in backend_ids
+        if change.op == "set"
+        and change.state is not None
+        and change.backend in (pools.get(change.pool, ()) if change.pool else backend_ids)
     ]
 
 
@@ -301,7 +325,7 @@ class Control(Protocol):
 class LocalControl:
     """The changes of one process: applied at once to ``target`` and its cache (``purge``)."""
 
-    def __init__(self, target: BackendControl, purge: Optional[Purge]) -> None:
+    def __init__(self, target: Union[BackendControl, PoolDirectory], purge: Optional[Purge]) -> None:
         self.target = target
         self.purge = purge
         self.caching = purge is not None

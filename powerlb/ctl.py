@@ -2,6 +2,8 @@
 
     powerlb-ctl backends
     powerlb-ctl --token "$TOKEN" drain 127.0.0.1:9001
+    powerlb-ctl pools
+    powerlb-ctl backends --pool api
 
 A short-lived process of its own, so it uses blocking ``urllib``. Exit
 status: 0 on success, 1 when the API refuses (its message is printed) or
@@ -34,39 +36,52 @@ class ApiFailure(Exception):
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def backend_path(backend: str) -> str:
-    """The API path of a backend given as its id (``host:port``) or its URL (``https://host[:port]``)."""
+def backends_path(pool: Optional[str]) -> str:
+    """The API path of the backends of ``pool`` (None: the default pool)."""
+    return "backends" if pool is None else f"pools/{quote(pool, safe='')}/backends"
+
+
+def backend_path(backend: str, pool: Optional[str] = None) -> str:
+    """The API path of a backend given as its id (``host:port``) or its URL (``https://host[:port]``),
+    in ``pool`` (None: the default pool)."""
     backend_id = backend.rstrip("/")
     scheme, sep, address = backend_id.partition("://")
     if sep and ":" not in address.rpartition("]")[2]:  # a URL without a port
         backend_id = f"{address}:{DEFAULT_PORTS.get(scheme.lower(), 80)}"
     elif sep:
         backend_id = address
-    return "backends/" + quote(backend_id, safe=":[]")
+    return backends_path(pool) + "/" + quote(backend_id, safe=":[]")
 
 
 def _set_state(state: str) -> Any:
     """The request of a subcommand that sets a backend's state."""
-    return lambda args: ("PATCH", backend_path(args.id), {"state": state})
+    return lambda args: ("PATCH", backend_path(args.id, args.pool), {"state": state})
 
 
 def _add(args: argparse.Namespace) -> Tuple[str, str, Dict[str, Any]]:
     body: Dict[str, Any] = {"url": args.url, "backup": args.backup}
     if args.weight is not None:
         body["weight"] = args.weight
-    return "POST", "backends", body
+    return "POST", backends_path(args.pool), body
 
 
 _ID = ("id", {"help": "the backend: HOST:PORT as in its URL"})
+_POOL = ("--pool", {"metavar": "NAME", "help": "the backend's pool (default: the default pool)"})
+_JSON = ("--json", {"action": "store_true", "help": "print JSON instead of a table"})
 
 
 #: Subcommand -> (help, its arguments as (name, argparse options), how to build (method, path, body)).
 COMMANDS: Dict[str, Any] = {
     "stats": ("show the live figures (JSON)", [], lambda args: ("GET", "stats", None)),
     "backends": (
-        "list the backends (a table; --json for JSON)",
-        [("--json", {"action": "store_true", "help": "print JSON instead of a table"})],
-        lambda args: ("GET", "backends", None),
+        "list the backends of a pool (a table; --json for JSON)",
+        [_JSON, _POOL],
+        lambda args: ("GET", backends_path(args.pool), None),
+    ),
+    "pools": (
+        "list the pools (a table; --json for JSON)",
+        [_JSON],
+        lambda args: ("GET", "pools", None),
     ),
     "add": (
         "add a backend",
@@ -74,26 +89,31 @@ COMMANDS: Dict[str, Any] = {
             ("url", {"help": "http://HOST:PORT"}),
             ("--weight", {"type": int, "help": "weight, a whole number >= 1 (default 1)"}),
             ("--backup", {"action": "store_true", "help": "a backup: serves only while no primary can"}),
+            _POOL,
         ],
         _add,
     ),
     "remove": (
         "remove a backend (requests in flight finish)",
-        [_ID],
-        lambda args: ("DELETE", backend_path(args.id), None),
+        [_ID, _POOL],
+        lambda args: ("DELETE", backend_path(args.id, args.pool), None),
     ),
     "weight": (
         "set a backend's weight",
-        [_ID, ("weight", {"type": int, "help": "a whole number >= 1"})],
-        lambda args: ("PATCH", backend_path(args.id), {"weight": args.weight}),
+        [_ID, ("weight", {"type": int, "help": "a whole number >= 1"}), _POOL],
+        lambda args: ("PATCH", backend_path(args.id, args.pool), {"weight": args.weight}),
     ),
     "drain": (
         "no new requests to a backend; those in flight finish, health checks go on",
-        [_ID],
+        [_ID, _POOL],
         _set_state("draining"),
     ),
-    "disable": ("maintenance: no requests and no health checks for a backend", [_ID], _set_state("disabled")),
-    "enable": ("end draining or maintenance", [_ID], _set_state("enabled")),
+    "disable": (
+        "maintenance: no requests and no health checks for a backend",
+        [_ID, _POOL],
+        _set_state("disabled"),
+    ),
+    "enable": ("end draining or maintenance", [_ID, _POOL], _set_state("enabled")),
     "purge": (
         "remove cached responses of a URL (--url) or of every URL starting with a prefix (--prefix)",
         [],
@@ -174,11 +194,25 @@ COLUMNS: List[Tuple[str, Any]] = [
 ]
 
 
+#: The columns of the ``pools`` table.
+POOL_COLUMNS: List[Tuple[str, Any]] = [
+    ("POOL", lambda p: p["name"] + (" (default)" if p.get("default") else "")),
+    ("ALGORITHM", lambda p: p["algorithm"]),
+    ("BACKENDS", lambda p: p["backends"]),
+    ("HEALTHY", lambda p: p["healthy"]),
+]
+
+
 def format_backends(backends: Sequence[Dict[str, Any]]) -> str:
     """The backends as an aligned text table, one line each under a heading."""
-    rows = [[heading for heading, _ in COLUMNS]]
-    rows += [[str(show(backend)) for _, show in COLUMNS] for backend in backends]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
+    return format_table(backends, COLUMNS)
+
+
+def format_table(entries: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, Any]]) -> str:
+    """``entries`` as an aligned text table of ``columns``, one line each under a heading."""
+    rows = [[heading for heading, _ in columns]]
+    rows += [[str(show(entry)) for _, show in columns] for entry in entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
     )
@@ -198,6 +232,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     if args.command == "backends" and not args.json:
         print(format_backends(answer["backends"]))
+    elif args.command == "pools" and not args.json:
+        print(format_table(answer["pools"], POOL_COLUMNS))
     else:
         print(json.dumps(answer, indent=2))
     return 0

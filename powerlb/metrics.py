@@ -78,13 +78,14 @@ def prometheus_families(stats: Dict[str, Any]) -> Iterable[Metric]:
         value=stats.get("ejections_refused", 0),
     )
     yield from _backend_families(stats["backends"])
+    yield from _route_families(stats.get("routes", []))
     yield from _cache_families(stats["cache"])
     yield from _redis_families(stats.get("redis", {}))
     yield from _tunnel_families(stats.get("tunnels", {}))
 
 
 def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
-    label = ["backend"]
+    label = ["pool", "backend"]
     gauges = {
         "in_flight": GaugeMetricFamily("powerlb_backend_in_flight", "Requests in flight", labels=label),
         "open_connections": GaugeMetricFamily(
@@ -113,10 +114,12 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
         labels=label,
     )
     checks = CounterMetricFamily(
-        "powerlb_health_checks", "Health-check results", labels=["backend", "result"]
+        "powerlb_health_checks", "Health-check results", labels=["pool", "backend", "result"]
     )
     timeouts = CounterMetricFamily(
-        "powerlb_upstream_timeouts", "Upstream time limits that ran out, by kind", labels=["backend", "kind"]
+        "powerlb_upstream_timeouts",
+        "Upstream time limits that ran out, by kind",
+        labels=["pool", "backend", "kind"],
     )
     latency = HistogramMetricFamily(
         "powerlb_upstream_response_seconds",
@@ -128,7 +131,7 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
         *counters.items(),
     ]
     for backend in backends:
-        url = [backend["url"]]
+        url = [backend.get("pool", "default"), backend["url"]]
         up.add_metric(
             url, float(backend["healthy"] and not backend.get("ejected") and not backend.get("disabled"))
         )
@@ -136,9 +139,9 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
             if field in backend:
                 family.add_metric(url, backend[field])
         for result, count in backend.get("checks", {}).items():
-            checks.add_metric([backend["url"], result], count)
+            checks.add_metric([*url, result], count)
         for kind in TIMEOUT_KINDS:
-            timeouts.add_metric([backend["url"], kind], backend.get("timeouts", {}).get(kind, 0))
+            timeouts.add_metric([*url, kind], backend.get("timeouts", {}).get(kind, 0))
         if "latency_buckets" in backend:
             latency.add_metric(
                 url, cumulative_buckets(backend["latency_buckets"]), sum_value=backend["latency_sum"]
@@ -149,6 +152,24 @@ def _backend_families(backends: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
     yield checks
     yield timeouts
     yield latency
+
+
+def _route_families(routes: Sequence[Dict[str, Any]]) -> Iterable[Metric]:
+    """Requests per route, and the routes' refusals by policy (``none``: no route matched)."""
+    requests = CounterMetricFamily(
+        "powerlb_route_requests", "Client requests matched to the route", labels=["route", "pool"]
+    )
+    refusals = CounterMetricFamily(
+        "powerlb_policy_refusals",
+        "Requests a route's policy answered itself (acl, redirect, rate-limit; no-route)",
+        labels=["route", "policy"],
+    )
+    for route in routes:
+        requests.add_metric([route["route"], route.get("pool") or ""], route.get("requests", 0))
+        for policy, count in sorted(route.get("refusals", {}).items()):
+            refusals.add_metric([route["route"], policy], count)
+    yield requests
+    yield refusals
 
 
 def _cache_families(cache: Dict[str, Any]) -> Iterable[Metric]:

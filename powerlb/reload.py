@@ -26,17 +26,23 @@ RELOADABLE = frozenset(
 )
 
 
-def reloaded(old: Config, new: Config) -> Config:
+def reloaded(old: Config, new: Config, scope: Optional[str] = None, where: str = "") -> Config:
     """What a reload from ``old`` to ``new`` runs with: ``new``, but every setting outside
-    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart)."""
+    :data:`RELOADABLE` kept from ``old`` (each such change is logged as needing a restart).
+
+    ``scope`` limits the logging: ``"pool"`` to the pool settings (``old`` and ``new`` are a
+    pool's, ``where`` its prefix, e.g. ``pools.web.``), ``"top"`` to the others (each pool logs
+    its own), None logs every one."""
     kept: Dict[str, Any] = {}
     for setting in SETTINGS:
         before, after = getattr(old, setting.attr), getattr(new, setting.attr)
         if setting.attr not in RELOADABLE and after != before:
             kept[setting.attr] = before
+            if scope is not None and (setting.scope == "pool") != (scope == "pool"):
+                continue
             log.warn(
                 "reload: {setting} changed, which needs a restart; still using {value}",
-                setting=setting.key,
+                setting=where + setting.key,
                 value="off" if before is None else setting.show(before),
             )
     return dataclasses.replace(new, **kept)

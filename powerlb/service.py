@@ -1,7 +1,9 @@
 """The composition root: one powerlb instance as a Twisted ``MultiService``.
 
-:class:`PowerLBService` builds and wires everything of one instance —
-backends, balancer, upstream pools, cache, health checks, listeners — and
+:class:`PowerLBService` builds and wires everything of one instance — the
+pools (:class:`~powerlb.pool.Pool`: backends, balancer, health checks,
+upstream connections), the router (:class:`~powerlb.router.Router`, the
+requests' :class:`~powerlb.plan.IPlanner`), the cache, the listeners — and
 keeps no global state, so several can run in one process. ``twistd powerlb``,
 ``lb.tac`` and embedders all build it through :func:`powerlb.makeService`.
 
@@ -9,16 +11,17 @@ Stopping drains (see :func:`powerlb.listening.drain`): the listeners stop at
 once, idle client connections are closed, in-flight requests get
 ``drain_timeout`` seconds to finish, then whatever is left is cut and the
 upstream pools are closed. :meth:`PowerLBService.reload` applies a re-read
-configuration (backends added, removed or re-weighted, the algorithm,
-retries, the drain timeout; see :mod:`powerlb.reload`) without dropping
-in-flight requests; :class:`powerlb.signals.ReloadOnSighup` does that on
-SIGHUP for the top-level ``twistd`` runs (embedders call ``reload``).
+configuration (pools and routes; in each pool backends added, removed or
+re-weighted, the algorithm, retries; the drain timeout; see
+:mod:`powerlb.reload`) without dropping in-flight requests;
+:class:`powerlb.signals.ReloadOnSighup` does that on SIGHUP for the
+top-level ``twistd`` runs (embedders call ``reload``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -28,35 +31,27 @@ from twisted.logger import Logger
 
 from powerlb.accesslog import AccessLog
 from powerlb.backend import Backend, BackendSpec
-from powerlb.balancing import IBalancer, make_balancer
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
-from powerlb.dispatch import Dispatcher
-from powerlb.health import CheckKind, HealthChecker, SlowStart, backend_probe
+from powerlb.control import ChangeFailed
 from powerlb.listening import Listener, drain
 from powerlb.outcomes import Outcomes
-from powerlb.outlier import OutlierEjector
+from powerlb.pool import Pool
 from powerlb.proxy import ProxyResource
-from powerlb.reload import diff_backends, reloaded
+from powerlb.reload import reloaded
+from powerlb.router import Router
+from powerlb.routing import Route
 from powerlb.server import ProxySite, QuietSite
-from powerlb.settings import Config
-from powerlb.stats import Counters, snapshot
-from powerlb.sticky import StickyCookie
-from powerlb.tls import BackendTLS
-from powerlb.upstream import ProxyClientFactory
+from powerlb.settings import Config, PoolConfig
+from powerlb.stats import Counters, backend_entries, snapshot
 from powerlb.values import endpoint_kind
-
-if TYPE_CHECKING:
-    from powerlb.discovery import DnsDiscovery
 
 log = Logger()
 
-#: Config attributes a new balancer is built for when a reload changes one of them.
-_BALANCER_SETTINGS = ("algorithm", "hash_key", "hash_balance_factor")
-
 
 class PowerLBService(MultiService):
-    """A whole powerlb: proxy listener, optional admin listener, health checks, cache and pools."""
+    """A whole powerlb: proxy listener, optional admin listener, the pools (:class:`Pool`), the router
+    (:class:`~powerlb.router.Router`, ``planner``) and the cache."""
 
     def __init__(
         self, config: Config, reactor: Any = None, listen_endpoint: Optional[IStreamServerEndpoint] = None
@@ -67,16 +62,23 @@ class PowerLBService(MultiService):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.config = config
+        self._config = config
         self.reactor = reactor
-        self.backends = [Backend(spec) for spec in config.backends]
-        self.backend_tls = BackendTLS(config.backend_ca_file)
-        self.sticky = StickyCookie(config.sticky_cookie) if config.sticky_cookie else None
-        self.balancer = self._make_balancer(config)
-        self.clients: Dict[Backend, ProxyClientFactory] = {
-            backend: self._make_client(backend) for backend in self.backends
-        }
         self.counters = Counters()
+        #: The pools by name (see :class:`Pool`), each a child service; ``default_pool`` is the one
+        #: named ``default``, or the first, which ``/api/v1/backends`` and the attributes below act on.
+        self.pools: Dict[str, Pool] = {}
+        for name, pool_config in _pool_configs(config).items():
+            self.pools[name] = self._start_pool(name, pool_config.settings)
+        #: The :class:`~powerlb.plan.IPlanner` of the requests (one for the service's life: a
+        #: reload swaps its routes and pools).
+        self.planner = Router(
+            _routes(config, self.default_pool),
+            self.pools,
+            reactor,
+            trusted_proxies=config.trusted_proxies,
+            request_id_header=config.request_id_header,
+        )
         self.cache: Optional[LRUCache] = None
         if config.cache_size > 0:
             self.cache = LRUCache(
@@ -86,53 +88,6 @@ class PowerLBService(MultiService):
                 keep_stale=config.cache_grace,
             )
             CacheSweeper(self.cache, reactor, config.cache_sweep_interval).setServiceParent(self)
-        self.slow_start = SlowStart(reactor, config.slow_start)
-        self.slow_start.setServiceParent(self)
-        self.outliers: Optional[OutlierEjector] = None
-        if config.outlier_failures > 0:
-            self.outliers = OutlierEjector(
-                reactor,
-                self.backends,
-                config.outlier_failures,
-                config.outlier_backoff,
-                max_ejection=config.outlier_max_ejection,
-                statuses=config.outlier_statuses,
-                counters=self.counters,
-                on_readmit=self.slow_start.begin,
-            )
-            self.outliers.setServiceParent(self)
-        check_kind = CheckKind(config.health_check, config.health_path)
-        #: The health check of one backend (None with ``health-check: off``).
-        self.probe = backend_probe(reactor, check_kind, config.health_timeout, self.backend_tls.creator_for)
-        self.health = HealthChecker(
-            self.backends,
-            self.probe,
-            reactor,
-            config.health_interval,
-            config.health_timeout,
-            rise=config.health_rise,
-            fall=config.health_fall,
-            on_pass=self.outliers.health_passed if self.outliers is not None else None,
-            on_up=self.slow_start.begin,
-            kind=check_kind,
-        )
-        self.health.setServiceParent(self)
-        #: Backends from DNS names (``dns``, ``srv``), or None.
-        self.discovery: Optional[DnsDiscovery] = None
-        if config.dns or config.srv:
-            # Imported here: discovery brings twisted.names.
-            from powerlb.discovery import discovery_for
-
-            self.discovery = discovery_for(config, reactor, self, self.probe)
-            self.discovery.setServiceParent(self)
-        self.dispatcher = Dispatcher(
-            self.balancer,
-            self.clients,
-            retries=config.retries,
-            outliers=self.outliers,
-            counters=self.counters,
-            tunnel_idle_timeout=config.tunnel_idle_timeout,
-        )
         cache_layer = None
         if self.cache is not None:
             cache_layer = CacheLayer(
@@ -183,21 +138,59 @@ class PowerLBService(MultiService):
             self.admin_listener = Listener(serverFromString(reactor, config.admin), QuietSite(admin, reactor))
             self.admin_listener.setServiceParent(self)
 
+    @property
+    def config(self) -> Config:
+        """The effective configuration: the settings run with, each pool's live backends (runtime
+        API changes included) and, at the top level, the default pool's."""
+        pools = {name: PoolConfig(name, pool.config) for name, pool in self.pools.items()}
+        default = self.default_pool.config
+        return dataclasses.replace(self._config, backends=default.backends, pools=pools)
+
+    @property
+    def default_pool(self) -> Pool:
+        """The pool ``/api/v1/backends`` acts on: ``default``, or the first one."""
+        return self.pools.get("default") or next(iter(self.pools.values()))
+
+    def pool(self, name: str) -> Pool:
+        """The pool ``name`` (the default pool for ``""``); ChangeFailed 404 naming the pools otherwise."""
+        if not name:
+            return self.default_pool
+        found = self.pools.get(name)
+        if found is None:
+            raise ChangeFailed(404, f"no pool {name!r}; the pools are: {', '.join(self.pools)}")
+        return found
+
+    # The default pool's parts, as before pools (the request path until it takes the planner).
+    backends = property(lambda self: self.default_pool.backends)
+    balancer = property(lambda self: self.default_pool.balancer)
+    clients = property(lambda self: self.default_pool.clients)
+    dispatcher = property(lambda self: self.default_pool.dispatcher)
+    sticky = property(lambda self: self.default_pool.sticky)
+    health = property(lambda self: self.default_pool.health)
+    outliers = property(lambda self: self.default_pool.outliers)
+    slow_start = property(lambda self: self.default_pool.slow_start)
+    probe = property(lambda self: self.default_pool.probe)
+    discovery = property(lambda self: self.default_pool.discovery)
+    backend_tls = property(lambda self: self.default_pool.backend_tls)
+
     def stats(self) -> Dict[str, Any]:
-        """The live figures shown by ``/api/v1/stats``."""
-        return snapshot(
-            self.backends,
+        """The live figures shown by ``/api/v1/stats``: every pool's backends (each with its
+        ``pool``), the pools (``default`` marks the default pool) and the routes."""
+        default = self.default_pool
+        figures = snapshot(
+            [
+                entry
+                for name, pool in self.pools.items()
+                for entry in backend_entries(name, pool.backends, pool.health.last_result, pool.connections)
+            ],
             self.counters,
             self.cache,
-            self.health.last_result,
-            lambda b: {
-                "open_connections": self.clients[b].open_connections,
-                "idle_connections": self.clients[b].idle_connections,
-                "queued": self.clients[b].queued,
-            },
             self.outcomes.snapshot(),
             None if self.bus is None else self.bus.stats(),
         )
+        figures["pools"] = [{**pool.summary(), "default": pool is default} for pool in self.pools.values()]
+        figures["routes"] = self.planner.snapshot()
+        return figures
 
     def privilegedStartService(self) -> None:
         if self.access_log is not None:
@@ -214,7 +207,7 @@ class PowerLBService(MultiService):
         if self.access_log is not None:
             self.access_log.reopen()
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[Any]:
         """Stop listening at once, drain the client connections (see :func:`drain`), close the pools.
 
         The result fires when every client connection is closed, at most
@@ -230,8 +223,8 @@ class PowerLBService(MultiService):
         d = defer.gatherResults([stopped, *drained], consumeErrors=True)
 
         def close_pools(result: Any) -> Any:
-            for client in self.clients.values():
-                client.close()
+            for pool in self.pools.values():
+                pool.close()
             if self.access_log is not None and self.access_log.running:
                 self.access_log.stopService()
             return result
@@ -241,92 +234,63 @@ class PowerLBService(MultiService):
     def reload(self, config: Config) -> None:
         """Apply a re-read configuration without dropping in-flight requests.
 
-        Backends are matched by URL (see :func:`diff_backends`): new ones get a
-        pool and start healthy, removed ones leave the balancer at once and
-        their pool closes as their in-flight requests end, re-weighted ones
-        change in place and keep their counters. A new ``algorithm``,
-        ``hash-key`` or ``hash-balance-factor`` gets a new balancer;
-        ``retries`` applies to the next request and ``drain_timeout`` to the
-        next stop. A change to any other setting is logged as needing a
-        restart and ignored. Backends found by DNS discovery are not part of
-        ``config.backends`` and stay, unless the new configuration names one:
-        that one becomes static.
+        Each pool in both configurations applies its own settings (see
+        :meth:`Pool.reload`: backends added, removed or re-weighted, a new
+        balancer, ``retries``); a new pool starts; a removed pool gets no new
+        requests, stops its health checks and closes its connections as its
+        in-flight requests end. Then a new :class:`~powerlb.router.Router` over
+        the new routes and pools replaces the old one in one step, so a request
+        is planned either wholly before or wholly after the reload.
+        ``drain_timeout`` applies to the next stop. A change to any other
+        setting is logged as needing a restart and ignored.
         """
-        old = self.config
-        self.config = reloaded(old, config)
-        added, removed, reweighted = diff_backends(old.backends, config.backends)
-        by_url = {backend.url: backend for backend in self.backends}
-        for spec in removed:
-            self.remove_backend(by_url.pop(spec.url))
-            log.info("reload: backend {url} removed", url=spec.url)
-        for spec in reweighted:
-            backend = by_url[spec.url]
-            backend.set_weight(spec.weight)
-            backend.backup = spec.backup
-            log.info("reload: backend {url} now has weight {weight}", url=spec.url, weight=spec.weight)
-        for spec in added:
-            if spec.url in by_url:  # found by DNS discovery: now a static backend
-                backend = by_url[spec.url]
-                if self.discovery is not None:
-                    self.discovery.release(backend)
-                backend.set_weight(spec.weight)
-                backend.backup = spec.backup
+        old = self._config
+        self._config = reloaded(old, config, scope="top")
+        new_pools = _pool_configs(config)
+        pools = dict(self.pools)
+        for name, pool_config in new_pools.items():
+            if name in pools:
+                before = pools[name].config
+                where = "" if len(new_pools) == 1 else f"pools.{name}."  # one pool: the top level's
+                pools[name].reload(reloaded(before, pool_config.settings, "pool", where))
             else:
-                by_url[spec.url] = self.add_backend(spec)
-            log.info("reload: backend {url} added", url=spec.url)
-        static = [by_url[spec.url] for spec in config.backends]
-        self._set_backends([*static, *(b for b in self.backends if b not in static and self._discovered(b))])
-        if any(getattr(config, name) != getattr(old, name) for name in _BALANCER_SETTINGS):
-            self.balancer = self._make_balancer(config)
-            self.dispatcher.balancer = self.balancer
-            log.info(
-                "reload: algorithm is now {algorithm} (hash-key {hash_key}, hash-balance-factor {factor})",
-                algorithm=config.algorithm,
-                hash_key=config.hash_key,
-                factor=config.hash_balance_factor,
-            )
-        self.dispatcher.retries = config.retries
+                pools[name] = self._start_pool(name, pool_config.settings)
+                log.info("reload: pool {pool} added", pool=name)
+        removed = [pools.pop(name) for name in list(pools) if name not in new_pools]
+        self.pools = pools
+        self.planner.update(_routes(self._config, self.default_pool), self.pools)
+        for pool in removed:
+            self._retire(pool)
+            log.info("reload: pool {pool} removed; its requests in flight finish", pool=pool.name)
         log.info(
-            "config reloaded: {added} backends added, {removed} removed, {reweighted} re-weighted",
-            added=len(added),
-            removed=len(removed),
-            reweighted=len(reweighted),
+            "routes and pools reloaded: {pools} pools, {routes} routes",
+            pools=len(self.pools),
+            routes=len(self.planner.routes),
         )
 
     def add_backend(self, spec: BackendSpec) -> Backend:
-        """Start sending requests to a new backend (reload, admin API); it starts healthy.
-
-        Its URL must not be one of the backends' already. ``config.backends``
-        follows, so the effective config and the next reload see it.
-        """
-        backend = Backend(spec)
-        self.clients[backend] = self._make_client(backend)
-        self._set_backends([*self.backends, backend])
-        return backend
+        """Add a backend to the default pool (see :meth:`Pool.add_backend`)."""
+        return self.default_pool.add_backend(spec)
 
     def remove_backend(self, backend: Backend) -> None:
-        """Take a backend out at once (reload, admin API): it gets no new requests, those in
-        flight finish and its pool closes as they end."""
-        self._set_backends([other for other in self.backends if other is not backend])
-        self.clients.pop(backend).close()
+        """Take a backend out of the default pool (see :meth:`Pool.remove_backend`)."""
+        self.default_pool.remove_backend(backend)
 
     def set_backend_weight(self, backend: Backend, weight: int) -> None:
-        """Change a backend's weight now (admin API, see ``Backend.set_weight``); config.backends follows."""
-        backend.set_weight(weight)
-        self._set_backends(self.backends)
+        """Change the weight of a backend of the default pool (see :meth:`Pool.set_backend_weight`)."""
+        self.default_pool.set_backend_weight(backend, weight)
 
-    def _set_backends(self, backends: List[Backend]) -> None:
-        """Make ``backends`` the live set, in order: the list itself (shared with the health checker and
-        the stats), the balancer's tiers and ``config.backends``."""
-        self.backends[:] = backends
-        self.health.set_backends(self.backends)
-        self.balancer.set_backends(self.backends)
-        configured = tuple(b.spec() for b in self.backends if not self._discovered(b))
-        self.config = dataclasses.replace(self.config, backends=configured)
+    def _start_pool(self, name: str, settings: Config) -> Pool:
+        """A new pool, started with this service (or at once when it runs)."""
+        pool = Pool(name, settings, self.reactor, self.counters)
+        pool.setServiceParent(self)
+        return pool
 
-    def _discovered(self, backend: Backend) -> bool:
-        """Whether DNS discovery added ``backend`` (it is then not in ``config.backends``)."""
-        return self.discovery is not None and self.discovery.owns(backend)
+    def _retire(self, pool: Pool) -> None:
+        """Stop a pool the routes no longer name: its checks stop now, its connections close as
+        their requests end."""
+        d = defer.maybeDeferred(pool.disownServiceParent)
+        d.addBoth(lambda result: pool.close())
 
     def _join_cluster(self, config: Config, cache_layer: Optional[CacheLayer]) -> Any:
         """Start the Redis tier and change bus (see :mod:`powerlb.redistier`); the API's control."""
@@ -337,31 +301,27 @@ class PowerLBService(MultiService):
         self.bus.setServiceParent(self)
         return changes
 
-    def _make_balancer(self, config: Config) -> IBalancer:
-        """The balancer ``config`` asks for over the current backends (at start, and on reload)."""
-        return make_balancer(
-            config.algorithm,
-            self.backends,
-            hash_key=config.hash_key,
-            balance_factor=config.hash_balance_factor,
-            sticky=self.sticky,
-        )
 
-    def _make_client(self, backend: Backend) -> ProxyClientFactory:
-        """The upstream pool of one backend (at start, and for each one added later)."""
-        config = self.config
-        return ProxyClientFactory(
-            backend,
-            self.reactor,
-            connect_timeout=config.connect_timeout,
-            response_timeout=config.response_timeout,
-            idle_timeout=config.idle_timeout,
-            keepalive_timeout=config.keepalive_timeout,
-            max_idle=config.keepalive_max_idle,
-            max_connections=config.backend_max_connections,
-            queue_timeout=config.backend_queue_timeout,
-            tls=self.backend_tls.creator_for(backend),
-        )
+def _routes(config: Config, default: Pool) -> Tuple[Route, ...]:
+    """``config``'s routes; one catch-all to the default pool when it has none (a Config built
+    in code rather than by :func:`~powerlb.config.build_config`)."""
+    return config.routes or (Route(pool=default.name),)
+
+
+def _pool_configs(config: Config) -> Dict[str, PoolConfig]:
+    """``config``'s pools; one ``default`` pool of the top-level settings when it names none (a
+    Config built in code rather than by :func:`~powerlb.config.build_config`).
+
+    ``dns`` and ``srv`` are top-level settings: they find the backends of the default pool
+    (``default``, or the first) only, so the other pools' settings have none."""
+    pools = dict(config.pools) or {"default": PoolConfig("default", config)}
+    default = "default" if "default" in pools else next(iter(pools))
+    return {
+        name: pool
+        if name == default
+        else PoolConfig(name, dataclasses.replace(pool.settings, dns=(), srv=None))
+        for name, pool in pools.items()
+    }
 
 
 def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:

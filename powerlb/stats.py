@@ -8,7 +8,7 @@ The snapshot is plain JSON data and the only source of the metrics: with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from powerlb.backend import Backend
 from powerlb.cache import ICacheStore
@@ -62,6 +62,10 @@ class Counters:
     errors: int
     requests: int
     retries: int
+    tunnel_bytes_downstream: int
+    tunnel_bytes_upstream: int
+    tunnels_open: int
+    tunnels_total: int
     upstream_errors: int
 
     def __init__(self) -> None:
@@ -81,19 +85,29 @@ def hit_ratio(results: Mapping[str, int]) -> float:
     return round(from_cache / lookups, 4) if lookups else 0.0
 
 
-def snapshot(
+def backend_entries(
+    pool: str,
     backends: Sequence[Backend],
-    counters: Counters,
-    cache: Optional[ICacheStore],
     last_check: Callable[[Backend], Optional[str]],
     connections: Callable[[Backend], Dict[str, int]],
+) -> List[Dict[str, Any]]:
+    """The stats' entries of one pool's backends: their figures, last health check, upstream
+    connections and the ``pool`` they belong to."""
+    return [{**b.snapshot(), "last_check": last_check(b), **connections(b), "pool": pool} for b in backends]
+
+
+def snapshot(
+    backends: List[Dict[str, Any]],
+    counters: Counters,
+    cache: Optional[ICacheStore],
     responses: Optional[Mapping[str, Any]] = None,
     redis: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Everything ``GET /api/v1/stats`` returns, as plain JSON-ready data.
+    """Everything ``GET /api/v1/stats`` returns but the pools and routes, as plain JSON-ready data.
 
-    ``responses`` is :meth:`powerlb.outcomes.Outcomes.snapshot`: completed requests by
-    backend, status class and cache result; ``redis`` the Redis tier's and bus's figures
+    ``backends`` are the entries of :func:`backend_entries`; ``responses`` is
+    :meth:`powerlb.outcomes.Outcomes.snapshot`: completed requests by backend, status class and
+    cache result; ``redis`` the Redis tier's and bus's figures
     (:meth:`powerlb.redistier.ClusterBus.stats`), None without one.
     """
     cache_figures: Dict[str, Any] = {
@@ -112,7 +126,7 @@ def snapshot(
         "retries": counters.retries,
         "ejections_refused": counters.ejections_refused,
         "responses": dict(responses or {}),
-        "backends": [{**b.snapshot(), "last_check": last_check(b), **connections(b)} for b in backends],
+        "backends": backends,
         "cache": cache_figures,
         "redis": dict(redis) if redis is not None else {"enabled": False},
         "tunnels": {

@@ -107,29 +107,49 @@ def merge_snapshots(snapshots: List[Dict[str, Any]]) -> Dict[str, Any]:
     """One stats snapshot from several workers': numbers summed, flags all-true.
 
     Mappings merge key by key over the keys any worker has (``responses`` is
-    keyed by what each worker has seen); backends by URL, in the order they
-    first appear (during a reload workers may briefly list different ones);
-    other lists of the same length element by element (latency histogram
-    buckets). Identity and configuration fields (``url``, ``weight``,
+    keyed by what each worker has seen); backends by pool and URL, routes by
+    their label and pools by name, in the order they first appear (during a
+    reload workers may briefly list different ones); a pool's entry is the
+    first worker's (its counts are of configuration, not of traffic); other
+    lists of the same length element by element (latency histogram buckets).
+    Identity and configuration fields (``url``, ``weight``,
     ``effective_weight``, ``max_bytes`` ...) are taken from the first worker
     that has them; ``hit_ratio`` is recomputed.
     """
     if not snapshots:
         return {}
-    by_url: Dict[str, List[Any]] = {}
-    for snapshot in snapshots:
-        for backend in snapshot.get("backends", []):
-            by_url.setdefault(backend["url"], []).append(backend)
-    merged: Dict[str, Any] = _merge([{k: v for k, v in s.items() if k != "backends"} for s in snapshots])
-    merged["backends"] = [_merge(same) for same in by_url.values()]
+    keyed = {name: _grouped(snapshots, name, key) for name, key in _KEYED_LISTS.items()}
+    merged: Dict[str, Any] = _merge([{k: v for k, v in s.items() if k not in keyed} for s in snapshots])
+    for name, groups in keyed.items():
+        if name == "backends" or any(name in snapshot for snapshot in snapshots):
+            merged[name] = [same[0] if name == "pools" else _merge(same) for same in groups]
     cache = merged.get("cache")
     if isinstance(cache, dict):
         cache["hit_ratio"] = hit_ratio(cache)
     return merged
 
 
+#: The lists of a snapshot whose entries are matched across workers, and each entry's key.
+_KEYED_LISTS: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+    "backends": lambda backend: (backend.get("pool"), backend["url"]),
+    "pools": lambda pool: pool["name"],
+    "routes": lambda route: route["route"],
+}
+
+
+def _grouped(
+    snapshots: List[Dict[str, Any]], name: str, key: Callable[[Dict[str, Any]], Any]
+) -> List[List[Any]]:
+    """The entries of list ``name`` of every snapshot, grouped by ``key``, in first-seen order."""
+    groups: Dict[Any, List[Any]] = {}
+    for snapshot in snapshots:
+        for entry in snapshot.get(name, []):
+            groups.setdefault(key(entry), []).append(entry)
+    return list(groups.values())
+
+
 _SAME_IN_EVERY_WORKER = frozenset(
-    {"url", "id", "weight", "effective_weight", "backup", "max_bytes", "max_object", "enabled"}
+    {"url", "id", "weight", "effective_weight", "backup", "max_bytes", "max_object", "enabled", "pool"}
 )
 
 
@@ -431,7 +451,13 @@ class WorkerSupervisor(MultiService):
             log.warn("reload: the workers have no config file to re-read; they apply it when restarted")
             return
         # the workers go back to what the file says, keeping the states of the backends that stay
-        self.changes = kept_by_reload(self.changes, [spec.id for spec in self.config.backends])
+        pools = {
+            name: [spec.id for spec in pool.settings.backends] for name, pool in self.config.pools.items()
+        }
+        default = pools.get("default") or next(
+            iter(pools.values()), [spec.id for spec in self.config.backends]
+        )
+        self.changes = kept_by_reload(self.changes, default, pools)
         for worker in self.workers:
             if worker is not None:
                 worker.reload()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import powerlb
@@ -88,3 +89,16 @@ def demo_backends(tmp_path: Path) -> Any:
     yield start
     for process in processes:
         process.stop()
+
+
+@pytest.fixture
+def logged() -> Iterator[List[str]]:
+    """Formatted Twisted log lines emitted during the test."""
+    lines: List[str] = []
+
+    def observe(event: Dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)

@@ -187,7 +187,7 @@ async def test_added_backend_takes_traffic_and_shows_everywhere(make_backends, s
     stats = (await call(http, lb, "GET", "stats")).json_body
     assert [(x["url"], x["requests"]) for x in stats["backends"]] == [(a.url, 4), (b.url, 4), (c.url, 4)]
     metrics = await (await http.get(lb.admin_url + "/metrics")).text()
-    assert f'powerlb_backend_requests_total{{backend="{c.url}"}} 4.0' in metrics
+    assert f'powerlb_backend_requests_total{{backend="{c.url}",pool="default"}} 4.0' in metrics
     config = (await call(http, lb, "GET", "config")).json_body
     assert config["backends"] == [a.url, b.url, c.url + ",weight=2"]
 

@@ -40,12 +40,14 @@ from powerlb.values import parse_backend
 from powerlb.workers import CHANGE_TIMEOUT, WorkerSupervisor, _WorkerProcess
 
 ids = st.text(min_size=1, max_size=30)
+pools = st.just("") | st.text(min_size=1, max_size=10)
 changes = st.one_of(
     st.builds(
-        lambda url, weight, backup: Change("add", backend=url, weight=weight, backup=backup),
+        lambda url, weight, backup, pool: Change("add", backend=url, weight=weight, backup=backup, pool=pool),
         ids,
         st.integers(1, 1000),
         st.booleans(),
+        pools,
     ),
     st.builds(
         lambda backend, weight, state: Change("set", backend=backend, weight=weight, state=state),
@@ -58,7 +60,7 @@ changes = st.one_of(
         ids,
         st.sampled_from(BACKEND_STATES),
     ),
-    st.builds(lambda backend: Change("remove", backend=backend), ids),
+    st.builds(lambda backend, pool: Change("remove", backend=backend, pool=pool), ids, pools),
     st.builds(
         lambda key, prefix: Change("purge", key=key, prefix=prefix), st.binary(max_size=40), st.booleans()
     ),
@@ -203,6 +205,31 @@ class Target:
 
     def set_backend_weight(self, backend: Backend, weight: int) -> None:
         backend.set_weight(weight)
+
+
+class Pools:
+    """A PoolDirectory of Targets; the default pool is ``web``."""
+
+    def __init__(self, **pools: Target) -> None:
+        self.pools = pools
+
+    def pool(self, name: str) -> Target:
+        if name not in self.pools and name:
+            raise ChangeFailed(404, f"no pool {name!r}")
+        return self.pools[name or "web"]
+
+
+def test_apply_change_goes_to_the_pool_it_names() -> None:
+    pools = Pools(web=Target("http://a:1"), api=Target("http://a:1", "http://b:2"))
+    apply_change(pools, None, Change("set", backend="a:1", state="disabled", pool="api"))
+    apply_change(pools, None, Change("remove", backend="b:2", pool="api"))
+    apply_change(pools, None, Change("set", backend="a:1", weight=5))
+    assert [(b.id, b.weight, b.state) for b in pools.pools["api"].backends] == [("a:1", 1, "disabled")]
+    assert [(b.id, b.weight, b.state) for b in pools.pools["web"].backends] == [("a:1", 5, "enabled")]
+    for target in (pools, Target("http://a:1")):
+        with pytest.raises(ChangeFailed) as failed:
+            apply_change(target, None, Change("remove", backend="a:1", pool="nope"))
+        assert failed.value.status == 404
 
 
 def test_apply_change_to_live_backends() -> None:
@@ -382,6 +409,11 @@ def test_a_reload_keeps_only_the_states_of_the_backends_that_stay() -> None:
     ]
     assert kept_by_reload(made, ["a:1", "b:2"]) == [Change("set", backend="a:1", state="draining")]
     assert kept_by_reload([], ["a:1"]) == []
+    in_pools = [
+        Change("set", backend="a:1", state="disabled", pool="api"),
+        Change("set", backend="b:2", state="disabled", pool="web"),
+    ]
+    assert kept_by_reload(in_pools, [], {"api": ["a:1"], "web": []}) == in_pools[:1]
 
 
 def test_powerlb_ctl_waits_longer_than_the_workers_get_to_answer() -> None:

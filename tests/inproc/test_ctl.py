@@ -109,6 +109,38 @@ async def test_reads_table_json_stats_and_config(make_backends, start_powerlb, h
     assert config.json()["admin-token"] == "<redacted>"
 
 
+def test_backend_path_in_a_pool() -> None:
+    assert backend_path("http://h:1", "api") == "pools/api/backends/h:1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pools_and_backend_commands_with_pool(make_backends, start_powerlb, http):
+    a, b, c = make_backends(3)
+    pools = {"default": {"backends": [a.url]}, "api": {"backends": [b.url], "algorithm": "least-connections"}}
+    lb = start_powerlb([a], admin=ADMIN, admin_token=TOKEN, pools=pools)
+    table = await ctl("pools", admin=lb.admin_url)
+    assert [line.split() for line in table.out.splitlines()] == [
+        ["POOL", "ALGORITHM", "BACKENDS", "HEALTHY"],
+        ["default", "(default)", "round-robin", "1", "1"],
+        ["api", "least-connections", "1", "1"],
+    ]
+    listed = await ctl("backends", "--pool", "api", "--json", admin=lb.admin_url)
+    assert [(x["id"], x["pool"]) for x in listed.json()["backends"]] == [(ids([b])[0], "api")]
+    added = await ctl("add", c.url, "--pool", "api", admin=lb.admin_url, token=TOKEN)
+    assert (added.code, added.json()["pool"]) == (0, "api")
+    drained = await ctl("drain", ids([c])[0], "--pool", "api", admin=lb.admin_url, token=TOKEN)
+    assert drained.json()["state"] == "draining"
+    assert [(x.url, x.state) for x in lb.service.pools["api"].backends] == [
+        (b.url, "enabled"),
+        (c.url, "draining"),
+    ]
+    wrong = await ctl("remove", ids([a])[0], "--pool", "nope", admin=lb.admin_url, token=TOKEN)
+    assert (wrong.code, wrong.err.strip()) == (
+        1,
+        "powerlb-ctl: 404 Not Found: no pool 'nope'; the pools are: default, api",
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_changes(make_backends, start_powerlb, http):
     a, b, c = make_backends(3)

@@ -100,7 +100,7 @@ async def test_requests_by_backend_code_and_cache_and_latency_histogram(make_bac
     for backend in stats["backends"]:
         url = backend["url"]
         sent = sum(n for (b_url, _, _), n in expected.items() if b_url == url)
-        labels = (("backend", url),)
+        labels = (("backend", url), ("pool", "default"))
         assert backend["requests"] == sent
         assert samples[("powerlb_upstream_response_seconds_count", labels)] == sent
         assert samples[("powerlb_upstream_response_seconds_sum", labels)] == pytest.approx(
@@ -108,7 +108,7 @@ async def test_requests_by_backend_code_and_cache_and_latency_histogram(make_bac
         )
         assert backend["latency_count"] == sent
         assert 0 < backend["latency_sum"] < 5 * sent
-        inf = samples[("powerlb_upstream_response_seconds_bucket", (*labels, ("le", "+Inf")))]
+        inf = samples[("powerlb_upstream_response_seconds_bucket", tuple(sorted((*labels, ("le", "+Inf")))))]
         assert inf == sent
         assert samples[("powerlb_backend_up", labels)] == 1.0
         assert samples[("powerlb_backend_in_flight", labels)] == 0.0
@@ -132,8 +132,8 @@ async def test_two_embedded_instances_have_separate_metrics(make_backends, start
     first, second = await scrape(http, one), await scrape(http, two)
     assert requests_by(first) == {(a.url, "2xx", "miss"): 3}
     assert requests_by(second) == {(a.url, "2xx", "miss"): 1}
-    assert first[("powerlb_upstream_response_seconds_count", (("backend", a.url),))] == 3
-    assert second[("powerlb_upstream_response_seconds_count", (("backend", a.url),))] == 1
+    assert first[("powerlb_upstream_response_seconds_count", (("backend", a.url), ("pool", "default")))] == 3
+    assert second[("powerlb_upstream_response_seconds_count", (("backend", a.url), ("pool", "default")))] == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -151,9 +151,11 @@ async def test_a_hung_backend_counts_a_response_timeout(make_backends, start_pow
         "idle": 0,
     }
     assert requests_by(samples) == {(a.url, "5xx", "bypass"): 1}
-    assert samples[("powerlb_backend_failures_total", (("backend", a.url),))] == 1
+    assert samples[("powerlb_backend_failures_total", (("backend", a.url), ("pool", "default")))] == 1
     # No response head came: nothing to time.
-    assert samples[("powerlb_upstream_response_seconds_count", (("backend", a.url),))] == 0
+    assert (
+        samples[("powerlb_upstream_response_seconds_count", (("backend", a.url), ("pool", "default")))] == 0
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -165,11 +167,14 @@ async def test_a_get_that_failed_and_was_retried_counts_a_retry(make_backends, s
         response = await fetch(http, f"{lb.url}/r{number}")
         assert (response.code, response.header(b"x-backend")) == (200, b"b")
     samples = await scrape(http, lb)
-    failures = samples[("powerlb_backend_failures_total", (("backend", dead.url),))]
+    failures = samples[("powerlb_backend_failures_total", (("backend", dead.url), ("pool", "default")))]
     assert failures >= 1  # each refused connection sent the GET on to the other backend
     assert samples[("powerlb_retries_total", ())] == failures
     assert requests_by(samples) == {(alive.url, "2xx", "bypass"): 4}
-    assert samples[("powerlb_upstream_response_seconds_count", (("backend", dead.url),))] == 0
+    assert (
+        samples[("powerlb_upstream_response_seconds_count", (("backend", dead.url), ("pool", "default")))]
+        == 0
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -181,7 +186,7 @@ async def test_failing_health_checks_show_as_fail_results(make_backends, start_p
     )
     for _ in range(100):  # up to 5 s: the checks run every 0.1 s
         samples = await scrape(http, lb)
-        if samples[("powerlb_backend_up", (("backend", sick.url),))] == 0.0:
+        if samples[("powerlb_backend_up", (("backend", sick.url), ("pool", "default")))] == 0.0:
             break
         await sleep(0.05)
     checks = {
@@ -190,7 +195,7 @@ async def test_failing_health_checks_show_as_fail_results(make_backends, start_p
     }
     assert checks[(sick.url, "fail")] >= 2 and checks[(sick.url, "pass")] == 0
     assert checks[(well.url, "pass")] >= 2 and checks[(well.url, "fail")] == 0
-    assert samples[("powerlb_backend_up", (("backend", well.url),))] == 1.0
+    assert samples[("powerlb_backend_up", (("backend", well.url), ("pool", "default")))] == 1.0
     assert lb.service.stats()["backends"][0]["checks"]["fail"] == checks[(sick.url, "fail")]
 
 
@@ -206,8 +211,8 @@ async def test_refused_ejections_are_counted(make_backends, start_powerlb, http)
         await response.content()
     samples = await scrape(http, lb)
     assert samples[("powerlb_outlier_ejections_refused_total", ())] == 3
-    assert samples[("powerlb_backend_ejections_total", (("backend", lonely.url),))] == 0
-    assert samples[("powerlb_backend_up", (("backend", lonely.url),))] == 1.0
+    assert samples[("powerlb_backend_ejections_total", (("backend", lonely.url), ("pool", "default")))] == 0
+    assert samples[("powerlb_backend_up", (("backend", lonely.url), ("pool", "default")))] == 1.0
 
 
 @pytest_twisted.ensureDeferred
@@ -227,7 +232,7 @@ async def test_queue_waits_and_timeouts(make_backends, start_powerlb, http):
     held[0].finish()
     assert (await first).code == 200
     samples = await scrape(http, lb)
-    labels = (("backend", a.url),)
+    labels = (("backend", a.url), ("pool", "default"))
     assert samples[("powerlb_queue_waits_total", labels)] == 1
     assert samples[("powerlb_queue_timeouts_total", labels)] == 1
 

@@ -8,13 +8,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import error
-from twisted.logger import globalLogPublisher
 
 import powerlb
 from powerlb.backend import BackendSpec
@@ -62,21 +61,6 @@ def test_diff_backends_same_or_reordered_is_no_change() -> None:
 
 
 # --- reload() in-process -----------------------------------------------------------------
-
-
-@pytest.fixture
-def logged() -> Iterator[List[str]]:
-    """Formatted Twisted log lines emitted during the test."""
-    from twisted.logger import formatEvent
-
-    lines: List[str] = []
-
-    def observe(event: Dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 async def names(http: Any, url: str, count: int) -> List[str]:
@@ -378,6 +362,39 @@ def test_sighup_reloads_backends_from_the_config_file(tmp_path: Path, demo: List
         box["thread"].join(10)
         assert box.get("result") == (200, f"slow answer from backend {b1}\n".encode()), box
         assert "config reloaded: 1 backends added, 1 removed, 1 re-weighted" in proc.output()
+    finally:
+        status = proc.stop()
+    assert_clean_exit(proc, status)
+
+
+def test_sighup_reloads_routes_and_pools(tmp_path: Path, demo: List[int]) -> None:
+    b1, b2, b3 = demo
+    config = tmp_path / "lb.yaml"
+
+    def write(pools: Dict[str, List[int]], routes: str) -> None:
+        lines = ["health-interval: 60s", "pools:"]
+        for name, ports in pools.items():
+            lines += [f"  {name}:", "    backends:", *(f"      - http://{HOST}:{port}" for port in ports)]
+        config.write_text("\n".join([*lines, "routes:", routes, ""]), encoding="utf-8")
+
+    write({"default": [b1], "api": [b2]}, "  - {path-prefix: /api/, pool: api}\n  - {pool: default}")
+    proc, (listen, admin) = start_twistd_powerlb(tmp_path, [], "--config", str(config))
+    try:
+        assert [p["name"] for p in stats(admin)["pools"]] == ["default", "api"]
+        write({"default": [b1], "img": [b3]}, "  - {path-prefix: /img/, pool: img}\n  - {pool: default}")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: [p["name"] for p in stats(admin)["pools"]] == ["default", "img"], "the reload")
+        figures = stats(admin)
+        assert [(b["pool"], b["url"]) for b in figures["backends"]] == [
+            ("default", f"http://{HOST}:{b1}"),
+            ("img", f"http://{HOST}:{b3}"),
+        ]
+        assert [(r["route"], r["pool"], r["match"]) for r in figures["routes"]] == [
+            ("0", "img", "path-prefix /img/"),
+            ("1", "default", "*"),
+        ]
+        assert get(listen, "/").status == 200
+        assert "reload: pool api removed" in proc.output()
     finally:
         status = proc.stop()
     assert_clean_exit(proc, status)

@@ -26,7 +26,7 @@ def test_tour_runs_and_the_drained_backend_gets_no_new_requests() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for port in backends:
-        assert f'powerlb_backend_up{{backend="http://127.0.0.1:{port}"}} 1.0' in out
+        assert f'powerlb_backend_up{{backend="http://127.0.0.1:{port}",pool="default"}} 1.0' in out
     assert len(re.findall(r"^powerlb_requests_total\{.*code=\"2xx\"\} 2\.0$", out, re.M)) == 3
     first = f"127.0.0.1:{backends[0]}"
     assert f"{first} is draining" in out

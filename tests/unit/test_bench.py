@@ -9,6 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from powerlb.config import build_config
+from powerlb.routing import RouteTable
 from tests.support import REPO
 
 
@@ -117,3 +119,18 @@ def test_the_baseline_commit_is_resolved_and_exported(bench: Any, tmp_path: Path
     assert (source / ".complete").exists()
     with pytest.raises(baseline.BaselineError, match="no commit 'no-such-revision-anywhere'"):
         baseline.resolve(REPO, "no-such-revision-anywhere")
+
+
+def test_the_routes_row_compares_50_routes_with_the_proxied_row(bench: Any, tmp_path: Path) -> None:
+    rows, _ = bench.benchmark_rows(("proxied", "routes"), trees(bench))
+    assert [(row.label, row.venv, row.baseline_label) for row in rows][-1] == (
+        "powerlb CPython, 50 routes (last matches)",
+        Path("/venv"),
+        "powerlb CPython",
+    )
+    config = build_config({"backend": ["http://127.0.0.1:9001"]}, str(bench.routes_config(tmp_path)))
+    assert len(config.routes) == bench.ROUTE_COUNT
+    assert [route.index for route in config.routes if route.matches_everything] == [bench.ROUTE_COUNT - 1]
+    table = RouteTable(config.routes)
+    request = (b"GET", b"127.0.0.1:8080", b"/nocache/1k", [(b"host", b"127.0.0.1:8080")])
+    assert table.match(*request) is config.routes[-1]

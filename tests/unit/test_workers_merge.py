@@ -70,3 +70,34 @@ def test_merged_hit_ratio_counts_every_answer_from_the_cache_as_one_process_does
     cache = {"hits": 1, "stale": 1, "revalidated": 0, "coalesced": 1, "misses": 1}
     merged = merge_snapshots([{"cache": dict(cache)}, {"cache": dict(cache)}])
     assert merged["cache"]["hit_ratio"] == 0.75
+
+
+def pooled(requests: int, refused: int) -> dict:
+    """A worker's snapshot with the same backend URL in two pools, two pools and two routes."""
+    return {
+        "backends": [
+            {"pool": "web", "url": "http://b", "requests": requests},
+            {"pool": "api", "url": "http://b", "requests": 1},
+        ],
+        "pools": [
+            {"name": "web", "algorithm": "round-robin", "backends": 1, "healthy": 1, "default": True},
+            {"name": "api", "algorithm": "least-connections", "backends": 1, "healthy": 1, "default": False},
+        ],
+        "routes": [
+            {"route": "0", "pool": "api", "match": "host api", "requests": 2, "refusals": {"acl": refused}},
+            {"route": "1", "pool": "web", "match": "*", "requests": requests, "refusals": {}},
+        ],
+    }
+
+
+def test_merge_keeps_pools_apart_and_sums_routes() -> None:
+    merged = merge_snapshots([pooled(3, 1), pooled(4, 2)])
+    assert [(b["pool"], b["url"], b["requests"]) for b in merged["backends"]] == [
+        ("web", "http://b", 7),
+        ("api", "http://b", 2),
+    ]
+    assert merged["pools"] == pooled(0, 0)["pools"]
+    assert [(r["route"], r["pool"], r["requests"], r["refusals"]) for r in merged["routes"]] == [
+        ("0", "api", 4, {"acl": 3}),
+        ("1", "web", 7, {}),
+    ]
