@@ -13,7 +13,7 @@ public import path for embedding powerlb.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -152,18 +152,13 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
             parse_pool_name(name)
         except ValueError as exc:
             raise ConfigError(where, str(exc)) from None
-        entry = {} if entry is None else entry
-        if not isinstance(entry, Mapping):
-            raise ConfigError(
-                where, f"{entry!r} is not a mapping; give the pool's settings, e.g. backends: [...]"
-            )
-        _check_keys(entry, POOL_KEYS, where, of=where)
-        values = {}
-        for key, value in entry.items():
-            try:
-                values[POOL_KEYS[key].attr] = _parse_setting(POOL_KEYS[key], value)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.{key}", exc.problem) from None
+        values = _section_entry(
+            {} if entry is None else entry,
+            POOL_KEYS,
+            where,
+            "give the pool's settings, e.g. backends: [...]",
+            lambda key, value: (POOL_KEYS[key].attr, _parse_setting(POOL_KEYS[key], value)),
+        )
         settings = dataclasses.replace(top, **values)
         if not _finds_backends(vars(settings)):
             raise ConfigError(f"{where}.backends", "no backends given; add backends: [http://HOST:PORT]")
@@ -171,6 +166,30 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
         _check_hashing(settings, f"{where}.")
         pools[name] = PoolConfig(name, settings)
     return pools
+
+
+def _section_entry(
+    entry: Any,
+    keys: Collection[str],
+    where: str,
+    example: str,
+    parse: Callable[[str, Any], Tuple[str, Any]],
+) -> Dict[str, Any]:
+    """The values of one ``pools:`` or ``routes:`` entry, by ``parse(key, value) -> (name, value)``;
+    a bad entry or value is a ConfigError naming ``where`` (and the key)."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(where, f"{entry!r} is not a mapping; {example}")
+    _check_keys(entry, keys, where, of=where)
+    values: Dict[str, Any] = {}
+    for key, value in entry.items():
+        try:
+            name, parsed = parse(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{key}", exc.problem) from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{key}", str(exc)) from None
+        values[name] = parsed
+    return values
 
 
 def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
@@ -187,17 +206,13 @@ def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
     routes = []
     for index, entry in enumerate(raw):
         where = f"routes[{index}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(
-                where, f"{entry!r} is not a mapping; write e.g. {{host: api.example.com, pool: api}}"
-            )
-        _check_keys(entry, ROUTE_KEYS, where, of=where)
-        values = {}
-        for key, value in entry.items():
-            try:
-                values[key] = ROUTE_KEYS[key].parse(value)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.{key}", str(exc)) from None
+        values = _section_entry(
+            entry,
+            ROUTE_KEYS,
+            where,
+            "write e.g. {host: api.example.com, pool: api}",
+            lambda key, value: (key, ROUTE_KEYS[key].parse(value)),
+        )
         try:
             route = build_route(values, index)
         except RouteKeyError as exc:
