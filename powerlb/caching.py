@@ -56,6 +56,7 @@ from zope.interface import implementer
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
+from powerlb.policies import HeaderRules, apply_header_rules, cache_key
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
 from powerlb.upstream import IResponseSink, UpstreamError
@@ -136,7 +137,7 @@ class CacheLayer:
         """
         if client.method == b"PURGE":
             return self._purge_request(request, client)
-        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
+        key = cache_key(client.plan.route, client.scheme, client.host or b"", client.target, client.headers)
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
             if client.method == b"POST":
@@ -265,25 +266,26 @@ class CacheLayer:
         return entry
 
     def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
-        """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
+        """Answer ``request`` from ``entry`` (counted as ``x_cache``), with the route's response
+        header rules."""
         self.count(x_cache)
-        return serve_answer(request, self.answer(client.method, client.headers, entry, now), x_cache)
+        answer = self.answer(client.method, client.headers, entry, now)
+        rules = client.plan.route.response_headers
+        if rules:
+            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
+        return serve_answer(request, answer, x_cache)
 
     def fast_response(
-        self, method: bytes, target: bytes, headers: Headers, secure: bool
+        self, key: bytes, method: bytes, headers: Headers, rules: HeaderRules
     ) -> Optional[Tuple[bytes, bytes]]:
-        """The response (head, body) to a plain ``GET``/``HEAD`` a fresh stored response answers, else None.
+        """The response (head, body) to a plain ``GET``/``HEAD`` for ``key`` that a fresh stored response
+        answers (with the response header ``rules``), else None.
 
         The client-facing channel's short way for cache hits (no twisted.web
-        request is built): the same store, policy and answer as :meth:`render`,
-        counted the same; None leaves the request to the normal way.
+        request is built; see :meth:`powerlb.proxy.ProxyResource.fast_response`): the same store, policy
+        and answer as :meth:`render`, counted the same; None leaves the request to the normal way.
         """
-        host = get_first(headers, b"host")
-        if host is None:
-            return None
-        entry = self.lookup(
-            cachepolicy.primary_key(b"https" if secure else b"http", host, target), method, headers
-        )
+        entry = self.lookup(key, method, headers)
         if entry is None:
             return None
         now = self.clock.seconds()
@@ -292,9 +294,11 @@ class CacheLayer:
         )
         if use != cachepolicy.FRESH:
             return None
-        self.counters.requests += 1
         self.count(HIT)
-        return wire_answer(self.answer(method, headers, entry, now), HIT)
+        answer = self.answer(method, headers, entry, now)
+        if rules:
+            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
+        return wire_answer(answer, HIT)
 
     def answer(
         self, method: bytes, headers: Headers, entry: CachedResponse, now: float

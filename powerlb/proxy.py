@@ -11,7 +11,7 @@ twisted.web request. Decisions come from the pure modules (``headers``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from powerlb.caching import CacheLayer
-from powerlb.dispatch import Dispatch, Dispatcher, UpstreamRequest
+from powerlb.dispatch import Dispatch, UpstreamRequest
 from powerlb.headers import (
     Headers,
     forward_request_headers,
@@ -29,6 +29,9 @@ from powerlb.headers import (
     strip_hop_by_hop,
 )
 from powerlb.http11 import serialize_interim
+from powerlb.interfaces import FastResponse
+from powerlb.plan import Decision, IPlanner, RequestPlan
+from powerlb.policies import apply_header_rules, cache_key, rewrite_path
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
@@ -39,7 +42,7 @@ from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
 class ClientRequest:
     """What the request path needs to know of a client request, parsed once."""
 
-    __slots__ = ("client_host", "headers", "host", "method", "scheme", "target", "upgrade")
+    __slots__ = ("client_host", "headers", "host", "method", "plan", "scheme", "target", "upgrade")
 
     def __init__(self, request: Request) -> None:
         self.method: bytes = request.method
@@ -59,6 +62,8 @@ class ClientRequest:
         #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
         upgrade = is_upgrade(self.method, request.clientproto, self.headers)
         self.upgrade: Any = request.channel if upgrade else None
+        #: The router's plan for this request (set by :class:`ProxyResource` once it has one).
+        self.plan: RequestPlan
 
     def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
         """A copy of this request with another ``method`` and ``headers`` (e.g. the cache's own GET).
@@ -73,37 +78,52 @@ class ClientRequest:
         other.scheme = self.scheme
         other.client_host = self.client_host
         other.upgrade = self.upgrade
+        other.plan = self.plan
         return other
 
-    def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
-        """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
+    def upstream(self, body: Union[bytes, BodyStream], request_id_header: bytes) -> UpstreamRequest:
+        """The request to send to a backend as the plan says: forwarding headers added, hop-by-hop ones
+        and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
+        ``request_id_header``, the target rewritten by the route."""
+        plan = self.plan
+        route = plan.route
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
         if self.upgrade is not None:
             headers = upgrade_request_headers(self.headers, headers)
-        return UpstreamRequest(self.method, self.target, headers, body, self.upgrade)
+        if plan.sticky is not None:
+            headers = plan.sticky.strip(headers)
+        headers = apply_header_rules(route.request_headers, headers)
+        if plan.request_id is not None:
+            headers = [(k, v) for k, v in headers if k != request_id_header]
+            headers.append((request_id_header, plan.request_id))
+        return UpstreamRequest(self.method, rewrite_path(route, self.target), headers, body, self.upgrade)
 
 
 class ProxyResource(Resource):
-    """Entry point for every client request: the cache layer first, if any, then the dispatcher.
+    """Entry point for every client request: the planner's decision, then the cache layer, then the
+    plan's dispatcher.
 
-    With ``sticky`` (the sticky-session cookie) that cookie is removed from
-    requests sent upstream and set on client responses (see :mod:`powerlb.sticky`).
+    ``planner`` (:class:`~powerlb.plan.IPlanner`) decides once per request:
+    a refusal is answered at once (powerlb's own response, with the refusal's
+    headers); a plan names the route (cache use, cache key, path rewrite,
+    header rules) and the pool (dispatcher, sticky cookie) that serve it.
+    The plan's request id is sent upstream in ``request_id_header``.
     """
 
     isLeaf = True
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        planner: IPlanner,
         cache: Optional[CacheLayer],
         counters: Counters,
-        sticky: Optional[StickyCookie] = None,
+        request_id_header: bytes = b"x-request-id",
     ) -> None:
         super().__init__()
-        self.dispatcher = dispatcher
+        self.planner = planner
         self.cache = cache
         self.counters = counters
-        self.sticky = sticky
+        self.request_id_header = request_id_header.lower()
 
     def render(self, request: Request) -> Any:
         self.counters.requests += 1
@@ -111,10 +131,50 @@ class ProxyResource(Resource):
         if client.host is None and request.clientproto == b"HTTP/1.1":
             self.counters.errors += 1
             return error_response(request, 400, "HTTP/1.1 request without a Host header")
-        if self.cache is None or client.upgrade is not None:  # upgrades never touch the cache
+        decision = getattr(request, "plan", None)  # made already on the channel's short way
+        if decision is None:
+            peer = client.client_host.decode()
+            target = client.target
+            decision = self.planner.plan(
+                client.method, client.scheme, client.host, target, client.headers, peer
+            )
+        if not isinstance(decision, RequestPlan):
+            self.counters.errors += 1
+            reason = decision.reason.decode("latin-1")
+            return error_response(request, decision.status, reason, decision.headers)
+        client.plan = decision
+        request.request_id = decision.request_id
+        cache = self.cache
+        if cache is None or not decision.route.cache or client.upgrade is not None:  # upgrades: never cached
             self.counters.cache_bypass += 1
             return self.forward(request, client, b"BYPASS")
-        return self.cache.render(self, request, client)
+        return cache.render(self, request, client)
+
+    def fast_response(
+        self, method: bytes, target: bytes, headers: Headers, secure: bool, peer: str
+    ) -> Tuple[Optional[FastResponse], Optional[Decision]]:
+        """The ready response to a plain ``GET``/``HEAD`` when its plan lets a fresh stored response
+        answer it, ``(head, body, request id)``, else None (the request takes the normal way); and the
+        planner's decision (None when not asked), which that request then carries on.
+
+        The client channel's short way for cache hits (:data:`powerlb.interfaces.FastAnswer`):
+        the same planner, cache key and answer as :meth:`render`.
+        """
+        cache = self.cache
+        host = get_first(headers, b"host")
+        if cache is None or host is None:
+            return None, None
+        scheme = b"https" if secure else b"http"
+        decision = self.planner.plan(method, scheme, host, target, headers, peer)
+        if not isinstance(decision, RequestPlan) or not decision.route.cache:
+            return None, decision
+        route = decision.route
+        key = cache_key(route, scheme, host, target, headers)
+        response = cache.fast_response(key, method, headers, route.response_headers)
+        if response is None:
+            return None, decision
+        self.counters.requests += 1
+        return (response[0], response[1], decision.request_id), decision
 
     def forward(
         self,
@@ -124,7 +184,7 @@ class ProxyResource(Resource):
         wrap: Optional[Callable[[Any], Any]] = None,
     ) -> Any:
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
-        responder = ClientResponder(request, self.counters, x_cache, self.sticky)
+        responder = ClientResponder(request, self.counters, x_cache, client.plan)
         sink = responder if wrap is None else wrap(responder)
         body = getattr(request, "body_stream", None)
         if body is None:
@@ -134,11 +194,8 @@ class ProxyResource(Resource):
         return NOT_DONE_YET
 
     def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
-        """Send ``client``'s request upstream (routed on it, sticky cookie removed); ``sink`` hears back."""
-        upstream = client.upstream(body)
-        if self.sticky is not None:
-            upstream.headers = self.sticky.strip(upstream.headers)
-        return self.dispatcher.send(upstream, sink, client)
+        """Send ``client``'s request upstream through its plan's dispatcher; ``sink`` hears back."""
+        return client.plan.dispatcher.send(client.upstream(body, self.request_id_header), sink, client)
 
 
 @implementer(IResponseSink, IPushProducer)
@@ -149,18 +206,17 @@ class ClientResponder:
     client's pause on to the backend read, and a client that goes away
     abandons the upstream request. With ``sticky`` a response a backend
     answered gets the sticky cookie of that backend, unless the client
-    already sent it.
+    already sent it. Every response head gets the route's response header
+    rules (``plan``'s).
     """
 
-    __slots__ = ("counters", "dispatch", "done", "request", "sticky", "x_cache")
+    __slots__ = ("counters", "dispatch", "done", "plan", "request", "x_cache")
 
-    def __init__(
-        self, request: Request, counters: Counters, x_cache: bytes, sticky: Optional[StickyCookie] = None
-    ) -> None:
+    def __init__(self, request: Request, counters: Counters, x_cache: bytes, plan: RequestPlan) -> None:
         self.request = request
         self.counters = counters
         self.x_cache = x_cache
-        self.sticky = sticky
+        self.plan = plan
         self.dispatch: Any = None
         self.done = False
         request.registerProducer(self, True)
@@ -190,8 +246,10 @@ class ClientResponder:
             self._switched(reason)
             return
         headers = forward_response_headers(headers)
-        if self.sticky is not None:
-            self._stick(headers)
+        sticky = self.plan.sticky
+        if sticky is not None:
+            self._stick(sticky, headers)
+        headers = apply_header_rules(self.plan.route.response_headers, headers)
         request = self.request
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:
@@ -249,14 +307,12 @@ class ClientResponder:
         request.x_cache = self.x_cache
         request.channel.factory.log(request)
 
-    def _stick(self, headers: Headers) -> None:
+    def _stick(self, sticky: StickyCookie, headers: Headers) -> None:
         """Add the sticky cookie of the backend whose response this is (none for one made from the cache
         after the backend failed)."""
         dispatch = self.dispatch
         if dispatch is not None and dispatch.committed:
-            cookie = self.sticky.set_cookie(
-                dispatch.client.headers, dispatch.backend.url, self.request.isSecure()
-            )
+            cookie = sticky.set_cookie(dispatch.client.headers, dispatch.backend.url, self.request.isSecure())
             if cookie is not None:
                 headers.append((b"set-cookie", cookie))
 

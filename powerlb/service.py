@@ -36,6 +36,7 @@ from powerlb.health import CheckKind, HealthChecker, SlowStart, backend_probe
 from powerlb.listening import Listener, drain
 from powerlb.outcomes import Outcomes
 from powerlb.outlier import OutlierEjector
+from powerlb.plan import SinglePool
 from powerlb.proxy import ProxyResource
 from powerlb.reload import diff_backends, reloaded
 from powerlb.server import ProxySite, QuietSite
@@ -149,7 +150,8 @@ class PowerLBService(MultiService):
         self.redis: Optional[Any] = None
         self.bus: Optional[Any] = None
         changes = None if config.redis is None else self._join_cluster(config, cache_layer)
-        resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
+        planner = SinglePool(self.dispatcher, self.sticky)
+        resource = ProxyResource(planner, cache_layer, self.counters, config.request_id_header.encode())
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
         #: The access log (None when off); started before and stopped after the listeners' drain.
@@ -161,7 +163,7 @@ class PowerLBService(MultiService):
         if config.http2 and endpoint_kind(config.listen) == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
-            site.fast_answer = cache_layer.fast_response
+            site.fast_answer = resource.fast_response
         self.proxy_listener = Listener(listen_endpoint, site)
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
