@@ -55,11 +55,12 @@ from zope.interface import implementer
 
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
+from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
+from powerlb.interfaces import IResponseSink
 from powerlb.policies import HeaderRules, apply_header_rules, cache_key
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
-from powerlb.upstream import IResponseSink, UpstreamError
 
 #: Seconds a key whose response could not be stored skips request coalescing.
 HIT_FOR_PASS = 60.0

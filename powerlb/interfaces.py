@@ -1,28 +1,75 @@
 """The contracts between the layers of the request path, in one module.
 
-The request path is a one-way stack: the client-facing resource asks the
-planner (:class:`powerlb.plan.IPlanner`), then the cache layer, then the
-plan's dispatcher, which hands the request to a backend's connection pool.
-Answers come back up as the events of a response sink. This module holds
-those contracts, so that no layer needs to import the one above it:
+The request path is a one-way stack: the client-facing resource
+(:mod:`powerlb.proxy`) asks the planner (:class:`powerlb.plan.IPlanner`),
+then the cache layer (:mod:`powerlb.caching`), then the plan's dispatcher
+(:mod:`powerlb.dispatch`), which hands the request to a backend's pool
+(:class:`IUpstream`, :class:`powerlb.upstream.ProxyClientFactory`). Answers
+come back up as the events of a response sink (:class:`IResponseSink`). The
+contracts live here, so that no layer imports the one above it:
 
-- the response sink (:class:`~powerlb.upstream.IResponseSink`, re-exported here);
-- the upstream (:class:`IUpstream`): a backend's connection pool, as the dispatcher uses it;
-- the cache store (:class:`~powerlb.cache.ICacheStore`, re-exported here);
-- the balancer (:class:`~powerlb.balancing.Balancer`'s protocol, :class:`IBalancer`);
-- the fast hit (:data:`FastResponse`, :data:`FastAnswer`): the client channel's short way for cache hits.
+- :class:`IResponseSink`: the events of one upstream response;
+- :class:`IUpstream`: one backend's connection pool, as the dispatcher sends to it;
+- :class:`~powerlb.cache.ICacheStore`: where the cache keeps entries (defined beside its stores);
+- :class:`~powerlb.balancing.IBalancer`: the balancing algorithm (defined beside the algorithms);
+- :data:`FastAnswer`: the client channel's short way for cache hits.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import Interface
+
+from powerlb.balancing import IBalancer
 from powerlb.cache import ICacheStore
+from powerlb.errors import UpstreamError
 from powerlb.headers import Headers
-from powerlb.upstream import IResponseSink
 
 if TYPE_CHECKING:
     from powerlb.plan import Decision
+    from powerlb.upstream import BodyStream
+
+
+class IResponseSink(Interface):
+    """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it.
+
+    No event reaches the sink before :meth:`ProxyClientFactory.request` has
+    returned the exchange. Every sink passes interim responses on or drops them.
+    """
+
+    def interim_received(status: int, reason: bytes, headers: Headers) -> None:
+        """An interim (1xx) response arrived ahead of the final one (headers as sent); never the response."""
+
+    def head_received(status: int, reason: bytes, headers: Headers) -> None:
+        """The status line and headers arrived (hop-by-hop headers still included)."""
+
+    def body_received(data: bytes) -> None:
+        """A piece of the decoded body arrived."""
+
+    def response_ended() -> None:
+        """The whole response arrived."""
+
+    def request_failed(error: UpstreamError) -> None:
+        """The exchange failed; ``error.status`` says 502 or 504."""
+
+
+class IUpstream(Interface):
+    """One backend's connection pool: sends a request, and its response goes to a sink."""
+
+    def request(
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: Union[bytes, BodyStream],
+        sink: IResponseSink,
+        idempotent: bool,
+    ) -> IPushProducer:
+        """Send the request; ``sink`` hears its response (no event before this returns). The returned
+        exchange is the push producer of the response body (a slow client pauses it) and has
+        ``abort()`` and ``response_time``."""
+
 
 #: A fast hit: the response's head and body, and the plan's request id (None when none).
 FastResponse = Tuple[bytes, bytes, Optional[bytes]]
@@ -30,4 +77,4 @@ FastResponse = Tuple[bytes, bytes, Optional[bytes]]
 #: answers plain cache hits, and hands a request it does not answer the decision made for it.
 FastAnswer = Callable[[bytes, bytes, Headers, bool, str], Tuple[Optional[FastResponse], Optional["Decision"]]]
 
-__all__ = ["FastAnswer", "FastResponse", "ICacheStore", "IResponseSink"]
+__all__ = ["FastAnswer", "FastResponse", "IBalancer", "ICacheStore", "IResponseSink", "IUpstream"]

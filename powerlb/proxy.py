@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from powerlb.caching import CacheLayer
 from powerlb.dispatch import Dispatch, UpstreamRequest
+from powerlb.errors import UpstreamError
 from powerlb.headers import (
     Headers,
     forward_request_headers,
@@ -29,14 +30,14 @@ from powerlb.headers import (
     strip_hop_by_hop,
 )
 from powerlb.http11 import serialize_interim
-from powerlb.interfaces import FastResponse
+from powerlb.interfaces import FastResponse, IResponseSink
 from powerlb.plan import Decision, IPlanner, RequestPlan
 from powerlb.policies import apply_header_rules, cache_key, rewrite_path
 from powerlb.responses import error_response, set_response_headers
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
 from powerlb.tunnel import is_upgrade, upgrade_request_headers
-from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
+from powerlb.upstream import BodyStream
 
 
 class ClientRequest:
