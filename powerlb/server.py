@@ -37,7 +37,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import Headers, get_first
+from powerlb.headers import TOKEN_BYTES, Headers, get_first
 from powerlb.interfaces import FastAnswer
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -59,7 +59,6 @@ class Limits:
         self.max_url_length = config.max_url_length
 
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 #: Request headers that need the full request path (framing, upgrades, connection handling).
 _NOT_SIMPLE = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"te", b"keep-alive"}
@@ -93,7 +92,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     headers: Headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not _TOKEN.issuperset(name) or b"\r" in value or b"\x00" in value:
+        if not colon or not name or not TOKEN_BYTES.issuperset(name) or b"\r" in value or b"\x00" in value:
             return None
         name = name.lower()
         if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
