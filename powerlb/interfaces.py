@@ -8,7 +8,8 @@ then the cache layer (:mod:`powerlb.caching`), then the plan's dispatcher
 come back up as the events of a response sink (:class:`IResponseSink`). The
 contracts live here, so that no layer imports the one above it:
 
-- :class:`IResponseSink`: the events of one upstream response;
+- :class:`IResponseSink`: the events of one upstream response; :class:`IClientSink`, those of
+  the client's, which the cache may answer in the backend's place;
 - :class:`IUpstream`: one backend's connection pool, as the dispatcher sends to it;
 - :class:`~powerlb.cache.ICacheStore`: where the cache keeps entries (defined beside its stores);
 - :class:`~powerlb.balancing.IBalancer`: the balancing algorithm (defined beside the algorithms);
@@ -55,6 +56,14 @@ class IResponseSink(Interface):
         """The exchange failed; ``error.status`` says 502 or 504."""
 
 
+class IClientSink(IResponseSink):
+    """The sink of a client's response: also told when the cache answers in the fetched response's
+    place (the ``X-Cache`` result decided where the cache decides it, before the head it changes)."""
+
+    def cache_answered(x_cache: bytes) -> None:
+        """The response that follows is the cache's (``STALE``, ``REVALIDATED``), not the backend's."""
+
+
 class IUpstream(Interface):
     """One backend's connection pool: sends a request, and its response goes to a sink."""
 
@@ -77,4 +86,12 @@ FastResponse = Tuple[bytes, bytes, Optional[bytes]]
 #: answers plain cache hits, and hands a request it does not answer the decision made for it.
 FastAnswer = Callable[[bytes, bytes, Headers, bool, str], Tuple[Optional[FastResponse], Optional["Decision"]]]
 
-__all__ = ["FastAnswer", "FastResponse", "IBalancer", "ICacheStore", "IResponseSink", "IUpstream"]
+__all__ = [
+    "FastAnswer",
+    "FastResponse",
+    "IBalancer",
+    "ICacheStore",
+    "IClientSink",
+    "IResponseSink",
+    "IUpstream",
+]

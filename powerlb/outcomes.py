@@ -132,7 +132,10 @@ class Outcomes:
         x_cache: bytes,
         request_id: Optional[bytes],
     ) -> None:
-        self.access.info(
+        access = self.access
+        if access is None:
+            return
+        access.info(
             EVENT_FORMAT,
             client=client,
             user=None,

@@ -11,15 +11,16 @@ twisted.web request. Decisions come from the pure modules (``headers``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from powerlb.caching import CacheLayer
+from powerlb import cachepolicy
+from powerlb.caching import CacheLayer, Rendered
 from powerlb.dispatch import Dispatch, UpstreamRequest
 from powerlb.errors import UpstreamError
 from powerlb.headers import (
@@ -30,7 +31,7 @@ from powerlb.headers import (
     strip_hop_by_hop,
 )
 from powerlb.http11 import serialize_interim
-from powerlb.interfaces import FastResponse, IResponseSink
+from powerlb.interfaces import FastResponse, IClientSink, IResponseSink
 from powerlb.plan import Decision, IPlanner, RequestPlan
 from powerlb.policies import apply_header_rules, cache_key, rewrite_path
 from powerlb.responses import error_response, set_response_headers
@@ -39,13 +40,26 @@ from powerlb.sticky import StickyCookie
 from powerlb.tunnel import is_upgrade, upgrade_request_headers
 from powerlb.upstream import BodyStream
 
+if TYPE_CHECKING:
+    from powerlb.server import ProxyRequest
+
 
 class ClientRequest:
     """What the request path needs to know of a client request, parsed once."""
 
-    __slots__ = ("client_host", "headers", "host", "method", "plan", "scheme", "target", "upgrade")
+    __slots__ = (
+        "_directives",
+        "client_host",
+        "headers",
+        "host",
+        "method",
+        "plan",
+        "scheme",
+        "target",
+        "upgrade",
+    )
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: ProxyRequest) -> None:
         self.method: bytes = request.method
         parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
         self.headers: Headers = (
@@ -65,6 +79,16 @@ class ClientRequest:
         self.upgrade: Any = request.channel if upgrade else None
         #: The router's plan for this request (set by :class:`ProxyResource` once it has one).
         self.plan: RequestPlan
+        self._directives: Optional[cachepolicy.Directives] = None
+
+    @property
+    def directives(self) -> cachepolicy.Directives:
+        """The request's cache directives (:func:`~powerlb.cachepolicy.request_directives`), parsed
+        once, when a layer first asks, and read by every later one."""
+        directives = self._directives
+        if directives is None:
+            directives = self._directives = cachepolicy.request_directives(self.headers)
+        return directives
 
     def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
         """A copy of this request with another ``method`` and ``headers`` (e.g. the cache's own GET).
@@ -80,6 +104,7 @@ class ClientRequest:
         other.client_host = self.client_host
         other.upgrade = self.upgrade
         other.plan = self.plan
+        other._directives = None  # other headers: parsed again if asked
         return other
 
     def upstream(self, body: Union[bytes, BodyStream], request_id_header: bytes) -> UpstreamRequest:
@@ -126,7 +151,7 @@ class ProxyResource(Resource):
         self.counters = counters
         self.request_id_header = request_id_header.lower()
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: ProxyRequest) -> Any:
         self.counters.requests += 1
         client = ClientRequest(request)
         if client.host is None and request.clientproto == b"HTTP/1.1":
@@ -179,11 +204,11 @@ class ProxyResource(Resource):
 
     def forward(
         self,
-        request: Request,
+        request: ProxyRequest,
         client: ClientRequest,
         x_cache: bytes,
-        wrap: Optional[Callable[[Any], Any]] = None,
-    ) -> Any:
+        wrap: Optional[Callable[[IClientSink], IResponseSink]] = None,
+    ) -> Rendered:
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
         responder = ClientResponder(request, self.counters, x_cache, client.plan)
         sink = responder if wrap is None else wrap(responder)
@@ -192,14 +217,14 @@ class ProxyResource(Resource):
             body = request.content.read() if request.content is not None else b""
         request.dispatch = dispatch = self.send(client, body, sink)
         responder.start(dispatch)
-        return NOT_DONE_YET
+        return int(NOT_DONE_YET)
 
     def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
         """Send ``client``'s request upstream through its plan's dispatcher; ``sink`` hears back."""
         return client.plan.dispatcher.send(client.upstream(body, self.request_id_header), sink, client)
 
 
-@implementer(IResponseSink, IPushProducer)
+@implementer(IClientSink, IPushProducer)
 class ClientResponder:
     """Writes one upstream response to its twisted.web request as it streams in.
 
@@ -213,7 +238,7 @@ class ClientResponder:
 
     __slots__ = ("counters", "dispatch", "done", "plan", "request", "x_cache")
 
-    def __init__(self, request: Request, counters: Counters, x_cache: bytes, plan: RequestPlan) -> None:
+    def __init__(self, request: ProxyRequest, counters: Counters, x_cache: bytes, plan: RequestPlan) -> None:
         self.request = request
         self.counters = counters
         self.x_cache = x_cache
@@ -228,7 +253,11 @@ class ClientResponder:
         if not self.done:
             self.dispatch = dispatch
 
-    # -- IResponseSink -----------------------------------------------------
+    # -- IClientSink -------------------------------------------------------
+
+    def cache_answered(self, x_cache: bytes) -> None:
+        """The cache answers in the backend's place: the response goes out with ``x_cache``."""
+        self.x_cache = x_cache
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         """Relay a 1xx ahead of the response, to HTTP/1.1 clients only (RFC 9110 section 15.2).
@@ -240,7 +269,9 @@ class ClientResponder:
         request = self.request
         if self.done or request.startedWriting or request.clientproto != b"HTTP/1.1":
             return
-        request.channel.transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
+        transport = request.channel.transport
+        if transport is not None:
+            transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         if status == 101:

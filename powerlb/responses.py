@@ -6,7 +6,7 @@ rejections) and holds the status-phrase table (:func:`reason_phrase`)."""
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers as TwistedHeaders
@@ -41,7 +41,7 @@ def set_response_headers(request: ProxyRequest, headers: Headers, x_cache: bytes
         out.setRawHeaders(name, values)
 
 
-def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
+def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> int:
     """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
 
     The response is written and finished here, so that the answer's own
@@ -52,7 +52,7 @@ def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: byt
     set_response_headers(request, [*answer.headers, (b"via", b"1.1 powerlb")], x_cache)
     request.write(answer.body)
     request.finish()
-    return NOT_DONE_YET
+    return int(NOT_DONE_YET)
 
 
 def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bytes]:
@@ -93,7 +93,9 @@ def wire_name(name: bytes) -> bytes:
     return written
 
 
-def error_response(request: Request, status: int, reason: str, headers: Headers = ()) -> bytes:
+def error_response(
+    request: Request, status: int, reason: str, headers: Sequence[Tuple[bytes, bytes]] = ()
+) -> bytes:
     """Set a short plain-text status on ``request`` (plus ``headers``, e.g. ``Location``,
     ``Retry-After``); returns the body to send.
 
