@@ -58,7 +58,7 @@ from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.interfaces import IClientSink, IResponseSink
-from powerlb.policies import HeaderRules, apply_header_rules, cache_key
+from powerlb.policies import HeaderRules, apply_header_rules
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
 
@@ -146,7 +146,7 @@ class CacheLayer:
         """
         if client.method == b"PURGE":
             return self._purge_request(request, client)
-        key = cache_key(client.plan.route, client.scheme, client.host or b"", client.target, client.headers)
+        key = client.cache_key()
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
             if client.method == b"POST":
@@ -281,16 +281,16 @@ class CacheLayer:
         header rules."""
         self.count(x_cache)
         answer = self.answer(client.method, client.headers, entry, now)
-        rules = client.plan.route.response_headers
-        if rules:
+        rules = client.route_work.response_rules
+        if rules is not None:
             answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
         return serve_answer(request, answer, x_cache)
 
     def fast_response(
-        self, key: bytes, method: bytes, headers: Headers, rules: HeaderRules
+        self, key: bytes, method: bytes, headers: Headers, rules: Optional[HeaderRules]
     ) -> Optional[Tuple[bytes, bytes]]:
         """The response (head, body) to a plain ``GET``/``HEAD`` for ``key`` that a fresh stored response
-        answers (with the response header ``rules``), else None.
+        answers (with the response header ``rules``, None: none), else None.
 
         The client-facing channel's short way for cache hits (no twisted.web
         request is built; see :meth:`powerlb.proxy.ProxyResource.fast_response`): the same store, policy
@@ -307,7 +307,7 @@ class CacheLayer:
             return None
         self.count(HIT)
         answer = self.answer(method, headers, entry, now)
-        if rules:
+        if rules is not None:
             answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
         return wire_answer(answer, HIT)
 

@@ -80,8 +80,8 @@ class IUpstream(Interface):
         ``abort()`` and ``response_time``."""
 
 
-#: A fast hit: the response's head and body, and the plan's request id (None when none).
-FastResponse = Tuple[bytes, bytes, Optional[bytes]]
+#: A fast hit: the response's head and body, written as they are.
+FastResponse = Tuple[bytes, bytes]
 #: ``(method, target, headers, secure, peer) -> (FastResponse or None, the planner's decision or None)``:
 #: answers plain cache hits, and hands a request it does not answer the decision made for it.
 FastAnswer = Callable[[bytes, bytes, Headers, bool, str], Tuple[Optional[FastResponse], Optional["Decision"]]]

@@ -78,10 +78,16 @@ class Outcomes:
         )
 
     def fast_hit(
-        self, peer: Any, method: bytes, target: bytes, headers: Headers, response: FastResponse
+        self,
+        peer: Any,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        response: FastResponse,
+        request_id: Optional[bytes] = None,
     ) -> None:
         """Count (and log) a cache hit the channel answered for the client at address ``peer`` with
-        ``response``, its (head, body, request id)."""
+        ``response``, its (head, body); ``request_id`` is the plan's."""
         head = response[0]
         self.fast_hits[head[9] - 48] += 1  # head starts "HTTP/1.1 NNN": the status class digit
         if self.access is None:
@@ -98,7 +104,7 @@ class Outcomes:
             None,
             None,
             _HIT,
-            response[2],
+            request_id,
         )
 
     def snapshot(self) -> Dict[str, Dict[str, Dict[str, int]]]:

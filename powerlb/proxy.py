@@ -35,6 +35,7 @@ from powerlb.interfaces import FastResponse, IClientSink, IResponseSink
 from powerlb.plan import Decision, IPlanner, RequestPlan
 from powerlb.policies import apply_header_rules, cache_key, rewrite_path
 from powerlb.responses import error_response, set_response_headers
+from powerlb.routing import Route
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
 from powerlb.tunnel import is_upgrade, upgrade_request_headers
@@ -54,6 +55,7 @@ class ClientRequest:
         "host",
         "method",
         "plan",
+        "route_work",
         "scheme",
         "target",
         "upgrade",
@@ -77,8 +79,9 @@ class ClientRequest:
         #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
         upgrade = is_upgrade(self.method, request.clientproto, self.headers)
         self.upgrade: Any = request.channel if upgrade else None
-        #: The router's plan for this request (set by :class:`ProxyResource` once it has one).
+        #: The router's plan for this request, and what its route takes (set by :class:`ProxyResource`).
         self.plan: RequestPlan
+        self.route_work: RouteWork
         self._directives: Optional[cachepolicy.Directives] = None
 
     @property
@@ -104,6 +107,7 @@ class ClientRequest:
         other.client_host = self.client_host
         other.upgrade = self.upgrade
         other.plan = self.plan
+        other.route_work = self.route_work
         other._directives = None  # other headers: parsed again if asked
         return other
 
@@ -111,18 +115,41 @@ class ClientRequest:
         """The request to send to a backend as the plan says: forwarding headers added, hop-by-hop ones
         and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
         ``request_id_header``, the target rewritten by the route."""
-        plan = self.plan
-        route = plan.route
+        plan, work = self.plan, self.route_work
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
         if self.upgrade is not None:
             headers = upgrade_request_headers(self.headers, headers)
         if plan.sticky is not None:
             headers = plan.sticky.strip(headers)
-        headers = apply_header_rules(route.request_headers, headers)
+        if work.request_rules is not None:
+            headers = apply_header_rules(work.request_rules, headers)
         if plan.request_id is not None:
             headers = [(k, v) for k, v in headers if k != request_id_header]
             headers.append((request_id_header, plan.request_id))
-        return UpstreamRequest(self.method, rewrite_path(route, self.target), headers, body, self.upgrade)
+        target = rewrite_path(work.route, self.target) if work.rewrites else self.target
+        return UpstreamRequest(self.method, target, headers, body, self.upgrade)
+
+    def cache_key(self) -> bytes:
+        """The request's cache key on its route (:func:`~powerlb.policies.cache_key`)."""
+        host = self.host or b""
+        if self.route_work.plain_key:
+            return cachepolicy.primary_key(self.scheme, host, self.target)
+        return cache_key(self.route_work.route, self.scheme, host, self.target, self.headers)
+
+
+class RouteWork:
+    """What carrying out one route takes, worked out once per route rather than once per request:
+    whether its cache key is the plain one, whether it rewrites paths, its header rules (None when
+    it has none)."""
+
+    __slots__ = ("plain_key", "request_rules", "response_rules", "rewrites", "route")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.plain_key = route.cache_key_query and not route.cache_key_headers
+        self.rewrites = route.strip_prefix is not None or route.add_prefix is not None
+        self.request_rules = route.request_headers if route.request_headers else None
+        self.response_rules = route.response_headers if route.response_headers else None
 
 
 class ProxyResource(Resource):
@@ -150,6 +177,15 @@ class ProxyResource(Resource):
         self.cache = cache
         self.counters = counters
         self.request_id_header = request_id_header.lower()
+        #: The work of the last route planned (one route, or a run of one route's requests, reuses it).
+        self._work = RouteWork(Route())
+
+    def route_work(self, route: Route) -> RouteWork:
+        """What carrying out ``route`` takes (remembered for the last route asked)."""
+        work = self._work
+        if work.route is not route:
+            work = self._work = RouteWork(route)
+        return work
 
     def render(self, request: ProxyRequest) -> Any:
         self.counters.requests += 1
@@ -169,6 +205,7 @@ class ProxyResource(Resource):
             reason = decision.reason.decode("latin-1")
             return error_response(request, decision.status, reason, decision.headers)
         client.plan = decision
+        client.route_work = self.route_work(decision.route)
         request.request_id = decision.request_id
         cache = self.cache
         if cache is None or not decision.route.cache or client.upgrade is not None:  # upgrades: never cached
@@ -180,7 +217,7 @@ class ProxyResource(Resource):
         self, method: bytes, target: bytes, headers: Headers, secure: bool, peer: str
     ) -> Tuple[Optional[FastResponse], Optional[Decision]]:
         """The ready response to a plain ``GET``/``HEAD`` when its plan lets a fresh stored response
-        answer it, ``(head, body, request id)``, else None (the request takes the normal way); and the
+        answer it, ``(head, body)``, else None (the request takes the normal way); and the
         planner's decision (None when not asked), which that request then carries on.
 
         The client channel's short way for cache hits (:data:`powerlb.interfaces.FastAnswer`):
@@ -194,13 +231,18 @@ class ProxyResource(Resource):
         decision = self.planner.plan(method, scheme, host, target, headers, peer)
         if not isinstance(decision, RequestPlan) or not decision.route.cache:
             return None, decision
-        route = decision.route
-        key = cache_key(route, scheme, host, target, headers)
-        response = cache.fast_response(key, method, headers, route.response_headers)
+        work = self._work
+        if work.route is not decision.route:
+            work = self.route_work(decision.route)
+        if work.plain_key:
+            key = cachepolicy.primary_key(scheme, host, target)
+        else:
+            key = cache_key(work.route, scheme, host, target, headers)
+        response = cache.fast_response(key, method, headers, work.response_rules)
         if response is None:
             return None, decision
         self.counters.requests += 1
-        return (response[0], response[1], decision.request_id), decision
+        return response, decision
 
     def forward(
         self,
@@ -210,7 +252,7 @@ class ProxyResource(Resource):
         wrap: Optional[Callable[[IClientSink], IResponseSink]] = None,
     ) -> Rendered:
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
-        responder = ClientResponder(request, self.counters, x_cache, client.plan)
+        responder = ClientResponder(request, self.counters, x_cache, client.plan, client.route_work)
         sink = responder if wrap is None else wrap(responder)
         body = getattr(request, "body_stream", None)
         if body is None:
@@ -236,13 +278,16 @@ class ClientResponder:
     rules (``plan``'s).
     """
 
-    __slots__ = ("counters", "dispatch", "done", "plan", "request", "x_cache")
+    __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "x_cache")
 
-    def __init__(self, request: ProxyRequest, counters: Counters, x_cache: bytes, plan: RequestPlan) -> None:
+    def __init__(
+        self, request: ProxyRequest, counters: Counters, x_cache: bytes, plan: RequestPlan, work: RouteWork
+    ) -> None:
         self.request = request
         self.counters = counters
         self.x_cache = x_cache
         self.plan = plan
+        self.response_rules = work.response_rules
         self.dispatch: Any = None
         self.done = False
         request.registerProducer(self, True)
@@ -281,7 +326,8 @@ class ClientResponder:
         sticky = self.plan.sticky
         if sticky is not None:
             self._stick(sticky, headers)
-        headers = apply_header_rules(self.plan.route.response_headers, headers)
+        if self.response_rules is not None:
+            headers = apply_header_rules(self.response_rules, headers)
         request = self.request
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:

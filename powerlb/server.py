@@ -456,8 +456,9 @@ class ProxyChannel(TrackedChannel):
         )
         if response is None:
             return False, decision
-        self.transport.writeSequence(response[:2])
-        site.outcomes.fast_hit(peer, method, target, headers, response)
+        self.transport.writeSequence(response)
+        request_id = decision.request_id  # type: ignore[union-attr]  # a response comes with a RequestPlan
+        site.outcomes.fast_hit(peer, method, target, headers, response, request_id)
         return True, decision
 
     def _plain_request(
