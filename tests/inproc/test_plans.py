@@ -197,3 +197,34 @@ def test_without_a_request_id_none_is_added() -> None:
     proxy.upstream.answer(200, [], b"x")
     proxy.request()
     assert proxy.upstream.requests[0].header(b"x-request-id") is None
+
+
+def test_requests_on_alternating_routes_each_get_their_own_routes_work() -> None:
+    """What a route takes is remembered for the last route only: alternating routes each get theirs."""
+    tagged = Route(response_headers=HeaderRules(set=((b"x-route", b"tagged"),)), cache_key_query=False)
+    plain = Route()
+
+    @implementer(IPlanner)
+    class Alternating:
+        def __init__(self, dispatcher: Dispatcher) -> None:
+            self.plans = [RequestPlan(route, "default", dispatcher) for route in (tagged, plain)]
+            self.count = 0
+
+        def plan(
+            self,
+            method: bytes,
+            scheme: bytes,
+            host: Optional[bytes],
+            target: bytes,
+            headers: Headers,
+            peer: str,
+        ) -> Decision:
+            self.count += 1
+            return self.plans[target.startswith(b"/plain")]
+
+    proxy = Proxy(planner=Alternating)
+    proxy.upstream.answer(200, CACHEABLE, b"x", times=None)
+    targets = [b"/t?1", b"/plain?1", b"/t?2", b"/plain?2", b"/t?3", b"/plain?1"]
+    responses = [proxy.request(target).response for target in targets]
+    assert [r.header(b"x-route") for r in responses] == [b"tagged", None] * 3
+    assert [r.header(b"x-cache") for r in responses] == [b"MISS", b"MISS", b"HIT", b"MISS", b"HIT", b"HIT"]
