@@ -48,9 +48,9 @@ import ipaddress
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
@@ -59,13 +59,14 @@ from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.interfaces import IClientSink, IResponseSink
 from powerlb.policies import HeaderRules, apply_header_rules
-from powerlb.responses import error_response, serve_answer, wire_answer
+from powerlb.responses import wire_answer
 from powerlb.stats import Counters
+from powerlb.upstream import BodyStream
 
 if TYPE_CHECKING:
-    from powerlb.proxy import ClientRequest, ProxyResource
+    from powerlb.dispatch import Dispatch
+    from powerlb.proxy import ClientRequest
     from powerlb.redistier import IRemoteStore
-    from powerlb.server import ProxyRequest
 
 #: Seconds a key whose response could not be stored skips request coalescing.
 HIT_FOR_PASS = 60.0
@@ -88,9 +89,6 @@ _COUNTERS = {
     COALESCED: "cache_coalesced",
     BYPASS: "cache_bypass",
 }
-
-#: What a twisted.web ``render`` returns: the body, or ``NOT_DONE_YET``.
-Rendered = Union[bytes, int]
 
 #: Upstream statuses that count as an error for stale-if-error (RFC 5861 section 4).
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
@@ -137,24 +135,25 @@ class CacheLayer:
 
     # -- the request path ------------------------------------------------
 
-    def render(self, resource: ProxyResource, request: ProxyRequest, client: ClientRequest) -> Rendered:
-        """Answer a client request from the cache, or forward it through ``resource``.
+    def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: IClientSink) -> None:
+        """Answer a client request from the cache, or send it on to its plan's dispatcher.
 
-        ``resource`` is the :class:`~powerlb.proxy.ProxyResource`; ``client`` the
-        parsed :class:`~powerlb.proxy.ClientRequest`. Returns what a
-        twisted.web ``render`` returns.
+        ``client`` is the parsed :class:`~powerlb.proxy.ClientRequest` (its plan allows the cache),
+        ``body`` its body, ``sink`` the client's response sink: every answer, stored or fetched,
+        reaches it as response events, after :meth:`IClientSink.cache_result` says which.
         """
         if client.method == b"PURGE":
-            return self._purge_request(request, client)
+            self._purge_request(client, sink)
+            return
         key = client.cache_key()
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
             if client.method == b"POST":
-                now = self.clock.seconds()
-                return resource.forward(
-                    request, client, BYPASS, lambda sink: PostSink(self, sink, client, key, now)
-                )
-            return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
+                relay: IResponseSink = PostSink(self, sink, client, key, self.clock.seconds())
+            else:
+                relay = Relay(self, sink, client)
+            _forward(client, body, relay, sink, BYPASS)
+            return
         directives = client.directives
         now = self.clock.seconds()
         entry = self.lookup(key, client.method, client.headers)
@@ -162,37 +161,41 @@ class CacheLayer:
         if entry is not None:
             use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
         if entry is not None and use == cachepolicy.FRESH:
-            return self.serve(request, client, entry, now, HIT)
+            self.serve(sink, client, entry, now, HIT)
+            return
         if entry is not None and use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
             if use == cachepolicy.STALE_WHILE_REVALIDATE:
-                self._refresh(resource, key, client, entry)
-            return self.serve(request, client, entry, now, STALE)
+                self._refresh(key, client, entry)
+            self.serve(sink, client, entry, now, STALE)
+            return
         if b"only-if-cached" in directives:
             self.count(MISS)
-            return error_response(request, 504, "only-if-cached, and no stored response may be used")
+            sink.own_answer(504, "only-if-cached, and no stored response may be used")
+            return
         if client.method != b"GET":
             self.count(MISS)
             if entry is None:
-                return resource.forward(request, client, MISS, lambda sink: Relay(self, sink, client))
-            return resource.forward(
-                request, client, MISS, lambda sink: HeadSink(self, sink, client, key, entry, now)
-            )
+                relay = Relay(self, sink, client)
+            else:
+                relay = HeadSink(self, sink, client, key, entry, now)
+            _forward(client, body, relay, sink, MISS)
+            return
         flight = self.flights.get(key)
         lead = b"no-cache" not in directives and not self._passing(key, now)
         if flight is not None and lead:
-            flight.wait(self, resource, request, client, key)
-            return NOT_DONE_YET
-        return self.fetch(resource, request, client, key, entry, lead=lead)
+            flight.wait(self, sink, client, body, key)
+            return
+        self.fetch(sink, client, body, key, entry, lead=lead)
 
     def fetch(
         self,
-        resource: ProxyResource,
-        request: ProxyRequest,
+        sink: IClientSink,
         client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         entry: Optional[CachedResponse],
         lead: bool,
-    ) -> Rendered:
+    ) -> None:
         """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
 
         With ``lead`` the request is the one concurrent misses for ``key`` wait for. A ``Range``
@@ -202,19 +205,19 @@ class CacheLayer:
         flight = None
         if lead:
             flight = self.flights[key] = _Flight()
-            request.notifyFinish().addBoth(lambda _: self.land(key, flight))
+            sink.when_done().addBoth(lambda _: self.land(key, flight))
             # -- second cache tier (powerlb.redistier): a local miss asks the shared store first --
             if entry is None and self.remote is not None:
-                self.remote.get(key).addCallback(self._remote_found, resource, request, client, key, flight)
-                return NOT_DONE_YET
-        return self._send(resource, request, client, key, entry, flight)
+                self.remote.get(key).addCallback(self._remote_found, sink, client, body, key, flight)
+                return
+        self._send(sink, client, body, key, entry, flight)
 
     def _remote_found(
         self,
         entries: List[CachedResponse],
-        resource: ProxyResource,
-        request: ProxyRequest,
+        sink: IClientSink,
         client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         flight: _Flight,
     ) -> None:
@@ -232,20 +235,20 @@ class CacheLayer:
             == cachepolicy.FRESH
         ):
             self.land(key, flight)
-            self.serve(request, client, entry, now, HIT)
+            self.serve(sink, client, entry, now, HIT)
         else:
-            self._send(resource, request, client, key, entry, flight)
+            self._send(sink, client, body, key, entry, flight)
         # -- end of the second cache tier's hook --
 
     def _send(
         self,
-        resource: ProxyResource,
-        request: ProxyRequest,
+        sink: IClientSink,
         client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         entry: Optional[CachedResponse],
         flight: Optional[_Flight],
-    ) -> Rendered:
+    ) -> None:
         """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
         now = self.clock.seconds()
         lead = flight is not None
@@ -258,12 +261,8 @@ class CacheLayer:
             and self._passing(key, now)
         )
         upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry)
-        return resource.forward(
-            request,
-            upstream,
-            MISS,
-            lambda sink: FetchSink(self, sink, key, client, entry, now, flight, conditional),
-        )
+        fetch = FetchSink(self, sink, key, client, entry, now, flight, conditional)
+        _forward(upstream, body, fetch, sink, MISS)
 
     def lookup(self, key: bytes, method: bytes, headers: Headers) -> Optional[CachedResponse]:
         """The stored response of ``key`` that may answer a ``method`` request with ``headers``, fresh
@@ -275,16 +274,13 @@ class CacheLayer:
         return entry
 
     def serve(
-        self, request: ProxyRequest, client: ClientRequest, entry: CachedResponse, now: float, x_cache: bytes
-    ) -> Rendered:
-        """Answer ``request`` from ``entry`` (counted as ``x_cache``), with the route's response
-        header rules."""
+        self, sink: IClientSink, client: ClientRequest, entry: CachedResponse, now: float, x_cache: bytes
+    ) -> None:
+        """Answer the client's ``sink`` from ``entry`` (counted as ``x_cache``), with the same events
+        as a fetched response."""
         self.count(x_cache)
-        answer = self.answer(client.method, client.headers, entry, now)
-        rules = client.route_work.response_rules
-        if rules is not None:
-            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
-        return serve_answer(request, answer, x_cache)
+        sink.cache_result(x_cache)
+        _answer(sink, self.answer(client.method, client.headers, entry, now))
 
     def fast_response(
         self, key: bytes, method: bytes, headers: Headers, rules: Optional[HeaderRules]
@@ -294,7 +290,7 @@ class CacheLayer:
 
         The client-facing channel's short way for cache hits (no twisted.web
         request is built; see :meth:`powerlb.proxy.ProxyResource.fast_response`): the same store, policy
-        and answer as :meth:`render`, counted the same; None leaves the request to the normal way.
+        and answer as :meth:`send`, counted the same; None leaves the request to the normal way.
         """
         entry = self.lookup(key, method, headers)
         if entry is None:
@@ -411,13 +407,15 @@ class CacheLayer:
         self.counters.cache_purged += removed
         return removed
 
-    def _purge_request(self, request: ProxyRequest, client: ClientRequest) -> bytes:
+    def _purge_request(self, client: ClientRequest, sink: IClientSink) -> None:
         if not self._purge_allowed(client.client_host):
-            return error_response(request, 403, "PURGE is not allowed from this address (see purge-allow)")
+            sink.own_answer(403, "PURGE is not allowed from this address (see purge-allow)")
+            return
         removed = self.purge(cachepolicy.primary_key(client.scheme, client.host or b"", client.target))
         if removed:
-            return error_response(request, 200, f"purged {removed} stored response(s)")
-        return error_response(request, 404, "nothing stored for this URL")
+            sink.own_answer(200, f"purged {removed} stored response(s)")
+        else:
+            sink.own_answer(404, "nothing stored for this URL")
 
     def _purge_allowed(self, client_host: bytes) -> bool:
         try:
@@ -441,9 +439,7 @@ class CacheLayer:
             return client.with_method_and_headers(b"GET", headers), True
         return client.with_method_and_headers(b"GET", cachepolicy.fetch_headers(client.headers)), False
 
-    def _refresh(
-        self, resource: ProxyResource, key: bytes, client: ClientRequest, entry: CachedResponse
-    ) -> None:
+    def _refresh(self, key: bytes, client: ClientRequest, entry: CachedResponse) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
         if key in self.flights:
             return
@@ -452,21 +448,21 @@ class CacheLayer:
         sink = FetchSink(
             self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
         )
-        resource.send(upstream, b"", sink)
+        upstream.send(b"", sink)
 
 
 class _Waiter:
     """A request waiting for another one's response to the same object (request coalescing)."""
 
-    __slots__ = ("client", "flight", "gone", "request", "resource", "timer")
+    __slots__ = ("body", "client", "flight", "gone", "sink", "timer")
 
     def __init__(
-        self, flight: _Flight, resource: ProxyResource, request: ProxyRequest, client: ClientRequest
+        self, flight: _Flight, sink: IClientSink, client: ClientRequest, body: Union[bytes, BodyStream]
     ) -> None:
         self.flight = flight
-        self.resource = resource
-        self.request = request
+        self.sink = sink
         self.client = client
+        self.body = body
         self.gone = False
         self.timer: IDelayedCall
 
@@ -482,15 +478,15 @@ class _Waiter:
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
             == cachepolicy.FRESH
         ):
-            layer.serve(self.request, self.client, entry, now, COALESCED)
+            layer.serve(self.sink, self.client, entry, now, COALESCED)
         else:
-            layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+            layer.fetch(self.sink, self.client, self.body, key, entry, lead=False)
 
     def give_up(self, layer: CacheLayer, key: bytes) -> None:
         """The lock timeout passed: stop waiting and go upstream alone."""
         self.flight.waiters.remove(self)
         entry = layer.lookup(key, self.client.method, self.client.headers)
-        layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+        layer.fetch(self.sink, self.client, self.body, key, entry, lead=False)
 
     def leave(self, failure: Failure) -> None:
         """The client went away while waiting."""
@@ -511,16 +507,16 @@ class _Flight:
     def wait(
         self,
         layer: CacheLayer,
-        resource: ProxyResource,
-        request: ProxyRequest,
+        sink: IClientSink,
         client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
     ) -> None:
-        """Make ``request`` wait for this flight, at most ``layer.lock_timeout`` seconds."""
-        waiter = _Waiter(self, resource, request, client)
+        """Make the request wait for this flight, at most ``layer.lock_timeout`` seconds."""
+        waiter = _Waiter(self, sink, client, body)
         waiter.timer = layer.clock.callLater(layer.lock_timeout, waiter.give_up, layer, key)
         self.waiters.append(waiter)
-        request.notifyFinish().addErrback(waiter.leave)
+        sink.when_done().addErrback(waiter.leave)
 
     def take(self) -> List[_Waiter]:
         """The waiters, no longer waiting."""
@@ -855,18 +851,13 @@ class FetchSink(Relay):
     def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
         """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
         self._count(x_cache)
-        self.sink.cache_answered(x_cache)
+        self.sink.cache_result(x_cache)
         self._serve(entry, now)
 
     def _serve(self, entry: CachedResponse, now: float) -> None:
         """Answer the client from ``entry`` as a hit is answered (``304``, ``206``, ...), and end."""
         self._land()
-        answer = self.layer.answer(self.client.method, self.client.headers, entry, now)
-        sink = self.sink
-        sink.head_received(answer.status, answer.reason, answer.headers)
-        if answer.body:
-            sink.body_received(answer.body)
-        sink.response_ended()
+        _answer(self.sink, self.layer.answer(self.client.method, self.client.headers, entry, now))
 
 
 def _content_length(headers: Headers) -> Optional[int]:
@@ -881,8 +872,17 @@ def _content_length(headers: Headers) -> Optional[int]:
 class _Discard:
     """The sink of a background refresh: nobody waits for the response itself."""
 
-    def cache_answered(self, x_cache: bytes) -> None:
+    def cache_result(self, x_cache: bytes) -> None:
         pass
+
+    def start(self, dispatch: Dispatch) -> None:
+        pass
+
+    def own_answer(self, status: int, reason: str) -> None:
+        pass
+
+    def when_done(self) -> Deferred[None]:
+        return Deferred()
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         pass
@@ -898,3 +898,24 @@ class _Discard:
 
     def request_failed(self, error: UpstreamError) -> None:
         pass
+
+
+def _answer(sink: IResponseSink, answer: cachepolicy.Answer) -> None:
+    """Pass ``answer`` (made from a stored response) on to ``sink`` as a fetched response would be."""
+    sink.head_received(answer.status, answer.reason, answer.headers)
+    if answer.body:
+        sink.body_received(answer.body)
+    sink.response_ended()
+
+
+def _forward(
+    upstream: ClientRequest,
+    body: Union[bytes, BodyStream],
+    relay: IResponseSink,
+    sink: IClientSink,
+    x_cache: bytes,
+) -> None:
+    """Send ``upstream`` on to its plan's dispatcher, its response to ``relay`` (which passes it on to
+    the client's ``sink``), counted as ``x_cache``."""
+    sink.cache_result(x_cache)
+    sink.start(upstream.send(body, relay))

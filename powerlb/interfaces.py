@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import Interface
 
@@ -29,6 +30,7 @@ from powerlb.errors import UpstreamError
 from powerlb.headers import Headers
 
 if TYPE_CHECKING:
+    from powerlb.dispatch import Dispatch
     from powerlb.plan import Decision
     from powerlb.upstream import BodyStream
 
@@ -57,11 +59,24 @@ class IResponseSink(Interface):
 
 
 class IClientSink(IResponseSink):
-    """The sink of a client's response: also told when the cache answers in the fetched response's
-    place (the ``X-Cache`` result decided where the cache decides it, before the head it changes)."""
+    """The sink of a client's response, which the layers below the resource answer through: a stored
+    response comes as the same events as a fetched one. Also told the cache's result (``X-Cache``,
+    decided where the cache decides it), the way to the backend once the request is sent, and
+    powerlb's own answers."""
 
-    def cache_answered(x_cache: bytes) -> None:
-        """The response that follows is the cache's (``STALE``, ``REVALIDATED``), not the backend's."""
+    def cache_result(x_cache: bytes) -> None:
+        """What the cache did (``HIT``, ``MISS``, ``STALE``...), before the head it goes out with;
+        a later call (a stale or revalidated answer in the fetched one's place) replaces it."""
+
+    def start(dispatch: Dispatch) -> None:
+        """The request went to the dispatcher: ``dispatch`` is its way to a backend (flow control,
+        the sticky cookie of the backend that answers, the access log's upstream)."""
+
+    def own_answer(status: int, reason: str) -> None:
+        """Answer with powerlb's own short response instead (e.g. the outcome of a ``PURGE``)."""
+
+    def when_done() -> Deferred[None]:
+        """Fires when the client's response is over, or fails when the client went away first."""
 
 
 class IUpstream(Interface):

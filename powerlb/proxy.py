@@ -1,18 +1,22 @@
 """The request path: a twisted.web Resource that serves from the cache or proxies to a backend.
 
-:class:`ProxyResource` receives every client request. A fresh cached
-response is answered at once; anything else goes to the
+:class:`ProxyResource` receives every client request, asks the planner
+(:class:`~powerlb.plan.IPlanner`) what to do with it, and hands it down one
+way: to the cache layer when the route uses the cache, which answers it or
+sends it on, else straight to the plan's
 :class:`~powerlb.dispatch.Dispatcher`, which hands it to the
 :class:`~powerlb.upstream.ProxyClientFactory` of the backend the balancer
-picks, and a :class:`ClientResponder` streams the answer back to the
-twisted.web request. Decisions come from the pure modules (``headers``,
+picks. Every answer, stored or fetched, reaches the client's
+:class:`ClientResponder` as response events, which it writes to the
+twisted.web request. See docs/architecture.md. Decisions come from the pure modules (``headers``,
 ``cachepolicy``, ``balancing``); this module only wires them to twisted.web.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -20,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
-from powerlb.caching import CacheLayer, Rendered
+from powerlb.caching import CacheLayer
 from powerlb.dispatch import Dispatch, UpstreamRequest
 from powerlb.errors import UpstreamError
 from powerlb.headers import (
@@ -55,13 +59,14 @@ class ClientRequest:
         "host",
         "method",
         "plan",
+        "request_id_header",
         "route_work",
         "scheme",
         "target",
         "upgrade",
     )
 
-    def __init__(self, request: ProxyRequest) -> None:
+    def __init__(self, request: ProxyRequest, request_id_header: bytes = b"x-request-id") -> None:
         self.method: bytes = request.method
         parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
         self.headers: Headers = (
@@ -79,6 +84,8 @@ class ClientRequest:
         #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
         upgrade = is_upgrade(self.method, request.clientproto, self.headers)
         self.upgrade: Any = request.channel if upgrade else None
+        #: The header the plan's request id goes upstream in.
+        self.request_id_header = request_id_header
         #: The router's plan for this request, and what its route takes (set by :class:`ProxyResource`).
         self.plan: RequestPlan
         self.route_work: RouteWork
@@ -107,14 +114,15 @@ class ClientRequest:
         other.client_host = self.client_host
         other.upgrade = self.upgrade
         other.plan = self.plan
+        other.request_id_header = self.request_id_header
         other.route_work = self.route_work
         other._directives = None  # other headers: parsed again if asked
         return other
 
-    def upstream(self, body: Union[bytes, BodyStream], request_id_header: bytes) -> UpstreamRequest:
+    def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
         """The request to send to a backend as the plan says: forwarding headers added, hop-by-hop ones
         and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
-        ``request_id_header``, the target rewritten by the route."""
+        :attr:`request_id_header`, the target rewritten by the route."""
         plan, work = self.plan, self.route_work
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
         if self.upgrade is not None:
@@ -124,10 +132,16 @@ class ClientRequest:
         if work.request_rules is not None:
             headers = apply_header_rules(work.request_rules, headers)
         if plan.request_id is not None:
-            headers = [(k, v) for k, v in headers if k != request_id_header]
-            headers.append((request_id_header, plan.request_id))
+            name = self.request_id_header
+            headers = [(k, v) for k, v in headers if k != name]
+            headers.append((name, plan.request_id))
         target = rewrite_path(work.route, self.target) if work.rewrites else self.target
         return UpstreamRequest(self.method, target, headers, body, self.upgrade)
+
+    def send(self, body: Union[bytes, BodyStream], sink: IResponseSink) -> Dispatch:
+        """Send this request with ``body`` to its plan's dispatcher (as :meth:`upstream` makes it);
+        ``sink`` hears the response."""
+        return self.plan.dispatcher.send(self.upstream(body), sink, self)
 
     def cache_key(self) -> bytes:
         """The request's cache key on its route (:func:`~powerlb.policies.cache_key`)."""
@@ -189,7 +203,7 @@ class ProxyResource(Resource):
 
     def render(self, request: ProxyRequest) -> Any:
         self.counters.requests += 1
-        client = ClientRequest(request)
+        client = ClientRequest(request, self.request_id_header)
         if client.host is None and request.clientproto == b"HTTP/1.1":
             self.counters.errors += 1
             return error_response(request, 400, "HTTP/1.1 request without a Host header")
@@ -207,11 +221,18 @@ class ProxyResource(Resource):
         client.plan = decision
         client.route_work = self.route_work(decision.route)
         request.request_id = decision.request_id
+        responder = ClientResponder(request, self.counters, decision, client.route_work)
+        body = getattr(request, "body_stream", None)
+        if body is None:
+            body = request.content.read() if request.content is not None else b""
         cache = self.cache
         if cache is None or not decision.route.cache or client.upgrade is not None:  # upgrades: never cached
             self.counters.cache_bypass += 1
-            return self.forward(request, client, b"BYPASS")
-        return cache.render(self, request, client)
+            responder.cache_result(b"BYPASS")
+            responder.start(client.send(body, responder))
+        else:
+            cache.send(client, body, responder)
+        return NOT_DONE_YET
 
     def fast_response(
         self, method: bytes, target: bytes, headers: Headers, secure: bool, peer: str
@@ -221,7 +242,8 @@ class ProxyResource(Resource):
         planner's decision (None when not asked), which that request then carries on.
 
         The client channel's short way for cache hits (:data:`powerlb.interfaces.FastAnswer`):
-        the same planner, cache key and answer as :meth:`render`.
+        the same planner, cache key and answer as :meth:`render` (whose head differs only in its
+        ``Date`` when the stored response has none).
         """
         cache = self.cache
         host = get_first(headers, b"host")
@@ -244,27 +266,6 @@ class ProxyResource(Resource):
         self.counters.requests += 1
         return response, decision
 
-    def forward(
-        self,
-        request: ProxyRequest,
-        client: ClientRequest,
-        x_cache: bytes,
-        wrap: Optional[Callable[[IClientSink], IResponseSink]] = None,
-    ) -> Rendered:
-        """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
-        responder = ClientResponder(request, self.counters, x_cache, client.plan, client.route_work)
-        sink = responder if wrap is None else wrap(responder)
-        body = getattr(request, "body_stream", None)
-        if body is None:
-            body = request.content.read() if request.content is not None else b""
-        request.dispatch = dispatch = self.send(client, body, sink)
-        responder.start(dispatch)
-        return int(NOT_DONE_YET)
-
-    def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
-        """Send ``client``'s request upstream through its plan's dispatcher; ``sink`` hears back."""
-        return client.plan.dispatcher.send(client.upstream(body, self.request_id_header), sink, client)
-
 
 @implementer(IClientSink, IPushProducer)
 class ClientResponder:
@@ -280,12 +281,10 @@ class ClientResponder:
 
     __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "x_cache")
 
-    def __init__(
-        self, request: ProxyRequest, counters: Counters, x_cache: bytes, plan: RequestPlan, work: RouteWork
-    ) -> None:
+    def __init__(self, request: ProxyRequest, counters: Counters, plan: RequestPlan, work: RouteWork) -> None:
         self.request = request
         self.counters = counters
-        self.x_cache = x_cache
+        self.x_cache = b""
         self.plan = plan
         self.response_rules = work.response_rules
         self.dispatch: Any = None
@@ -293,15 +292,29 @@ class ClientResponder:
         request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._client_gone)
 
-    def start(self, dispatch: Any) -> None:
-        """Follow ``dispatch`` (it may already have ended, e.g. with a 503)."""
+    def start(self, dispatch: Dispatch) -> None:
+        """Follow ``dispatch`` (it may already have ended, e.g. with a 503); noted on the request for
+        :mod:`powerlb.outcomes`."""
+        self.request.dispatch = dispatch
         if not self.done:
             self.dispatch = dispatch
 
+    def when_done(self) -> Deferred[None]:
+        return self.request.notifyFinish()
+
+    def own_answer(self, status: int, reason: str) -> None:
+        """powerlb's own short answer (:func:`~powerlb.responses.error_response`) instead of a response."""
+        if not self._end():
+            return
+        request = self.request
+        request.x_cache = self.x_cache
+        request.write(error_response(request, status, reason))
+        request.finish()
+
     # -- IClientSink -------------------------------------------------------
 
-    def cache_answered(self, x_cache: bytes) -> None:
-        """The cache answers in the backend's place: the response goes out with ``x_cache``."""
+    def cache_result(self, x_cache: bytes) -> None:
+        """The cache's result: the response goes out with ``X-Cache: x_cache``."""
         self.x_cache = x_cache
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:

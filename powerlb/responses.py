@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers as TwistedHeaders
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from powerlb import cachepolicy
 from powerlb.headers import Headers
@@ -41,22 +41,8 @@ def set_response_headers(request: ProxyRequest, headers: Headers, x_cache: bytes
         out.setRawHeaders(name, values)
 
 
-def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> int:
-    """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
-
-    The response is written and finished here, so that the answer's own
-    ``Content-Length`` stands (also for ``HEAD`` and ``304``); returns
-    ``NOT_DONE_YET`` for twisted.web.
-    """
-    request.setResponseCode(answer.status, answer.reason or None)
-    set_response_headers(request, [*answer.headers, (b"via", b"1.1 powerlb")], x_cache)
-    request.write(answer.body)
-    request.finish()
-    return int(NOT_DONE_YET)
-
-
 def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bytes]:
-    """``answer`` as an HTTP/1.1 response: (head, body), what :func:`serve_answer` sends via twisted.web.
+    """``answer`` as an HTTP/1.1 response: (head, body), what the client's sink writes for a hit otherwise.
 
     For the client channel's short way for cache hits. A ``Date`` is added
     only when the stored response has none, and names are written in
