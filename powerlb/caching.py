@@ -46,19 +46,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
+from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
-from powerlb.responses import error_response, serve_answer, wire_answer
+from powerlb.interfaces import IClientSink, IResponseSink
+from powerlb.policies import HeaderRules, apply_header_rules
+from powerlb.responses import wire_answer
 from powerlb.stats import Counters
-from powerlb.upstream import IResponseSink, UpstreamError
+from powerlb.upstream import BodyStream
+
+if TYPE_CHECKING:
+    from powerlb.dispatch import Dispatch
+    from powerlb.proxy import ClientRequest
+    from powerlb.redistier import IRemoteStore
 
 #: Seconds a key whose response could not be stored skips request coalescing.
 HIT_FOR_PASS = 60.0
@@ -121,68 +129,73 @@ class CacheLayer:
         #: Keys with a request on its way upstream, and who waits for it.
         self.flights: Dict[bytes, _Flight] = {}
         #: The shared second cache tier (powerlb.redistier.IRemoteStore), None without one.
-        self.remote: Any = None
+        self.remote: Optional[IRemoteStore] = None
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
 
     # -- the request path ------------------------------------------------
 
-    def render(self, resource: Any, request: Any, client: Any) -> Any:
-        """Answer a client request from the cache, or forward it through ``resource``.
+    def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: IClientSink) -> None:
+        """Answer a client request from the cache, or send it on to its plan's dispatcher.
 
-        ``resource`` is the :class:`~powerlb.proxy.ProxyResource`; ``client`` the
-        parsed :class:`~powerlb.proxy.ClientRequest`. Returns what a
-        twisted.web ``render`` returns.
+        ``client`` is the parsed :class:`~powerlb.proxy.ClientRequest` (its plan allows the cache),
+        ``body`` its body, ``sink`` the client's response sink: every answer, stored or fetched,
+        reaches it as response events, after :meth:`IClientSink.cache_result` says which.
         """
         if client.method == b"PURGE":
-            return self._purge_request(request, client)
-        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
+            self._purge_request(client, sink)
+            return
+        key = client.cache_key()
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
             if client.method == b"POST":
-                now = self.clock.seconds()
-                return resource.forward(
-                    request, client, BYPASS, lambda sink: PostSink(self, sink, client, key, now)
-                )
-            return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
-        directives = cachepolicy.request_directives(client.headers)
+                relay: IResponseSink = PostSink(self, sink, client, key, self.clock.seconds())
+            else:
+                relay = Relay(self, sink, client)
+            _forward(client, body, relay, sink, BYPASS)
+            return
+        directives = client.directives
         now = self.clock.seconds()
         entry = self.lookup(key, client.method, client.headers)
         use = None
         if entry is not None:
             use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
-        if use == cachepolicy.FRESH:
-            return self.serve(request, client, entry, now, HIT)
-        if use == cachepolicy.STALE_WHILE_REVALIDATE:
-            self._refresh(resource, key, client, entry)
-        if use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
-            return self.serve(request, client, entry, now, STALE)
+        if entry is not None and use == cachepolicy.FRESH:
+            self.serve(sink, client, entry, now, HIT)
+            return
+        if entry is not None and use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
+            if use == cachepolicy.STALE_WHILE_REVALIDATE:
+                self._refresh(key, client, entry)
+            self.serve(sink, client, entry, now, STALE)
+            return
         if b"only-if-cached" in directives:
             self.count(MISS)
-            return error_response(request, 504, "only-if-cached, and no stored response may be used")
+            sink.own_answer(504, "only-if-cached, and no stored response may be used")
+            return
         if client.method != b"GET":
             self.count(MISS)
             if entry is None:
-                return resource.forward(request, client, MISS, lambda sink: Relay(self, sink, client))
-            return resource.forward(
-                request, client, MISS, lambda sink: HeadSink(self, sink, client, key, entry, now)
-            )
+                relay = Relay(self, sink, client)
+            else:
+                relay = HeadSink(self, sink, client, key, entry, now)
+            _forward(client, body, relay, sink, MISS)
+            return
         flight = self.flights.get(key)
         lead = b"no-cache" not in directives and not self._passing(key, now)
         if flight is not None and lead:
-            flight.wait(self, resource, request, client, key)
-            return NOT_DONE_YET
-        return self.fetch(resource, request, client, key, entry, lead=lead)
+            flight.wait(self, sink, client, body, key)
+            return
+        self.fetch(sink, client, body, key, entry, lead=lead)
 
     def fetch(
         self,
-        resource: Any,
-        request: Any,
-        client: Any,
+        sink: IClientSink,
+        client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         entry: Optional[CachedResponse],
         lead: bool,
-    ) -> Any:
+    ) -> None:
         """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
 
         With ``lead`` the request is the one concurrent misses for ``key`` wait for. A ``Range``
@@ -192,19 +205,19 @@ class CacheLayer:
         flight = None
         if lead:
             flight = self.flights[key] = _Flight()
-            request.notifyFinish().addBoth(lambda _: self.land(key, flight))
+            sink.when_done().addBoth(lambda _: self.land(key, flight))
             # -- second cache tier (powerlb.redistier): a local miss asks the shared store first --
             if entry is None and self.remote is not None:
-                self.remote.get(key).addCallback(self._remote_found, resource, request, client, key, flight)
-                return NOT_DONE_YET
-        return self._send(resource, request, client, key, entry, flight)
+                self.remote.get(key).addCallback(self._remote_found, sink, client, body, key, flight)
+                return
+        self._send(sink, client, body, key, entry, flight)
 
     def _remote_found(
         self,
         entries: List[CachedResponse],
-        resource: Any,
-        request: Any,
-        client: Any,
+        sink: IClientSink,
+        client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         flight: _Flight,
     ) -> None:
@@ -216,26 +229,26 @@ class CacheLayer:
             return  # the client went away meanwhile
         now = self.clock.seconds()
         entry = self.lookup(key, client.method, client.headers)
-        directives = cachepolicy.request_directives(client.headers)
+        directives = client.directives
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
             == cachepolicy.FRESH
         ):
             self.land(key, flight)
-            self.serve(request, client, entry, now, HIT)
+            self.serve(sink, client, entry, now, HIT)
         else:
-            self._send(resource, request, client, key, entry, flight)
+            self._send(sink, client, body, key, entry, flight)
         # -- end of the second cache tier's hook --
 
     def _send(
         self,
-        resource: Any,
-        request: Any,
-        client: Any,
+        sink: IClientSink,
+        client: ClientRequest,
+        body: Union[bytes, BodyStream],
         key: bytes,
         entry: Optional[CachedResponse],
-        flight: Any,
-    ) -> Any:
+        flight: Optional[_Flight],
+    ) -> None:
         """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
         now = self.clock.seconds()
         lead = flight is not None
@@ -248,12 +261,8 @@ class CacheLayer:
             and self._passing(key, now)
         )
         upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry)
-        return resource.forward(
-            request,
-            upstream,
-            MISS,
-            lambda sink: FetchSink(self, sink, key, client, entry, now, flight, conditional),
-        )
+        fetch = FetchSink(self, sink, key, client, entry, now, flight, conditional)
+        _forward(upstream, body, fetch, sink, MISS)
 
     def lookup(self, key: bytes, method: bytes, headers: Headers) -> Optional[CachedResponse]:
         """The stored response of ``key`` that may answer a ``method`` request with ``headers``, fresh
@@ -264,26 +273,26 @@ class CacheLayer:
             return None
         return entry
 
-    def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
-        """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
+    def serve(
+        self, sink: IClientSink, client: ClientRequest, entry: CachedResponse, now: float, x_cache: bytes
+    ) -> None:
+        """Answer the client's ``sink`` from ``entry`` (counted as ``x_cache``), with the same events
+        as a fetched response."""
         self.count(x_cache)
-        return serve_answer(request, self.answer(client.method, client.headers, entry, now), x_cache)
+        sink.cache_result(x_cache)
+        _answer(sink, self.answer(client.method, client.headers, entry, now))
 
     def fast_response(
-        self, method: bytes, target: bytes, headers: Headers, secure: bool
+        self, key: bytes, method: bytes, headers: Headers, rules: Optional[HeaderRules]
     ) -> Optional[Tuple[bytes, bytes]]:
-        """The response (head, body) to a plain ``GET``/``HEAD`` a fresh stored response answers, else None.
+        """The response (head, body) to a plain ``GET``/``HEAD`` for ``key`` that a fresh stored response
+        answers (with the response header ``rules``, None: none), else None.
 
         The client-facing channel's short way for cache hits (no twisted.web
-        request is built): the same store, policy and answer as :meth:`render`,
-        counted the same; None leaves the request to the normal way.
+        request is built; see :meth:`powerlb.proxy.ProxyResource.fast_response`): the same store, policy
+        and answer as :meth:`send`, counted the same; None leaves the request to the normal way.
         """
-        host = get_first(headers, b"host")
-        if host is None:
-            return None
-        entry = self.lookup(
-            cachepolicy.primary_key(b"https" if secure else b"http", host, target), method, headers
-        )
+        entry = self.lookup(key, method, headers)
         if entry is None:
             return None
         now = self.clock.seconds()
@@ -292,9 +301,11 @@ class CacheLayer:
         )
         if use != cachepolicy.FRESH:
             return None
-        self.counters.requests += 1
         self.count(HIT)
-        return wire_answer(self.answer(method, headers, entry, now), HIT)
+        answer = self.answer(method, headers, entry, now)
+        if rules is not None:
+            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
+        return wire_answer(answer, HIT)
 
     def answer(
         self, method: bytes, headers: Headers, entry: CachedResponse, now: float
@@ -327,7 +338,7 @@ class CacheLayer:
     def update(
         self,
         key: bytes,
-        client: Any,
+        client: ClientRequest,
         entry: CachedResponse,
         headers: Headers,
         request_time: float,
@@ -381,7 +392,7 @@ class CacheLayer:
 
     # -- invalidation and purge ----------------------------------------
 
-    def invalidate(self, client: Any, status: int, headers: Headers) -> None:
+    def invalidate(self, client: ClientRequest, status: int, headers: Headers) -> None:
         """Drop what a response to an unsafe request invalidates (RFC 9111 section 4.4)."""
         keys = cachepolicy.invalidation_keys(
             client.method, status, client.scheme, client.host or b"", client.target, headers
@@ -398,13 +409,15 @@ class CacheLayer:
         self.counters.cache_purged += removed
         return removed
 
-    def _purge_request(self, request: Any, client: Any) -> bytes:
+    def _purge_request(self, client: ClientRequest, sink: IClientSink) -> None:
         if not self._purge_allowed(client.client_host):
-            return error_response(request, 403, "PURGE is not allowed from this address (see purge-allow)")
+            sink.own_answer(403, "PURGE is not allowed from this address (see purge-allow)")
+            return
         removed = self.purge(cachepolicy.primary_key(client.scheme, client.host or b"", client.target))
         if removed:
-            return error_response(request, 200, f"purged {removed} stored response(s)")
-        return error_response(request, 404, "nothing stored for this URL")
+            sink.own_answer(200, f"purged {removed} stored response(s)")
+        else:
+            sink.own_answer(404, "nothing stored for this URL")
 
     def _purge_allowed(self, client_host: bytes) -> bool:
         try:
@@ -415,20 +428,20 @@ class CacheLayer:
 
     # -- revalidation ----------------------------------------------------
 
-    def _upstream_client(self, client: Any, entry: Optional[CachedResponse]) -> Tuple[Any, bool]:
+    def _upstream_client(
+        self, client: ClientRequest, entry: Optional[CachedResponse]
+    ) -> Tuple[ClientRequest, bool]:
         """``client`` as a GET sent upstream to store the response, and whether it revalidates ``entry``.
 
         A conditional GET when ``entry`` has a validator (RFC 9111 section 4.3.1), else one
         without the client's conditionals and range (:func:`cachepolicy.fetch_headers`).
         """
-        conditional = entry is not None and cachepolicy.has_validator(entry.headers)
-        if conditional:
+        if entry is not None and cachepolicy.has_validator(entry.headers):
             headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
-        else:
-            headers = cachepolicy.fetch_headers(client.headers)
-        return client.with_method_and_headers(b"GET", headers), conditional
+            return client.with_method_and_headers(b"GET", headers), True
+        return client.with_method_and_headers(b"GET", cachepolicy.fetch_headers(client.headers)), False
 
-    def _refresh(self, resource: Any, key: bytes, client: Any, entry: CachedResponse) -> None:
+    def _refresh(self, key: bytes, client: ClientRequest, entry: CachedResponse) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
         if key in self.flights:
             return
@@ -437,21 +450,23 @@ class CacheLayer:
         sink = FetchSink(
             self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
         )
-        resource.send(upstream, b"", sink)
+        upstream.send(b"", sink)
 
 
 class _Waiter:
     """A request waiting for another one's response to the same object (request coalescing)."""
 
-    __slots__ = ("client", "flight", "gone", "request", "resource", "timer")
+    __slots__ = ("body", "client", "flight", "gone", "sink", "timer")
 
-    def __init__(self, flight: _Flight, resource: Any, request: Any, client: Any) -> None:
+    def __init__(
+        self, flight: _Flight, sink: IClientSink, client: ClientRequest, body: Union[bytes, BodyStream]
+    ) -> None:
         self.flight = flight
-        self.resource = resource
-        self.request = request
+        self.sink = sink
         self.client = client
+        self.body = body
         self.gone = False
-        self.timer: Any = None
+        self.timer: IDelayedCall
 
     def resume(self, layer: CacheLayer, key: bytes) -> None:
         """Answer with the stored response if it is fresh now, else go upstream alone."""
@@ -460,20 +475,20 @@ class _Waiter:
             return
         now = layer.clock.seconds()
         entry = layer.lookup(key, self.client.method, self.client.headers)
-        directives = cachepolicy.request_directives(self.client.headers)
+        directives = self.client.directives
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
             == cachepolicy.FRESH
         ):
-            layer.serve(self.request, self.client, entry, now, COALESCED)
+            layer.serve(self.sink, self.client, entry, now, COALESCED)
         else:
-            layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+            layer.fetch(self.sink, self.client, self.body, key, entry, lead=False)
 
     def give_up(self, layer: CacheLayer, key: bytes) -> None:
         """The lock timeout passed: stop waiting and go upstream alone."""
         self.flight.waiters.remove(self)
         entry = layer.lookup(key, self.client.method, self.client.headers)
-        layer.fetch(self.resource, self.request, self.client, key, entry, lead=False)
+        layer.fetch(self.sink, self.client, self.body, key, entry, lead=False)
 
     def leave(self, failure: Failure) -> None:
         """The client went away while waiting."""
@@ -491,12 +506,19 @@ class _Flight:
     def __init__(self) -> None:
         self.waiters: List[_Waiter] = []
 
-    def wait(self, layer: CacheLayer, resource: Any, request: Any, client: Any, key: bytes) -> None:
-        """Make ``request`` wait for this flight, at most ``layer.lock_timeout`` seconds."""
-        waiter = _Waiter(self, resource, request, client)
+    def wait(
+        self,
+        layer: CacheLayer,
+        sink: IClientSink,
+        client: ClientRequest,
+        body: Union[bytes, BodyStream],
+        key: bytes,
+    ) -> None:
+        """Make the request wait for this flight, at most ``layer.lock_timeout`` seconds."""
+        waiter = _Waiter(self, sink, client, body)
         waiter.timer = layer.clock.callLater(layer.lock_timeout, waiter.give_up, layer, key)
         self.waiters.append(waiter)
-        request.notifyFinish().addErrback(waiter.leave)
+        sink.when_done().addErrback(waiter.leave)
 
     def take(self) -> List[_Waiter]:
         """The waiters, no longer waiting."""
@@ -512,7 +534,7 @@ class Relay:
     says changed (RFC 9111 section 4.4).
     """
 
-    def __init__(self, layer: CacheLayer, sink: Any, client: Any) -> None:
+    def __init__(self, layer: CacheLayer, sink: IResponseSink, client: ClientRequest) -> None:
         self.layer = layer
         self.sink = sink
         self.client = client
@@ -547,8 +569,8 @@ class HeadSink(Relay):
     def __init__(
         self,
         layer: CacheLayer,
-        sink: Any,
-        client: Any,
+        sink: IResponseSink,
+        client: ClientRequest,
         key: bytes,
         entry: CachedResponse,
         request_time: float,
@@ -573,7 +595,9 @@ class PostSink(Relay):
     explicit freshness and its ``Content-Location`` is that target (RFC 9111 section 4, RFC 9110
     section 9.3.3), after invalidating what it replaces (section 4.4)."""
 
-    def __init__(self, layer: CacheLayer, sink: Any, client: Any, key: bytes, request_time: float) -> None:
+    def __init__(
+        self, layer: CacheLayer, sink: IResponseSink, client: ClientRequest, key: bytes, request_time: float
+    ) -> None:
         super().__init__(layer, sink, client)
         self.key = key
         self.request_time = request_time
@@ -609,7 +633,7 @@ class PostSink(Relay):
         super().body_received(data)
 
     def response_ended(self) -> None:
-        if self.parts is not None:
+        if self.parts is not None and self.plan is not None:
             status, reason, headers = self.head
             body = b"".join(self.parts)
             entry = CachedResponse.from_plan(self.plan, status, reason, headers, body, self.client.headers)
@@ -639,9 +663,9 @@ class FetchSink(Relay):
     def __init__(
         self,
         layer: CacheLayer,
-        sink: Any,
+        sink: IClientSink,
         key: bytes,
-        client: Any,
+        client: ClientRequest,
         entry: Optional[CachedResponse],
         request_time: float,
         flight: Optional[_Flight],
@@ -649,6 +673,7 @@ class FetchSink(Relay):
         background: bool = False,
     ) -> None:
         super().__init__(layer, sink, client)
+        self.sink: IClientSink = sink
         self.key = key
         self.entry = entry
         self.request_time = request_time
@@ -679,8 +704,9 @@ class FetchSink(Relay):
             updated = layer.update(self.key, self.client, entry, headers, self.request_time, now)
             self._replay(updated, now, REVALIDATED)
             return
-        if status in _ERROR_STATUSES and self._stale_ok(now):
-            self._replay(entry, now, STALE)
+        stale = self._stale(now) if status in _ERROR_STATUSES else None
+        if stale is not None:
+            self._replay(stale, now, STALE)
             return
         plan = cachepolicy.plan_store(
             b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
@@ -722,7 +748,7 @@ class FetchSink(Relay):
     def response_ended(self) -> None:
         if self.done:
             return
-        if self.parts is not None:
+        if self.parts is not None and self.plan is not None:
             entry = CachedResponse.from_plan(
                 self.plan,
                 self.status,
@@ -743,8 +769,9 @@ class FetchSink(Relay):
             return
         self.parts = None
         now = self.layer.clock.seconds()
-        if self._stale_ok(now):
-            self._replay(self.entry, now, STALE)
+        stale = self._stale(now)
+        if stale is not None:
+            self._replay(stale, now, STALE)
             return
         self._land()
         self._count(MISS)
@@ -796,15 +823,18 @@ class FetchSink(Relay):
             self._land()
             self.sink.response_ended()
 
-    def _stale_ok(self, now: float) -> bool:
+    def _stale(self, now: float) -> Optional[CachedResponse]:
+        """The stored response that may stand in for a failed backend now (RFC 5861 section 4), if any."""
         entry = self.entry
-        return entry is not None and cachepolicy.stale_on_error(
+        if entry is not None and cachepolicy.stale_on_error(
             entry.freshness_lifetime,
             entry.age(now),
             entry.rules,
-            cachepolicy.request_directives(self.client.headers),
+            self.client.directives,
             self.layer.grace,
-        )
+        ):
+            return entry
+        return None
 
     def _count(self, x_cache: bytes) -> None:
         if not self.background:
@@ -823,18 +853,13 @@ class FetchSink(Relay):
     def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
         """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
         self._count(x_cache)
-        self.sink.x_cache = x_cache
+        self.sink.cache_result(x_cache)
         self._serve(entry, now)
 
     def _serve(self, entry: CachedResponse, now: float) -> None:
         """Answer the client from ``entry`` as a hit is answered (``304``, ``206``, ...), and end."""
         self._land()
-        answer = self.layer.answer(self.client.method, self.client.headers, entry, now)
-        sink = self.sink
-        sink.head_received(answer.status, answer.reason, answer.headers)
-        if answer.body:
-            sink.body_received(answer.body)
-        sink.response_ended()
+        _answer(self.sink, self.layer.answer(self.client.method, self.client.headers, entry, now))
 
 
 def _content_length(headers: Headers) -> Optional[int]:
@@ -845,11 +870,21 @@ def _content_length(headers: Headers) -> Optional[int]:
     return int(value) if value is not None and value.isdigit() else None
 
 
-@implementer(IResponseSink)
+@implementer(IClientSink)
 class _Discard:
     """The sink of a background refresh: nobody waits for the response itself."""
 
-    x_cache = MISS
+    def cache_result(self, x_cache: bytes) -> None:
+        pass
+
+    def start(self, dispatch: Dispatch) -> None:
+        pass
+
+    def own_answer(self, status: int, reason: str) -> None:
+        pass
+
+    def when_done(self) -> Deferred[None]:
+        return Deferred()
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         pass
@@ -865,3 +900,24 @@ class _Discard:
 
     def request_failed(self, error: UpstreamError) -> None:
         pass
+
+
+def _answer(sink: IResponseSink, answer: cachepolicy.Answer) -> None:
+    """Pass ``answer`` (made from a stored response) on to ``sink`` as a fetched response would be."""
+    sink.head_received(answer.status, answer.reason, answer.headers)
+    if answer.body:
+        sink.body_received(answer.body)
+    sink.response_ended()
+
+
+def _forward(
+    upstream: ClientRequest,
+    body: Union[bytes, BodyStream],
+    relay: IResponseSink,
+    sink: IClientSink,
+    x_cache: bytes,
+) -> None:
+    """Send ``upstream`` on to its plan's dispatcher, its response to ``relay`` (which passes it on to
+    the client's ``sink``), counted as ``x_cache``."""
+    sink.cache_result(x_cache)
+    sink.start(upstream.send(body, relay))
