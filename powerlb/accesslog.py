@@ -5,8 +5,8 @@ its :attr:`AccessLog.logger` (namespace :data:`ACCESS_NAMESPACE`) has the
 service itself as its only observer, so two instances in one process never
 see each other's requests and nothing goes through the global log
 publisher. The event's fields (see :func:`combined_line`) become a line in
-the combined log format plus the upstream address, upstream time and cache
-result, or one JSON object (``access-log-format: json``). Lines are
+the combined log format plus the upstream address, upstream time, cache
+result and request id, or one JSON object (``access-log-format: json``). Lines are
 buffered and written to the file (opened for appending) or to stdout (``-``)
 every second, when 64 KiB are pending, on :meth:`AccessLog.reopen` (for
 logrotate; ``twistd powerlb`` calls it on SIGUSR1) and when the service stops.
@@ -73,13 +73,15 @@ def format_iso_time(seconds: float) -> str:
 
 
 def combined_line(event: Mapping[str, Any]) -> str:
-    """The combined log format line of an access event, with ``upstream=``, ``upstream_time=``, ``cache=``.
+    """The combined log format line of an access event, with ``upstream=``, ``upstream_time=``, ``cache=``,
+    ``request_id=``.
 
     The event's fields: ``client`` (address), ``user`` (None), ``time``
     (seconds since the epoch), ``method``, ``target``, ``protocol``,
     ``status``, ``bytes`` (body bytes sent), ``referer``, ``user_agent``,
     ``upstream`` (``host:port`` or None), ``upstream_time`` (seconds or
-    None), ``cache`` (the ``X-Cache`` result or None). Text fields are
+    None), ``cache`` (the ``X-Cache`` result or None), ``request_id`` (the
+    request's id, None when it has none). Text fields are
     ``str``; absent ones show as ``-``.
     """
     upstream_time = event["upstream_time"]
@@ -89,7 +91,7 @@ def combined_line(event: Mapping[str, Any]) -> str:
         f"{event['status']} {event['bytes']} {_quoted(event['referer'])} {_quoted(event['user_agent'])} "
         f"upstream={_bare(event['upstream'])} "
         f"upstream_time={'-' if upstream_time is None else format(upstream_time, '.3f')} "
-        f"cache={_bare(event['cache'])}\n"
+        f"cache={_bare(event['cache'])} request_id={_bare(event.get('request_id'))}\n"
     )
 
 
@@ -107,6 +109,7 @@ JSON_FIELDS = (
     "upstream",
     "upstream_time",
     "cache",
+    "request_id",
 )
 
 
@@ -115,7 +118,7 @@ def json_line(event: Mapping[str, Any]) -> str:
     when absent; ``upstream_time`` rounded to the millisecond)."""
     record: Dict[str, Any] = {"time": format_iso_time(event["time"])}
     for name in JSON_FIELDS:
-        record[name] = event[name]
+        record[name] = event.get(name)
     if record["upstream_time"] is not None:
         record["upstream_time"] = round(record["upstream_time"], 3)
     return json.dumps(record, separators=(",", ":")) + "\n"

@@ -34,7 +34,7 @@ from typing import (
 )
 from urllib.parse import urljoin, urlsplit
 
-from powerlb.headers import Headers, get_all, get_first, split_tokens, strip_hop_by_hop
+from powerlb.headers import TOKEN_PATTERN, Headers, get_all, get_first, split_tokens, strip_hop_by_hop
 from powerlb.structured import StructuredError, parse_dictionary
 
 Directives = Dict[bytes, Optional[bytes]]
@@ -42,12 +42,11 @@ Directives = Dict[bytes, Optional[bytes]]
 #: RFC 9111 section 1.2.2: a delta-seconds too large to represent is taken as 2^31.
 MAX_DELTA_SECONDS = 2147483648
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 #: One Cache-Control list element (RFC 9111 section 5.2): token [ "=" ( token / quoted-string ) ],
 #: followed by the next comma or the end of the field line.
 _DIRECTIVE = re.compile(
-    rb"[ \t]*(" + _TOKEN + rb")"
-    rb"(?:[ \t]*=[ \t]*(?:(" + _TOKEN + rb')|"((?:[^"\\]|\\[\s\S])*)"))?'
+    rb"[ \t]*(" + TOKEN_PATTERN + rb")"
+    rb"(?:[ \t]*=[ \t]*(?:(" + TOKEN_PATTERN + rb')|"((?:[^"\\]|\\[\s\S])*)"))?'
     rb"[ \t]*(?:,|\Z)"
 )
 _QUOTED_PAIR = re.compile(rb"\\([\s\S])")

@@ -46,19 +46,26 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
+from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
+from powerlb.interfaces import IClientSink, IResponseSink
+from powerlb.policies import HeaderRules, apply_header_rules
 from powerlb.responses import error_response, serve_answer, wire_answer
 from powerlb.stats import Counters
-from powerlb.upstream import IResponseSink, UpstreamError
+
+if TYPE_CHECKING:
+    from powerlb.proxy import ClientRequest, ProxyResource
+    from powerlb.redistier import IRemoteStore
+    from powerlb.server import ProxyRequest
 
 #: Seconds a key whose response could not be stored skips request coalescing.
 HIT_FOR_PASS = 60.0
@@ -81,6 +88,9 @@ _COUNTERS = {
     COALESCED: "cache_coalesced",
     BYPASS: "cache_bypass",
 }
+
+#: What a twisted.web ``render`` returns: the body, or ``NOT_DONE_YET``.
+Rendered = Union[bytes, int]
 
 #: Upstream statuses that count as an error for stale-if-error (RFC 5861 section 4).
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
@@ -121,13 +131,13 @@ class CacheLayer:
         #: Keys with a request on its way upstream, and who waits for it.
         self.flights: Dict[bytes, _Flight] = {}
         #: The shared second cache tier (powerlb.redistier.IRemoteStore), None without one.
-        self.remote: Any = None
+        self.remote: Optional[IRemoteStore] = None
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
 
     # -- the request path ------------------------------------------------
 
-    def render(self, resource: Any, request: Any, client: Any) -> Any:
+    def render(self, resource: ProxyResource, request: ProxyRequest, client: ClientRequest) -> Rendered:
         """Answer a client request from the cache, or forward it through ``resource``.
 
         ``resource`` is the :class:`~powerlb.proxy.ProxyResource`; ``client`` the
@@ -136,7 +146,7 @@ class CacheLayer:
         """
         if client.method == b"PURGE":
             return self._purge_request(request, client)
-        key = cachepolicy.primary_key(client.scheme, client.host or b"", client.target)
+        key = client.cache_key()
         if not cachepolicy.request_is_cacheable(client.method, client.headers):
             self.count(BYPASS)
             if client.method == b"POST":
@@ -145,17 +155,17 @@ class CacheLayer:
                     request, client, BYPASS, lambda sink: PostSink(self, sink, client, key, now)
                 )
             return resource.forward(request, client, BYPASS, lambda sink: Relay(self, sink, client))
-        directives = cachepolicy.request_directives(client.headers)
+        directives = client.directives
         now = self.clock.seconds()
         entry = self.lookup(key, client.method, client.headers)
         use = None
         if entry is not None:
             use = cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
-        if use == cachepolicy.FRESH:
+        if entry is not None and use == cachepolicy.FRESH:
             return self.serve(request, client, entry, now, HIT)
-        if use == cachepolicy.STALE_WHILE_REVALIDATE:
-            self._refresh(resource, key, client, entry)
-        if use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
+        if entry is not None and use in (cachepolicy.STALE, cachepolicy.STALE_WHILE_REVALIDATE):
+            if use == cachepolicy.STALE_WHILE_REVALIDATE:
+                self._refresh(resource, key, client, entry)
             return self.serve(request, client, entry, now, STALE)
         if b"only-if-cached" in directives:
             self.count(MISS)
@@ -176,13 +186,13 @@ class CacheLayer:
 
     def fetch(
         self,
-        resource: Any,
-        request: Any,
-        client: Any,
+        resource: ProxyResource,
+        request: ProxyRequest,
+        client: ClientRequest,
         key: bytes,
         entry: Optional[CachedResponse],
         lead: bool,
-    ) -> Any:
+    ) -> Rendered:
         """Forward a GET the cache could not answer, revalidating ``entry`` (the stored response) if any.
 
         With ``lead`` the request is the one concurrent misses for ``key`` wait for. A ``Range``
@@ -202,9 +212,9 @@ class CacheLayer:
     def _remote_found(
         self,
         entries: List[CachedResponse],
-        resource: Any,
-        request: Any,
-        client: Any,
+        resource: ProxyResource,
+        request: ProxyRequest,
+        client: ClientRequest,
         key: bytes,
         flight: _Flight,
     ) -> None:
@@ -216,7 +226,7 @@ class CacheLayer:
             return  # the client went away meanwhile
         now = self.clock.seconds()
         entry = self.lookup(key, client.method, client.headers)
-        directives = cachepolicy.request_directives(client.headers)
+        directives = client.directives
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
             == cachepolicy.FRESH
@@ -229,13 +239,13 @@ class CacheLayer:
 
     def _send(
         self,
-        resource: Any,
-        request: Any,
-        client: Any,
+        resource: ProxyResource,
+        request: ProxyRequest,
+        client: ClientRequest,
         key: bytes,
         entry: Optional[CachedResponse],
-        flight: Any,
-    ) -> Any:
+        flight: Optional[_Flight],
+    ) -> Rendered:
         """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
         now = self.clock.seconds()
         lead = flight is not None
@@ -264,26 +274,29 @@ class CacheLayer:
             return None
         return entry
 
-    def serve(self, request: Any, client: Any, entry: CachedResponse, now: float, x_cache: bytes) -> Any:
-        """Answer ``request`` from ``entry`` (counted as ``x_cache``)."""
+    def serve(
+        self, request: ProxyRequest, client: ClientRequest, entry: CachedResponse, now: float, x_cache: bytes
+    ) -> Rendered:
+        """Answer ``request`` from ``entry`` (counted as ``x_cache``), with the route's response
+        header rules."""
         self.count(x_cache)
-        return serve_answer(request, self.answer(client.method, client.headers, entry, now), x_cache)
+        answer = self.answer(client.method, client.headers, entry, now)
+        rules = client.route_work.response_rules
+        if rules is not None:
+            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
+        return serve_answer(request, answer, x_cache)
 
     def fast_response(
-        self, method: bytes, target: bytes, headers: Headers, secure: bool
+        self, key: bytes, method: bytes, headers: Headers, rules: Optional[HeaderRules]
     ) -> Optional[Tuple[bytes, bytes]]:
-        """The response (head, body) to a plain ``GET``/``HEAD`` a fresh stored response answers, else None.
+        """The response (head, body) to a plain ``GET``/``HEAD`` for ``key`` that a fresh stored response
+        answers (with the response header ``rules``, None: none), else None.
 
         The client-facing channel's short way for cache hits (no twisted.web
-        request is built): the same store, policy and answer as :meth:`render`,
-        counted the same; None leaves the request to the normal way.
+        request is built; see :meth:`powerlb.proxy.ProxyResource.fast_response`): the same store, policy
+        and answer as :meth:`render`, counted the same; None leaves the request to the normal way.
         """
-        host = get_first(headers, b"host")
-        if host is None:
-            return None
-        entry = self.lookup(
-            cachepolicy.primary_key(b"https" if secure else b"http", host, target), method, headers
-        )
+        entry = self.lookup(key, method, headers)
         if entry is None:
             return None
         now = self.clock.seconds()
@@ -292,9 +305,11 @@ class CacheLayer:
         )
         if use != cachepolicy.FRESH:
             return None
-        self.counters.requests += 1
         self.count(HIT)
-        return wire_answer(self.answer(method, headers, entry, now), HIT)
+        answer = self.answer(method, headers, entry, now)
+        if rules is not None:
+            answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
+        return wire_answer(answer, HIT)
 
     def answer(
         self, method: bytes, headers: Headers, entry: CachedResponse, now: float
@@ -327,7 +342,7 @@ class CacheLayer:
     def update(
         self,
         key: bytes,
-        client: Any,
+        client: ClientRequest,
         entry: CachedResponse,
         headers: Headers,
         request_time: float,
@@ -381,7 +396,7 @@ class CacheLayer:
 
     # -- invalidation and purge ----------------------------------------
 
-    def invalidate(self, client: Any, status: int, headers: Headers) -> None:
+    def invalidate(self, client: ClientRequest, status: int, headers: Headers) -> None:
         """Drop what a response to an unsafe request invalidates (RFC 9111 section 4.4)."""
         keys = cachepolicy.invalidation_keys(
             client.method, status, client.scheme, client.host or b"", client.target, headers
@@ -398,7 +413,7 @@ class CacheLayer:
         self.counters.cache_purged += removed
         return removed
 
-    def _purge_request(self, request: Any, client: Any) -> bytes:
+    def _purge_request(self, request: ProxyRequest, client: ClientRequest) -> bytes:
         if not self._purge_allowed(client.client_host):
             return error_response(request, 403, "PURGE is not allowed from this address (see purge-allow)")
         removed = self.purge(cachepolicy.primary_key(client.scheme, client.host or b"", client.target))
@@ -415,20 +430,22 @@ class CacheLayer:
 
     # -- revalidation ----------------------------------------------------
 
-    def _upstream_client(self, client: Any, entry: Optional[CachedResponse]) -> Tuple[Any, bool]:
+    def _upstream_client(
+        self, client: ClientRequest, entry: Optional[CachedResponse]
+    ) -> Tuple[ClientRequest, bool]:
         """``client`` as a GET sent upstream to store the response, and whether it revalidates ``entry``.
 
         A conditional GET when ``entry`` has a validator (RFC 9111 section 4.3.1), else one
         without the client's conditionals and range (:func:`cachepolicy.fetch_headers`).
         """
-        conditional = entry is not None and cachepolicy.has_validator(entry.headers)
-        if conditional:
+        if entry is not None and cachepolicy.has_validator(entry.headers):
             headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
-        else:
-            headers = cachepolicy.fetch_headers(client.headers)
-        return client.with_method_and_headers(b"GET", headers), conditional
+            return client.with_method_and_headers(b"GET", headers), True
+        return client.with_method_and_headers(b"GET", cachepolicy.fetch_headers(client.headers)), False
 
-    def _refresh(self, resource: Any, key: bytes, client: Any, entry: CachedResponse) -> None:
+    def _refresh(
+        self, resource: ProxyResource, key: bytes, client: ClientRequest, entry: CachedResponse
+    ) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
         if key in self.flights:
             return
@@ -445,13 +462,15 @@ class _Waiter:
 
     __slots__ = ("client", "flight", "gone", "request", "resource", "timer")
 
-    def __init__(self, flight: _Flight, resource: Any, request: Any, client: Any) -> None:
+    def __init__(
+        self, flight: _Flight, resource: ProxyResource, request: ProxyRequest, client: ClientRequest
+    ) -> None:
         self.flight = flight
         self.resource = resource
         self.request = request
         self.client = client
         self.gone = False
-        self.timer: Any = None
+        self.timer: IDelayedCall
 
     def resume(self, layer: CacheLayer, key: bytes) -> None:
         """Answer with the stored response if it is fresh now, else go upstream alone."""
@@ -460,7 +479,7 @@ class _Waiter:
             return
         now = layer.clock.seconds()
         entry = layer.lookup(key, self.client.method, self.client.headers)
-        directives = cachepolicy.request_directives(self.client.headers)
+        directives = self.client.directives
         if entry is not None and (
             cachepolicy.reuse(entry.freshness_lifetime, entry.age(now), entry.rules, directives)
             == cachepolicy.FRESH
@@ -491,7 +510,14 @@ class _Flight:
     def __init__(self) -> None:
         self.waiters: List[_Waiter] = []
 
-    def wait(self, layer: CacheLayer, resource: Any, request: Any, client: Any, key: bytes) -> None:
+    def wait(
+        self,
+        layer: CacheLayer,
+        resource: ProxyResource,
+        request: ProxyRequest,
+        client: ClientRequest,
+        key: bytes,
+    ) -> None:
         """Make ``request`` wait for this flight, at most ``layer.lock_timeout`` seconds."""
         waiter = _Waiter(self, resource, request, client)
         waiter.timer = layer.clock.callLater(layer.lock_timeout, waiter.give_up, layer, key)
@@ -512,7 +538,7 @@ class Relay:
     says changed (RFC 9111 section 4.4).
     """
 
-    def __init__(self, layer: CacheLayer, sink: Any, client: Any) -> None:
+    def __init__(self, layer: CacheLayer, sink: IResponseSink, client: ClientRequest) -> None:
         self.layer = layer
         self.sink = sink
         self.client = client
@@ -547,8 +573,8 @@ class HeadSink(Relay):
     def __init__(
         self,
         layer: CacheLayer,
-        sink: Any,
-        client: Any,
+        sink: IResponseSink,
+        client: ClientRequest,
         key: bytes,
         entry: CachedResponse,
         request_time: float,
@@ -573,7 +599,9 @@ class PostSink(Relay):
     explicit freshness and its ``Content-Location`` is that target (RFC 9111 section 4, RFC 9110
     section 9.3.3), after invalidating what it replaces (section 4.4)."""
 
-    def __init__(self, layer: CacheLayer, sink: Any, client: Any, key: bytes, request_time: float) -> None:
+    def __init__(
+        self, layer: CacheLayer, sink: IResponseSink, client: ClientRequest, key: bytes, request_time: float
+    ) -> None:
         super().__init__(layer, sink, client)
         self.key = key
         self.request_time = request_time
@@ -609,7 +637,7 @@ class PostSink(Relay):
         super().body_received(data)
 
     def response_ended(self) -> None:
-        if self.parts is not None:
+        if self.parts is not None and self.plan is not None:
             status, reason, headers = self.head
             body = b"".join(self.parts)
             entry = CachedResponse.from_plan(self.plan, status, reason, headers, body, self.client.headers)
@@ -639,9 +667,9 @@ class FetchSink(Relay):
     def __init__(
         self,
         layer: CacheLayer,
-        sink: Any,
+        sink: IClientSink,
         key: bytes,
-        client: Any,
+        client: ClientRequest,
         entry: Optional[CachedResponse],
         request_time: float,
         flight: Optional[_Flight],
@@ -649,6 +677,7 @@ class FetchSink(Relay):
         background: bool = False,
     ) -> None:
         super().__init__(layer, sink, client)
+        self.sink: IClientSink = sink
         self.key = key
         self.entry = entry
         self.request_time = request_time
@@ -679,8 +708,9 @@ class FetchSink(Relay):
             updated = layer.update(self.key, self.client, entry, headers, self.request_time, now)
             self._replay(updated, now, REVALIDATED)
             return
-        if status in _ERROR_STATUSES and self._stale_ok(now):
-            self._replay(entry, now, STALE)
+        stale = self._stale(now) if status in _ERROR_STATUSES else None
+        if stale is not None:
+            self._replay(stale, now, STALE)
             return
         plan = cachepolicy.plan_store(
             b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
@@ -722,7 +752,7 @@ class FetchSink(Relay):
     def response_ended(self) -> None:
         if self.done:
             return
-        if self.parts is not None:
+        if self.parts is not None and self.plan is not None:
             entry = CachedResponse.from_plan(
                 self.plan,
                 self.status,
@@ -743,8 +773,9 @@ class FetchSink(Relay):
             return
         self.parts = None
         now = self.layer.clock.seconds()
-        if self._stale_ok(now):
-            self._replay(self.entry, now, STALE)
+        stale = self._stale(now)
+        if stale is not None:
+            self._replay(stale, now, STALE)
             return
         self._land()
         self._count(MISS)
@@ -796,15 +827,18 @@ class FetchSink(Relay):
             self._land()
             self.sink.response_ended()
 
-    def _stale_ok(self, now: float) -> bool:
+    def _stale(self, now: float) -> Optional[CachedResponse]:
+        """The stored response that may stand in for a failed backend now (RFC 5861 section 4), if any."""
         entry = self.entry
-        return entry is not None and cachepolicy.stale_on_error(
+        if entry is not None and cachepolicy.stale_on_error(
             entry.freshness_lifetime,
             entry.age(now),
             entry.rules,
-            cachepolicy.request_directives(self.client.headers),
+            self.client.directives,
             self.layer.grace,
-        )
+        ):
+            return entry
+        return None
 
     def _count(self, x_cache: bytes) -> None:
         if not self.background:
@@ -823,7 +857,7 @@ class FetchSink(Relay):
     def _replay(self, entry: CachedResponse, now: float, x_cache: bytes) -> None:
         """Pass ``entry`` on instead of the backend's response (whose rest is ignored)."""
         self._count(x_cache)
-        self.sink.x_cache = x_cache
+        self.sink.cache_answered(x_cache)
         self._serve(entry, now)
 
     def _serve(self, entry: CachedResponse, now: float) -> None:
@@ -845,11 +879,12 @@ def _content_length(headers: Headers) -> Optional[int]:
     return int(value) if value is not None and value.isdigit() else None
 
 
-@implementer(IResponseSink)
+@implementer(IClientSink)
 class _Discard:
     """The sink of a background refresh: nobody waits for the response itself."""
 
-    x_cache = MISS
+    def cache_answered(self, x_cache: bytes) -> None:
+        pass
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         pass

@@ -6,7 +6,7 @@ balancer for a backend, hands the request to that backend's
 :class:`~powerlb.upstream.ProxyClientFactory`, keeps the backend's
 in-flight and failure counts true, and retries a request that certainly
 never reached a backend. Whoever asked hears the outcome through an
-:class:`~powerlb.upstream.IResponseSink`.
+:class:`~powerlb.interfaces.IResponseSink`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from zope.interface import implementer
 
 from powerlb.backend import Backend
 from powerlb.balancing import IBalancer
+from powerlb.errors import BackendBusy, NoBackend, UpstreamError
 from powerlb.hashkey import RoutedRequest
 from powerlb.headers import Headers, get_first
+from powerlb.interfaces import IResponseSink
 from powerlb.outlier import OutlierEjector
 from powerlb.stats import Counters
 from powerlb.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnels
-from powerlb.upstream import BackendBusy, BodyStream, IResponseSink, ProxyClientFactory, UpstreamError
+from powerlb.upstream import BodyStream, ProxyClientFactory
 
 log = Logger()
 
@@ -34,12 +36,6 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 #: A response with a Content-Length up to this is held until complete before the client sees it,
 #: so a backend failing in the middle of it can still be retried (idempotent) or answered 502/504.
 HOLD_LIMIT = 64 * 1024
-
-
-class NoBackend(UpstreamError):
-    """No healthy backend is left to send the request to."""
-
-    status = 503
 
 
 class UpstreamRequest:

@@ -12,8 +12,15 @@ from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 Headers = List[Tuple[bytes, bytes]]
 
-#: An HTTP token (RFC 9110 section 5.6.2): what header and cookie names are made of.
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: The characters of an HTTP token (RFC 9110 section 5.6.2, ``tchar``): the one copy of the token
+#: grammar, which every parser and check below derives from.
+TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: The token characters as byte values, to check a name at once: ``TOKEN_BYTES.issuperset(name)``.
+TOKEN_BYTES = frozenset(TCHARS.encode("ascii"))
+#: A token as a bytes regular expression source, for patterns built from it (e.g. Cache-Control).
+TOKEN_PATTERN = b"[" + re.escape(TCHARS).encode("ascii") + b"]+"
+#: An HTTP token: what header and cookie names, methods and list members are made of.
+TOKEN = re.compile(TOKEN_PATTERN.decode("ascii"))
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded by a proxy.
 HOP_BY_HOP: FrozenSet[bytes] = frozenset(

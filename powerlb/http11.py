@@ -21,12 +21,11 @@ from typing import Optional
 
 from zope.interface import Interface
 
-from powerlb.headers import Headers, connection_tokens, split_tokens
+from powerlb.headers import TOKEN_BYTES, Headers, connection_tokens, split_tokens
 
 MAX_HEAD_SIZE = 64 * 1024
 MAX_CHUNK_LINE = 4096
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 #: What a reason phrase may hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text): it is relayed to clients.
 _REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
@@ -285,7 +284,7 @@ def _parse_header_lines(lines: list[bytes]) -> Headers:
         if colon <= 0:
             raise ProtocolError("invalid header line")
         name = line[:colon]
-        if not _TOKEN_CHARS.issuperset(name):
+        if not TOKEN_BYTES.issuperset(name):
             # Also rejects obs-fold (a line starting with whitespace).
             raise ProtocolError("invalid header name")
         value = line[colon + 1 :].strip(b" \t")

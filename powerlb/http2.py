@@ -27,7 +27,8 @@ from twisted.web._http2 import H2Connection
 from twisted.web.server import Request
 
 from powerlb.headers import Headers
-from powerlb.server import Limits, ProxyRequest, plain_body
+from powerlb.responses import plain_body
+from powerlb.server import Limits, ProxyRequest
 
 
 def request_problem(headers: Headers, limits: Limits) -> Optional[Tuple[int, str]]:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from powerlb.accesslog import EVENT_FORMAT
 from powerlb.backend import Backend
 from powerlb.headers import Headers, get_first
+from powerlb.interfaces import FastResponse
 
 #: The ``X-Cache`` result of the cache hits answered on the channel's short way.
 _HIT = b"HIT"
@@ -73,18 +74,26 @@ class Outcomes:
             None if backend is None else backend.id,
             upstream_time,
             request.x_cache,
+            getattr(request, "request_id", None),
         )
 
     def fast_hit(
-        self, transport: Any, method: bytes, target: bytes, headers: Headers, response: Tuple[bytes, bytes]
+        self,
+        peer: Any,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        response: FastResponse,
+        request_id: Optional[bytes] = None,
     ) -> None:
-        """Count (and log) a cache hit the channel answered with ``response``, its (head, body)."""
+        """Count (and log) a cache hit the channel answered for the client at address ``peer`` with
+        ``response``, its (head, body); ``request_id`` is the plan's."""
         head = response[0]
         self.fast_hits[head[9] - 48] += 1  # head starts "HTTP/1.1 NNN": the status class digit
         if self.access is None:
             return
         self._emit(
-            getattr(transport.getPeer(), "host", None),
+            getattr(peer, "host", None),
             method,
             target,
             b"HTTP/1.1",
@@ -95,6 +104,7 @@ class Outcomes:
             None,
             None,
             _HIT,
+            request_id,
         )
 
     def snapshot(self) -> Dict[str, Dict[str, Dict[str, int]]]:
@@ -126,8 +136,12 @@ class Outcomes:
         upstream: Optional[str],
         upstream_time: Optional[float],
         x_cache: bytes,
+        request_id: Optional[bytes],
     ) -> None:
-        self.access.info(
+        access = self.access
+        if access is None:
+            return
+        access.info(
             EVENT_FORMAT,
             client=client,
             user=None,
@@ -142,4 +156,5 @@ class Outcomes:
             upstream=upstream,
             upstream_time=upstream_time,
             cache=x_cache.decode("ascii") or None,
+            request_id=_text(request_id),
         )

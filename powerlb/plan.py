@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from powerlb.headers import Headers
 from powerlb.policies import Refusal
@@ -55,3 +55,22 @@ class IPlanner(Interface):
     ) -> Decision:
         """The plan for a request (``headers``: powerlb's lower-case ``(name, value)`` list;
         ``peer``: the client address as the connection gives it), or its refusal."""
+
+
+@implementer(IPlanner)
+class SinglePool:
+    """The planner of a configuration with one pool and no routes: every request gets the same plan,
+    a catch-all :class:`~powerlb.routing.Route` to ``pool`` served by ``dispatcher`` (no request id)."""
+
+    __slots__ = ("decision",)
+
+    def __init__(
+        self, dispatcher: Dispatcher, sticky: Optional[StickyCookie] = None, pool: str = "default"
+    ) -> None:
+        self.decision = RequestPlan(Route(pool=pool), pool, dispatcher, sticky)
+
+    def plan(
+        self, method: bytes, scheme: bytes, host: Optional[bytes], target: bytes, headers: Headers, peer: str
+    ) -> Decision:
+        """The one plan, whatever the request."""
+        return self.decision

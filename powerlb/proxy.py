@@ -11,16 +11,18 @@ twisted.web request. Decisions come from the pure modules (``headers``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from powerlb.caching import CacheLayer
-from powerlb.dispatch import Dispatch, Dispatcher, UpstreamRequest
+from powerlb import cachepolicy
+from powerlb.caching import CacheLayer, Rendered
+from powerlb.dispatch import Dispatch, UpstreamRequest
+from powerlb.errors import UpstreamError
 from powerlb.headers import (
     Headers,
     forward_request_headers,
@@ -29,19 +31,37 @@ from powerlb.headers import (
     strip_hop_by_hop,
 )
 from powerlb.http11 import serialize_interim
+from powerlb.interfaces import FastResponse, IClientSink, IResponseSink
+from powerlb.plan import Decision, IPlanner, RequestPlan
+from powerlb.policies import apply_header_rules, cache_key, rewrite_path
 from powerlb.responses import error_response, set_response_headers
+from powerlb.routing import Route
 from powerlb.stats import Counters
 from powerlb.sticky import StickyCookie
 from powerlb.tunnel import is_upgrade, upgrade_request_headers
-from powerlb.upstream import BodyStream, IResponseSink, UpstreamError
+from powerlb.upstream import BodyStream
+
+if TYPE_CHECKING:
+    from powerlb.server import ProxyRequest
 
 
 class ClientRequest:
     """What the request path needs to know of a client request, parsed once."""
 
-    __slots__ = ("client_host", "headers", "host", "method", "scheme", "target", "upgrade")
+    __slots__ = (
+        "_directives",
+        "client_host",
+        "headers",
+        "host",
+        "method",
+        "plan",
+        "route_work",
+        "scheme",
+        "target",
+        "upgrade",
+    )
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: ProxyRequest) -> None:
         self.method: bytes = request.method
         parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
         self.headers: Headers = (
@@ -59,6 +79,19 @@ class ClientRequest:
         #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
         upgrade = is_upgrade(self.method, request.clientproto, self.headers)
         self.upgrade: Any = request.channel if upgrade else None
+        #: The router's plan for this request, and what its route takes (set by :class:`ProxyResource`).
+        self.plan: RequestPlan
+        self.route_work: RouteWork
+        self._directives: Optional[cachepolicy.Directives] = None
+
+    @property
+    def directives(self) -> cachepolicy.Directives:
+        """The request's cache directives (:func:`~powerlb.cachepolicy.request_directives`), parsed
+        once, when a layer first asks, and read by every later one."""
+        directives = self._directives
+        if directives is None:
+            directives = self._directives = cachepolicy.request_directives(self.headers)
+        return directives
 
     def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
         """A copy of this request with another ``method`` and ``headers`` (e.g. the cache's own GET).
@@ -73,75 +106,167 @@ class ClientRequest:
         other.scheme = self.scheme
         other.client_host = self.client_host
         other.upgrade = self.upgrade
+        other.plan = self.plan
+        other.route_work = self.route_work
+        other._directives = None  # other headers: parsed again if asked
         return other
 
-    def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
-        """The request to send to a backend: forwarding headers added, hop-by-hop ones dropped."""
+    def upstream(self, body: Union[bytes, BodyStream], request_id_header: bytes) -> UpstreamRequest:
+        """The request to send to a backend as the plan says: forwarding headers added, hop-by-hop ones
+        and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
+        ``request_id_header``, the target rewritten by the route."""
+        plan, work = self.plan, self.route_work
         headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
         if self.upgrade is not None:
             headers = upgrade_request_headers(self.headers, headers)
-        return UpstreamRequest(self.method, self.target, headers, body, self.upgrade)
+        if plan.sticky is not None:
+            headers = plan.sticky.strip(headers)
+        if work.request_rules is not None:
+            headers = apply_header_rules(work.request_rules, headers)
+        if plan.request_id is not None:
+            headers = [(k, v) for k, v in headers if k != request_id_header]
+            headers.append((request_id_header, plan.request_id))
+        target = rewrite_path(work.route, self.target) if work.rewrites else self.target
+        return UpstreamRequest(self.method, target, headers, body, self.upgrade)
+
+    def cache_key(self) -> bytes:
+        """The request's cache key on its route (:func:`~powerlb.policies.cache_key`)."""
+        host = self.host or b""
+        if self.route_work.plain_key:
+            return cachepolicy.primary_key(self.scheme, host, self.target)
+        return cache_key(self.route_work.route, self.scheme, host, self.target, self.headers)
+
+
+class RouteWork:
+    """What carrying out one route takes, worked out once per route rather than once per request:
+    whether its cache key is the plain one, whether it rewrites paths, its header rules (None when
+    it has none)."""
+
+    __slots__ = ("plain_key", "request_rules", "response_rules", "rewrites", "route")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.plain_key = route.cache_key_query and not route.cache_key_headers
+        self.rewrites = route.strip_prefix is not None or route.add_prefix is not None
+        self.request_rules = route.request_headers if route.request_headers else None
+        self.response_rules = route.response_headers if route.response_headers else None
 
 
 class ProxyResource(Resource):
-    """Entry point for every client request: the cache layer first, if any, then the dispatcher.
+    """Entry point for every client request: the planner's decision, then the cache layer, then the
+    plan's dispatcher.
 
-    With ``sticky`` (the sticky-session cookie) that cookie is removed from
-    requests sent upstream and set on client responses (see :mod:`powerlb.sticky`).
+    ``planner`` (:class:`~powerlb.plan.IPlanner`) decides once per request:
+    a refusal is answered at once (powerlb's own response, with the refusal's
+    headers); a plan names the route (cache use, cache key, path rewrite,
+    header rules) and the pool (dispatcher, sticky cookie) that serve it.
+    The plan's request id is sent upstream in ``request_id_header``.
     """
 
     isLeaf = True
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        planner: IPlanner,
         cache: Optional[CacheLayer],
         counters: Counters,
-        sticky: Optional[StickyCookie] = None,
+        request_id_header: bytes = b"x-request-id",
     ) -> None:
         super().__init__()
-        self.dispatcher = dispatcher
+        self.planner = planner
         self.cache = cache
         self.counters = counters
-        self.sticky = sticky
+        self.request_id_header = request_id_header.lower()
+        #: The work of the last route planned (one route, or a run of one route's requests, reuses it).
+        self._work = RouteWork(Route())
 
-    def render(self, request: Request) -> Any:
+    def route_work(self, route: Route) -> RouteWork:
+        """What carrying out ``route`` takes (remembered for the last route asked)."""
+        work = self._work
+        if work.route is not route:
+            work = self._work = RouteWork(route)
+        return work
+
+    def render(self, request: ProxyRequest) -> Any:
         self.counters.requests += 1
         client = ClientRequest(request)
         if client.host is None and request.clientproto == b"HTTP/1.1":
             self.counters.errors += 1
             return error_response(request, 400, "HTTP/1.1 request without a Host header")
-        if self.cache is None or client.upgrade is not None:  # upgrades never touch the cache
+        decision = getattr(request, "plan", None)  # made already on the channel's short way
+        if decision is None:
+            peer = client.client_host.decode()
+            target = client.target
+            decision = self.planner.plan(
+                client.method, client.scheme, client.host, target, client.headers, peer
+            )
+        if not isinstance(decision, RequestPlan):
+            self.counters.errors += 1
+            reason = decision.reason.decode("latin-1")
+            return error_response(request, decision.status, reason, decision.headers)
+        client.plan = decision
+        client.route_work = self.route_work(decision.route)
+        request.request_id = decision.request_id
+        cache = self.cache
+        if cache is None or not decision.route.cache or client.upgrade is not None:  # upgrades: never cached
             self.counters.cache_bypass += 1
             return self.forward(request, client, b"BYPASS")
-        return self.cache.render(self, request, client)
+        return cache.render(self, request, client)
+
+    def fast_response(
+        self, method: bytes, target: bytes, headers: Headers, secure: bool, peer: str
+    ) -> Tuple[Optional[FastResponse], Optional[Decision]]:
+        """The ready response to a plain ``GET``/``HEAD`` when its plan lets a fresh stored response
+        answer it, ``(head, body)``, else None (the request takes the normal way); and the
+        planner's decision (None when not asked), which that request then carries on.
+
+        The client channel's short way for cache hits (:data:`powerlb.interfaces.FastAnswer`):
+        the same planner, cache key and answer as :meth:`render`.
+        """
+        cache = self.cache
+        host = get_first(headers, b"host")
+        if cache is None or host is None:
+            return None, None
+        scheme = b"https" if secure else b"http"
+        decision = self.planner.plan(method, scheme, host, target, headers, peer)
+        if not isinstance(decision, RequestPlan) or not decision.route.cache:
+            return None, decision
+        work = self._work
+        if work.route is not decision.route:
+            work = self.route_work(decision.route)
+        if work.plain_key:
+            key = cachepolicy.primary_key(scheme, host, target)
+        else:
+            key = cache_key(work.route, scheme, host, target, headers)
+        response = cache.fast_response(key, method, headers, work.response_rules)
+        if response is None:
+            return None, decision
+        self.counters.requests += 1
+        return response, decision
 
     def forward(
         self,
-        request: Request,
+        request: ProxyRequest,
         client: ClientRequest,
         x_cache: bytes,
-        wrap: Optional[Callable[[Any], Any]] = None,
-    ) -> Any:
+        wrap: Optional[Callable[[IClientSink], IResponseSink]] = None,
+    ) -> Rendered:
         """Send ``request`` upstream and stream the answer back; ``wrap`` may wrap the response sink."""
-        responder = ClientResponder(request, self.counters, x_cache, self.sticky)
+        responder = ClientResponder(request, self.counters, x_cache, client.plan, client.route_work)
         sink = responder if wrap is None else wrap(responder)
         body = getattr(request, "body_stream", None)
         if body is None:
             body = request.content.read() if request.content is not None else b""
         request.dispatch = dispatch = self.send(client, body, sink)
         responder.start(dispatch)
-        return NOT_DONE_YET
+        return int(NOT_DONE_YET)
 
     def send(self, client: ClientRequest, body: Union[bytes, BodyStream], sink: Any) -> Dispatch:
-        """Send ``client``'s request upstream (routed on it, sticky cookie removed); ``sink`` hears back."""
-        upstream = client.upstream(body)
-        if self.sticky is not None:
-            upstream.headers = self.sticky.strip(upstream.headers)
-        return self.dispatcher.send(upstream, sink, client)
+        """Send ``client``'s request upstream through its plan's dispatcher; ``sink`` hears back."""
+        return client.plan.dispatcher.send(client.upstream(body, self.request_id_header), sink, client)
 
 
-@implementer(IResponseSink, IPushProducer)
+@implementer(IClientSink, IPushProducer)
 class ClientResponder:
     """Writes one upstream response to its twisted.web request as it streams in.
 
@@ -149,18 +274,20 @@ class ClientResponder:
     client's pause on to the backend read, and a client that goes away
     abandons the upstream request. With ``sticky`` a response a backend
     answered gets the sticky cookie of that backend, unless the client
-    already sent it.
+    already sent it. Every response head gets the route's response header
+    rules (``plan``'s).
     """
 
-    __slots__ = ("counters", "dispatch", "done", "request", "sticky", "x_cache")
+    __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "x_cache")
 
     def __init__(
-        self, request: Request, counters: Counters, x_cache: bytes, sticky: Optional[StickyCookie] = None
+        self, request: ProxyRequest, counters: Counters, x_cache: bytes, plan: RequestPlan, work: RouteWork
     ) -> None:
         self.request = request
         self.counters = counters
         self.x_cache = x_cache
-        self.sticky = sticky
+        self.plan = plan
+        self.response_rules = work.response_rules
         self.dispatch: Any = None
         self.done = False
         request.registerProducer(self, True)
@@ -171,7 +298,11 @@ class ClientResponder:
         if not self.done:
             self.dispatch = dispatch
 
-    # -- IResponseSink -----------------------------------------------------
+    # -- IClientSink -------------------------------------------------------
+
+    def cache_answered(self, x_cache: bytes) -> None:
+        """The cache answers in the backend's place: the response goes out with ``x_cache``."""
+        self.x_cache = x_cache
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         """Relay a 1xx ahead of the response, to HTTP/1.1 clients only (RFC 9110 section 15.2).
@@ -183,15 +314,20 @@ class ClientResponder:
         request = self.request
         if self.done or request.startedWriting or request.clientproto != b"HTTP/1.1":
             return
-        request.channel.transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
+        transport = request.channel.transport
+        if transport is not None:
+            transport.write(serialize_interim(status, reason, strip_hop_by_hop(headers)))
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         if status == 101:
             self._switched(reason)
             return
         headers = forward_response_headers(headers)
-        if self.sticky is not None:
-            self._stick(headers)
+        sticky = self.plan.sticky
+        if sticky is not None:
+            self._stick(sticky, headers)
+        if self.response_rules is not None:
+            headers = apply_header_rules(self.response_rules, headers)
         request = self.request
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:
@@ -249,14 +385,12 @@ class ClientResponder:
         request.x_cache = self.x_cache
         request.channel.factory.log(request)
 
-    def _stick(self, headers: Headers) -> None:
+    def _stick(self, sticky: StickyCookie, headers: Headers) -> None:
         """Add the sticky cookie of the backend whose response this is (none for one made from the cache
         after the backend failed)."""
         dispatch = self.dispatch
         if dispatch is not None and dispatch.committed:
-            cookie = self.sticky.set_cookie(
-                dispatch.client.headers, dispatch.backend.url, self.request.isSecure()
-            )
+            cookie = sticky.set_cookie(dispatch.client.headers, dispatch.backend.url, self.request.isSecure())
             if cookie is not None:
                 headers.append((b"set-cookie", cookie))
 

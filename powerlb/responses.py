@@ -1,9 +1,12 @@
-"""Writing responses to twisted.web requests: upstream headers, cached entries, powerlb's own errors."""
+"""Writing responses: upstream headers, cached entries, and powerlb's own answers.
+
+The one place that builds powerlb's own responses (errors, refusals, ``PURGE`` outcomes, the channel's
+rejections) and holds the status-phrase table (:func:`reason_phrase`)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers as TwistedHeaders
@@ -38,7 +41,7 @@ def set_response_headers(request: ProxyRequest, headers: Headers, x_cache: bytes
         out.setRawHeaders(name, values)
 
 
-def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> Any:
+def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: bytes) -> int:
     """Send ``answer`` (made from a stored response) for ``request``, with ``Via`` and ``X-Cache``.
 
     The response is written and finished here, so that the answer's own
@@ -49,7 +52,7 @@ def serve_answer(request: ProxyRequest, answer: cachepolicy.Answer, x_cache: byt
     set_response_headers(request, [*answer.headers, (b"via", b"1.1 powerlb")], x_cache)
     request.write(answer.body)
     request.finish()
-    return NOT_DONE_YET
+    return int(NOT_DONE_YET)
 
 
 def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bytes]:
@@ -61,7 +64,7 @@ def wire_answer(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, byte
     body stay apart so that a large body is never copied to join them (on
     PyPy that copy halved the throughput of 32 KiB hits).
     """
-    parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason or _reason_phrase(answer.status).encode())]
+    parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason or reason_phrase(answer.status))]
     dated = False
     for name, value in answer.headers:
         dated = dated or name == b"date"
@@ -90,22 +93,49 @@ def wire_name(name: bytes) -> bytes:
     return written
 
 
-def error_response(request: Request, status: int, reason: str) -> bytes:
-    """Set a short plain-text status on ``request``; returns the body to send.
+def error_response(
+    request: Request, status: int, reason: str, headers: Sequence[Tuple[bytes, bytes]] = ()
+) -> bytes:
+    """Set a short plain-text status on ``request`` (plus ``headers``, e.g. ``Location``,
+    ``Retry-After``); returns the body to send.
 
-    Used for powerlb's own answers: errors, and the outcome of a ``PURGE``.
+    Used for powerlb's own answers: errors, refusals, and the outcome of a ``PURGE``.
     """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"server", b"powerlb")
     request.setHeader(b"cache-control", b"no-store")
-    body = f"{status} {_reason_phrase(status)}: {reason}\n".encode()
+    for name, value in headers:
+        request.setHeader(name, value)
+    body = plain_body(status, reason)
     request.setHeader(b"content-length", b"%d" % len(body))
     return body
 
 
-def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
+#: Reason phrases where RFC 9110 renamed what the standard library still calls otherwise.
+_RFC9110_PHRASES = {413: b"Content Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable"}
+#: The one status-phrase table: every status the standard library knows, with RFC 9110's names.
+_PHRASES: Dict[int, bytes] = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_PHRASES.update(_RFC9110_PHRASES)
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase of ``status`` (RFC 9110's), ``Error`` for a status without one."""
+    return _PHRASES.get(status, b"Error")
+
+
+def plain_body(status: int, reason: str) -> bytes:
+    """The one-line plain-text body of powerlb's own answer ``status`` with ``reason`` (none when empty)."""
+    if not reason:
+        return b"%d %s\n" % (status, reason_phrase(status))
+    return b"%d %s: %s\n" % (status, reason_phrase(status), reason.encode())
+
+
+def plain_response(status: int, reason: str) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response of powerlb's own with a one-line plain-text
+    body: what the client channel writes when it rejects a request before twisted.web has one."""
+    body = plain_body(status, reason)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\nserver: powerlb\r\n\r\n%s" % (status, reason_phrase(status), len(body), body)
+    )

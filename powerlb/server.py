@@ -37,35 +37,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import Headers, get_first
+from powerlb.headers import TOKEN_BYTES, Headers, get_first
+from powerlb.interfaces import FastAnswer
 from powerlb.outcomes import Outcomes
-from powerlb.responses import wire_name
+from powerlb.plan import Decision
+from powerlb.responses import plain_response, wire_name
 from powerlb.settings import Config
 from powerlb.upstream import BodyStream
-
-_STATUS_TEXT = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
-
-
-def plain_body(status: int, reason: str) -> bytes:
-    """The one-line plain-text body of powerlb's own answer ``status`` with ``reason``."""
-    return b"%d %s: %s\n" % (status, _STATUS_TEXT[status], reason.encode())
-
-
-def plain_response(status: int, reason: str) -> bytes:
-    """A complete ``Connection: close`` response with a one-line plain-text body."""
-    phrase = _STATUS_TEXT[status]
-    body = plain_body(status, reason)
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"connection: close\r\nserver: powerlb\r\n\r\n%s" % (status, phrase, len(body), body)
-    )
 
 
 class Limits:
@@ -81,7 +59,6 @@ class Limits:
         self.max_url_length = config.max_url_length
 
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 #: Request headers that need the full request path (framing, upgrades, connection handling).
 _NOT_SIMPLE = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"te", b"keep-alive"}
@@ -115,7 +92,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     headers: Headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not _TOKEN.issuperset(name) or b"\r" in value or b"\x00" in value:
+        if not colon or not name or not TOKEN_BYTES.issuperset(name) or b"\r" in value or b"\x00" in value:
             return None
         name = name.lower()
         if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
@@ -123,8 +100,6 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         headers.append((name, value.strip(b" \t")))
     return method, target, headers
 
-
-FastAnswer = Callable[[bytes, bytes, Headers, bool], Optional[Tuple[bytes, bytes]]]
 
 #: Bytes per second a request body must average once ``client_timeout`` has passed (slow-body attacks).
 MIN_BODY_RATE = 1024
@@ -157,6 +132,8 @@ class ProxyRequest(Request):
         "body_stream",
         "dispatch",
         "parsed_headers",
+        "plan",
+        "request_id",
         "x_cache",
     )
 
@@ -166,6 +143,10 @@ class ProxyRequest(Request):
         self.parsed_headers: Optional[Headers] = None
         self.body_stream: Optional[BodyStream] = None
         self.dispatch: Any = None
+        #: The planner's decision when the channel had it made already (see ProxyChannel._fast_hit).
+        self.plan: Optional[Decision] = None
+        #: The request id the plan gave (for the access log), None when none.
+        self.request_id: Optional[bytes] = None
         self.x_cache = b""
         self._body_size = 0
         self._body_started = 0.0
@@ -376,8 +357,9 @@ class ProxyChannel(TrackedChannel):
                 simple = parse_simple_request(data, self.site.limits)
                 if simple is not None:
                     self.resetTimeout()
-                    if not self._fast_hit(*simple):
-                        self._plain_request(*simple)
+                    answered, decision = self._fast_hit(*simple)
+                    if not answered:
+                        self._plain_request(*simple, decision)
                     return
             self._head_pending = True
         super().dataReceived(data)
@@ -462,28 +444,37 @@ class ProxyChannel(TrackedChannel):
 
     # -- internals -------------------------------------------------------
 
-    def _fast_hit(self, method: bytes, target: bytes, headers: Headers) -> bool:
-        """Answer a plain request from the cache with ready bytes, if the site can."""
+    def _fast_hit(self, method: bytes, target: bytes, headers: Headers) -> Tuple[bool, Optional[Decision]]:
+        """Answer a plain request from the cache with ready bytes, if the site can: whether it did, and
+        the planner's decision when it was asked (the request carries it on, not asking again)."""
         site = self.site
         if site.fast_answer is None:
-            return False
-        response = site.fast_answer(method, target, headers, self._secure)
+            return False, None
+        peer = self.getPeer()
+        response, decision = site.fast_answer(
+            method, target, headers, self._secure, getattr(peer, "host", "")
+        )
         if response is None:
-            return False
+            return False, decision
         self.transport.writeSequence(response)
-        site.outcomes.fast_hit(self.transport, method, target, headers, response)
-        return True
+        request_id = decision.request_id  # type: ignore[union-attr]  # a response comes with a RequestPlan
+        site.outcomes.fast_hit(peer, method, target, headers, response, request_id)
+        return True, decision
 
-    def _plain_request(self, method: bytes, target: bytes, headers: Headers) -> None:
+    def _plain_request(
+        self, method: bytes, target: bytes, headers: Headers, decision: Optional[Decision] = None
+    ) -> None:
         """Start the request :func:`parse_simple_request` read, as twisted.web would once its head is in.
 
         (``HTTPChannel.lineReceived``, ``headerReceived``, ``allHeadersReceived``
         and ``allContentReceived`` for a request without a body or
         ``Connection`` handling, which leaves the connection persistent.)
+        ``decision`` is the planner's, when the short way for cache hits asked it.
         """
         request = self.requestFactory(self, 0)
         self.requests.append(request)
         request.parsed_headers = headers
+        request.plan = decision
         raw = request.requestHeaders
         for name, value in headers:
             raw.addRawHeader(name, value)
@@ -613,7 +604,7 @@ class ProxySite(QuietSite):
         self.timeOut = config.client_timeout
         self.limits = Limits(config)
         self.max_connections = config.max_connections
-        #: ``(method, target, headers, secure) -> (head, body) or None``: answers plain cache hits.
+        #: Answers plain cache hits (see :data:`powerlb.interfaces.FastAnswer`).
         self.fast_answer: Optional[FastAnswer] = None
         #: Builds the HTTP/2 connection of a TLS connection that negotiated ``h2`` (ALPN);
         #: None: HTTP/1.1 only (set for TLS listeners when HTTP/2 support is installed).

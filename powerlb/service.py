@@ -104,7 +104,7 @@ class PowerLBService(MultiService):
         self.redis: Optional[Any] = None
         self.bus: Optional[Any] = None
         changes = None if config.redis is None else self._join_cluster(config, cache_layer)
-        resource = ProxyResource(self.dispatcher, cache_layer, self.counters, self.sticky)
+        resource = ProxyResource(self.planner, cache_layer, self.counters, config.request_id_header.encode())
         if listen_endpoint is None:
             listen_endpoint = serverFromString(reactor, config.listen)
         #: The access log (None when off); started before and stopped after the listeners' drain.
@@ -116,7 +116,7 @@ class PowerLBService(MultiService):
         if config.http2 and endpoint_kind(config.listen) == "ssl":
             site.h2_protocol = _http2_connections(site)
         if cache_layer is not None:
-            site.fast_answer = cache_layer.fast_response
+            site.fast_answer = resource.fast_response
         self.proxy_listener = Listener(listen_endpoint, site)
         self.proxy_listener.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None

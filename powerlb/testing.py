@@ -1,6 +1,6 @@
 """Test doubles for powerlb and code built on it, shipped with powerlb as ``treq.testing`` is with treq.
 
-- :class:`RecordingSink`: an :class:`~powerlb.upstream.IResponseSink` that
+- :class:`RecordingSink`: an :class:`~powerlb.interfaces.IResponseSink` that
   records the response events it hears, in order.
 - :class:`FakeUpstream`: stands in for one backend's
   :class:`~powerlb.upstream.ProxyClientFactory`, driven by a
@@ -65,16 +65,10 @@ from zope.interface import implementer
 from powerlb.backend import Backend, BackendSpec
 from powerlb.balancing import IBalancer, RoundRobin
 from powerlb.dispatch import Dispatcher
+from powerlb.errors import ConnectFailed, ConnectTimeout, QueueFull, UpstreamError, UpstreamTimeout
 from powerlb.headers import Headers, get_first
-from powerlb.upstream import (
-    BodyStream,
-    ConnectFailed,
-    ConnectTimeout,
-    IResponseSink,
-    QueueFull,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from powerlb.interfaces import IResponseSink
+from powerlb.upstream import BodyStream
 
 #: Header fields as a test gives them: a list or a tuple of (name, value) pairs.
 HeaderItems = Sequence[Tuple[bytes, bytes]]

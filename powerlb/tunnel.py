@@ -28,6 +28,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from powerlb.errors import UpstreamError
 from powerlb.headers import (
     HOP_BY_HOP,
     Headers,
@@ -38,7 +39,7 @@ from powerlb.headers import (
 )
 from powerlb.http11 import ResponseParser, serialize_interim
 from powerlb.stats import Counters
-from powerlb.upstream import ProxyClientFactory, UpstreamConnection, UpstreamError
+from powerlb.upstream import ProxyClientFactory, UpstreamConnection
 
 #: Seconds a tunnel may pass no byte either way before both connections are closed.
 DEFAULT_IDLE_TIMEOUT = 300.0

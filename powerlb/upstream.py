@@ -28,100 +28,27 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from powerlb.backend import Backend
+from powerlb.errors import (
+    ConnectFailed,
+    ConnectTimeout,
+    QueueFull,
+    QueueTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from powerlb.headers import Headers
 from powerlb.http11 import ProtocolError, ResponseParser, serialize_request_head
+from powerlb.interfaces import IResponseSink
 from powerlb.tls import tls_failure
 
 log = Logger()
 
 
-class UpstreamError(Exception):
-    """An exchange with a backend failed; ``status`` is what the client should get.
-
-    ``retryable`` is true when the request certainly did not reach the
-    backend's application (the connection could not be made, or a reused
-    keep-alive connection closed before any response byte), so an idempotent
-    request may be sent again elsewhere. ``timeout_kind`` names the time
-    limit that ran out (``connect``, ``response``, ``idle``), "" for other failures.
-    """
-
-    status = 502
-    timeout_kind = ""
-
-    def __init__(self, reason: str, retryable: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-
-
-class ConnectFailed(UpstreamError):
-    """The backend could not be reached; nothing was sent."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, retryable=True)
-
-
-class ConnectTimeout(ConnectFailed):
-    """The connection to the backend was not made within ``connect_timeout``; nothing was sent."""
-
-    timeout_kind = "connect"
-
-
-class UpstreamTimeout(UpstreamError):
-    """The backend did not answer in time: ``kind`` is ``response`` (no head) or ``idle`` (mid-body)."""
-
-    status = 504
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.timeout_kind = kind
-
-
-class BackendBusy(UpstreamError):
-    """The backend had no connection to spare for the request; nothing was sent."""
-
-    status = 503
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, retryable=True)
-
-
-class QueueTimeout(BackendBusy):
-    """No connection to the backend freed up within the queue timeout."""
-
-
-class QueueFull(BackendBusy):
-    """The backend's wait queue was full, so the request was refused without waiting."""
-
-
 #: The most requests that may wait for a connection to one backend; more are refused (503).
 QUEUE_LIMIT = 1024
-
-
-class IResponseSink(Interface):
-    """Receives one upstream response; exactly one of ``response_ended`` or ``request_failed`` ends it.
-
-    No event reaches the sink before :meth:`ProxyClientFactory.request` has
-    returned the exchange. Every sink passes interim responses on or drops them.
-    """
-
-    def interim_received(status: int, reason: bytes, headers: Headers) -> None:
-        """An interim (1xx) response arrived ahead of the final one (headers as sent); never the response."""
-
-    def head_received(status: int, reason: bytes, headers: Headers) -> None:
-        """The status line and headers arrived (hop-by-hop headers still included)."""
-
-    def body_received(data: bytes) -> None:
-        """A piece of the decoded body arrived."""
-
-    def response_ended() -> None:
-        """The whole response arrived."""
-
-    def request_failed(error: UpstreamError) -> None:
-        """The exchange failed; ``error.status`` says 502 or 504."""
 
 
 #: Request body bytes held while no backend connection takes them; beyond this the client is paused.

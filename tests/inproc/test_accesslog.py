@@ -41,6 +41,7 @@ def event(**fields: Any) -> Dict[str, Any]:
         "upstream": "127.0.0.1:9001",
         "upstream_time": 0.0031,
         "cache": "MISS",
+        "request_id": None,
     }
     base.update(fields)
     return base
@@ -49,11 +50,12 @@ def event(**fields: Any) -> Dict[str, Any]:
 def test_combined_line_is_the_documented_format() -> None:
     assert combined_line(event()) == (
         '127.0.0.1 - - [24/Nov/2026:12:00:00 +0000] "GET /x HTTP/1.1" 200 1234 "-" "curl/8" '
-        "upstream=127.0.0.1:9001 upstream_time=0.003 cache=MISS\n"
+        "upstream=127.0.0.1:9001 upstream_time=0.003 cache=MISS request_id=-\n"
     )
     hit = combined_line(event(upstream=None, upstream_time=None, cache="HIT", referer="http://r/"))
-    assert hit.endswith('"http://r/" "curl/8" upstream=- upstream_time=- cache=HIT\n')
-    assert combined_line(event(cache=None)).endswith(" cache=-\n")
+    assert hit.endswith('"http://r/" "curl/8" upstream=- upstream_time=- cache=HIT request_id=-\n')
+    assert combined_line(event(cache=None)).endswith(" cache=- request_id=-\n")
+    assert combined_line(event(request_id="a b")).endswith(" cache=MISS request_id=a\\x20b\n")
 
 
 def test_quoted_fields_are_escaped() -> None:
@@ -66,7 +68,7 @@ def test_quoted_fields_are_escaped() -> None:
 _QUOTED = r'"((?:[^"\\]|\\.)*)"'
 COMBINED = re.compile(
     rf"(\S+) - (\S+) \[([^\]]+)\] {_QUOTED} (\d+) (\d+) {_QUOTED} {_QUOTED} "
-    r"upstream=(\S+) upstream_time=(\S+) cache=(\S+)\n"
+    r"upstream=(\S+) upstream_time=(\S+) cache=(\S+) request_id=(\S+)\n"
 )
 
 
@@ -107,6 +109,7 @@ def test_json_line() -> None:
         "upstream": "127.0.0.1:9001",
         "upstream_time": 0.003,
         "cache": "MISS",
+        "request_id": None,
     }
 
 
@@ -170,10 +173,10 @@ async def test_combined_lines_for_a_miss_a_hit_and_a_502(make_backends, start_po
     start = '127.0.0.1 - - [24/Nov/2026:12:00:00 +0000] "GET '
     end = '"http://r/" "curl/8"'
     assert lines == [
-        f'{start}/c HTTP/1.1" 200 9 {end} upstream={a.url[7:]} upstream_time=T cache=MISS',
-        f'{start}/c HTTP/1.1" 200 9 {end} upstream=- upstream_time=- cache=HIT',
+        f'{start}/c HTTP/1.1" 200 9 {end} upstream={a.url[7:]} upstream_time=T cache=MISS request_id=-',
+        f'{start}/c HTTP/1.1" 200 9 {end} upstream=- upstream_time=- cache=HIT request_id=-',
         f'{start}/gone HTTP/1.1" 502 {len(headers_of(failed)[2])} {end} '
-        f"upstream={a.url[7:]} upstream_time=- cache=MISS",
+        f"upstream={a.url[7:]} upstream_time=- cache=MISS request_id=-",
     ]
     assert headers_of(hit)[1][b"x-cache"] == b"HIT"  # answered on the channel's short way
 
@@ -201,6 +204,7 @@ async def test_json_lines(make_backends, start_powerlb, tmp_path):
         "user_agent": "curl/8",
         "upstream": a.url[7:],
         "cache": "BYPASS",
+        "request_id": None,
     }
 
 

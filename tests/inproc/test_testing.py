@@ -16,8 +16,9 @@ from twisted.web.client import ResponseFailed
 from zope.interface.verify import verifyObject
 
 import powerlb.testing
+from powerlb.errors import UpstreamError, UpstreamTimeout
+from powerlb.interfaces import IResponseSink
 from powerlb.testing import FakeUpstream, RecordingSink
-from powerlb.upstream import IResponseSink, UpstreamError, UpstreamTimeout
 from tests.support import clean_env
 from tests.support.inproc import wait_for
 

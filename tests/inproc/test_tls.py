@@ -32,12 +32,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from powerlb.config import ConfigError, config_from_mapping
+from powerlb.errors import ConnectFailed
 from powerlb.http2 import http11_headers, request_problem
 from powerlb.server import Limits
 from powerlb.settings import Config
 from powerlb.testing import RecordingSink, TestBackend
 from powerlb.tls import BackendTLS, pem_certificates, tls_failure
-from powerlb.upstream import ConnectFailed, ProxyClientFactory
+from powerlb.upstream import ProxyClientFactory
 from tests.support.backends import make_backend
 from tests.support.inproc import sleep, wait_for
 from tests.support.pki import PKI, tls_listen

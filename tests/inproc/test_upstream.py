@@ -10,17 +10,9 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError, Timeo
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from powerlb.errors import ConnectFailed, ConnectTimeout, QueueFull, QueueTimeout, UpstreamTimeout
 from powerlb.testing import RecordingSink
-from powerlb.upstream import (
-    QUEUE_LIMIT,
-    ConnectFailed,
-    ConnectTimeout,
-    QueueFull,
-    QueueTimeout,
-    UpstreamConnection,
-    UpstreamTimeout,
-    probe,
-)
+from powerlb.upstream import QUEUE_LIMIT, UpstreamConnection, probe
 from tests.support.backends import make_backend
 from tests.support.upstream import Failed, Pool
 

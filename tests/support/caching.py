@@ -7,7 +7,7 @@ connection of its site on a ``StringTransport``, its response parsed back into a
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -16,9 +16,11 @@ from zope.interface import implementer
 from powerlb.cache import LRUCache
 from powerlb.caching import CacheLayer
 from powerlb.config import config_from_mapping
+from powerlb.dispatch import Dispatcher
 from powerlb.headers import Headers
 from powerlb.http11 import IResponseEvents, ResponseParser, serialize_request_head
 from powerlb.outcomes import Outcomes
+from powerlb.plan import IPlanner, SinglePool
 from powerlb.proxy import ProxyResource
 from powerlb.server import ProxySite
 from powerlb.stats import Counters
@@ -67,7 +69,15 @@ class Client:
 class Proxy:
     """powerlb's request path with the cache on, over one fake backend (``upstream``) on ``clock``."""
 
-    def __init__(self, *, grace: float = 0.0, max_object: int = 1 << 20, **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        grace: float = 0.0,
+        max_object: int = 1 << 20,
+        planner: Callable[[Dispatcher], IPlanner] = SinglePool,
+        **settings: Any,
+    ) -> None:
+        """``planner`` makes the request path's planner from the fake pool's dispatcher."""
         self.pool = FakePool(1)
         self.clock = self.pool.clock
         self.upstream: FakeUpstream = self.pool.upstreams[0]
@@ -77,9 +87,9 @@ class Proxy:
         dispatcher = self.pool.dispatcher(counters=self.counters)
         config = config_from_mapping({"backends": [backend.url for backend in self.pool.backends]})
         self.outcomes = Outcomes(self.clock)
-        resource = ProxyResource(dispatcher, self.cache, self.counters)
+        self.resource = resource = ProxyResource(planner(dispatcher), self.cache, self.counters)
         self.site = ProxySite(resource, self.clock, config, self.outcomes)
-        self.site.fast_answer = self.cache.fast_response
+        self.site.fast_answer = resource.fast_response
 
     def request(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import List, Tuple
 
 from hypothesis import given
@@ -9,6 +10,9 @@ from hypothesis import strategies as st
 
 from powerlb.headers import (
     HOP_BY_HOP,
+    TOKEN,
+    TOKEN_BYTES,
+    TOKEN_PATTERN,
     VIA_PSEUDONYM,
     connection_tokens,
     forward_request_headers,
@@ -285,3 +289,12 @@ def test_strip_cookie_removes_only_that_cookie(pairs: List[Tuple[bytes, bytes]])
     assert get_cookie(stripped, b"lb") is None
     for name in (b"a", b"b", b"lbx"):
         assert get_cookie(stripped, name) == get_cookie(headers, name)
+
+
+def test_the_token_grammar_is_one_set_of_characters() -> None:
+    """RFC 9110 section 5.6.2: the regex, the byte set and the pattern source agree on every byte."""
+    for code in range(256):
+        char = chr(code)
+        expected = char.isascii() and (char.isalnum() or char in "!#$%&'*+-.^_`|~")
+        assert (TOKEN.fullmatch(char) is not None) == (code in TOKEN_BYTES) == expected, code
+        assert (re.fullmatch(TOKEN_PATTERN, bytes([code])) is not None) == expected
