@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest_twisted
+import yaml
 from twisted.internet import defer
 
 from powerlb.routing import NO_ROUTE_REASON
+from tests.support import REPO
 from tests.support.inproc import ADMIN, exchange, fetch, headers_of, origin, scrape, slow_route, wait_for
 
 
@@ -310,3 +312,41 @@ async def test_metrics_count_each_route_and_each_policy(make_backends, start_pow
     assert (refusals("1", "acl"), refusals("2", "redirect"), refusals("3", "rate-limit")) == (1, 1, 2)
     assert refusals("none", "no-route") == 1
     assert len(a.requests) == 3
+
+
+def readme_example() -> Dict[str, Any]:
+    """The configuration README.md's "Routes and pools" section shows."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Routes and pools\n") :]
+    found = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert found is not None
+    return yaml.safe_load(found.group(1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readme_example_does_what_it_says(make_backends, start_powerlb, http):
+    web, api = make_backends(2)
+    example = readme_example()
+    del example["listen"]
+    example["pools"]["web"]["backends"] = [web.url]
+    example["pools"]["api"]["backends"] = [api.url]
+    api.answer(b"/healthz")
+    lb = start_powerlb([web], **{k.replace("-", "_"): v for k, v in example.items()})
+    (moved,) = await exchange(lb.port, raw_get(b"/a?b=1", b"old.example.com"))
+    status, fields, _ = headers_of(moved)
+    assert (status, fields[b"location"]) == (308, b"https://www.example.com/a?b=1")
+    users = await routed(http, lb, "/v1/users", b"API.example.com:8080", x_debug=b"1")
+    assert (users.backend, json.loads(users.body)["uri"]) == ("b", "/users")
+    assert users.header(b"x-served-by") == b"powerlb" and users.header(b"server") is None
+    upstream = api.requests[-1]
+    assert (upstream.header(b"x-env"), upstream.header(b"x-via"), upstream.header(b"x-debug")) == (
+        [b"prod"],
+        [b"powerlb"],
+        [],
+    )
+    assert re.fullmatch(rb"[0-9a-f]{32}", upstream.header(b"x-request-id")[0])
+    canary = await routed(http, lb, "/v2/x", x_canary=b"1")
+    assert json.loads(canary.body) == {"backend": "b", "uri": "/canary/v2/x"}
+    assert (await routed(http, lb, "/admin/x")).code == 403
+    assert (await routed(http, lb, "/admin/x", x_forwarded_for=b"10.0.0.5")).code == 403  # peer untrusted
+    assert (await routed(http, lb, "/anything")).backend == "a"
