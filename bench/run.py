@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import os
 import platform
 import re
@@ -1293,6 +1294,8 @@ def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     if platform.python_implementation() != "CPython":
         raise SystemExit("run bench/run.py with the CPython venv (make bench)")
+    if importlib.util.find_spec("matplotlib") is None:  # the chart comes last: say so before measuring
+        raise SystemExit("matplotlib is missing for the chart; run make bench, or pip install -e '.[bench]'")
     began = time.monotonic()
     tools = ensure_tools()
     trees, commit = prepare_trees(args, tools)

@@ -129,6 +129,18 @@ def test_unwritable_file_is_a_config_error(tmp_path: Path) -> None:
 # --- end to end --------------------------------------------------------------------------
 
 UPSTREAM_TIME = re.compile(r" upstream_time=(\d+\.\d{3}) ")
+#: A request id powerlb made (the client sent none).
+MADE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def made_ids(lines: List[str]) -> List[str]:
+    """``lines`` with each request id powerlb made written ``ID``."""
+    out = []
+    for line in lines:
+        head, _, given = line.rpartition(" request_id=")
+        assert MADE_ID.fullmatch(given), line
+        out.append(f"{head} request_id=ID")
+    return out
 
 
 def logged(lb: Any, path: Path) -> List[str]:
@@ -165,7 +177,7 @@ async def test_combined_lines_for_a_miss_a_hit_and_a_502(make_backends, start_po
         (await exchange(lb.port, REQUEST % target))[0] for target in (b"/c", b"/c", b"/gone")
     ]
     assert [headers_of(r)[0] for r in (miss, hit, failed)] == [200, 200, 502]
-    lines = logged(lb, path)
+    lines = made_ids(logged(lb, path))
     times = [UPSTREAM_TIME.search(line) for line in lines]
     assert times[0] is not None and times[1] is None and times[2] is None
     assert 0 <= float(times[0].group(1)) < 5
@@ -173,10 +185,10 @@ async def test_combined_lines_for_a_miss_a_hit_and_a_502(make_backends, start_po
     start = '127.0.0.1 - - [24/Nov/2026:12:00:00 +0000] "GET '
     end = '"http://r/" "curl/8"'
     assert lines == [
-        f'{start}/c HTTP/1.1" 200 9 {end} upstream={a.url[7:]} upstream_time=T cache=MISS request_id=-',
-        f'{start}/c HTTP/1.1" 200 9 {end} upstream=- upstream_time=- cache=HIT request_id=-',
+        f'{start}/c HTTP/1.1" 200 9 {end} upstream={a.url[7:]} upstream_time=T cache=MISS request_id=ID',
+        f'{start}/c HTTP/1.1" 200 9 {end} upstream=- upstream_time=- cache=HIT request_id=ID',
         f'{start}/gone HTTP/1.1" 502 {len(headers_of(failed)[2])} {end} '
-        f"upstream={a.url[7:]} upstream_time=- cache=MISS request_id=-",
+        f"upstream={a.url[7:]} upstream_time=- cache=MISS request_id=ID",
     ]
     assert headers_of(hit)[1][b"x-cache"] == b"HIT"  # answered on the channel's short way
 
@@ -190,6 +202,7 @@ async def test_json_lines(make_backends, start_powerlb, tmp_path):
     (response,) = await exchange(lb.port, REQUEST % b"/j?q=1")
     (record,) = [json.loads(line) for line in logged(lb, path)]
     upstream_time = record.pop("upstream_time")
+    assert MADE_ID.fullmatch(record.pop("request_id"))
     assert isinstance(upstream_time, float) and 0 <= upstream_time < 5
     assert record == {
         "time": "2026-11-24T12:00:00.000Z",
@@ -204,7 +217,6 @@ async def test_json_lines(make_backends, start_powerlb, tmp_path):
         "user_agent": "curl/8",
         "upstream": a.url[7:],
         "cache": "BYPASS",
-        "request_id": None,
     }
 
 
