@@ -116,10 +116,14 @@ def _values_from_mapping(mapping: Mapping[Any, Any], field: str) -> Dict[str, An
 def _finish(values: Mapping[str, Any], sections: Optional[Mapping[Any, Any]] = None) -> Config:
     """The Config of the settings' ``values`` and the ``pools:`` and ``routes:`` of ``sections``."""
     sections = sections or {}
-    if not _finds_backends(values) and sections.get("pools") is None:
-        raise ConfigError(
-            "backend", "no backends given; add --backend http://HOST:PORT (or find them in DNS: --dns, --srv)"
-        )
+    if sections.get("pools") is None:
+        if not _finds_backends(values):
+            raise ConfigError(
+                "backend",
+                "no backends given; add --backend http://HOST:PORT (or find them in DNS: --dns, --srv)",
+            )
+    else:
+        _check_no_top_level_dns(values)
     config = Config(**values)
     _check_dns(config)
     _check_backends_differ(config.backends)
@@ -134,6 +138,19 @@ def _finish(values: Mapping[str, Any], sections: Optional[Mapping[Any, Any]] = N
 def _finds_backends(values: Mapping[str, Any]) -> bool:
     """Whether settings (by Config attribute) give backends, or find them in DNS."""
     return bool(values.get("backends") or values.get("dns") or values.get("srv") is not None)
+
+
+def _check_no_top_level_dns(values: Mapping[str, Any]) -> None:
+    """With ``pools:``, ``dns`` and ``srv`` are set per pool: at the top level, every pool
+    would inherit them and look the same names up."""
+    for key in ("dns", "srv"):
+        setting = BY_KEY[key]
+        if values.get(setting.attr) not in (None, ()):
+            raise ConfigError(
+                key,
+                f"with pools:, each pool finds its own backends; set {key} under pools.NAME "
+                f"(e.g. pools: {{web: {{{key}: ...}}}}) and leave the top-level {key} out",
+            )
 
 
 def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
@@ -161,8 +178,12 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
         )
         settings = dataclasses.replace(top, **values)
         if not _finds_backends(vars(settings)):
-            raise ConfigError(f"{where}.backends", "no backends given; add backends: [http://HOST:PORT]")
+            raise ConfigError(
+                f"{where}.backends",
+                "no backends given; add backends: [http://HOST:PORT] (or find them in DNS: dns, srv)",
+            )
         _check_backends_differ(settings.backends, f"{where}.backends")
+        _check_dns(settings, f"{where}.")
         _check_hashing(settings, f"{where}.")
         pools[name] = PoolConfig(name, settings)
     return pools
@@ -244,11 +265,11 @@ def _check_backends_differ(backends: Tuple[BackendSpec, ...], field: str = "back
         seen[spec.id] = spec.url
 
 
-def _check_dns(config: Config) -> None:
-    """``dns-min-ttl`` is at most ``dns-max-ttl``."""
+def _check_dns(config: Config, where: str = "") -> None:
+    """``dns-min-ttl`` is at most ``dns-max-ttl`` (``where``: the field's prefix, e.g. ``pools.web.``)."""
     if config.dns_min_ttl > config.dns_max_ttl:
         raise ConfigError(
-            "dns-min-ttl",
+            where + "dns-min-ttl",
             f"{format_duration(config.dns_min_ttl)} is more than dns-max-ttl "
             f"({format_duration(config.dns_max_ttl)}); lower dns-min-ttl or raise dns-max-ttl",
         )

@@ -310,18 +310,9 @@ def _routes(config: Config, default: Pool) -> Tuple[Route, ...]:
 
 def _pool_configs(config: Config) -> Dict[str, PoolConfig]:
     """``config``'s pools; one ``default`` pool of the top-level settings when it names none (a
-    Config built in code rather than by :func:`~powerlb.config.build_config`).
-
-    ``dns`` and ``srv`` are top-level settings: they find the backends of the default pool
-    (``default``, or the first) only, so the other pools' settings have none."""
-    pools = dict(config.pools) or {"default": PoolConfig("default", config)}
-    default = "default" if "default" in pools else next(iter(pools))
-    return {
-        name: pool
-        if name == default
-        else PoolConfig(name, dataclasses.replace(pool.settings, dns=(), srv=None))
-        for name, pool in pools.items()
-    }
+    Config built in code rather than by :func:`~powerlb.config.build_config`). Each pool
+    finds its own backends in DNS (its ``dns`` and ``srv``)."""
+    return dict(config.pools) or {"default": PoolConfig("default", config)}
 
 
 def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:

@@ -204,12 +204,14 @@ SETTINGS: Tuple[Setting, ...] = (
         "(YAML: dns: [...])",
         show=format_host_port,
         many=True,
+        scope="pool",
     ),
     Setting(
         "srv",
         "srv",
         _parse_dns_name,
         "backends from DNS: an SRV name (e.g. _http._tcp.web.service.consul), with its ports and weights",
+        scope="pool",
     ),
     Setting(
         "dns-resolver",
@@ -217,6 +219,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _parse_dns_resolver,
         "DNS server for dns and srv, IP[:PORT] (e.g. Consul's 127.0.0.1:8600); off: /etc/resolv.conf's",
         show=format_host_port,
+        scope="pool",
     ),
     Setting(
         "dns-min-ttl",
@@ -224,6 +227,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "dns and srv names are looked up again when their TTL ends, but never sooner than this",
         show=_format_duration,
+        scope="pool",
     ),
     Setting(
         "dns-max-ttl",
@@ -231,6 +235,7 @@ SETTINGS: Tuple[Setting, ...] = (
         _positive_duration,
         "dns and srv names are looked up again at least this often, whatever their TTL",
         show=_format_duration,
+        scope="pool",
     ),
     Setting("algorithm", "algorithm", _parse_algorithm, "load-balancing algorithm", scope="pool"),
     Setting(

@@ -180,3 +180,43 @@ async def test_a_name_the_server_does_not_know_is_nxdomain(dns_server: Tuple[Zon
     resolver = Resolver(servers=[("127.0.0.1", port.getHost().port)])
     with pytest.raises(DNSNameError):
         await resolver.lookupAddress("nowhere.test", timeout=(2,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_pool_discovers_its_own_backends(
+    start_powerlb: Any, make_backends: Any, dns_server: Tuple[Zone, Any], http: Any
+) -> None:
+    """Two pools, one with an A name and one with an SRV name: each pool gets only the backends
+    its own name stands for, and the routes send /a to one and /b to the other."""
+    zone, port = dns_server
+    a1, a2, b1 = make_backends(3)
+    # a1 and a2 on one port (127.0.0.1 and ::1: web.test's A and AAAA records).
+    a2.port.stopListening()
+    a2.port = reactor.listenTCP(a1.port_number, a2.site, interface="::1")
+    zone.addresses("web.test", "127.0.0.1", "::1", ttl=0)
+    name = "_http._tcp.api.service.consul"
+    zone.addresses("c.node.consul", "127.0.0.1")
+    zone.services(name, (1, 1, b1.port_number, "c.node.consul"), ttl=0)
+    running = start_powerlb(
+        [],
+        dns_resolver=f"127.0.0.1:{port.getHost().port}",  # top level: both pools'
+        dns_min_ttl="100ms",
+        dns_max_ttl="1s",
+        pools={"web": {"dns": [f"web.test:{a1.port_number}"]}, "api": {"srv": name}},
+        routes=[{"path-prefix": "/b", "pool": "api"}, {"pool": "web"}],
+    )
+    web, api = running.service.pools["web"], running.service.pools["api"]
+    web_ids = [f"127.0.0.1:{a1.port_number}", f"[::1]:{a1.port_number}"]
+    await wait_for(lambda: [b.id for b in web.backends] == web_ids)
+    await wait_for(lambda: [b.id for b in api.backends] == [f"127.0.0.1:{b1.port_number}"])
+    assert sorted(set(await names_of(http, running.url + "/a", 4))) == ["a", "b"]
+    assert await names_of(http, running.url + "/b", 3) == ["c", "c", "c"]
+    assert [request.uri for request in b1.requests] == [b"/b"] * 3  # no /a reached the api pool
+    assert {request.uri for request in a1.requests + a2.requests} == {b"/a"}  # nor /b the web pool
+
+    # A change to one pool's name changes that pool only.
+    zone.addresses("web.test", "::1", ttl=0)
+    await wait_for(lambda: [b.id for b in web.backends] == web_ids[1:])
+    assert [b.id for b in api.backends] == [f"127.0.0.1:{b1.port_number}"]
+    assert await names_of(http, running.url + "/a", 2) == ["b", "b"]
+    assert await names_of(http, running.url + "/b", 2) == ["c", "c"]

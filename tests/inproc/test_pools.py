@@ -167,9 +167,9 @@ def test_each_pool_has_its_own_settings_and_parts() -> None:
     ]
 
 
-def test_dns_discovery_finds_the_default_pools_backends_only() -> None:
-    lb = service(dns=["app.example.com:8000"])
-    assert lb.default_pool.discovery is not None
+def test_dns_discovery_finds_the_backends_of_the_pool_that_names_it() -> None:
+    lb = service({**POOLS, "web": {**POOLS["web"], "dns": ["app.example.com:8000"]}})
+    assert lb.pools["web"].discovery is not None
     assert lb.pools["api"].discovery is None and lb.pools["api"].config.dns == ()
 
 

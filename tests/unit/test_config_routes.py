@@ -228,6 +228,9 @@ def test_route_errors_name_the_index_and_the_key(routes: Any, field: str, fix: s
         ({"web": {"algorithm": "fastest"}}, "pools.web.algorithm", "unknown algorithm"),
         ({"web": {"backends": [B1, B1]}}, "pools.web.backends", "give each backend once"),
         ({"web": {"hash-key": "uri"}}, "pools.web.hash-key", "consistent-hash"),
+        ({"web": {"dns": ["web.test"]}}, "pools.web.dns", "NAME:PORT"),
+        ({"web": {"srv": "bad name!"}}, "pools.web.srv", ""),
+        ({"web": {"dns-min-ttl": "2m", "dns-max-ttl": "1m"}}, "pools.web.dns-min-ttl", "lower dns-min-ttl"),
         ({"web web": {}}, "pools.web web", "not a pool name"),
         ({"web": ["x"]}, "pools.web", "not a mapping"),
         ({}, "pools", "not a mapping of pool names"),
@@ -244,6 +247,44 @@ def test_a_pool_needs_backends_from_itself_or_the_top_level() -> None:
     error = _error({"pools": {"web": {"algorithm": "round-robin"}}})
     assert error.field == "pools.web.backends"
     assert _error({}).field == "backend"
+
+
+def test_each_pool_finds_its_own_backends_in_dns() -> None:
+    config = config_from_mapping(
+        {
+            "dns-resolver": "127.0.0.1:8600",
+            "dns-max-ttl": "1m",
+            "pools": {
+                "web": {"dns": ["web.internal:8080"]},
+                "api": {"srv": "_http._tcp.api.service.consul", "dns-resolver": "10.0.0.2"},
+            },
+            "routes": [{"path-prefix": "/api/", "pool": "api"}, {"pool": "web"}],
+        }
+    )
+    web, api = config.pools["web"].settings, config.pools["api"].settings
+    assert (web.dns, web.srv) == ((("web.internal", 8080),), None)
+    assert (api.dns, api.srv) == ((), "_http._tcp.api.service.consul")
+    assert (web.dns_resolver, api.dns_resolver) == (("127.0.0.1", 8600), ("10.0.0.2", 53))
+    assert web.dns_max_ttl == api.dns_max_ttl == 60.0  # the top level's
+    assert config_from_mapping(config_to_mapping(config)) == config
+    # The single-pool form: the top-level names are the default pool's.
+    single = config_from_mapping({"dns": ["web.internal:8080"]})
+    assert single.pools["default"].settings.dns == (("web.internal", 8080),)
+
+
+@pytest.mark.parametrize(
+    ("top", "key"),
+    [({"dns": ["web.internal:8080"]}, "dns"), ({"srv": "_http._tcp.web.service.consul"}, "srv")],
+)
+def test_with_pools_a_top_level_dns_name_is_an_error(top: Dict[str, Any], key: str, tmp_path: Path) -> None:
+    pools = {"pools": {"web": {"backends": [B1]}}}
+    error = _error({**top, **pools})
+    assert error.field == key
+    assert f"set {key} under pools.NAME" in error.problem
+    path = tmp_path / "lb.yaml"  # the option on the command line, the pools in the file
+    path.write_text(yaml.safe_dump(pools))
+    with pytest.raises(ConfigError, match=f"set {key} under pools.NAME"):
+        build_config(top, str(path))
 
 
 def test_pool_keys_are_settings_of_a_set_of_backends() -> None:
