@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from zope.interface import Interface
 
 from powerlb.balancing import IBalancer
@@ -95,6 +95,12 @@ class IUpstream(Interface):
         ``abort()`` and ``response_time``."""
 
 
+class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
+    """A stream connection's transport as powerlb's protocols use it (TCP, or TLS over it): it also
+    consumes a producer's writes and produces the reads. Twisted's transports provide all three;
+    its interfaces declare them apart, so this one is for type checking only."""
+
+
 #: A fast hit: the response's head and body, written as they are.
 FastResponse = Tuple[bytes, bytes]
 #: ``(method, target, headers, secure, peer) -> (FastResponse or None, the planner's decision or None)``:
@@ -107,6 +113,7 @@ __all__ = [
     "IBalancer",
     "ICacheStore",
     "IClientSink",
+    "IConnectionTransport",
     "IResponseSink",
     "IUpstream",
 ]
