@@ -47,7 +47,7 @@ from powerlb.errors import (
 )
 from powerlb.headers import Headers
 from powerlb.http11 import IResponseEvents, ProtocolError, ResponseParser, serialize_request_head
-from powerlb.interfaces import IConnectionTransport, IResponseSink
+from powerlb.interfaces import IConnectionTransport, IExchange, IResponseSink, IUpstream
 from powerlb.tls import tls_failure
 
 log = Logger()
@@ -157,7 +157,7 @@ class BodyStream:
         self.writer = None
 
 
-@implementer(IPushProducer)
+@implementer(IExchange)
 class Exchange:
     """One request to a backend and its response: the handle the caller keeps.
 
@@ -444,6 +444,7 @@ class UpstreamConnection(Protocol):
         _fail(exchange, error)
 
 
+@implementer(IUpstream)
 class ProxyClientFactory(ClientFactory):
     """Pooled HTTP/1.1 client for one backend: powerlb's replacement for Twisted's ``ProxyClientFactory``.
 
@@ -527,7 +528,7 @@ class ProxyClientFactory(ClientFactory):
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> Exchange:
         """Send ``method target`` with ``headers`` and ``body``; ``sink`` hears the response.
@@ -718,9 +719,10 @@ class _StatusProbe:
     def __init__(self) -> None:
         self.status = 0
         self.exchange: Optional[Exchange] = None
-        self.deferred: Deferred[int] = Deferred(self._cancel)
+        #: Fires with the status (Optional as health's ProbeResult: None is a TCP check's success).
+        self.deferred: Deferred[Optional[int]] = Deferred(self._cancel)
 
-    def _cancel(self, _: Deferred[int]) -> None:
+    def _cancel(self, _: Deferred[Optional[int]]) -> None:
         if self.exchange is not None:
             self.exchange.abort()
 
@@ -742,7 +744,7 @@ class _StatusProbe:
 
 def probe(
     reactor: IReactorTCP | IReactorTime, backend: Backend, path: bytes, timeout: float, tls: Any = None
-) -> Deferred[int]:
+) -> Deferred[Optional[int]]:
     """GET ``path`` from ``backend`` on a fresh connection; fires with the status code.
 
     Uses the same client as proxied traffic, with no pooling, so a probe
