@@ -5,18 +5,22 @@ Embed it in another Twisted application with :func:`makeService`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
-
-from twisted.application.service import IService
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
 from powerlb._version import __version__
 from powerlb.config import ConfigError, config_from_mapping
 from powerlb.settings import Config
 
+if TYPE_CHECKING:
+    from powerlb.service import PowerLBService
+    from powerlb.workers import WorkerSupervisor
+
 __all__ = ["Config", "ConfigError", "__version__", "makeService"]
 
 
-def makeService(config: Union[Config, Mapping[str, Any]], reactor: Any = None) -> IService:
+def makeService(
+    config: Union[Config, Mapping[str, Any]], reactor: Any = None
+) -> Union[PowerLBService, WorkerSupervisor]:
     """Build one powerlb instance as an ``IService`` (a ``MultiService``).
 
     ``config`` is a :class:`Config` or a mapping with the YAML keys, e.g.

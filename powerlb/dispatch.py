@@ -11,7 +11,7 @@ never reached a backend. Whoever asked hears the outcome through an
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set, Union
+from typing import Any, List, Mapping, Optional, Set, Tuple, Union
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -22,7 +22,7 @@ from powerlb.balancing import IBalancer
 from powerlb.errors import BackendBusy, NoBackend, UpstreamError
 from powerlb.hashkey import RoutedRequest
 from powerlb.headers import Headers, get_first
-from powerlb.interfaces import IResponseSink
+from powerlb.interfaces import IExchange, IResponseSink, IUpstream
 from powerlb.outlier import OutlierEjector
 from powerlb.stats import Counters
 from powerlb.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnels
@@ -73,7 +73,7 @@ class Dispatcher:
     def __init__(
         self,
         balancer: IBalancer,
-        clients: Dict[Backend, ProxyClientFactory],
+        clients: Mapping[Backend, IUpstream],
         retries: int = 1,
         outliers: Optional[OutlierEjector] = None,
         counters: Optional[Counters] = None,
@@ -86,7 +86,9 @@ class Dispatcher:
         self.counters = Counters() if counters is None else counters
         self.tunnels = Tunnels(tunnel_idle_timeout, self.counters)
 
-    def send(self, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest] = None) -> Dispatch:
+    def send(
+        self, request: UpstreamRequest, sink: IResponseSink, client: Optional[RoutedRequest] = None
+    ) -> Dispatch:
         """Send ``request``; ``sink`` hears the response or the final failure (502, 503, 504).
 
         ``client`` is the client request it comes from, which the balancer may route on.
@@ -121,20 +123,24 @@ class Dispatch:
     )
 
     def __init__(
-        self, dispatcher: Dispatcher, request: UpstreamRequest, sink: Any, client: Optional[RoutedRequest]
+        self,
+        dispatcher: Dispatcher,
+        request: UpstreamRequest,
+        sink: IResponseSink,
+        client: Optional[RoutedRequest],
     ) -> None:
         self.dispatcher = dispatcher
         self.request = request
-        self.sink: Optional[Any] = sink
+        self.sink: Optional[IResponseSink] = sink
         self.client = client
         self.tried: Set[Backend] = set()
         self.backend: Optional[Backend] = None
-        self.exchange: Any = None
+        self.exchange: Optional[IExchange] = None
         self.paused = False
         #: True once the response head went to the sink: from then on nothing can be retried.
         self.committed = False
-        #: While a small response is held: [head, body pieces...]; None when passing through.
-        self.held: Optional[list] = None
+        #: While a small response is held: (head, body pieces); None when passing through.
+        self.held: Optional[Tuple[Tuple[int, bytes, Headers], List[bytes]]] = None
         self.upstream_time = -1.0
 
     def attempt(self, previous: Optional[UpstreamError] = None) -> None:
@@ -158,20 +164,25 @@ class Dispatch:
         replayable = request.method in IDEMPOTENT_METHODS and not request.body
         client = self.dispatcher.clients[backend]
         if request.upgrade is not None:
+            assert isinstance(client, ProxyClientFactory)  # an upgrade needs a real pool's settings
             client = self.dispatcher.tunnels.client_for(client, request.upgrade)
-        self.exchange = client.request(
+        exchange = self.exchange = client.request(
             request.method, request.target, request.headers, request.body, self, idempotent=replayable
         )
         if self.paused:
-            self.exchange.pauseProducing()
+            exchange.pauseProducing()
 
     # -- IResponseSink: events from the backend exchange -------------------
+    # They come only from a live exchange (sent to ``backend``), while ``sink`` is set:
+    # stopProducing aborts the exchange as it drops the sink.
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         # Passed on at once: an interim response never commits (a retry may send others).
+        assert self.sink is not None
         self.sink.interim_received(status, reason, headers)
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        assert self.exchange is not None and self.backend is not None
         elapsed = self.upstream_time = self.exchange.response_time
         self.backend.latency.observe(elapsed)
         outliers = self.dispatcher.outliers
@@ -179,28 +190,33 @@ class Dispatch:
             outliers.response(self.backend, status)
         length = get_first(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
-            self.held = [(status, reason, headers)]
+            self.held = ((status, reason, headers), [])
             return
         self._commit(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
         if self.held is not None:
-            self.held.append(data)
+            self.held[1].append(data)
         else:
+            assert self.sink is not None
             self.sink.body_received(data)
 
     def response_ended(self) -> None:
         self._release()
         held, self.held = self.held, None
         if held is not None:
-            self._commit(*held[0])
-            for data in held[1:]:
+            head, pieces = held
+            self._commit(*head)
+            for data in pieces:
+                assert self.sink is not None
                 self.sink.body_received(data)
         sink, self.sink = self.sink, None
+        assert sink is not None
         sink.response_ended()
 
     def _commit(self, status: int, reason: bytes, headers: Headers) -> None:
         self.committed = True
+        assert self.sink is not None
         self.sink.head_received(status, reason, headers)
 
     def request_failed(self, error: UpstreamError) -> None:
@@ -253,6 +269,7 @@ class Dispatch:
 
     def _release(self) -> Backend:
         backend = self.backend
+        assert backend is not None  # released only after an attempt sent it
         backend.in_flight -= 1
         self.exchange = None
         return backend

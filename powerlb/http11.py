@@ -50,6 +50,10 @@ class IResponseEvents(Interface):
     def response_end(keep_alive: bool) -> None:
         """The response is complete; ``keep_alive`` says whether the connection may be reused."""
 
+
+class IUpgradeEvents(IResponseEvents):
+    """What a :class:`ResponseParser` made with ``upgrade=True`` also reports: a protocol switch."""
+
     def response_switched(reason: bytes, headers: Headers, rest: bytes) -> None:
         """A ``101`` (upgrade parsers only): the connection now speaks another protocol, whose
         first bytes are ``rest``; the parser reads nothing more."""
@@ -171,7 +175,7 @@ class ResponseParser:
                 if not self._upgrade:
                     raise ProtocolError("protocol upgrades are not supported")
                 self._state = _SWITCHED
-                self._events.response_switched(reason, headers, rest)
+                IUpgradeEvents(self._events).response_switched(reason, headers, rest)
                 return b""
             self._events.response_interim(status, reason, headers)
             return rest  # the final response follows

@@ -22,13 +22,15 @@ from typing import Any, List, Optional, Tuple
 import h2.errors
 import h2.exceptions
 from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web._http2 import H2Connection
+from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.server import Request
 
 from powerlb.headers import Headers
+from powerlb.interfaces import IConnectionTransport
 from powerlb.responses import plain_body
-from powerlb.server import Limits, ProxyRequest
+from powerlb.server import Limits, ProxyRequest, ProxySite
 
 
 def request_problem(headers: Headers, limits: Limits) -> Optional[Tuple[int, str]]:
@@ -102,6 +104,9 @@ class H2ProxyRequest(ProxyRequest):
     connection has handed over the whole header block.
     """
 
+    # Twisted's stub says an HTTPChannel; an HTTP/2 request's channel is its stream.
+    channel: H2Stream  # type: ignore[assignment]
+
     def headers_complete(self) -> None:
         """Not yet on HTTP/2: :meth:`stream_opened` renders once every header is in."""
 
@@ -118,14 +123,16 @@ class H2ProxyRequest(ProxyRequest):
     def reject(self, status: int, reason: str) -> None:
         """Answer ``status`` with a short ``reason`` and reset the stream (the connection stays)."""
         stream = self.channel
-        stream._conn.reject_stream(stream.streamID, status, reason)
+        connection = stream._conn
+        assert isinstance(connection, ProxyH2Connection)  # the connection that made the stream
+        connection.reject_stream(stream.streamID, status, reason)
 
     def abort(self) -> None:
         """Cut the response off: reset the stream."""
         self.channel.abortConnection()
 
     #: The stream writes its own HEADERS frame: the response head goes through twisted.web's headers.
-    send_head = None
+    send_head = None  # type: ignore[assignment]  # the request path tests for None (proxy.py)
 
 
 class ProxyH2Connection(H2Connection):
@@ -135,13 +142,16 @@ class ProxyH2Connection(H2Connection):
     ``channels`` while open; ``requests`` are its streams' requests.
     """
 
-    def __init__(self, site: Any) -> None:
+    transport: IConnectionTransport  # connected before any read
+
+    def __init__(self, site: ProxySite) -> None:
         super().__init__(site.reactor)
-        self.site = site
-        self.factory = site
+        self.site: ProxySite = site  # type: ignore[assignment]  # Twisted's class declares ``site = None``
+        self.factory = site  # type: ignore[assignment]  # likewise ``factory = None``
         self.requestFactory = H2ProxyRequest
-        self.timeOut = site.timeOut
-        self.callLater = site.reactor.callLater
+        self.timeOut = site.timeOut  # type: ignore[assignment]  # Twisted: int here, float on its sites
+        # TimeoutMixin's timer clock, assigned per instance as Twisted's own factories do.
+        self.callLater = site.reactor.callLater  # type: ignore[method-assign, assignment]
         self._draining = False
 
     @property
@@ -153,7 +163,7 @@ class ProxyH2Connection(H2Connection):
         self.site.connection_opened(self)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+    def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
         self.site.connection_closed(self)
         super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
 

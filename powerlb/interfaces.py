@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import Interface
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from zope.interface import Attribute, Interface
 
 from powerlb.balancing import IBalancer
 from powerlb.cache import ICacheStore
@@ -79,6 +79,16 @@ class IClientSink(IResponseSink):
         """Fires when the client's response is over, or fails when the client went away first."""
 
 
+class IExchange(IPushProducer):
+    """One request sent upstream, as its sender keeps it: the push producer of the response body
+    (a slow client pauses it), which can be abandoned."""
+
+    response_time = Attribute("Seconds from the request sent to the response head (0 until the head came).")
+
+    def abort() -> None:
+        """Give up on the exchange (the client went away); the sink hears nothing more."""
+
+
 class IUpstream(Interface):
     """One backend's connection pool: sends a request, and its response goes to a sink."""
 
@@ -89,10 +99,14 @@ class IUpstream(Interface):
         body: Union[bytes, BodyStream],
         sink: IResponseSink,
         idempotent: bool,
-    ) -> IPushProducer:
-        """Send the request; ``sink`` hears its response (no event before this returns). The returned
-        exchange is the push producer of the response body (a slow client pauses it) and has
-        ``abort()`` and ``response_time``."""
+    ) -> IExchange:
+        """Send the request; ``sink`` hears its response (no event before this returns)."""
+
+
+class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
+    """A stream connection's transport as powerlb's protocols use it (TCP, or TLS over it): it also
+    consumes a producer's writes and produces the reads. Twisted's transports provide all three;
+    its interfaces declare them apart, so this one is for type checking only."""
 
 
 #: A fast hit: the response's head and body, written as they are.
@@ -107,6 +121,8 @@ __all__ = [
     "IBalancer",
     "ICacheStore",
     "IClientSink",
+    "IConnectionTransport",
+    "IExchange",
     "IResponseSink",
     "IUpstream",
 ]

@@ -29,21 +29,26 @@ normal way.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple, Type
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
 from powerlb.headers import TOKEN_BYTES, Headers, get_first
-from powerlb.interfaces import FastAnswer
+from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
 from powerlb.responses import plain_response, wire_name
 from powerlb.settings import Config
 from powerlb.upstream import BodyStream
+
+if TYPE_CHECKING:
+    from powerlb.http2 import ProxyH2Connection
 
 
 class Limits:
@@ -137,6 +142,8 @@ class ProxyRequest(Request):
         "x_cache",
     )
 
+    channel: ProxyChannel
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The request's header list (names lower-cased) when the channel parsed it in one pass, else None.
@@ -219,7 +226,7 @@ class ProxyRequest(Request):
         parts += (b"X-Cache: ", x_cache, b"\r\n\r\n")
         self.channel.write(b"".join(parts))
         if bodiless:
-            self.write = lambda data: None
+            self.write = lambda data: None  # type: ignore[method-assign]  # what the resource writes is dropped
 
     def body_too_large(self) -> None:
         """The body is, or is announced as, larger than ``max_body``: 413 (or a cut once answering)."""
@@ -240,6 +247,7 @@ class ProxyRequest(Request):
             self._cut(408, "request body arriving too slowly")
             return
         if not self.finished:
+            assert self.body_stream is not None  # made by gotLength for a request with a body
             self.body_stream.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -271,11 +279,14 @@ class ProxyRequest(Request):
 class TrackedChannel(HTTPChannel):
     """An ``HTTPChannel`` that tells its site when it opens and closes (for limits and draining)."""
 
+    site: QuietSite  # set by the site as it builds the channel
+    transport: IConnectionTransport  # connected before any read
+
     def connectionMade(self) -> None:
         self.site.connection_opened(self)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.connection_closed(self)
         super().connectionLost(reason)
 
@@ -321,6 +332,8 @@ class ProxyChannel(TrackedChannel):
     keep-alive connection schedules no timer per request.
     """
 
+    site: ProxySite
+    requestFactory: Type[ProxyRequest]  # the site's
     _head_pending = False
     _host_address: Any = None
     _peer_address: Any = None
@@ -376,7 +389,7 @@ class ProxyChannel(TrackedChannel):
             self._peer_address = self.transport.getPeer()
         return self._peer_address
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.tunnel is not None:
             self.tunnel.client_lost()
         super().connectionLost(reason)
@@ -431,7 +444,7 @@ class ProxyChannel(TrackedChannel):
         self.transport.loseConnection()
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        ok = super()._maybeChooseTransferDecoder(header, data)
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         if ok and type(decoder) is _ChunkedTransferDecoder:
             limit = self.site.limits.max_body
@@ -526,11 +539,13 @@ class NegotiatingChannel(Protocol):
     over from the HTTP/1.1 channel, which never saw a byte.
     """
 
+    transport: IConnectionTransport
+
     def __init__(self, channel: ProxyChannel) -> None:
-        self.channel: Any = channel
+        self.channel: Protocol = channel
         self._negotiated = False
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: IConnectionTransport) -> None:
         self.transport = transport
         self.channel.makeConnection(transport)
 
@@ -541,26 +556,47 @@ class NegotiatingChannel(Protocol):
                 self._switch_to_h2()
         self.channel.dataReceived(data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.channel.connectionLost(reason)
 
     def _switch_to_h2(self) -> None:
         http11 = self.channel
+        assert isinstance(http11, ProxyChannel)  # the switch comes with the first read
         site = http11.site
+        assert site.h2_protocol is not None  # this channel exists only when there is one
         http11.setTimeout(None)
         self.transport.unregisterProducer()
         site.connection_closed(http11)
-        self.channel = site.h2_protocol()
-        self.channel.makeConnection(self.transport)
-        self.transport.registerProducer(self.channel, True)
+        h2 = self.channel = site.h2_protocol()
+        h2.makeConnection(self.transport)
+        self.transport.registerProducer(h2, True)
 
 
 class _Refusal(Protocol):
     """Answers 503 at once and closes: the connection limit is reached."""
 
+    transport: IConnectionTransport
+
     def connectionMade(self) -> None:
         self.transport.write(plain_response(503, "too many connections"))
         self.transport.loseConnection()
+
+
+class ClientConnection(TypingProtocol):
+    """An open client connection as its site keeps it (``channels``, for draining): a
+    :class:`TrackedChannel`, or an HTTP/2 connection (:class:`powerlb.http2.ProxyH2Connection`)."""
+
+    @property
+    def transport(self) -> IConnectionTransport: ...
+
+    @property
+    def requests(self) -> Sequence[object]:
+        """The requests in progress."""
+
+    def loseConnection(self) -> None: ...
+
+    def close_after_requests(self) -> None:
+        """Serve the requests in progress, then close."""
 
 
 class QuietSite(Site):
@@ -572,17 +608,18 @@ class QuietSite(Site):
     (for draining).
     """
 
-    protocol = TrackedChannel
+    # Twisted's stub types it as its own factory of HTTP/1.1-or-2 wrappers; any channel class will do.
+    protocol = TrackedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, reactor: Any) -> None:
         super().__init__(resource, reactor=reactor)
         self.noisy = False
-        self.channels: Set[TrackedChannel] = set()
+        self.channels: Set[ClientConnection] = set()
 
-    def connection_opened(self, channel: TrackedChannel) -> None:
+    def connection_opened(self, channel: ClientConnection) -> None:
         self.channels.add(channel)
 
-    def connection_closed(self, channel: TrackedChannel) -> None:
+    def connection_closed(self, channel: ClientConnection) -> None:
         self.channels.discard(channel)
 
     def log(self, request: Any) -> None:
@@ -608,7 +645,7 @@ class ProxySite(QuietSite):
         self.fast_answer: Optional[FastAnswer] = None
         #: Builds the HTTP/2 connection of a TLS connection that negotiated ``h2`` (ALPN);
         #: None: HTTP/1.1 only (set for TLS listeners when HTTP/2 support is installed).
-        self.h2_protocol: Optional[Callable[[], Protocol]] = None
+        self.h2_protocol: Optional[Callable[[], ProxyH2Connection]] = None
 
     def acceptableProtocols(self) -> List[bytes]:
         """The protocols offered over ALPN: ``h2`` only when a connection can switch to it."""

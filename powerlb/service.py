@@ -21,7 +21,7 @@ top-level ``twistd`` runs (embedders call ``reload``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -45,6 +45,9 @@ from powerlb.server import ProxySite, QuietSite
 from powerlb.settings import Config, PoolConfig
 from powerlb.stats import Counters, backend_entries, snapshot
 from powerlb.values import endpoint_kind
+
+if TYPE_CHECKING:
+    from powerlb.http2 import ProxyH2Connection  # needs twisted[http2]: imported where it is used
 
 log = Logger()
 
@@ -315,7 +318,7 @@ def _pool_configs(config: Config) -> Dict[str, PoolConfig]:
     return dict(config.pools) or {"default": PoolConfig("default", config)}
 
 
-def _http2_connections(site: ProxySite) -> Optional[Callable[[], Any]]:
+def _http2_connections(site: ProxySite) -> Optional[Callable[[], ProxyH2Connection]]:
     """What makes the HTTP/2 connections of a TLS listener, or None without ``twisted[http2]``."""
     try:
         from powerlb.http2 import ProxyH2Connection

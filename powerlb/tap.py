@@ -78,9 +78,11 @@ def makeService(options: Options) -> IService:
 
     On a reload the command-line options still win over the file.
     """
-    service = make_powerlb(options.config)
+    config = options.config
+    assert config is not None  # built by Options.postOptions
+    service = make_powerlb(config)
     cli = {name: value for name, value in options.items() if name != "config"}
     reload_on_sighup(service, ConfigSource(options["config"], cli))
-    if options.config.access_log is not None:
+    if config.access_log is not None:
         OnSignal(signal.SIGUSR1, service.reopen_logs, service.reactor).setServiceParent(service)
     return service

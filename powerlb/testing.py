@@ -56,7 +56,6 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -67,7 +66,7 @@ from powerlb.balancing import IBalancer, RoundRobin
 from powerlb.dispatch import Dispatcher
 from powerlb.errors import ConnectFailed, ConnectTimeout, QueueFull, UpstreamError, UpstreamTimeout
 from powerlb.headers import Headers, get_first
-from powerlb.interfaces import IResponseSink
+from powerlb.interfaces import IExchange, IResponseSink, IUpstream
 from powerlb.upstream import BodyStream
 
 #: Header fields as a test gives them: a list or a tuple of (name, value) pairs.
@@ -180,7 +179,7 @@ class RecordingSink:
             raise AssertionError(f"{event} heard after the response was over: {self.events}")
 
 
-@implementer(IPushProducer)
+@implementer(IExchange)
 class FakeExchange:
     """One request a :class:`FakeUpstream` received, and the handle the test answers it with.
 
@@ -308,6 +307,7 @@ class FakeExchange:
 Reply = Callable[[FakeExchange], None]
 
 
+@implementer(IUpstream)
 class FakeUpstream:
     """Stands in for one backend's :class:`~powerlb.upstream.ProxyClientFactory`, driven by ``clock``.
 

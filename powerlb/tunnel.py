@@ -37,7 +37,7 @@ from powerlb.headers import (
     get_all,
     get_first,
 )
-from powerlb.http11 import ResponseParser, serialize_interim
+from powerlb.http11 import IUpgradeEvents, ResponseParser, serialize_interim
 from powerlb.stats import Counters
 from powerlb.upstream import ProxyClientFactory, UpstreamConnection
 
@@ -248,6 +248,7 @@ class Tunnel:
                 transport.abortConnection()
 
 
+@implementer(IUpgradeEvents)
 class UpgradeConnection(UpstreamConnection):
     """The backend connection of one upgrade request: an :class:`~powerlb.upstream.UpstreamConnection`
     whose parser takes a ``101``, after which it is the backend end of a :class:`Tunnel`."""
@@ -270,6 +271,7 @@ class UpgradeConnection(UpstreamConnection):
         exchange.response_time = self._seconds() - self.sent_at
         client_headers = switch_response_headers(headers)
         # The dispatch commits (no retry from now on) and the client's request is answered.
+        assert exchange.sink is not None  # active: on the connection
         exchange.sink.head_received(101, reason, client_headers)
         if not exchange.active:
             self.transport.abortConnection()

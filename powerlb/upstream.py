@@ -19,11 +19,17 @@ this module only moves them between sockets and callbacks.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, Optional, Set, Union
+from typing import Any, Callable, Deque, List, Optional, Set, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as TCPTimeoutError
-from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -40,8 +46,8 @@ from powerlb.errors import (
     UpstreamTimeout,
 )
 from powerlb.headers import Headers
-from powerlb.http11 import ProtocolError, ResponseParser, serialize_request_head
-from powerlb.interfaces import IResponseSink
+from powerlb.http11 import IResponseEvents, ProtocolError, ResponseParser, serialize_request_head
+from powerlb.interfaces import IConnectionTransport, IExchange, IResponseSink, IUpstream
 from powerlb.tls import tls_failure
 
 log = Logger()
@@ -151,7 +157,7 @@ class BodyStream:
         self.writer = None
 
 
-@implementer(IPushProducer)
+@implementer(IExchange)
 class Exchange:
     """One request to a backend and its response: the handle the caller keeps.
 
@@ -178,7 +184,7 @@ class Exchange:
         payload: bytes,
         head_request: bool,
         idempotent: bool,
-        sink: Any,
+        sink: IResponseSink,
         stream: Optional[BodyStream] = None,
     ) -> None:
         self.factory = factory
@@ -187,7 +193,7 @@ class Exchange:
         self.stream = stream
         self.head_request = head_request
         self.idempotent = idempotent
-        self.sink: Optional[Any] = sink
+        self.sink: Optional[IResponseSink] = sink
         self.connection: Optional[UpstreamConnection] = None
         self.paused = False
         #: When waiting for a free connection slot: the time it gives up; 0 when not.
@@ -225,6 +231,7 @@ class Exchange:
             connection.abort()
 
 
+@implementer(IResponseEvents)
 class UpstreamConnection(Protocol):
     """One HTTP/1.1 connection to a backend, carrying one exchange at a time.
 
@@ -237,6 +244,8 @@ class UpstreamConnection(Protocol):
     be, so a keep-alive connection schedules no timer per request.
     """
 
+    transport: IConnectionTransport  # connected before the factory hands it an exchange
+
     def __init__(self, factory: ProxyClientFactory) -> None:
         self.factory = factory
         self.parser = ResponseParser(self)
@@ -248,7 +257,7 @@ class UpstreamConnection(Protocol):
         self.idle_since = 0.0  # when it last went back to the pool
         self._seconds = factory.reactor.seconds
         self._response_deadline = 0.0
-        self._timer: Any = None
+        self._timer: Optional[IDelayedCall] = None
 
     # -- driven by the factory -------------------------------------------
 
@@ -277,6 +286,7 @@ class UpstreamConnection(Protocol):
 
     def write_body(self, data: bytes) -> None:
         """Send a piece of the exchange's streamed body (chunk-framed when its length is unknown)."""
+        assert self.exchange is not None and self.exchange.stream is not None  # the stream's writer
         if self.exchange.stream.length is None:
             self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
@@ -284,6 +294,7 @@ class UpstreamConnection(Protocol):
 
     def end_body(self) -> None:
         """The streamed body is complete: the wait for the response starts now."""
+        assert self.exchange is not None and self.exchange.stream is not None  # the stream's writer
         if self.exchange.stream.length is None:
             self.transport.write(b"0\r\n\r\n")
         self._release_stream()
@@ -308,10 +319,12 @@ class UpstreamConnection(Protocol):
         self.transport.abortConnection()
 
     # -- IResponseEvents, from the parser ----------------------------------
+    # A connection's exchange is active: abort() and _fail() take it off the connection first.
 
     def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
         exchange = self.exchange
         if exchange is not None:
+            assert exchange.sink is not None
             exchange.sink.interim_received(status, reason, headers)
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
@@ -319,11 +332,13 @@ class UpstreamConnection(Protocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.response_time = self._seconds() - self.sent_at
+            assert exchange.sink is not None
             exchange.sink.head_received(status, reason, headers)
 
     def response_body(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is not None:
+            assert exchange.sink is not None
             exchange.sink.body_received(data)
 
     def response_end(self, keep_alive: bool) -> None:
@@ -336,6 +351,7 @@ class UpstreamConnection(Protocol):
         self.exchange = None  # the timer lapses when it next fires
         exchange.connection = None
         sink = exchange.sink
+        assert sink is not None
         exchange.sink = None
         if exchange.paused:
             self.transport.resumeProducing()
@@ -428,6 +444,7 @@ class UpstreamConnection(Protocol):
         _fail(exchange, error)
 
 
+@implementer(IUpstream)
 class ProxyClientFactory(ClientFactory):
     """Pooled HTTP/1.1 client for one backend: powerlb's replacement for Twisted's ``ProxyClientFactory``.
 
@@ -442,7 +459,7 @@ class ProxyClientFactory(ClientFactory):
     :data:`QUEUE_LIMIT` requests already wait.
     """
 
-    protocol = UpstreamConnection
+    protocol: Callable[..., UpstreamConnection] = UpstreamConnection
     noisy = False
 
     def __init__(
@@ -473,18 +490,19 @@ class ProxyClientFactory(ClientFactory):
         #: The TLS connection creator (None: plain HTTP), for other clients of the backend (powerlb.tunnel).
         self.tls = tls
         self._first_check = min(response_timeout, idle_timeout)
-        self._queue_timer: Any = None
+        self._queue_timer: Optional[IDelayedCall] = None
         #: Idle connections, oldest first (reused from the end).
         self._idle: List[UpstreamConnection] = []
-        self._idle_timer: Any = None
+        self._idle_timer: Optional[IDelayedCall] = None
         self._waiting: Deque[Exchange] = deque()
         self._connecting = 0
         self._connections: Set[UpstreamConnection] = set()
         self._closed = False
-        self._connect_to: ClientFactory = self
+        self._connect_to: IProtocolFactory = self
         if tls is not None:
-            self._connect_to = TLSMemoryBIOFactory(tls, True, self)
-            self._connect_to.noisy = False
+            tls_factory = TLSMemoryBIOFactory(tls, True, self)
+            tls_factory.noisy = False
+            self._connect_to = tls_factory
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
         return self.protocol(self)
@@ -510,7 +528,7 @@ class ProxyClientFactory(ClientFactory):
         target: bytes,
         headers: Headers,
         body: Union[bytes, BodyStream],
-        sink: Any,
+        sink: IResponseSink,
         idempotent: bool,
     ) -> Exchange:
         """Send ``method target`` with ``headers`` and ``body``; ``sink`` hears the response.
@@ -691,7 +709,7 @@ def _fail(exchange: Exchange, error: UpstreamError) -> None:
 
 
 def _describe(reason: Failure) -> str:
-    return reason.getErrorMessage() or reason.type.__name__
+    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 @implementer(IResponseSink)
@@ -701,7 +719,12 @@ class _StatusProbe:
     def __init__(self) -> None:
         self.status = 0
         self.exchange: Optional[Exchange] = None
-        self.deferred: Deferred = Deferred(lambda _: self.exchange and self.exchange.abort())
+        #: Fires with the status (Optional as health's ProbeResult: None is a TCP check's success).
+        self.deferred: Deferred[Optional[int]] = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred[Optional[int]]) -> None:
+        if self.exchange is not None:
+            self.exchange.abort()
 
     def interim_received(self, status: int, reason: bytes, headers: Headers) -> None:
         pass
@@ -721,7 +744,7 @@ class _StatusProbe:
 
 def probe(
     reactor: IReactorTCP | IReactorTime, backend: Backend, path: bytes, timeout: float, tls: Any = None
-) -> Deferred:
+) -> Deferred[Optional[int]]:
     """GET ``path`` from ``backend`` on a fresh connection; fires with the status code.
 
     Uses the same client as proxied traffic, with no pooling, so a probe

@@ -8,16 +8,16 @@ from typing import Any, List, Optional, Tuple
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
-from powerlb.http11 import IResponseEvents
+from powerlb.http11 import IUpgradeEvents
 from powerlb.upstream import ProxyClientFactory, UpstreamConnection
 from tests.support.backends import make_backend
 
 Event = Tuple[Any, ...]
 
 
-@implementer(IResponseEvents)
+@implementer(IUpgradeEvents)
 class Recorder:
-    """An IResponseEvents that records every call."""
+    """An IUpgradeEvents (so also an IResponseEvents) that records every call."""
 
     def __init__(self) -> None:
         self.events: List[Event] = []
