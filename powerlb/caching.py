@@ -327,7 +327,7 @@ class CacheLayer:
         age_field = cachepolicy.format_age(age)
         remembered = self.hit_heads.get(key) if plain else None
         if remembered is not None and remembered.answers(entry, rules, age_field):
-            return remembered.head, entry.body
+            return remembered.head, entry.body if method != b"HEAD" else b""
         answer = self.answer(method, headers, entry, now)
         if rules is not None:
             answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
@@ -338,7 +338,7 @@ class CacheLayer:
             if len(self.hit_heads) >= MAX_HIT_HEADS:
                 self.hit_heads.clear()
             self.hit_heads[key] = _HitHead(entry, rules, age_field, head)
-        return head, answer.body
+        return head, answer.body if method != b"HEAD" else b""  # a HEAD's answer has no body
 
     def answer(
         self, method: bytes, headers: Headers, entry: CachedResponse, now: float
@@ -724,6 +724,14 @@ class FetchSink(Relay):
     until complete and the client answered from the stored response, as a
     hit is; any other response is answered from its head
     (:meth:`_pass_head`).
+
+    What it holds: the chunks it is passed, as they are (the same ``bytes``
+    objects the dispatch held and the client's sink writes, no copy), up to
+    ``max_object`` bytes;
+    they are joined once, when the complete response is stored, into the
+    stored body (a body of one chunk is that chunk, not a copy). That join is
+    the one copy of a stored response on its way; a response that is not
+    stored is never held here.
     """
 
     def __init__(
