@@ -59,7 +59,7 @@ from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
 from powerlb.interfaces import IClientSink, IResponseSink
 from powerlb.policies import HeaderRules, apply_header_rules
-from powerlb.responses import wire_answer
+from powerlb.responses import wire_head
 from powerlb.stats import Counters
 from powerlb.upstream import BodyStream
 
@@ -92,6 +92,26 @@ _COUNTERS = {
 
 #: Upstream statuses that count as an error for stale-if-error (RFC 5861 section 4).
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+#: Request fields that shape a hit's answer (preconditions, range) or whether a stored response
+#: may answer (``Cache-Control``, ``Pragma``): a request without any is answered the same way as
+#: every other such request for the same stored response.
+_SHAPING_FIELDS = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+    }
+)
+#: The directives of a request without ``Cache-Control`` and ``Pragma`` (never changed).
+_NO_DIRECTIVES: cachepolicy.Directives = {}
+#: Most keys whose hit head :meth:`CacheLayer.fast_response` remembers (then it starts afresh).
+MAX_HIT_HEADS = 4096
 
 
 class CacheLayer:
@@ -132,6 +152,8 @@ class CacheLayer:
         self.remote: Optional[IRemoteStore] = None
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
+        #: The last head :meth:`fast_response` wrote for a key's plain requests.
+        self.hit_heads: Dict[bytes, _HitHead] = {}
 
     # -- the request path ------------------------------------------------
 
@@ -296,16 +318,27 @@ class CacheLayer:
         if entry is None:
             return None
         now = self.clock.seconds()
-        use = cachepolicy.reuse(
-            entry.freshness_lifetime, entry.age(now), entry.rules, cachepolicy.request_directives(headers)
-        )
-        if use != cachepolicy.FRESH:
+        age = entry.age(now)
+        plain = not any(name in _SHAPING_FIELDS for name, _ in headers)
+        directives = _NO_DIRECTIVES if plain else cachepolicy.request_directives(headers)
+        if cachepolicy.reuse(entry.freshness_lifetime, age, entry.rules, directives) != cachepolicy.FRESH:
             return None
         self.count(HIT)
+        age_field = cachepolicy.format_age(age)
+        remembered = self.hit_heads.get(key) if plain else None
+        if remembered is not None and remembered.answers(entry, rules, age_field):
+            return remembered.head, entry.body if method != b"HEAD" else b""
         answer = self.answer(method, headers, entry, now)
         if rules is not None:
             answer = answer._replace(headers=apply_header_rules(rules, answer.headers))
-        return wire_answer(answer, HIT)
+        head, dated = wire_head(answer, HIT)
+        if plain and dated:
+            # The head of a plain request's answer (a HEAD's is a GET's) stays the same until the
+            # Age changes: it is made once per key and second, not once per hit.
+            if len(self.hit_heads) >= MAX_HIT_HEADS:
+                self.hit_heads.clear()
+            self.hit_heads[key] = _HitHead(entry, rules, age_field, head)
+        return head, answer.body if method != b"HEAD" else b""  # a HEAD's answer has no body
 
     def answer(
         self, method: bytes, headers: Headers, entry: CachedResponse, now: float
@@ -498,6 +531,37 @@ class _Waiter:
             self.timer.cancel()
 
 
+class _HitHead:
+    """The head :meth:`CacheLayer.fast_response` wrote for a plain request answered by a stored
+    response: the same for the next one while that response, the header rules and the ``Age`` are.
+
+    It holds the stored response's headers (never changed once stored), not the response: a
+    remembered head never keeps a removed body alive.
+    """
+
+    __slots__ = ("age", "head", "headers", "length", "reason", "rules", "status")
+
+    def __init__(self, entry: CachedResponse, rules: Optional[HeaderRules], age: bytes, head: bytes) -> None:
+        self.headers = entry.headers
+        self.status = entry.status
+        self.reason = entry.reason
+        self.length = len(entry.body)
+        self.rules = rules
+        self.age = age
+        self.head = head
+
+    def answers(self, entry: CachedResponse, rules: Optional[HeaderRules], age: bytes) -> bool:
+        """Whether this is the head for ``entry`` with ``rules`` at ``age``."""
+        return (
+            entry.headers is self.headers
+            and rules is self.rules
+            and age == self.age
+            and entry.status == self.status
+            and entry.reason == self.reason
+            and len(entry.body) == self.length
+        )
+
+
 class _Flight:
     """One request on its way upstream for a key, and the requests waiting for its response."""
 
@@ -546,7 +610,9 @@ class Relay:
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self.layer.invalidate(self.client, status, headers)
         strip = self.layer.strip
-        self.sink.head_received(status, reason, [(k, v) for k, v in headers if k not in strip])
+        if strip:
+            headers = [(k, v) for k, v in headers if k not in strip]
+        self.sink.head_received(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
         self.sink.body_received(data)
@@ -658,6 +724,14 @@ class FetchSink(Relay):
     until complete and the client answered from the stored response, as a
     hit is; any other response is answered from its head
     (:meth:`_pass_head`).
+
+    What it holds: the chunks it is passed, as they are (the same ``bytes``
+    objects the dispatch held and the client's sink writes, no copy), up to
+    ``max_object`` bytes;
+    they are joined once, when the complete response is stored, into the
+    stored body (a body of one chunk is that chunk, not a copy). That join is
+    the one copy of a stored response on its way; a response that is not
+    stored is never held here.
     """
 
     def __init__(
@@ -695,6 +769,8 @@ class FetchSink(Relay):
         self.status = 0
         self.reason = b""
         self.headers: Headers = []
+        #: The body length the response head announces (:func:`_content_length`), read once.
+        self.length: Optional[int] = None
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         layer = self.layer
@@ -711,7 +787,7 @@ class FetchSink(Relay):
         plan = cachepolicy.plan_store(
             b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
         )
-        length = _content_length(headers)
+        length = self.length = _content_length(headers)
         self.status, self.reason, self.headers = status, reason, headers
         if plan is not None and (length is None or length <= layer.max_object):
             self.plan, self.parts = plan, []
@@ -794,7 +870,7 @@ class FetchSink(Relay):
                 status,
                 reason,
                 strip_hop_by_hop(headers),
-                _content_length(headers),
+                self.length,
                 cachepolicy.corrected_initial_age(headers, self.request_time, now),
                 self.layer.strip,
             )

@@ -95,32 +95,56 @@ def connection_tokens(headers: Iterable[Tuple[bytes, bytes]]) -> FrozenSet[bytes
     return frozenset(t.lower() for t in split_tokens(get_all(headers, b"connection")))
 
 
+def hop_by_hop(connection: FrozenSet[bytes]) -> FrozenSet[bytes]:
+    """The names a proxy drops from a message whose ``Connection`` options are ``connection``
+    (:func:`connection_tokens`): :data:`HOP_BY_HOP` and those options."""
+    return HOP_BY_HOP | connection if connection else HOP_BY_HOP
+
+
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """``headers`` without hop-by-hop headers and without those ``Connection`` names."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
+    drop = hop_by_hop(connection_tokens(headers))
     return [(k, v) for k, v in headers if k not in drop]
 
 
 def forward_request_headers(
-    headers: Headers, client_address: bytes, scheme: bytes, host: Optional[bytes]
+    headers: Headers,
+    client_address: bytes,
+    scheme: bytes,
+    host: Optional[bytes],
+    connection: Optional[FrozenSet[bytes]] = None,
 ) -> Headers:
     """The headers to send upstream for a client request.
 
     Hop-by-hop headers and the client's framing (``Content-Length``) are
     dropped, since powerlb re-frames the body itself; ``Host`` is kept;
     ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto`` and
-    ``X-Forwarded-Host`` set.
+    ``X-Forwarded-Host`` set. ``connection`` is the request's
+    :func:`connection_tokens` when already known (parsed again when None).
+    One pass over ``headers``.
     """
-    drop = HOP_BY_HOP | connection_tokens(headers) | _REPLACED_REQUEST_HEADERS
-    out = [(k, v) for k, v in headers if k not in drop]
-    prior_xff = _nonempty(get_all(headers, b"x-forwarded-for"))
+    if connection is None:
+        connection = connection_tokens(headers)
+    drop = _DROPPED_REQUEST_HEADERS | connection if connection else _DROPPED_REQUEST_HEADERS
+    out = []
+    prior_xff = []
+    prior_via = []
+    for k, v in headers:
+        if k in drop:
+            if k == b"x-forwarded-for":
+                if v.strip(b" \t"):
+                    prior_xff.append(v)
+            elif k == b"via" and v.strip(b" \t"):
+                prior_via.append(v)
+            continue
+        out.append((k, v))
     out.append(
         (b"x-forwarded-for", b", ".join([*prior_xff, client_address]) if prior_xff else client_address)
     )
     out.append((b"x-forwarded-proto", scheme))
     if host is not None:
         out.append((b"x-forwarded-host", host))
-    out.append((b"via", _via(headers)))
+    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
     return out
 
 
@@ -130,12 +154,25 @@ def forward_response_headers(headers: Headers) -> Headers:
     The backend's ``Content-Length`` is kept (as a single field) unless the
     response was also sent with ``Transfer-Encoding``, which overrides it
     (RFC 9112 section 6.3): the body the client gets is the de-chunked one.
+    Hop-by-hop headers are stripped here, once on the way to the client.
     """
-    drop_length = any(k == b"transfer-encoding" for k, _ in headers)
+    connection: List[bytes] = []
+    drop_length = False
+    for k, v in headers:
+        if k == b"connection":
+            connection.append(v)
+        elif k == b"transfer-encoding":
+            drop_length = True
+    drop = hop_by_hop(frozenset(t.lower() for t in split_tokens(connection))) if connection else HOP_BY_HOP
     out = []
+    prior_via = []
     seen_length = False
-    for k, v in strip_hop_by_hop(headers):
+    for k, v in headers:
         if k == b"via":
+            if v.strip(b" \t"):
+                prior_via.append(v)
+            continue
+        if k in drop:
             continue
         if k == b"content-length":
             if drop_length or seen_length:
@@ -145,7 +182,7 @@ def forward_response_headers(headers: Headers) -> Headers:
             if tokens:
                 v = tokens[0]
         out.append((k, v))
-    out.append((b"via", _via(headers)))
+    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
     return out
 
 
@@ -154,11 +191,6 @@ _REPLACED_REQUEST_HEADERS = frozenset(
 )
 
 
-def _nonempty(values: List[bytes]) -> List[bytes]:
-    return [v for v in values if v.strip(b" \t")]
-
-
-def _via(headers: Headers) -> bytes:
-    prior = _nonempty(get_all(headers, b"via"))
-    mine = b"1.1 " + VIA_PSEUDONYM
-    return b", ".join([*prior, mine]) if prior else mine
+#: Every name a forwarded request is sent without, when its ``Connection`` names none.
+_DROPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED_REQUEST_HEADERS
+_MY_VIA = b"1.1 " + VIA_PSEUDONYM

@@ -14,7 +14,7 @@ twisted.web request. See docs/architecture.md. Decisions come from the pure modu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, FrozenSet, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -29,6 +29,7 @@ from powerlb.dispatch import Dispatch, UpstreamRequest
 from powerlb.errors import UpstreamError
 from powerlb.headers import (
     Headers,
+    connection_tokens,
     forward_request_headers,
     forward_response_headers,
     get_first,
@@ -53,6 +54,7 @@ class ClientRequest:
     """What the request path needs to know of a client request, parsed once."""
 
     __slots__ = (
+        "_connection",
         "_directives",
         "client_host",
         "headers",
@@ -90,6 +92,16 @@ class ClientRequest:
         self.plan: RequestPlan
         self.route_work: RouteWork
         self._directives: Optional[cachepolicy.Directives] = None
+        self._connection: Optional[FrozenSet[bytes]] = None
+
+    @property
+    def connection(self) -> FrozenSet[bytes]:
+        """The request's ``Connection`` options (:func:`~powerlb.headers.connection_tokens`), parsed
+        once, when first asked (by :meth:`upstream`), and read by every later use."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = connection_tokens(self.headers)
+        return connection
 
     @property
     def directives(self) -> cachepolicy.Directives:
@@ -117,6 +129,8 @@ class ClientRequest:
         other.request_id_header = self.request_id_header
         other.route_work = self.route_work
         other._directives = None  # other headers: parsed again if asked
+        # The cache's own headers differ only in conditionals and range, never in Connection.
+        other._connection = self._connection
         return other
 
     def upstream(self, body: Union[bytes, BodyStream]) -> UpstreamRequest:
@@ -124,7 +138,9 @@ class ClientRequest:
         and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
         :attr:`request_id_header`, the target rewritten by the route."""
         plan, work = self.plan, self.route_work
-        headers = forward_request_headers(self.headers, self.client_host, self.scheme, self.host)
+        headers = forward_request_headers(
+            self.headers, self.client_host, self.scheme, self.host, self.connection
+        )
         if self.upgrade is not None:
             headers = upgrade_request_headers(self.headers, headers)
         if plan.sticky is not None:

@@ -59,6 +59,36 @@ def test_a_hit_is_the_same_response_whether_the_channel_or_twisted_web_answers_i
     assert proxy.counters.cache_hits == 2
 
 
+def test_plain_hits_share_a_head_only_while_the_stored_response_and_its_age_do() -> None:
+    """The short way makes a key's head once per Age value; an older head never answers for a
+    newer age, another stored response, a HEAD's missing body or a client's precondition."""
+    proxy = Proxy()
+    dated = [*CACHEABLE, (b"date", b"Mon, 07 Dec 2026 04:00:00 GMT"), (b"etag", b'"1"')]
+    proxy.upstream.answer(200, [*dated, (b"x-version", b"1")], b"first")
+    proxy.request()
+    proxy.clock.advance(1)
+    hits = [proxy.request().response for _ in range(2)]
+    head = proxy.request(method=b"HEAD").response
+    conditional = proxy.request(headers=[(b"if-none-match", b'"1"')]).response
+    proxy.clock.advance(1)
+    later = proxy.request().response
+
+    assert [(r.status, r.header(b"age"), r.body) for r in (*hits, head, conditional, later)] == [
+        (200, b"1", b"first"),
+        (200, b"1", b"first"),
+        (200, b"1", b""),
+        (304, b"1", b""),
+        (200, b"2", b"first"),
+    ]
+    assert hits[0].headers == hits[1].headers == head.headers
+    assert proxy.cache.purge(url_key(b"http://example/x")) == 1
+    proxy.upstream.answer(200, [*dated, (b"x-version", b"2")], b"second")
+    proxy.request()
+    again = proxy.request().response
+    assert (again.header(b"x-version"), again.header(b"age"), again.body) == (b"2", b"0", b"second")
+    assert proxy.counters.cache_hits == 6
+
+
 def test_a_response_without_a_content_type_gets_none_added() -> None:
     """Fetched or stored, on the channel's short way or not: every answer's head is the one block
     the client's sink writes, without twisted.web's default Content-Type."""

@@ -80,11 +80,14 @@ async def test_fast_hit_equals_the_normal_way(make_backends, start_powerlb):
     assert b"X-Cache: HIT" in slow
     assert b"\r\nX-Cache: HIT\r\n" in fast  # the short way writes them as twisted.web does
     assert headers_of(fast) == headers_of(slow)
-    head_fast = (await exchange(lb.port, b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n"))[0]
+    head_request = b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    (head_fast, after_head) = await exchange(lb.port, head_request + plain, count=2, bodiless=True)
     assert headers_of(head_fast)[1][b"content-length"] == b"11"
+    assert head_fast.endswith(b"\r\n\r\n")
+    assert after_head.startswith(b"HTTP/1.1 200 ")  # no body of the HEAD's ahead of the next response
     assert a.served() == 1
     stats = lb.service.stats()
-    assert (stats["requests"], stats["cache"]["hits"], stats["cache"]["misses"]) == (4, 3, 1)
+    assert (stats["requests"], stats["cache"]["hits"], stats["cache"]["misses"]) == (5, 4, 1)
     # Two plain requests in one read take the normal way, answered in order.
     both = await exchange(lb.port, plain + b"GET /c?2 HTTP/1.1\r\nHost: x\r\n\r\n", count=2)
     assert [headers_of(r)[1][b"x-cache"] for r in both] == [b"HIT", b"MISS"]

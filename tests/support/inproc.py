@@ -161,11 +161,15 @@ def headers_of(response: bytes) -> Tuple[int, Dict[bytes, bytes], bytes]:
 
 
 class OneResponse(protocol.Protocol):
-    """Sends a request, collects ``count`` complete (Content-Length framed) responses, then closes."""
+    """Sends a request, collects ``count`` complete (Content-Length framed) responses, then closes.
 
-    def __init__(self, data: bytes, count: int = 1) -> None:
+    With ``bodiless`` (responses to ``HEAD``) a response ends with its head, whatever its length.
+    """
+
+    def __init__(self, data: bytes, count: int = 1, bodiless: bool = False) -> None:
         self.data = data
         self.count = count
+        self.bodiless = bodiless
         self.buffer = b""
         self.done: defer.Deferred = defer.Deferred()
 
@@ -177,7 +181,9 @@ class OneResponse(protocol.Protocol):
         responses, rest = [], self.buffer
         while b"\r\n\r\n" in rest:
             head, _, after = rest.partition(b"\r\n\r\n")
-            length = int(headers_of(head + b"\r\n\r\n")[1].get(b"content-length", b"0"))
+            length = (
+                0 if self.bodiless else int(headers_of(head + b"\r\n\r\n")[1].get(b"content-length", b"0"))
+            )
             if len(after) < length:
                 break
             responses.append(head + b"\r\n\r\n" + after[:length])
@@ -187,8 +193,8 @@ class OneResponse(protocol.Protocol):
             self.done.callback(responses)
 
 
-async def exchange(port: int, data: bytes, count: int = 1) -> List[bytes]:
-    client = OneResponse(data, count)
+async def exchange(port: int, data: bytes, count: int = 1, bodiless: bool = False) -> List[bytes]:
+    client = OneResponse(data, count, bodiless)
     await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", port)
     timer = reactor.callLater(5, client.transport.abortConnection)
     responses = await client.done

@@ -184,6 +184,11 @@ def test_forward_response_headers_drops_length_overridden_by_transfer_encoding()
     assert forward_response_headers(headers) == [(b"etag", b'"x"'), (b"via", b"1.1 powerlb")]
 
 
+def test_forward_response_headers_keeps_prior_via_even_when_connection_names_it() -> None:
+    headers = [(b"connection", b"via"), (b"via", b"1.0 a"), (b"via", b" "), (b"x", b"1")]
+    assert forward_response_headers(headers) == [(b"x", b"1"), (b"via", b"1.0 a, 1.1 powerlb")]
+
+
 def test_forward_response_headers_collapses_identical_lengths() -> None:
     headers = [(b"content-length", b"5, 5"), (b"content-length", b"5")]
     assert forward_response_headers(headers) == [(b"content-length", b"5"), (b"via", b"1.1 powerlb")]
@@ -232,6 +237,20 @@ def test_forward_request_headers_property(headers: Headers, scheme: bytes, host:
     assert get_all(out, b"x-forwarded-host") == ([] if host is None else [host])
     (via,) = get_all(out, b"via")
     assert via.endswith(b"1.1 powerlb")
+
+
+@given(header_lists, st.sampled_from([None, b"h.example"]))
+def test_forward_request_headers_with_known_connection_options(headers: Headers, host: object) -> None:
+    """The request's Connection options, parsed once by the caller, give the same headers."""
+    parsed_here = forward_request_headers(headers, b"1.2.3.4", b"http", host)  # type: ignore[arg-type]
+    given_options = forward_request_headers(
+        headers,
+        b"1.2.3.4",
+        b"http",
+        host,
+        connection_tokens(headers),  # type: ignore[arg-type]
+    )
+    assert given_options == parsed_here
 
 
 @given(header_lists)
