@@ -26,7 +26,7 @@ from tests.support import (
 
 ACCESS_LINE = re.compile(
     r'127\.0\.0\.1 - - \[[^\]]+\] "GET / HTTP/1\.1" 200 \d+ "-" "-" '
-    r"upstream=127\.0\.0\.1:\d+ upstream_time=\d+\.\d{3} cache=MISS"
+    r"upstream=127\.0\.0\.1:\d+ upstream_time=\d+\.\d{3} cache=MISS request_id=[0-9a-f]{32}"
 )
 
 
