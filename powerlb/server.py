@@ -66,6 +66,9 @@ _NOT_SIMPLE = frozenset(
 
 SimpleRequest = Tuple[bytes, bytes, Headers]
 
+#: The bytes of a request target: visible ASCII (twisted.web's own check also lets DEL and 0x80-0xB0 by).
+_TARGET_BYTES = frozenset(range(0x21, 0x7F))
+
 
 def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]:
     """``(method, target, headers)`` if ``data`` is exactly one plain request, else None.
@@ -87,6 +90,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         or version != b"HTTP/1.1"
         or not target.startswith(b"/")
         or len(target) > limits.max_url_length
+        or not _TARGET_BYTES.issuperset(target)
     ):
         return None
     headers: Headers = []
@@ -490,6 +494,9 @@ class ProxyChannel(TrackedChannel):
         parts = line.split(b" ")
         if len(parts) == 3 and len(parts[1]) > limits.max_url_length:
             self.reject(414, "request target longer than the limit")
+            return False
+        if len(parts) == 3 and not _TARGET_BYTES.issuperset(parts[1]):
+            self.reject(400, "malformed request target")
             return False
         self._in_head = True
         self._host_seen = False
