@@ -37,7 +37,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import TOKEN_BYTES, Headers, get_first
+from powerlb.headers import TOKEN_BYTES, Headers, get_first, split_tokens
 from powerlb.interfaces import FastAnswer
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -70,6 +70,11 @@ SimpleRequest = Tuple[bytes, bytes, Headers]
 _TARGET_BYTES = frozenset(range(0x21, 0x7F))
 
 
+def _field_value_ok(value: bytes) -> bool:
+    """No CR, LF or NUL in a field value (RFC 9110 5.5)."""
+    return b"\r" not in value and b"\n" not in value and b"\x00" not in value
+
+
 def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]:
     """``(method, target, headers)`` if ``data`` is exactly one plain request, else None.
 
@@ -96,7 +101,7 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     headers: Headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not TOKEN_BYTES.issuperset(name) or b"\r" in value or b"\x00" in value:
+        if not colon or not name or not TOKEN_BYTES.issuperset(name) or not _field_value_ok(value):
             return None
         name = name.lower()
         if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
@@ -433,6 +438,14 @@ class ProxyChannel(TrackedChannel):
         self._in_head = self._head_pending = False
         self.transport.write(plain_response(status, reason))
         self.transport.loseConnection()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # twisted.web looks for "close" in the first Connection field only, split at spaces.
+        options = split_tokens(request.requestHeaders.getRawHeaders(b"connection", []))
+        if b"close" in {option.lower() for option in options}:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok = super()._maybeChooseTransferDecoder(header, data)

@@ -354,6 +354,7 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 @example(data=b"HEAD / HTTP/1.1\r\nhost: x\r\nHOST: y\r\n\r\n")
 @example(data=b"GET / HTTP/1.1\r\nHost: x\r\nX : a\r\n\r\n")
 @example(data=b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+@example(data=b"GET / HTTP/1.1\r\nHost:\nx\r\n\r\n")
 def test_a_simple_parse_is_what_twisted_web_reads(data: bytes) -> None:
     simple = parse_simple_request(data, LIMITS)
     if simple is None:
@@ -376,6 +377,27 @@ def test_control_and_non_ascii_bytes_in_the_target_are_refused(target: bytes) ->
     data = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
     assert parse_simple_request(data, LIMITS) is None
     assert powerlb_verdict(data) == h11_verdict(data) == ([], "reject")
+
+
+def test_a_bare_lf_in_a_field_value_takes_the_normal_way() -> None:
+    """Found by the comparison: the one-pass parse took a value with a bare LF (twisted.web: 400)."""
+    data = b"GET / HTTP/1.1\r\nHost:\nx\r\n\r\n"
+    assert parse_simple_request(data, LIMITS) is None
+    assert powerlb_verdict(data) == twisted_verdict(data) == ([], "reject")
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [b"Connection: keep-alive\r\nConnection: close", b"Connection: x,Close"],
+)
+def test_close_in_any_connection_field_closes(connection: bytes) -> None:
+    """Found by the comparison: twisted.web looks for "close" in the first Connection field only,
+    split at spaces, and so kept reading requests after one that said close (RFC 9112 9.6)."""
+    data = b"GET /1 HTTP/1.1\r\nHost: x\r\n%s\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n" % connection
+    assert known_difference(data) is None
+    delivered, end = powerlb_verdict(data)
+    assert ([target for _, target, _, _ in delivered], end) == ([b"/1"], "clean")
+    assert h11_verdict(data) == (delivered, end)
 
 
 def test_the_simple_parse_takes_plain_requests() -> None:
