@@ -272,6 +272,8 @@ tricky = st.sampled_from(
         b"X: a\r\n\tb",
         b"X: a\rb",
         b"X: a\x00b",
+        b"X: a\nb",
+        b"Connection: x,close",
         b"X : a",
         b"X\t: a",
         b": a",
