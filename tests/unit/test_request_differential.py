@@ -200,6 +200,8 @@ _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:([^\r\n]*)", re.I)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r\n]*)", re.I)
 _FIELD_CTL = re.compile(rb"\r\n[^\r\n:]*:[^\r\n]*[\x0b\x0c\x7f]")
 _LONG_LINE = re.compile(rb"[^\n]{100}")
+_CHUNK_EXTENSION = re.compile(rb"(?<=\n)[0-9a-fA-F]+;([^\n]*)(?=\n)")
+_GOOD_EXTENSION = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z=;]*\r")
 
 
 def known_difference(data: bytes) -> Optional[str]:
@@ -217,13 +219,17 @@ def known_difference(data: bytes) -> Optional[str]:
         if version not in (b"HTTP/1.0", b"HTTP/1.1"):
             return "h11 accepts any HTTP/d.d version, twisted.web HTTP/1.0 and HTTP/1.1 only"
     for codings in _TRANSFER_ENCODING.findall(data):
-        if codings.strip(b" \t").lower() != b"chunked":
-            return "h11 supports chunked only; twisted.web also takes (and ignores) identity"
+        if codings.strip(b" \t").lower() == b"identity":
+            return "Transfer-Encoding: identity: twisted.web ignores it, h11 refuses it (chunked only)"
     lengths = [value.strip(b" \t") for value in _CONTENT_LENGTH.findall(data)]
-    if len(lengths) > 1 or any(b"," in length for length in lengths):
+    lists = [{element.strip(b" \t") for element in value.split(b",")} for value in lengths if b"," in value]
+    if len(set(lengths)) < len(lengths) or any(len(elements) == 1 for elements in lists):
         return "equal Content-Lengths (a list, or repeated): h11 merges them, twisted.web answers 400"
     if lengths and _TRANSFER_ENCODING.search(data):
         return "Content-Length and Transfer-Encoding: powerlb answers 400 (RFC 9112 6.1 MAY), h11 reads by TE"
+    for extension in _CHUNK_EXTENSION.findall(data):
+        if not _GOOD_EXTENSION.fullmatch(extension):
+            return "a malformed chunk extension: twisted.web skips it unread (RFC 9112 7.1.1), h11 refuses it"
     if _FIELD_CTL.search(data):
         return "VT, FF or DEL in a field value: h11 refuses, twisted.web keeps it (RFC 9110 5.5 MAY retain)"
     return None
@@ -452,6 +458,7 @@ def test_b_pipelined_requests_are_framed_alike() -> None:
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
         b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x0bb\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;\r\r\na\r\n0\r\n\r\n",
     ],
     ids=[
         "long-header",
@@ -464,6 +471,7 @@ def test_b_pipelined_requests_are_framed_alike() -> None:
         "equal-CLs",
         "VT",
         "CL-and-TE",
+        "chunk-extension",
     ],
 )
 def test_b_each_known_difference_is_real_and_named(data: bytes) -> None:
