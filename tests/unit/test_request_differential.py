@@ -194,7 +194,7 @@ def h11_verdict(data: bytes) -> Verdict:
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _OBS_FOLD = re.compile(rb"\r\n[ \t]")
 _HOST = re.compile(rb"\r\nhost:", re.I)
-_REQUEST_LINE = re.compile(rb"(?:^|(?<=\r\n\r\n))[^\r\n ]* [^\r\n ]* HTTP/1\.1\r\n((?:[^\r\n]+\r\n)*)\r\n")
+_REQUEST_LINE = re.compile(rb"[^\r\n ]* [^\r\n ]* HTTP/1\.1\r\n((?:[^\r\n]+\r\n)*)\r\n")
 _VERSION = re.compile(rb" (HTTP/[0-9]\.[0-9])\r\n")
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:([^\r\n]*)", re.I)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r\n]*)", re.I)
