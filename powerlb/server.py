@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import TOKEN_BYTES, Headers, get_first
+from powerlb.headers import TOKEN_BYTES, Headers, get_first, split_tokens
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -71,6 +71,14 @@ _NOT_SIMPLE = frozenset(
 
 SimpleRequest = Tuple[bytes, bytes, Headers]
 
+#: The bytes of a request target: visible ASCII (twisted.web's own check also lets DEL and 0x80-0xB0 by).
+_TARGET_BYTES = frozenset(range(0x21, 0x7F))
+
+
+def _field_value_ok(value: bytes) -> bool:
+    """No CR, LF or NUL in a field value (RFC 9110 5.5)."""
+    return b"\r" not in value and b"\n" not in value and b"\x00" not in value
+
 
 def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]:
     """``(method, target, headers)`` if ``data`` is exactly one plain request, else None.
@@ -92,12 +100,13 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         or version != b"HTTP/1.1"
         or not target.startswith(b"/")
         or len(target) > limits.max_url_length
+        or not _TARGET_BYTES.issuperset(target)
     ):
         return None
     headers: Headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not TOKEN_BYTES.issuperset(name) or b"\r" in value or b"\x00" in value:
+        if not colon or not name or not TOKEN_BYTES.issuperset(name) or not _field_value_ok(value):
             return None
         name = name.lower()
         if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
@@ -443,6 +452,15 @@ class ProxyChannel(TrackedChannel):
         self.transport.write(plain_response(status, reason))
         self.transport.loseConnection()
 
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        # twisted.web looks for "close" in the first Connection field only, split at spaces.
+        options = split_tokens(request.requestHeaders.getRawHeaders(b"connection", []))
+        if b"close" in {option.lower() for option in options}:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        persistent: bool = super().checkPersistence(request, version)
+        return persistent
+
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
@@ -503,6 +521,9 @@ class ProxyChannel(TrackedChannel):
         parts = line.split(b" ")
         if len(parts) == 3 and len(parts[1]) > limits.max_url_length:
             self.reject(414, "request target longer than the limit")
+            return False
+        if len(parts) == 3 and not _TARGET_BYTES.issuperset(parts[1]):
+            self.reject(400, "malformed request target")
             return False
         self._in_head = True
         self._host_seen = False
