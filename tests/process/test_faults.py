@@ -414,6 +414,8 @@ def test_fault_backend_modes(tmp_path: Path) -> None:
         backends.restart("b")
         answer = send(backends.ports["b"], "x-1", "POST", time.monotonic())
         assert (answer.kind, answer.backend) == ("ok", "b")
+        # The backend logs "sent" after its last write, which the client may read first.
+        wait_until(lambda: len(backends.entries()) >= 2, "the backend's log of x-1")
     finally:
         backends.stop_all()
     # /health carries no X-Request-Id, so only x-1 is logged: received, then sent.
