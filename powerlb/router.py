@@ -159,5 +159,5 @@ class Router:
             return refusal
         assert route.pool is not None  # only a redirect-only route has none, and it refused above
         pool = routing.pools[route.pool]
-        _, identifier = request_id(headers, self.request_id_header)
+        identifier = request_id(headers, self.request_id_header)
         return RequestPlan(route, route.pool, pool.dispatcher, pool.sticky, identifier)
