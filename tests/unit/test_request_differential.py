@@ -391,7 +391,9 @@ def test_a_bare_lf_in_a_field_value_takes_the_normal_way() -> None:
     """Found by the comparison: the one-pass parse took a value with a bare LF (twisted.web: 400)."""
     data = b"GET / HTTP/1.1\r\nHost:\nx\r\n\r\n"
     assert parse_simple_request(data, LIMITS) is None
-    assert powerlb_verdict(data) == twisted_verdict(data) == ([], "reject")
+    # The normal way decides as the installed twisted.web does: 26.x rejects the request, 25.5
+    # (PyPy 3.9's newest) reads the LF as a fold.
+    assert powerlb_verdict(data) == twisted_verdict(data)
 
 
 @pytest.mark.parametrize(
