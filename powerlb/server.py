@@ -45,6 +45,7 @@ from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
 from powerlb.responses import plain_response, wire_name
 from powerlb.settings import Config
+from powerlb.transport import write_now
 from powerlb.upstream import BodyStream
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ class ProxyRequest(Request):
             self.chunked = 1
             parts.append(b"Transfer-Encoding: chunked\r\n")
         parts += (b"X-Cache: ", x_cache, b"\r\n\r\n")
-        self.channel.write(b"".join(parts))
+        self.channel.write_head(b"".join(parts))
         if bodiless:
             self.write = lambda data: None  # type: ignore[method-assign]  # what the resource writes is dropped
 
@@ -352,6 +353,7 @@ class ProxyChannel(TrackedChannel):
     _head_lines = 0
     _rejected = False
     _secure = False
+    _held_head: Optional[bytes] = None
     #: The tunnel this connection became after a protocol switch (:mod:`powerlb.tunnel`), or None.
     tunnel: Any = None
 
@@ -422,7 +424,25 @@ class ProxyChannel(TrackedChannel):
         else:
             super().timeoutConnection()
 
+    def write_head(self, head: bytes) -> None:
+        """Hold a response head until the first write of its body, or the response's end, so that
+        head and body go out in one write."""
+        self._held_head = head
+
+    def write(self, data: bytes) -> None:
+        """Write response bytes (see :func:`~powerlb.transport.write_now`), after a held head."""
+        head = self._held_head
+        if head is not None:
+            self._held_head = None
+            data = head + data
+        write_now(self.transport, data)
+
+    def writeSequence(self, iovec: Sequence[bytes]) -> None:
+        self.write(b"".join(iovec))
+
     def requestDone(self, request: Any) -> None:
+        if self._held_head is not None:
+            self.write(b"")  # a response without a body: its head
         self.resetTimeout()  # the idle time starts again (a plain request's timer kept running)
         super().requestDone(request)
 
@@ -487,7 +507,7 @@ class ProxyChannel(TrackedChannel):
         )
         if response is None:
             return False, decision
-        self.transport.writeSequence(response)
+        write_now(self.transport, b"".join(response))
         request_id = decision.request_id  # type: ignore[union-attr]  # a response comes with a RequestPlan
         site.outcomes.fast_hit(peer, method, target, headers, response, request_id)
         return True, decision

@@ -49,6 +49,7 @@ from powerlb.headers import Headers
 from powerlb.http11 import IResponseEvents, ProtocolError, ResponseParser, serialize_request_head
 from powerlb.interfaces import IConnectionTransport, IExchange, IResponseSink, IUpstream
 from powerlb.tls import tls_failure
+from powerlb.transport import write_now
 
 log = Logger()
 
@@ -273,7 +274,7 @@ class UpstreamConnection(Protocol):
         self.parser.expect(exchange.head_request)
         if exchange.paused:
             self.transport.pauseProducing()
-        self.transport.write(exchange.payload)
+        write_now(self.transport, exchange.payload)
         factory = self.factory
         self.sent_at = self._seconds()
         self._response_deadline = self.sent_at + factory.response_timeout
