@@ -62,6 +62,11 @@ class Outcomes:
         if self.access is None:
             return
         upstream_time = None if dispatch is None or dispatch.upstream_time < 0 else dispatch.upstream_time
+        headers = getattr(request, "parsed_headers", None)  # a plain request's (its requestHeaders are empty)
+        if headers is None:
+            referer, user_agent = request.getHeader(b"referer"), request.getHeader(b"user-agent")
+        else:
+            referer, user_agent = get_first(headers, b"referer"), get_first(headers, b"user-agent")
         self._emit(
             getattr(request.getClientAddress(), "host", None),
             request.method,
@@ -69,8 +74,8 @@ class Outcomes:
             request.clientproto,
             request.code,
             request.sentLength,
-            request.getHeader(b"referer"),
-            request.getHeader(b"user-agent"),
+            referer,
+            user_agent,
             None if backend is None else backend.id,
             upstream_time,
             request.x_cache,

@@ -5,6 +5,7 @@ rejections) and holds the status-phrase table (:func:`reason_phrase`)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
@@ -62,6 +63,12 @@ def wire_head(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bool]:
     return b"".join(parts), dated
 
 
+@lru_cache(maxsize=4)
+def http_date(second: int) -> bytes:
+    """The HTTP-date (IMF-fixdate) of the Unix time ``second``, formatted once per second."""
+    return datetimeToString(second)
+
+
 #: Most header names :func:`wire_name` remembers (names are few; a flood of odd ones is not kept).
 MAX_WIRE_NAMES = 10_000
 _wire_names: Dict[bytes, bytes] = {}
@@ -89,6 +96,7 @@ def error_response(
     Used for powerlb's own answers: errors, refusals, and the outcome of a ``PURGE``.
     """
     request.setResponseCode(status)
+    request.setHeader(b"date", datetimeToString())  # a plain request (ProxyRequest.serve_plain) has none yet
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"server", b"powerlb")
     request.setHeader(b"cache-control", b"no-store")

@@ -43,7 +43,7 @@ from powerlb.headers import TOKEN_BYTES, Headers, get_first, split_tokens
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
-from powerlb.responses import plain_response, wire_name
+from powerlb.responses import http_date, plain_response, wire_name
 from powerlb.settings import Config
 from powerlb.transport import write_now
 from powerlb.upstream import BodyStream
@@ -223,10 +223,9 @@ class ProxyRequest(Request):
             dated = dated or name == b"date"
             framed = framed or name == b"content-length"
             parts += (wire_name(name), b": ", value, b"\r\n")
-        own = self.responseHeaders
         if not dated:
-            parts += (b"Date: ", own.getRawHeaders(b"date", [b""])[0], b"\r\n")
-        connection = own.getRawHeaders(b"connection")
+            parts += (b"Date: ", http_date(int(self.channel.site.reactor.seconds())), b"\r\n")
+        connection = self.responseHeaders.getRawHeaders(b"connection")
         if connection:
             parts += (b"Connection: ", connection[0], b"\r\n")
         bodiless = self.method == b"HEAD" or status in NO_BODY_CODES
@@ -259,6 +258,24 @@ class ProxyRequest(Request):
         if not self.finished:
             assert self.body_stream is not None  # made by gotLength for a request with a body
             self.body_stream.feed(data)
+
+    def serve_plain(self, method: bytes, target: bytes, headers: Headers, decision: Optional[Decision]) -> None:
+        """Render a plain request the channel parsed in one pass (``headers``, names lower-cased; the
+        planner's ``decision`` when it was asked already): what twisted.web's ``requestReceived`` and
+        ``process`` do, less what the proxy never reads (query arguments, cookies, the header object,
+        the resource tree walk, the default headers). Its ``requestHeaders`` stay empty."""
+        self.method = method
+        self.uri = target
+        self.path = target.partition(b"?")[0]
+        self.clientproto = b"HTTP/1.1"
+        self.args = {}
+        self.parsed_headers = headers
+        self.plan = decision
+        site = self.site = self.channel.site
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         stream = self.body_stream
@@ -387,6 +404,10 @@ class ProxyChannel(TrackedChannel):
                     return
             self._head_pending = True
         super().dataReceived(data)
+
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS (known from its start, not asked per request)."""
+        return self._secure
 
     def getHost(self) -> Any:
         """The local address, asked of the socket once per connection rather than once per request."""
@@ -524,17 +545,10 @@ class ProxyChannel(TrackedChannel):
         """
         request = self.requestFactory(self, 0)
         self.requests.append(request)
-        request.parsed_headers = headers
-        request.plan = decision
-        raw = request.requestHeaders
-        for name, value in headers:
-            raw.addRawHeader(name, value)
-        request.parseCookies()
-        request.gotLength(0)
         self._savedTimeOut = None  # the idle timer keeps running (see the class docstring)
         self._handlingRequest = True
         self.setRawMode()
-        request.requestReceived(method, target, b"HTTP/1.1")
+        request.serve_plain(method, target, headers, decision)
 
     def _start_request(self, line: bytes) -> bool:
         limits = self.site.limits
