@@ -306,7 +306,11 @@ class ClientResponder:
         self.dispatch: Any = None
         self.done = False
         request.registerProducer(self, True)
-        request.notifyFinish().addErrback(self._client_gone)
+        when_gone = getattr(request, "when_gone", None)  # powerlb's own request: no Deferred needed
+        if when_gone is not None:
+            when_gone(self._client_gone)
+        else:
+            request.notifyFinish().addErrback(self._client_gone)
 
     def start(self, dispatch: Dispatch) -> None:
         """Follow ``dispatch`` (it may already have ended, e.g. with a 503); noted on the request for

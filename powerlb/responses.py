@@ -66,7 +66,8 @@ def wire_head(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bool]:
 @lru_cache(maxsize=4)
 def http_date(second: int) -> bytes:
     """The HTTP-date (IMF-fixdate) of the Unix time ``second``, formatted once per second."""
-    return datetimeToString(second)
+    date: bytes = datetimeToString(second)
+    return date
 
 
 #: Most header names :func:`wire_name` remembers (names are few; a flood of odd ones is not kept).

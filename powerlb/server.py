@@ -144,6 +144,7 @@ class ProxyRequest(Request):
         "_body_size",
         "_body_started",
         "_finish_pending",
+        "_gone",
         "body_stream",
         "dispatch",
         "parsed_headers",
@@ -168,6 +169,18 @@ class ProxyRequest(Request):
         self._body_size = 0
         self._body_started = 0.0
         self._finish_pending = False
+        self._gone: Optional[Callable[[Failure], None]] = None
+
+    def when_gone(self, callback: Callable[[Failure], None]) -> None:
+        """Have ``callback`` called with the reason if the client goes before the response is finished:
+        what an errback on ``notifyFinish()`` does, without a Deferred per request."""
+        self._gone = callback
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone(reason)
 
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
@@ -259,7 +272,9 @@ class ProxyRequest(Request):
             assert self.body_stream is not None  # made by gotLength for a request with a body
             self.body_stream.feed(data)
 
-    def serve_plain(self, method: bytes, target: bytes, headers: Headers, decision: Optional[Decision]) -> None:
+    def serve_plain(
+        self, method: bytes, target: bytes, headers: Headers, decision: Optional[Decision]
+    ) -> None:
         """Render a plain request the channel parsed in one pass (``headers``, names lower-cased; the
         planner's ``decision`` when it was asked already): what twisted.web's ``requestReceived`` and
         ``process`` do, less what the proxy never reads (query arguments, cookies, the header object,

@@ -26,10 +26,10 @@ def can_write_now(transport: object) -> bool:
     return (
         isinstance(transport, Connection)
         and not transport.TLS
-        and transport.connected
+        and bool(transport.connected)
         and not transport.disconnecting
         and not transport._writeDisconnected
-        and not transport._tempDataLen
+        and transport._tempDataLen == 0
         and transport.offset == len(transport.dataBuffer)
     )
 
