@@ -468,13 +468,19 @@ class ProxyChannel(TrackedChannel):
     def write(self, data: bytes) -> None:
         """Write response bytes (see :func:`~powerlb.transport.write_now`), after a held head."""
         head = self._held_head
-        if head is not None:
+        if head is None:
+            write_now(self.transport, data)
+        else:
             self._held_head = None
-            data = head + data
-        write_now(self.transport, data)
+            write_now(self.transport, head, data)
 
     def writeSequence(self, iovec: Sequence[bytes]) -> None:
-        self.write(b"".join(iovec))
+        head = self._held_head
+        if head is None:
+            write_now(self.transport, *iovec)
+        else:
+            self._held_head = None
+            write_now(self.transport, head, *iovec)
 
     def requestDone(self, request: Any) -> None:
         if self._held_head is not None:
@@ -543,7 +549,7 @@ class ProxyChannel(TrackedChannel):
         )
         if response is None:
             return False, decision
-        write_now(self.transport, b"".join(response))
+        write_now(self.transport, *response)
         request_id = decision.request_id  # type: ignore[union-attr]  # a response comes with a RequestPlan
         site.outcomes.fast_hit(peer, method, target, headers, response, request_id)
         return True, decision

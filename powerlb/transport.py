@@ -34,14 +34,20 @@ def can_write_now(transport: object) -> bool:
     )
 
 
-def write_now(transport: IConnectionTransport, data: bytes) -> None:
-    """Write ``data`` to ``transport``, sending what the socket takes at once when nothing is queued."""
-    if data and can_write_now(transport):
+def write_now(transport: IConnectionTransport, *pieces: bytes) -> None:
+    """Write ``pieces`` to ``transport`` in order, sending what the socket takes at once (in one
+    ``sendmsg``, never joined: a large body is not copied) when nothing is queued."""
+    if can_write_now(transport):
+        sock = transport.socket  # type: ignore[attr-defined]  # a tcp.Connection's socket
         try:
-            sent = transport.socket.send(data)  # type: ignore[attr-defined]  # a tcp.Connection's socket
+            sent = sock.send(pieces[0]) if len(pieces) == 1 else sock.sendmsg(pieces)
         except OSError:
             sent = 0  # full (EAGAIN), or broken: the transport's own write finds out and reports it
-        if sent == len(data):
+        for index, piece in enumerate(pieces):
+            if sent < len(piece):
+                pieces = (piece[sent:], *pieces[index + 1 :])
+                break
+            sent -= len(piece)
+        else:
             return
-        data = data[sent:]
-    transport.write(data)
+    transport.writeSequence(pieces)

@@ -62,7 +62,9 @@ async def test_sent_at_once_when_nothing_is_queued() -> None:
     assert can_write_now(transport)
     write_now(transport, b"hello")
     assert transport._tempDataLen == 0 and not transport.dataBuffer  # nothing left for the reactor
-    await wait_for(lambda: client.data == b"hello")
+    write_now(transport, b", ", b"", b"world")  # pieces: one sendmsg
+    assert transport._tempDataLen == 0 and not transport.dataBuffer
+    await wait_for(lambda: client.data == b"hello, world")
     await _close(transport, client, port)
 
 
@@ -83,12 +85,12 @@ async def test_what_the_socket_does_not_take_is_queued() -> None:
     transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     client.transport.pauseProducing()  # the receiver reads nothing yet: the send buffers fill
     data = bytes(range(256)) * 16384  # 4 MiB, more than loopback buffers take at once
-    write_now(transport, data)
+    write_now(transport, b"head,", data, b",tail")  # in one sendmsg, of which only a part is taken
     assert 0 < transport._tempDataLen < len(data)  # part went at once, the rest waits its turn
     write_now(transport, b"end")
     client.transport.resumeProducing()
-    await wait_for(lambda: len(client.data) == len(data) + 3, timeout=20)
-    assert client.data == data + b"end"
+    await wait_for(lambda: len(client.data) == len(data) + 13, timeout=20)
+    assert client.data == b"head," + data + b",tail" + b"end"
     await _close(transport, client, port)
 
 
