@@ -412,9 +412,10 @@ class ProxyChannel(TrackedChannel):
             if not self.requests and not self._buffer and self.persistent:
                 simple = parse_simple_request(data, self.site.limits)
                 if simple is not None:
-                    self.resetTimeout()
                     answered, decision = self._fast_hit(*simple)
-                    if not answered:
+                    if answered:
+                        self.resetTimeout()
+                    else:  # the timer keeps running, and requestDone restarts it
                         self._plain_request(*simple, decision)
                     return
             self._head_pending = True
