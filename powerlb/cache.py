@@ -249,7 +249,7 @@ class LRUCache:
         variants = self._index.get(key)
         if variants is None:
             return None
-        entry_key = (key, vary_values(variants.vary, request_headers))
+        entry_key = (key, vary_values(variants.vary, request_headers) if variants.vary else ())
         slot = self._entries.get(entry_key)
         if slot is None:
             return None

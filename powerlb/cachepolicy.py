@@ -64,6 +64,28 @@ def parse_cache_control(values: Iterable[bytes]) -> Directives:
     return _parse(values)[0]
 
 
+#: :func:`_parse_lines` of one field line, by value (the same few values come request after
+#: request); shared, so never modified. Lines longer than :data:`_MAX_REMEMBERED_LINE` are parsed
+#: each time, and the dict starts afresh once it holds :data:`_MAX_REMEMBERED` values.
+_PARSED_LINES: Dict[bytes, Tuple[Directives, FrozenSet[bytes]]] = {}
+_MAX_REMEMBERED = 1024
+_MAX_REMEMBERED_LINE = 256
+
+
+def _parse_lines(lines: List[bytes]) -> Tuple[Directives, FrozenSet[bytes]]:
+    """:func:`_parse` of ``lines``, remembered for a single short line: the directives are shared
+    between the callers that parse the same value, which only read them."""
+    if len(lines) != 1 or len(lines[0]) > _MAX_REMEMBERED_LINE:
+        return _parse(lines)
+    line = lines[0]
+    parsed = _PARSED_LINES.get(line)
+    if parsed is None:
+        if len(_PARSED_LINES) >= _MAX_REMEMBERED:
+            _PARSED_LINES.clear()
+        parsed = _PARSED_LINES[line] = _parse(lines)
+    return parsed
+
+
 def _parse(values: Iterable[bytes]) -> Tuple[Directives, FrozenSet[bytes]]:
     """First-wins directives, and the names repeated with a different argument."""
     directives: Directives = {}
@@ -250,13 +272,21 @@ def _directives(
 ) -> Tuple[Directives, FrozenSet[bytes], bool]:
     """The directives that apply: the first valid targeted field of ``targets`` (RFC 9213 section 2.1),
     else ``Cache-Control``; the conflicting names; whether they are targeted."""
-    for name in targets:
-        lines = get_all(response_headers, name)
-        if lines:
-            directives = targeted_directives(lines)
-            if directives is not None:
-                return directives, frozenset(), True
-    directives, conflicting = _parse(get_all(response_headers, b"cache-control"))
+    lines = []
+    some_targeted = False
+    for name, value in response_headers:  # one pass: most responses have no targeted field
+        if name == b"cache-control":
+            lines.append(value)
+        if name in targets:
+            some_targeted = True
+    if some_targeted:
+        for name in targets:
+            targeted = get_all(response_headers, name)
+            if targeted:
+                directives = targeted_directives(targeted)
+                if directives is not None:
+                    return directives, frozenset(), True
+    directives, conflicting = _parse_lines(lines)
     return directives, conflicting, False
 
 
@@ -368,13 +398,22 @@ def request_directives(request_headers: Headers) -> Directives:
     """The request's ``Cache-Control`` directives (RFC 9111 section 5.2.1).
 
     ``Pragma: no-cache`` counts as ``Cache-Control: no-cache`` when the
-    request has no ``Cache-Control`` (section 5.4).
+    request has no ``Cache-Control`` (section 5.4). The directives of a
+    ``Cache-Control`` value seen before are the ones parsed then (shared):
+    read them, never modify them.
     """
-    lines = get_all(request_headers, b"cache-control")
+    lines = []
+    pragma = []
+    for name, value in request_headers:  # one pass for both fields
+        if name == b"cache-control":
+            lines.append(value)
+        elif name == b"pragma":
+            pragma.append(value)
     if lines:
-        return parse_cache_control(lines)
-    pragma = split_tokens(get_all(request_headers, b"pragma"))
-    return {b"no-cache": None} if any(t.lower() == b"no-cache" for t in pragma) else {}
+        return _parse_lines(lines)[0]
+    if pragma and any(t.lower() == b"no-cache" for t in split_tokens(pragma)):
+        return {b"no-cache": None}
+    return {}
 
 
 class Rules(NamedTuple):
@@ -417,7 +456,7 @@ _EXPLICIT = _FRESHNESS | {b"public"}
 
 def _forbids_storing(request_headers: Headers) -> bool:
     """``no-store`` in the request (RFC 9111 section 5.2.1.5)."""
-    return b"no-store" in parse_cache_control(get_all(request_headers, b"cache-control"))
+    return b"no-store" in _parse_lines(get_all(request_headers, b"cache-control"))[0]
 
 
 def plan_store(
@@ -429,6 +468,7 @@ def plan_store(
     response_time: float,
     targeted: Sequence[bytes] = TARGETED,
     key: bytes = b"",
+    request: Optional[Directives] = None,
 ) -> Optional[StorePlan]:
     """A StorePlan when a shared cache may store this response (RFC 9111 section 3), else None.
 
@@ -448,12 +488,16 @@ def plan_store(
     ``must-revalidate`` (3.5); ``Vary: *`` (4.1, it never matches); and a
     response that would be stale at once (no freshness, or ``no-cache``)
     without a validator to revalidate it with (4.3.1).
+
+    ``request`` is the request's directives (:func:`request_directives`) when
+    the caller has them already (else ``request_headers`` are parsed for
+    ``no-store``).
     """
     if method not in (b"GET", b"POST") or status < 200 or status == 304:
         return None
     if status == 206 and (method != b"GET" or content_range(response_headers) is None):
         return None
-    if _forbids_storing(request_headers):
+    if (b"no-store" in request) if request is not None else _forbids_storing(request_headers):
         return None
     directives, conflicting, is_targeted = _directives(response_headers, targeted)
     if b"no-store" in directives or b"private" in directives:
@@ -555,13 +599,16 @@ def reuse(lifetime: float, age: float, rules: Rules, request: Directives) -> str
     ``stale-while-revalidate`` (RFC 5861 section 3), never when
     ``must-revalidate``/``proxy-revalidate``/``s-maxage`` forbid it (4.2.4).
     """
-    if b"no-cache" in request or rules.no_cache:
-        return REVALIDATE
-    max_age = _request_seconds(request, b"max-age")
-    if max_age is not None and age > max_age:
-        return REVALIDATE
-    min_fresh = _request_seconds(request, b"min-fresh")
-    if min_fresh is not None and lifetime - age < min_fresh:
+    if request:  # most requests have no directives
+        if b"no-cache" in request:
+            return REVALIDATE
+        max_age = _request_seconds(request, b"max-age")
+        if max_age is not None and age > max_age:
+            return REVALIDATE
+        min_fresh = _request_seconds(request, b"min-fresh")
+        if min_fresh is not None and lifetime - age < min_fresh:
+            return REVALIDATE
+    if rules.no_cache:
         return REVALIDATE
     if age < lifetime:
         return FRESH
@@ -632,12 +679,17 @@ def answered_by_cache(request_headers: Headers) -> bool:
     (section 3), so the cache fetches the whole response and answers them
     itself (section 4.3.2, RFC 9110 section 14).
     """
-    return any(k in _ANSWERED_BY_CACHE for k, _ in request_headers) and not _forbids_storing(request_headers)
+    for name, _ in request_headers:
+        if name in _ANSWERED_BY_CACHE:
+            return not _forbids_storing(request_headers)
+    return False
 
 
-def fetch_headers(request_headers: Headers) -> Headers:
-    """The request headers to fetch a response to store with: see :func:`answered_by_cache`."""
-    if not answered_by_cache(request_headers):
+def fetch_headers(request_headers: Headers, answered: Optional[bool] = None) -> Headers:
+    """The request headers to fetch a response to store with: see :func:`answered_by_cache`
+    (``answered``, when the caller knows it already). Without any to leave out, ``request_headers``
+    themselves."""
+    if not (answered_by_cache(request_headers) if answered is None else answered):
         return request_headers
     return [(k, v) for k, v in request_headers if k not in _ANSWERED_BY_CACHE]
 

@@ -274,6 +274,7 @@ class CacheLayer:
         """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
         now = self.clock.seconds()
         lead = flight is not None
+        answers = cachepolicy.answered_by_cache(client.headers)
         # A range of an object that was not stored whole (hit-for-pass) goes upstream as asked:
         # the backend sends only that range, and its 206 may be stored.
         ranged = (
@@ -282,8 +283,8 @@ class CacheLayer:
             and get_first(client.headers, b"range") is not None
             and self._passing(key, now)
         )
-        upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry)
-        fetch = FetchSink(self, sink, key, client, entry, now, flight, conditional)
+        upstream, conditional = (client, False) if ranged else self._upstream_client(client, entry, answers)
+        fetch = FetchSink(self, sink, key, client, entry, now, flight, conditional, answers)
         _forward(upstream, body, fetch, sink, MISS)
 
     def lookup(self, key: bytes, method: bytes, headers: Headers) -> Optional[CachedResponse]:
@@ -319,14 +320,18 @@ class CacheLayer:
             return None
         now = self.clock.seconds()
         age = entry.age(now)
-        plain = not any(name in _SHAPING_FIELDS for name, _ in headers)
+        plain = True
+        for name, _ in headers:
+            if name in _SHAPING_FIELDS:
+                plain = False
+                break
         directives = _NO_DIRECTIVES if plain else cachepolicy.request_directives(headers)
         if cachepolicy.reuse(entry.freshness_lifetime, age, entry.rules, directives) != cachepolicy.FRESH:
             return None
-        self.count(HIT)
-        age_field = cachepolicy.format_age(age)
+        self.counters.cache_hits += 1  # as self.count(HIT), without its look-ups
+        seconds = int(age)  # the Age field's value, unless past its cap (then the head is made again)
         remembered = self.hit_heads.get(key) if plain else None
-        if remembered is not None and remembered.answers(entry, rules, age_field):
+        if remembered is not None and remembered.answers(entry, rules, seconds):
             return remembered.head, entry.body if method != b"HEAD" else b""
         answer = self.answer(method, headers, entry, now)
         if rules is not None:
@@ -337,7 +342,7 @@ class CacheLayer:
             # Age changes: it is made once per key and second, not once per hit.
             if len(self.hit_heads) >= MAX_HIT_HEADS:
                 self.hit_heads.clear()
-            self.hit_heads[key] = _HitHead(entry, rules, age_field, head)
+            self.hit_heads[key] = _HitHead(entry, rules, seconds, head)
         return head, answer.body if method != b"HEAD" else b""  # a HEAD's answer has no body
 
     def answer(
@@ -462,26 +467,40 @@ class CacheLayer:
     # -- revalidation ----------------------------------------------------
 
     def _upstream_client(
-        self, client: ClientRequest, entry: Optional[CachedResponse]
+        self, client: ClientRequest, entry: Optional[CachedResponse], answers: bool
     ) -> Tuple[ClientRequest, bool]:
         """``client`` as a GET sent upstream to store the response, and whether it revalidates ``entry``.
 
         A conditional GET when ``entry`` has a validator (RFC 9111 section 4.3.1), else one
-        without the client's conditionals and range (:func:`cachepolicy.fetch_headers`).
+        without the client's conditionals and range (:func:`cachepolicy.fetch_headers`; ``answers``
+        is :func:`cachepolicy.answered_by_cache` of the client's headers): a plain GET is sent as is.
         """
         if entry is not None and cachepolicy.has_validator(entry.headers):
             headers = cachepolicy.revalidation_headers(client.headers, entry.headers)
             return client.with_method_and_headers(b"GET", headers), True
-        return client.with_method_and_headers(b"GET", cachepolicy.fetch_headers(client.headers)), False
+        headers = cachepolicy.fetch_headers(client.headers, answers)
+        if headers is client.headers and client.method == b"GET":
+            return client, False
+        return client.with_method_and_headers(b"GET", headers), False
 
     def _refresh(self, key: bytes, client: ClientRequest, entry: CachedResponse) -> None:
         """Revalidate ``entry`` in the background (RFC 5861 section 3), unless a request for it is out."""
         if key in self.flights:
             return
         flight = self.flights[key] = _Flight()
-        upstream, conditional = self._upstream_client(client, entry)
+        answers = cachepolicy.answered_by_cache(client.headers)
+        upstream, conditional = self._upstream_client(client, entry, answers)
         sink = FetchSink(
-            self, _Discard(), key, client, entry, self.clock.seconds(), flight, conditional, background=True
+            self,
+            _Discard(),
+            key,
+            client,
+            entry,
+            self.clock.seconds(),
+            flight,
+            conditional,
+            answers,
+            background=True,
         )
         upstream.send(b"", sink)
 
@@ -533,7 +552,8 @@ class _Waiter:
 
 class _HitHead:
     """The head :meth:`CacheLayer.fast_response` wrote for a plain request answered by a stored
-    response: the same for the next one while that response, the header rules and the ``Age`` are.
+    response: the same for the next one while that response, the header rules and the ``Age`` are
+    (the age in whole seconds it was made for: the same whole seconds, the same ``Age`` field).
 
     It holds the stored response's headers (never changed once stored), not the response: a
     remembered head never keeps a removed body alive.
@@ -541,7 +561,7 @@ class _HitHead:
 
     __slots__ = ("age", "head", "headers", "length", "reason", "rules", "status")
 
-    def __init__(self, entry: CachedResponse, rules: Optional[HeaderRules], age: bytes, head: bytes) -> None:
+    def __init__(self, entry: CachedResponse, rules: Optional[HeaderRules], age: int, head: bytes) -> None:
         self.headers = entry.headers
         self.status = entry.status
         self.reason = entry.reason
@@ -550,8 +570,8 @@ class _HitHead:
         self.age = age
         self.head = head
 
-    def answers(self, entry: CachedResponse, rules: Optional[HeaderRules], age: bytes) -> bool:
-        """Whether this is the head for ``entry`` with ``rules`` at ``age``."""
+    def answers(self, entry: CachedResponse, rules: Optional[HeaderRules], age: int) -> bool:
+        """Whether this is the head for ``entry`` with ``rules`` at ``age`` (whole seconds)."""
         return (
             entry.headers is self.headers
             and rules is self.rules
@@ -608,7 +628,9 @@ class Relay:
         self.sink.interim_received(status, reason, headers)
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
-        self.layer.invalidate(self.client, status, headers)
+        client = self.client
+        if client.method not in cachepolicy.SAFE_METHODS:  # a safe method's response invalidates nothing
+            self.layer.invalidate(client, status, headers)
         strip = self.layer.strip
         if strip:
             headers = [(k, v) for k, v in headers if k not in strip]
@@ -732,7 +754,26 @@ class FetchSink(Relay):
     stored body (a body of one chunk is that chunk, not a copy). That join is
     the one copy of a stored response on its way; a response that is not
     stored is never held here.
+
+    A response that will not be stored is decided on from its head, once:
+    then each body chunk is passed straight on.
     """
+
+    #: The response head is held back, to answer from the stored response once complete.
+    held = False
+    #: The (first, last) body bytes passed on, when only a range of the body is; and the offset.
+    span: Optional[Tuple[int, int]] = None
+    offset = 0
+    done = False
+    plan: Optional[cachepolicy.StorePlan] = None
+    #: The body chunks kept to store (None: nothing is kept), and their size.
+    parts: Optional[List[bytes]] = None
+    size = 0
+    status = 0
+    reason = b""
+    headers: Headers
+    #: The body length the response head announces (:func:`_content_length`), read once when needed.
+    length: Optional[int] = None
 
     def __init__(
         self,
@@ -744,6 +785,7 @@ class FetchSink(Relay):
         request_time: float,
         flight: Optional[_Flight],
         conditional: bool,
+        answers: bool,
         background: bool = False,
     ) -> None:
         super().__init__(layer, sink, client)
@@ -753,24 +795,11 @@ class FetchSink(Relay):
         self.request_time = request_time
         self.flight = flight
         self.conditional = conditional
+        #: The client's conditionals and range were left out upstream (:func:`cachepolicy.answered_by_cache`
+        #: of its headers): the cache answers them.
+        self.answers = answers
         #: A background refresh: no client request's result to count.
         self.background = background
-        #: The client's conditionals and range were left out upstream: the cache answers them.
-        self.answers = cachepolicy.answered_by_cache(client.headers)
-        #: The response head is held back, to answer from the stored response once complete.
-        self.held = False
-        #: The (first, last) body bytes passed on, when only a range of the body is; and the offset.
-        self.span: Optional[Tuple[int, int]] = None
-        self.offset = 0
-        self.done = False
-        self.plan: Optional[cachepolicy.StorePlan] = None
-        self.parts: Optional[List[bytes]] = None
-        self.size = 0
-        self.status = 0
-        self.reason = b""
-        self.headers: Headers = []
-        #: The body length the response head announces (:func:`_content_length`), read once.
-        self.length: Optional[int] = None
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         layer = self.layer
@@ -784,12 +813,21 @@ class FetchSink(Relay):
         if stale is not None:
             self._replay(stale, now, STALE)
             return
+        client = self.client
         plan = cachepolicy.plan_store(
-            b"GET", self.client.headers, status, headers, self.request_time, now, layer.targeted
+            b"GET",
+            client.headers,
+            status,
+            headers,
+            self.request_time,
+            now,
+            layer.targeted,
+            request=client.directives,
         )
-        length = self.length = _content_length(headers)
         self.status, self.reason, self.headers = status, reason, headers
-        if plan is not None and (length is None or length <= layer.max_object):
+        if plan is not None or self.answers:
+            self.length = _content_length(headers)
+        if plan is not None and (self.length is None or self.length <= layer.max_object):
             self.plan, self.parts = plan, []
             self.held = self.answers
             if status != 206:
@@ -803,9 +841,13 @@ class FetchSink(Relay):
             self._pass_head(now)
 
     def body_received(self, data: bytes) -> None:
+        parts = self.parts
+        if parts is None and self.span is None:  # nothing kept, all passed on
+            if not self.done:
+                self.sink.body_received(data)
+            return
         if self.done:
             return
-        parts = self.parts
         if parts is not None:
             self.size += len(data)
             if self.size <= self.layer.max_object:

@@ -86,6 +86,19 @@ def describe(route: Route) -> str:
     return " ".join(parts) or "*"
 
 
+class RouteUse:
+    """What planning a request on one route reads, worked out once per configuration: its
+    ``label``, its rate ``limiter`` (None without ``rate-limit``), and whether a policy may refuse
+    its requests (``guarded``: an access list, a redirect or a rate limit)."""
+
+    __slots__ = ("guarded", "label", "limiter")
+
+    def __init__(self, route: Route, limiter: Optional[RateLimiter]) -> None:
+        self.label = route_label(route)
+        self.limiter = limiter
+        self.guarded = bool(route.acl) or route.redirect is not None or limiter is not None
+
+
 class Routing:
     """One configuration's routes, compiled, the pools they name and their rate limiters
     (immutable once built: a reload builds another)."""
@@ -98,6 +111,10 @@ class Routing:
             route.index: RateLimiter(route.rate_limit, clock)
             for route in self.routes
             if route.rate_limit is not None
+        }
+        #: Each route's :class:`RouteUse`, by the route's ``id`` (a route compares by value: slow).
+        self.uses: Dict[int, RouteUse] = {
+            id(route): RouteUse(route, self.limiters.get(route.index)) for route in self.routes
         }
 
 
@@ -149,14 +166,16 @@ class Router:
             key = (UNROUTED, NO_ROUTE)
             counters.refusals[key] = counters.refusals.get(key, 0) + 1
             return Refusal(NO_ROUTE, 404, NO_ROUTE_REASON, [])
-        label = route_label(route)
+        use = routing.uses[id(route)]
+        label = use.label
         counters.requests[label] = counters.requests.get(label, 0) + 1
-        client = client_address(peer, get_all(headers, b"x-forwarded-for"), self.trusted)
-        refusal = admit(route, client, routing.limiters.get(route.index), scheme, host, target)
-        if refusal is not None:
-            key = (label, refusal.policy)
-            counters.refusals[key] = counters.refusals.get(key, 0) + 1
-            return refusal
+        if use.guarded:  # else no policy refuses: the client address is not needed
+            client = client_address(peer, get_all(headers, b"x-forwarded-for"), self.trusted)
+            refusal = admit(route, client, use.limiter, scheme, host, target)
+            if refusal is not None:
+                key = (label, refusal.policy)
+                counters.refusals[key] = counters.refusals.get(key, 0) + 1
+                return refusal
         assert route.pool is not None  # only a redirect-only route has none, and it refused above
         pool = routing.pools[route.pool]
         identifier = request_id(headers, self.request_id_header)

@@ -10,7 +10,8 @@ plans by host (exact names, then wildcard suffixes, longest first, looked up in 
 method, so a request only tries the routes that can match its host and method; in a plan,
 consecutive routes with only path prefixes are tried as one dict lookup per prefix length,
 consecutive routes with only path keys (prefix, regex) as one compiled regex, and
-consecutive routes with only an exact value of one header as one dict lookup.
+consecutive routes with only an exact value of one header as one dict lookup. A table whose
+first route is a catch-all answers it at once, and one without host keys never reads the host.
 """
 
 from __future__ import annotations
@@ -258,6 +259,8 @@ class RouteTable:
             suffix: self._plans_for(b"x" + suffix, wildcards_only=True) for suffix in wild
         }
         self._default = self._plans_for(b"")
+        #: The route every request matches, when the first route has no match keys (a catch-all).
+        self._first = self.routes[0] if self.routes and self.routes[0].matches_everything else None
 
     def _plans_for(self, host: bytes, wildcards_only: bool = False) -> _Plans:
         def takes(pattern: bytes) -> bool:
@@ -270,11 +273,15 @@ class RouteTable:
 
         ``host`` is the ``Host`` value as received (port and case do not matter); ``path`` is the
         request target's path (a query, from ``?``, is ignored); ``headers`` the request's."""
-        name = split_host(host)[0] if host else b""
-        plans = self._exact.get(name)
-        if plans is None:
-            plans = self._default
-            if self._wild:
+        if self._first is not None:  # a catch-all comes first: every request is its
+            return self._first
+        plans = self._default
+        if self._exact or self._wild:  # some route has a host key
+            name = split_host(host)[0] if host else b""
+            found = self._exact.get(name)
+            if found is not None:
+                plans = found
+            elif self._wild:
                 dot = name.find(b".", 1)
                 while dot > 0:
                     found = self._wild.get(name[dot:])

@@ -3,9 +3,12 @@ path rewrite, header rules, the pool's sticky cookie and the request id (powerlb
 
 from __future__ import annotations
 
+from ipaddress import ip_network
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -13,7 +16,8 @@ from powerlb.cachepolicy import primary_key
 from powerlb.dispatch import Dispatcher
 from powerlb.headers import Headers
 from powerlb.plan import Decision, IPlanner, RequestPlan, SinglePool
-from powerlb.policies import HeaderRules, Refusal, cache_key
+from powerlb.policies import Acl, HeaderRules, Refusal, cache_key
+from powerlb.router import Router
 from powerlb.routing import Route
 from powerlb.sticky import StickyCookie
 from tests.support.caching import CACHEABLE, Proxy, results
@@ -48,6 +52,37 @@ def test_the_catch_all_route_keys_the_cache_as_before() -> None:
         assert cache_key(Route(), b"https", b"h:8", target, [(b"accept", b"*/*")]) == primary_key(
             b"https", b"h:8", target
         )
+
+
+def test_the_router_refuses_on_the_address_behind_trusted_proxies_where_a_route_has_an_acl() -> None:
+    """A route with an access list reads X-Forwarded-For behind a trusted proxy; a route without
+    policies plans every request whatever that header says; each is counted on its route."""
+    admin = Route(path_prefix=b"/admin", acl=Acl(allow=(ip_network("10.0.0.0/8"),)), index=0)
+    rest = Route(index=1)
+    pool: Any = SimpleNamespace(dispatcher=object(), sticky=None)
+    router = Router([admin, rest], {"default": pool}, Clock(), trusted_proxies=["127.0.0.1"])
+
+    def plan(target: bytes, forwarded: bytes) -> Decision:
+        return router.plan(b"GET", b"http", b"h", target, [(b"x-forwarded-for", forwarded)], "127.0.0.1")
+
+    decisions = [
+        plan(b"/admin/x", b"10.1.2.3"),
+        plan(b"/admin/x", b"192.0.2.9"),
+        plan(b"/admin/x", b"not an address"),  # the trusted proxy itself is the client
+        plan(b"/x", b"192.0.2.9"),
+        plan(b"/x", b"not an address"),
+    ]
+    assert [d.route if isinstance(d, RequestPlan) else d.policy for d in decisions] == [
+        admin,
+        "acl",
+        "acl",
+        rest,
+        rest,
+    ]
+    assert [(r["route"], r["requests"], r["refusals"]) for r in router.snapshot()] == [
+        ("0", 3, {"acl": 2}),
+        ("1", 2, {}),
+    ]
 
 
 def test_single_pool_gives_one_plan_whatever_the_request() -> None:

@@ -618,6 +618,43 @@ def test_plan_store_never_raises(
         assert b"*" not in plan.vary
 
 
+request_header_lists = st.lists(
+    st.tuples(
+        st.sampled_from([b"cache-control", b"pragma", b"authorization", b"range"]),
+        st.sampled_from([b"no-store", b"No-Store, max-age=1", b"no-cache", b""]) | st.binary(max_size=20),
+    ),
+    max_size=4,
+)
+
+
+@given(methods, request_header_lists, statuses, header_lists, times)
+def test_plan_store_decides_alike_with_the_request_directives_parsed_already(
+    method: bytes, request_headers: Headers, status: int, response_headers: Headers, now: float
+) -> None:
+    """RFC 9111 section 5.2.1.5: the request's ``no-store`` is read from its directives
+    (:func:`request_directives`, ``Pragma`` included) as from its header lines."""
+    directives = request_directives(request_headers)
+    assert plan_store(method, request_headers, status, response_headers, now, now, request=directives) == (
+        plan_store(method, request_headers, status, response_headers, now, now)
+    )
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"no-store", b"max-age=60", b"Max-Age=60", b'private="a, b"', b"a=1, a=2"])
+        | st.binary(max_size=300),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_cache_control_value_seen_before_gives_the_same_directives(values: List[bytes]) -> None:
+    """Parsed values are remembered (short ones): each gives what a first parse of it gives."""
+    for value in values + values:
+        assert request_directives([(b"cache-control", value)]) == parse_cache_control([value])
+        lifetime = freshness_lifetime([(b"cache-control", value)], T0)
+        assert lifetime == freshness_lifetime([(b"cache-control", value), (b"cache-control", b"")], T0)
+
+
 @given(header_lists, times, times)
 def test_plan_lifetime_matches_freshness_lifetime(
     response_headers: Headers, request_time: float, response_time: float
@@ -789,7 +826,11 @@ FETCH_CASES: List[Tuple[str, Headers, Headers]] = [
 def test_fetch_headers(request_headers: Headers, expected: Headers) -> None:
     """RFC 9111 sections 3 and 4.3.2: a GET to store is sent without what the cache answers itself."""
     assert fetch_headers(request_headers) == expected
-    assert answered_by_cache(request_headers) is (expected != request_headers)
+    answered = answered_by_cache(request_headers)
+    assert answered is (expected != request_headers)
+    assert fetch_headers(request_headers, answered) == expected
+    if not answered:  # nothing left out: the request's own headers, not a copy
+        assert fetch_headers(request_headers) is request_headers
 
 
 HEAD_200 = [(b"etag", b'"v1"'), (b"last-modified", DATE), (b"content-length", b"10")]
