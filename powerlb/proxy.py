@@ -84,7 +84,8 @@ class ClientRequest:
         self.scheme = b"https" if request.isSecure() else b"http"
         self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
         #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
-        upgrade = is_upgrade(self.method, request.clientproto, self.headers)
+        #: (A request the channel parsed in one pass is a plain one: it has no Connection or Upgrade.)
+        upgrade = parsed is None and is_upgrade(self.method, request.clientproto, self.headers)
         self.upgrade: Any = request.channel if upgrade else None
         #: The header the plan's request id goes upstream in.
         self.request_id_header = request_id_header
