@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
@@ -332,6 +330,8 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> Config:
 
 
 def _read_yaml(path: str) -> Mapping[Any, Any]:
+    import yaml  # lazy: a powerlb started without --config reads no YAML (import-light start-up)
+
     try:
         with open(path, "rb") as stream:
             data = yaml.safe_load(stream)
