@@ -166,8 +166,17 @@ def test_the_twistd_plugin_stays_import_light() -> None:
 
 def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
     """An idle powerlb's memory: no HTTP/2 without a TLS listener (twisted.web.http would import it
-    whenever h2 is installed), no YAML without --config, no runtime-change module without the API."""
-    unused = ("h2", "hpack", "twisted.web._http2", "yaml", "powerlb.control", "powerlb.admin")
+    whenever h2 is installed), no YAML without --config, no route parsing without pools or routes, no
+    runtime-change module without the API."""
+    unused = (
+        "h2",
+        "hpack",
+        "twisted.web._http2",
+        "yaml",
+        "powerlb.routeconfig",
+        "powerlb.control",
+        "powerlb.admin",
+    )
     code = (
         "import sys, powerlb\n"
         "powerlb.makeService({'listen': 'tcp:0', 'backends': ['http://127.0.0.1:9']})\n"
