@@ -15,12 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
 from powerlb.backend import BackendSpec
 from powerlb.balancing import ALGORITHMS, ConsistentHash
 from powerlb.outlier import parse_statuses
-from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route, parse_pool_name, route_to_mapping
 from powerlb.routing import Route
 from powerlb.settings import BY_KEY, BY_NAME, POOL_KEYS, SETTINGS, Config, PoolConfig, Setting
 from powerlb.values import as_text, endpoint_kind, format_duration, parse_switch, read_password, redis_address
@@ -73,6 +70,9 @@ def config_to_mapping(config: Config, redact: bool = True) -> Dict[str, Any]:
     }
     if pools != {"default": {}} or config.routes != (Route(pool="default"),):
         out["pools"] = pools
+        # Imported here: only pools and routes need powerlb.routeconfig (import-light start-up).
+        from powerlb.routeconfig import route_to_mapping
+
         out["routes"] = [route_to_mapping(route) for route in config.routes]
     return out
 
@@ -162,6 +162,9 @@ def _pools(top: Config, raw: Any) -> Dict[str, PoolConfig]:
             "pools",
             f"{raw!r} is not a mapping of pool names to settings; write e.g. web: {{backends: [...]}}",
         )
+    # Imported here: only pools and routes need powerlb.routeconfig (import-light start-up).
+    from powerlb.routeconfig import parse_pool_name
+
     pools: Dict[str, PoolConfig] = {}
     for name, entry in raw.items():
         where = f"pools.{name}"
@@ -224,6 +227,9 @@ def _routes(raw: Any, pools: Mapping[str, PoolConfig]) -> Tuple[Route, ...]:
         raise ConfigError(
             "routes", f"{raw!r} is not a list of routes; write e.g. - {{path-prefix: /api/, pool: api}}"
         )
+    # Imported here: only pools and routes need powerlb.routeconfig (import-light start-up).
+    from powerlb.routeconfig import ROUTE_KEYS, RouteKeyError, build_route
+
     routes = []
     for index, entry in enumerate(raw):
         where = f"routes[{index}]"
@@ -332,6 +338,9 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> Config:
 
 
 def _read_yaml(path: str) -> Mapping[Any, Any]:
+    # Imported here: a powerlb started without --config reads no YAML (import-light start-up).
+    import yaml
+
     try:
         with open(path, "rb") as stream:
             data = yaml.safe_load(stream)

@@ -33,7 +33,6 @@ from powerlb.accesslog import AccessLog
 from powerlb.backend import Backend, BackendSpec
 from powerlb.cache import CacheSweeper, LRUCache
 from powerlb.caching import CacheLayer
-from powerlb.control import ChangeFailed
 from powerlb.listening import Listener, drain
 from powerlb.outcomes import Outcomes
 from powerlb.pool import Pool
@@ -160,6 +159,9 @@ class PowerLBService(MultiService):
             return self.default_pool
         found = self.pools.get(name)
         if found is None:
+            # Imported here: only the runtime API asks for a pool by name (import-light start-up).
+            from powerlb.control import ChangeFailed
+
             raise ChangeFailed(404, f"no pool {name!r}; the pools are: {', '.join(self.pools)}")
         return found
 

@@ -162,3 +162,37 @@ def test_the_twistd_plugin_stays_import_light() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
+    """An idle powerlb's memory: no HTTP/2 without a TLS listener (twisted.web.http would import it
+    whenever h2 is installed), no YAML without --config, no route parsing without pools or routes, no
+    runtime-change module without the API."""
+    unused = (
+        "h2",
+        "hpack",
+        "twisted.web._http2",
+        "yaml",
+        "powerlb.routeconfig",
+        "powerlb.control",
+        "powerlb.admin",
+    )
+    code = (
+        "import sys, powerlb\n"
+        "powerlb.makeService({'listen': 'tcp:0', 'backends': ['http://127.0.0.1:9']})\n"
+        f"print([m for m in {unused!r} if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_http2_still_loads_after_twisted_web_left_it_out() -> None:
+    code = "import powerlb, twisted.web.http, powerlb.http2; print(powerlb.http2.H2Connection.__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "H2Connection"
