@@ -5,22 +5,11 @@ Embed it in another Twisted application with :func:`makeService`.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any, Mapping, Union
 
 from powerlb._version import __version__
 from powerlb.config import ConfigError, config_from_mapping
 from powerlb.settings import Config
-
-if "twisted.web.http" not in sys.modules:
-    # twisted.web.http imports Twisted's HTTP/2 (h2, hpack, hyperframe: 1.4 MiB) whenever h2 is
-    # installed, for its own ALPN switch, which powerlb's channels never use; powerlb.http2 imports it
-    # itself, for TLS listeners only. Here twisted.web.http is imported once without it.
-    sys.modules["twisted.web._http2"] = None  # type: ignore[assignment]
-    try:
-        import twisted.web.http  # noqa: F401
-    finally:
-        del sys.modules["twisted.web._http2"]
 
 if TYPE_CHECKING:
     from powerlb.service import PowerLBService

@@ -9,6 +9,17 @@ from typing import Any, List, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
+if "twisted.web.http" not in sys.modules:
+    # twistd's powerlb process only (an embedding application keeps Twisted's defaults): twisted.web.http
+    # imports Twisted's HTTP/2 (h2, hpack, hyperframe: 1.4 MiB) whenever h2 is installed, for its own
+    # ALPN switch, which powerlb's channels never use; powerlb.http2 imports it itself, for TLS
+    # listeners only. Here twisted.web.http is imported once without it.
+    sys.modules["twisted.web._http2"] = None  # type: ignore[assignment]
+    try:
+        import twisted.web.http  # noqa: F401
+    finally:
+        del sys.modules["twisted.web._http2"]
+
 from powerlb import makeService as make_powerlb
 from powerlb._version import __version__
 from powerlb.config import ConfigError, build_config

@@ -165,8 +165,8 @@ def test_the_twistd_plugin_stays_import_light() -> None:
 
 
 def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
-    """An idle powerlb's memory: no HTTP/2 without a TLS listener (twisted.web.http would import it
-    whenever h2 is installed), no YAML without --config, no route parsing without pools or routes, no
+    """An idle ``twistd powerlb``'s memory (powerlb.tap loaded first): no HTTP/2 without a TLS
+    listener (twisted.web.http would import it whenever h2 is installed), no YAML without --config, no route parsing without pools or routes, no
     runtime-change module without the API."""
     unused = (
         "h2",
@@ -178,7 +178,7 @@ def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
         "powerlb.admin",
     )
     code = (
-        "import sys, powerlb\n"
+        "import sys, powerlb.tap, powerlb\n"
         "powerlb.makeService({'listen': 'tcp:0', 'backends': ['http://127.0.0.1:9']})\n"
         f"print([m for m in {unused!r} if m in sys.modules])"
     )
@@ -189,8 +189,18 @@ def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_an_embedding_application_keeps_twisted_webs_http2() -> None:
+    """Only twistd's powerlb process leaves Twisted's HTTP/2 out: ``import powerlb`` changes nothing."""
+    code = "import powerlb, twisted.web.http; print(twisted.web.http.H2_ENABLED)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 def test_http2_still_loads_after_twisted_web_left_it_out() -> None:
-    code = "import powerlb, twisted.web.http, powerlb.http2; print(powerlb.http2.H2Connection.__name__)"
+    code = "import powerlb.tap, twisted.web.http, powerlb.http2; print(powerlb.http2.H2Connection.__name__)"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
     )
