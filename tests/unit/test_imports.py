@@ -166,8 +166,8 @@ def test_the_twistd_plugin_stays_import_light() -> None:
 
 def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
     """An idle ``twistd powerlb``'s memory (powerlb.tap loaded first): no HTTP/2 without a TLS
-    listener (twisted.web.http would import it whenever h2 is installed), no YAML without --config, no route parsing without pools or routes, no
-    runtime-change module without the API."""
+    listener (twisted.web.http would import it whenever h2 is installed), no YAML without
+    --config, no route parsing without pools or routes, no runtime-change module without the API."""
     unused = (
         "h2",
         "hpack",
