@@ -693,6 +693,11 @@ class QuietSite(Site):
         self.noisy = False
         self.channels: Set[ClientConnection] = set()
 
+    def acceptableProtocols(self) -> List[bytes]:
+        """HTTP/1.1 only over ALPN: the channel is twisted.web's HTTP/1.1 one (Twisted's own would offer
+        ``h2`` whenever h2 is installed)."""
+        return [b"http/1.1"]
+
     def connection_opened(self, channel: ClientConnection) -> None:
         self.channels.add(channel)
 
