@@ -368,9 +368,10 @@ class ProxyChannel(TrackedChannel):
     While a request head arrives (from its first byte to its blank line) reads
     do not restart the idle timer, so the timer itself cuts a head still
     incomplete ``client_timeout`` after its first byte, with 408. While a
-    plain request (:meth:`_plain_request`) is answered the timer keeps running
-    instead of being cancelled and made again (twisted.web's way): when it
-    fires then it only re-arms, and the end of the request restarts it, so a
+    plain request (:meth:`_plain_request`) or a fast hit is answered the timer
+    keeps running instead of being cancelled and made again (twisted.web's
+    way): the end of the request only notes the time (``_idle_from``), and the
+    timer, when it fires, re-arms for whatever idle time is left, so a
     keep-alive connection schedules no timer per request.
     """
 
@@ -386,6 +387,8 @@ class ProxyChannel(TrackedChannel):
     _rejected = False
     _secure = False
     _held_head: Optional[bytes] = None
+    #: When the connection last went idle on the short way (the idle timer counts from here when it fires).
+    _idle_from = 0.0
     #: The tunnel this connection became after a protocol switch (:mod:`powerlb.tunnel`), or None.
     tunnel: Any = None
 
@@ -414,8 +417,8 @@ class ProxyChannel(TrackedChannel):
                 if simple is not None:
                     answered, decision = self._fast_hit(*simple)
                     if answered:
-                        self.resetTimeout()
-                    else:  # the timer keeps running, and requestDone restarts it
+                        self._idle_from = self.site.reactor.seconds()
+                    else:  # the timer keeps running (see the class docstring)
                         self._plain_request(*simple, decision)
                     return
             self._head_pending = True
@@ -459,7 +462,14 @@ class ProxyChannel(TrackedChannel):
         elif self._handlingRequest:
             self.setTimeout(self.timeOut)  # a request being answered is no idleness
         else:
-            super().timeoutConnection()
+            idle_timeout = self.timeOut
+            assert idle_timeout is not None  # the timer that fired was set with it
+            left = self._idle_from + idle_timeout - self.site.reactor.seconds()
+            if left <= 0:
+                super().timeoutConnection()
+                return
+            self.setTimeout(left)  # idle since _idle_from only: the timer waits for the rest
+            self.timeOut = idle_timeout
 
     def write_head(self, head: bytes) -> None:
         """Hold a response head until the first write of its body, or the response's end, so that
@@ -486,7 +496,7 @@ class ProxyChannel(TrackedChannel):
     def requestDone(self, request: Any) -> None:
         if self._held_head is not None:
             self.write(b"")  # a response without a body: its head
-        self.resetTimeout()  # the idle time starts again (a plain request's timer kept running)
+        self._idle_from = self.site.reactor.seconds()  # a plain request's timer kept running
         super().requestDone(request)
 
     def lineReceived(self, line: bytes) -> None:

@@ -14,7 +14,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.support.inproc import headers_of, raw
+from tests.support.inproc import headers_of, origin, raw, sleep, wait_for
 from tests.support.interim import RELAYED, hinting, request
 
 
@@ -84,6 +84,38 @@ async def test_plain_keep_alive_requests_are_parsed_once_and_make_no_timer_each(
     # The connection made its idle timer once, and none per request.
     assert [counter.made for counter in counters] == [1]
     assert [r.header(b"accept") for r in a.requests if r.uri == b"/p"] == [[b"*/*"]] * 10
+
+
+class _Closing(protocol.Protocol):
+    """Keeps what it reads, and notes when the connection closes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_time_counts_from_the_last_plain_request_or_fast_hit(make_backends, start_powerlb):
+    """The idle timer keeps running through plain requests and fast hits, which only note the time:
+    when it fires it waits for the rest, so a connection is closed ``client_timeout`` after its last
+    answer, not after its first request."""
+    (a,) = make_backends(1)
+    a.routes[b"/c"] = origin(b"stored", cache_control=b"max-age=60")
+    lb = start_powerlb([a], client_timeout=1.0)
+    client = _Closing()
+    await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", lb.port)
+    for target in (b"/p", b"/c", b"/c"):  # a plain miss, a plain miss stored, a fast hit
+        client.transport.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        await sleep(0.6)
+    assert client.data.count(b"HTTP/1.1 200 ") == 3 and client.data.count(b"X-Cache: HIT") == 1
+    assert not client.closed  # 1.8 s after the first request, 0.6 s after the last answer
+    await wait_for(lambda: client.closed, timeout=5.0)
 
 
 @pytest_twisted.ensureDeferred
