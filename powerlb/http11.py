@@ -296,15 +296,19 @@ def _body_framing(headers: Headers) -> tuple[int, int, bool]:
     if not lengths:
         return _UNTIL_CLOSE, 0, False
     if len(lengths) == 1 and lengths[0].isdigit():
-        return _LENGTH, int(lengths[0]), True  # the common case: one plain length
-    # Identical repeated values (separate fields or one list) are accepted.
-    distinct = set(split_tokens(lengths))
-    if len(distinct) != 1:
-        raise ProtocolError("conflicting Content-Length headers")
-    (length,) = distinct
-    if not length.isdigit():
-        raise ProtocolError("invalid Content-Length")
-    return _LENGTH, int(length), True
+        length = lengths[0]  # the common case: one plain length
+    else:
+        # Identical repeated values (separate fields or one list) are accepted.
+        distinct = set(split_tokens(lengths))
+        if len(distinct) != 1:
+            raise ProtocolError("conflicting Content-Length headers")
+        (length,) = distinct
+        if not length.isdigit():
+            raise ProtocolError("invalid Content-Length")
+    try:
+        return _LENGTH, int(length), True
+    except ValueError:  # more digits than CPython converts (sys.get_int_max_str_digits)
+        raise ProtocolError("invalid Content-Length") from None
 
 
 def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Headers]:

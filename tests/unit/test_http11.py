@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
@@ -310,6 +311,14 @@ def test_identical_duplicate_content_length_accepted(fields: List[bytes]) -> Non
 @pytest.mark.parametrize("value", [b"", b"-1", b"+5", b"5x", b"0x10", b"1.0", b"\xb2", b"1 2"])
 def test_invalid_content_length(value: bytes) -> None:
     assert rejects(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n") == []
+
+
+@pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"), reason="no limit on the digits int() reads")
+@pytest.mark.parametrize("fields", [1, 2])  # the shortcut for one field, and the set of two
+def test_content_length_with_more_digits_than_int_reads_is_invalid(fields: int) -> None:
+    """CPython's int() refuses so many digits (ValueError): a ProtocolError, not a crash."""
+    value = b"1" * (sys.get_int_max_str_digits() + 1)
+    assert rejects(b"HTTP/1.1 200 OK\r\n" + (b"Content-Length: " + value + b"\r\n") * fields + b"\r\n") == []
 
 
 # --- chunk errors ------------------------------------------------------------------
