@@ -42,7 +42,11 @@ VIA_PSEUDONYM = b"powerlb"
 
 def get_all(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> List[bytes]:
     """Every value of header ``name`` (lower-case), in order."""
-    return [v for k, v in headers if k == name]
+    out = []
+    for k, v in headers:  # a plain loop: cheaper than a comprehension before CPython 3.12
+        if k == name:
+            out.append(v)
+    return out
 
 
 def get_first(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
@@ -92,13 +96,29 @@ def strip_cookie(headers: Headers, name: bytes) -> Headers:
 
 def connection_tokens(headers: Iterable[Tuple[bytes, bytes]]) -> FrozenSet[bytes]:
     """The lower-cased options of every ``Connection`` header."""
-    return frozenset(t.lower() for t in split_tokens(get_all(headers, b"connection")))
+    return _options(get_all(headers, b"connection"))
+
+
+def _options(values: List[bytes]) -> FrozenSet[bytes]:
+    """The lower-cased options of the ``Connection`` header values ``values``."""
+    if not values:
+        return _NO_OPTIONS
+    if len(values) == 1:
+        usual = _USUAL_OPTIONS.get(values[0])
+        if usual is not None:
+            return usual
+    return frozenset(t.lower() for t in split_tokens(values))
 
 
 def hop_by_hop(connection: FrozenSet[bytes]) -> FrozenSet[bytes]:
     """The names a proxy drops from a message whose ``Connection`` options are ``connection``
     (:func:`connection_tokens`): :data:`HOP_BY_HOP` and those options."""
-    return HOP_BY_HOP | connection if connection else HOP_BY_HOP
+    return _and_options(HOP_BY_HOP, connection)
+
+
+def _and_options(names: FrozenSet[bytes], connection: FrozenSet[bytes]) -> FrozenSet[bytes]:
+    """``names`` and the ``connection`` options: ``names`` itself when they add none (no copy)."""
+    return names | connection if connection and not connection <= names else names
 
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
@@ -125,19 +145,20 @@ def forward_request_headers(
     """
     if connection is None:
         connection = connection_tokens(headers)
-    drop = _DROPPED_REQUEST_HEADERS | connection if connection else _DROPPED_REQUEST_HEADERS
+    drop = _and_options(_DROPPED_REQUEST_HEADERS, connection)
     out = []
     prior_xff = []
     prior_via = []
-    for k, v in headers:
+    for header in headers:  # the kept fields themselves: no tuple made per field
+        k = header[0]
         if k in drop:
             if k == b"x-forwarded-for":
-                if v.strip(b" \t"):
-                    prior_xff.append(v)
-            elif k == b"via" and v.strip(b" \t"):
-                prior_via.append(v)
+                if header[1].strip(b" \t"):
+                    prior_xff.append(header[1])
+            elif k == b"via" and header[1].strip(b" \t"):
+                prior_via.append(header[1])
             continue
-        out.append((k, v))
+        out.append(header)
     out.append(
         (b"x-forwarded-for", b", ".join([*prior_xff, client_address]) if prior_xff else client_address)
     )
@@ -157,21 +178,38 @@ def forward_response_headers(headers: Headers) -> Headers:
     Hop-by-hop headers are stripped here, once on the way to the client.
     """
     connection: List[bytes] = []
+    prior_via: List[bytes] = []
+    lengths: List[bytes] = []
     drop_length = False
     for k, v in headers:
-        if k == b"connection":
-            connection.append(v)
-        elif k == b"transfer-encoding":
-            drop_length = True
-    drop = hop_by_hop(frozenset(t.lower() for t in split_tokens(connection))) if connection else HOP_BY_HOP
+        if k in _RESPONSE_FIELDS_READ:
+            if k == b"content-length":
+                lengths.append(v)
+            elif k == b"connection":
+                connection.append(v)
+            elif k == b"via":
+                if v.strip(b" \t"):
+                    prior_via.append(v)
+            else:
+                drop_length = True  # Transfer-Encoding
+    drop = _and_options(_DROPPED_RESPONSE_HEADERS, _options(connection))
+    if lengths and (drop_length or len(lengths) > 1 or not lengths[0].isdigit()):
+        out = _one_content_length(headers, drop, drop_length)
+    else:
+        out = []
+        for header in headers:  # cheaper than a comprehension on CPython 3.11, and no tuple made
+            if header[0] not in drop:
+                out.append(header)
+    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
+    return out
+
+
+def _one_content_length(headers: Headers, drop: FrozenSet[bytes], drop_length: bool) -> Headers:
+    """``headers`` without the names in ``drop``, and with the first ``Content-Length`` alone, as
+    its first list member (none if ``drop_length``)."""
     out = []
-    prior_via = []
     seen_length = False
     for k, v in headers:
-        if k == b"via":
-            if v.strip(b" \t"):
-                prior_via.append(v)
-            continue
         if k in drop:
             continue
         if k == b"content-length":
@@ -182,7 +220,6 @@ def forward_response_headers(headers: Headers) -> Headers:
             if tokens:
                 v = tokens[0]
         out.append((k, v))
-    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
     return out
 
 
@@ -194,3 +231,14 @@ _REPLACED_REQUEST_HEADERS = frozenset(
 #: Every name a forwarded request is sent without, when its ``Connection`` names none.
 _DROPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED_REQUEST_HEADERS
 _MY_VIA = b"1.1 " + VIA_PSEUDONYM
+#: Every name a forwarded response is sent without, when its ``Connection`` names none (the
+#: backend's ``Via`` is appended to instead).
+_DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"via"}
+#: The names :func:`forward_response_headers` looks at before it copies the others.
+_RESPONSE_FIELDS_READ = frozenset({b"connection", b"content-length", b"transfer-encoding", b"via"})
+_NO_OPTIONS: FrozenSet[bytes] = frozenset()
+#: The options of the usual ``Connection`` values, made once.
+_USUAL_OPTIONS = {
+    value: frozenset(t.lower() for t in split_tokens([value]))
+    for value in (b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade")
+}

@@ -17,11 +17,12 @@ otherwise; else the body runs to the end of the connection.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from zope.interface import Interface
 
-from powerlb.headers import TOKEN_BYTES, Headers, connection_tokens, split_tokens
+from powerlb.headers import TOKEN_BYTES, TOKEN_PATTERN, Headers, connection_tokens, split_tokens
 
 MAX_HEAD_SIZE = 64 * 1024
 MAX_CHUNK_LINE = 4096
@@ -29,6 +30,14 @@ MAX_CHUNK_LINE = 4096
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 #: What a reason phrase may hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text): it is relayed to clients.
 _REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
+#: A valid status line at once (what :func:`_parse_status_line_by_parts` accepts): the minor
+#: version, the code and the reason (None when the line ends after the code).
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+#: Header lines, each ending in CRLF, that :func:`_parse_header_lines` accepts: a token, a colon,
+#: and a value without CR, LF or NUL.
+_HEADER_BLOCK = re.compile(rb"(?:" + TOKEN_PATTERN + rb":[^\r\n\x00]*\r\n)*")
+#: The headers that decide the framing and the reuse of the connection.
+_FRAMING_NAMES = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
 
 class ProtocolError(Exception):
@@ -166,10 +175,10 @@ class ResponseParser:
             return b""
         if end > MAX_HEAD_SIZE:
             raise ProtocolError("response head too large")
-        lines = data[:end].split(b"\r\n")
+        first = data.find(b"\r\n")  # the end of the status line (``end`` when there are no headers)
+        status, reason, keep_alive = _parse_status_line(data[:first])
+        headers, framing = _parse_header_block(data, first + 2, end + 2) if first < end else ([], [])
         rest = data[end + 4 :]
-        status, reason, keep_alive = _parse_status_line(lines[0])
-        headers = _parse_header_lines(lines)
         if 100 <= status < 200:
             if status == 101:
                 if not self._upgrade:
@@ -179,7 +188,7 @@ class ResponseParser:
                 return b""
             self._events.response_interim(status, reason, headers)
             return rest  # the final response follows
-        tokens = connection_tokens(headers)
+        tokens = connection_tokens(framing)
         if b"close" in tokens:
             keep_alive = False
         elif b"keep-alive" in tokens:
@@ -191,7 +200,7 @@ class ResponseParser:
             return rest
         # Decide the framing (which may reject the response) before reporting
         # the head: a caller must not start relaying a response that then fails.
-        state, remaining, reusable = _body_framing(headers)
+        state, remaining, reusable = _body_framing(framing)
         self._keep_alive = keep_alive and reusable
         self._events.response_head(status, reason, headers)
         self._state = state
@@ -243,6 +252,17 @@ class ResponseParser:
 
 
 def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
+    match = _STATUS_LINE.fullmatch(line)
+    if match is None:
+        return _parse_status_line_by_parts(line)  # names the fault
+    minor, code, reason = match.groups()
+    # HTTP/1.1 (and any later 1.x) defaults to persistent connections.
+    return int(code), reason or b"", minor != b"0"
+
+
+def _parse_status_line_by_parts(line: bytes) -> tuple[int, bytes, bool]:
+    """The status line read part by part: what :data:`_STATUS_LINE` accepts, and the reason for
+    refusing anything else."""
     parts = line.split(b" ", 2)
     if len(parts) < 2:
         raise ProtocolError("invalid status line")
@@ -254,34 +274,66 @@ def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
     reason = parts[2] if len(parts) == 3 else b""
     if not _REASON_CHARS.issuperset(reason):
         raise ProtocolError("invalid reason phrase")
-    # HTTP/1.1 (and any later 1.x) defaults to persistent connections.
     return int(code), reason, version != b"HTTP/1.0"
 
 
 def _body_framing(headers: Headers) -> tuple[int, int, bool]:
     """How a response body is delimited: (parser state, length, connection reusable after it)."""
-    transfer_encoding = [v for k, v in headers if k == b"transfer-encoding"]
-    has_length = any(k == b"content-length" for k, _ in headers)
+    transfer_encoding = []
+    lengths = []
+    for k, v in headers:
+        if k == b"transfer-encoding":
+            transfer_encoding.append(v)
+        elif k == b"content-length":
+            lengths.append(v)
     if transfer_encoding:
         codings = b",".join(transfer_encoding).lower().split(b",")
         if codings[-1].strip() == b"chunked":
             # Transfer-Encoding overrides Content-Length, but a response with
             # both may be an attempt at response splitting: do not reuse.
-            return _CHUNK_SIZE, 0, not has_length
+            return _CHUNK_SIZE, 0, not lengths
         return _UNTIL_CLOSE, 0, False
-    if not has_length:
+    if not lengths:
         return _UNTIL_CLOSE, 0, False
-    # Identical repeated values (separate fields or one list) are accepted.
-    lengths = set(split_tokens(v for k, v in headers if k == b"content-length"))
-    if len(lengths) != 1:
-        raise ProtocolError("conflicting Content-Length headers")
-    (length,) = lengths
-    if not length.isdigit():
-        raise ProtocolError("invalid Content-Length")
-    return _LENGTH, int(length), True
+    if len(lengths) == 1 and lengths[0].isdigit():
+        length = lengths[0]  # the common case: one plain length
+    else:
+        # Identical repeated values (separate fields or one list) are accepted.
+        distinct = set(split_tokens(lengths))
+        if len(distinct) != 1:
+            raise ProtocolError("conflicting Content-Length headers")
+        (length,) = distinct
+        if not length.isdigit():
+            raise ProtocolError("invalid Content-Length")
+    try:
+        return _LENGTH, int(length), True
+    except ValueError:  # more digits than CPython converts (sys.get_int_max_str_digits)
+        raise ProtocolError("invalid Content-Length") from None
+
+
+def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Headers]:
+    """The header lines in ``data[start:end]``, each ending in CRLF: (all headers, the framing ones
+    among them: :data:`_FRAMING_NAMES`).
+
+    A block :data:`_HEADER_BLOCK` accepts at once is split without a check per line; any other is
+    read by :func:`_parse_header_lines`, which names the fault.
+    """
+    if _HEADER_BLOCK.fullmatch(data, start, end) is None:
+        headers = _parse_header_lines([b"", *data[start : end - 2].split(b"\r\n")])
+        return headers, [header for header in headers if header[0] in _FRAMING_NAMES]
+    headers = []
+    framing = []
+    for line in data[start : end - 2].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        header = (name.lower(), value.strip(b" \t"))
+        headers.append(header)
+        if header[0] in _FRAMING_NAMES:
+            framing.append(header)
+    return headers, framing
 
 
 def _parse_header_lines(lines: list[bytes]) -> Headers:
+    """The headers of ``lines`` (the first, a status line, skipped), checked line by line."""
     headers: Headers = []
     for line in lines[1:]:
         colon = line.find(b":")

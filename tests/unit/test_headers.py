@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import List, Tuple
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from powerlb.headers import (
@@ -20,6 +20,7 @@ from powerlb.headers import (
     get_all,
     get_cookie,
     get_first,
+    hop_by_hop,
     split_tokens,
     strip_cookie,
     strip_hop_by_hop,
@@ -260,6 +261,53 @@ def test_forward_response_headers_property(headers: Headers) -> None:
     end_to_end = [(k, v) for k, v in headers if not is_hop(headers, k)]
     assert out[:-1] == end_to_end
     assert out[-1] == (b"via", b"1.1 powerlb")
+
+
+def forward_response_headers_by_rule(headers: Headers) -> Headers:
+    """:func:`forward_response_headers` as its rule reads, field by field with no shortcut."""
+    drop = HOP_BY_HOP | frozenset(
+        t.lower() for t in split_tokens(v for k, v in headers if k == b"connection")
+    )
+    chunked = any(k == b"transfer-encoding" for k, _ in headers)
+    prior_via = [v for k, v in headers if k == b"via" and v.strip(b" \t")]
+    out = []
+    for k, v in headers:
+        if k == b"content-length":
+            if chunked or k in drop or any(name == k for name, _ in out):
+                continue
+            v = (split_tokens([v]) or [v])[0]
+        elif k in drop or k == b"via":
+            continue
+        out.append((k, v))
+    return [*out, (b"via", b", ".join([*prior_via, b"1.1 powerlb"]))]
+
+
+framing_names = st.sampled_from(
+    [b"content-length", b"content-length", b"transfer-encoding", b"via", b"connection", b"x-a", b"etag"]
+)
+framing_values = st.sampled_from(
+    [
+        *b"5 x keep-alive Keep-Alive close Close Upgrade upgrade content-length via".split(),
+        *(b"5, 5", b" 7", b"", b"x-a, Close", b"1.0 a", b" "),
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(framing_names, framing_values), max_size=8))
+@example([(b"content-length", b" 7")])
+def test_forward_response_headers_follows_the_rule(headers: Headers) -> None:
+    """The shortcuts (no Connection header, the usual Connection values, one plain length) give
+    what the rule gives."""
+    assert forward_response_headers(headers) == forward_response_headers_by_rule(headers)
+
+
+@given(st.lists(st.tuples(framing_names, framing_values), max_size=4))
+def test_connection_options_shortcut(headers: Headers) -> None:
+    """The usual Connection values, read once at import, give what reading them gives."""
+    options = connection_tokens(headers)
+    assert options == frozenset(t.lower() for t in split_tokens(get_all(headers, b"connection")))
+    assert hop_by_hop(options) == HOP_BY_HOP | options
 
 
 # --- cookies ---

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import sys
+from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from powerlb.headers import split_tokens
 from powerlb.http11 import (
+    _FRAMING_NAMES,
+    _LENGTH,
     MAX_CHUNK_LINE,
     MAX_HEAD_SIZE,
     ProtocolError,
     ResponseParser,
+    _body_framing,
+    _parse_header_block,
+    _parse_header_lines,
+    _parse_status_line,
+    _parse_status_line_by_parts,
     serialize_request_head,
 )
 from tests.support.upstream import Event, Recorder
@@ -302,6 +311,14 @@ def test_identical_duplicate_content_length_accepted(fields: List[bytes]) -> Non
 @pytest.mark.parametrize("value", [b"", b"-1", b"+5", b"5x", b"0x10", b"1.0", b"\xb2", b"1 2"])
 def test_invalid_content_length(value: bytes) -> None:
     assert rejects(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n") == []
+
+
+@pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"), reason="no limit on the digits int() reads")
+@pytest.mark.parametrize("fields", [1, 2])  # the shortcut for one field, and the set of two
+def test_content_length_with_more_digits_than_int_reads_is_invalid(fields: int) -> None:
+    """CPython's int() refuses so many digits (ValueError): a ProtocolError, not a crash."""
+    value = b"1" * (sys.get_int_max_str_digits() + 1)
+    assert rejects(b"HTTP/1.1 200 OK\r\n" + (b"Content-Length: " + value + b"\r\n") * fields + b"\r\n") == []
 
 
 # --- chunk errors ------------------------------------------------------------------
@@ -669,6 +686,101 @@ def test_arbitrary_crlf_rich_bytes_raise_only_protocol_error(junk: bytes) -> Non
             parser.feed_eof()
         except ProtocolError:
             pass
+
+
+# --- the one-pass readings against the line-by-line ones ------------------------------
+
+
+def outcome(read: Callable[..., Any], *args: Any) -> Any:
+    """What ``read(*args)`` returns, or ("error", message) for the ProtocolError it raises."""
+    try:
+        return read(*args)
+    except ProtocolError as e:
+        return ("error", str(e))
+
+
+#: Status lines from valid and invalid parts, and reasons with bytes a reason must not hold.
+status_lines = st.builds(
+    lambda *parts: b"".join(parts),
+    st.sampled_from(b"HTTP/1.1 HTTP/1.0 HTTP/1.9 HTTP/1.x HTTP/2 http/1.1 HTTP/1.10".split()),
+    st.sampled_from([b" ", b"  ", b"\t", b""]),
+    st.sampled_from(b"200 099 100 999 20 2000 2x0".split()),
+    st.sampled_from([b"", b" ", b"  ", b"\t"]),
+    st.lists(
+        st.sampled_from([b"OK", b" ", b"\t", b"\x00", b"\x08", b"\x7f", b"\xe9", b"\n", b"\r", b"\x0b"])
+    ).map(b"".join),
+) | st.binary(max_size=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(status_lines)
+def test_status_line_at_once_reads_as_part_by_part(line: bytes) -> None:
+    """The regular expression accepts what the part-by-part reading accepts, with the same
+    result; the rest is refused with that reading's reason."""
+    assert outcome(_parse_status_line, line) == outcome(_parse_status_line_by_parts, line)
+
+
+header_lines = st.lists(
+    st.sampled_from(
+        [
+            *b"Content-Length content-length Transfer-Encoding Connection X-A x(a) : 5 chunked a:b".split(),
+            *(b"X A", b": ", b" ", b"\t", b"keep-alive, close", b"\r", b"\n", b"\x00", b"\xe9"),
+        ]
+    ),
+    max_size=6,
+).map(b"".join) | st.binary(max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(header_lines, min_size=1, max_size=6), st.binary(max_size=3), st.binary(max_size=3))
+def test_header_block_at_once_reads_as_line_by_line(lines: List[bytes], before: bytes, after: bytes) -> None:
+    """A block of header lines gives the headers (and the framing ones among them) that
+    :func:`_parse_header_lines` gives, or is refused with its reason; bytes around the block
+    are not read."""
+    block = b"".join(line + b"\r\n" for line in lines)
+    data = before + block + after
+    expected = outcome(_parse_header_lines, [b"", *block[:-2].split(b"\r\n")])
+    if isinstance(expected, list):
+        expected = (expected, [header for header in expected if header[0] in _FRAMING_NAMES])
+    assert outcome(_parse_header_block, data, len(before), len(before) + len(block)) == expected
+
+
+def test_every_byte_read_alike_at_once_and_part_by_part() -> None:
+    """Each byte in a reason, a header name and a header value: the one-pass readings agree."""
+    for byte in (bytes([code]) for code in range(256)):
+        for line in (
+            b"HTTP/1.1 200 O" + byte,
+            b"HTTP/1." + byte + b" 200 OK",
+            b"HTTP/1.1 2" + byte + b"0 OK",
+        ):
+            assert outcome(_parse_status_line, line) == outcome(_parse_status_line_by_parts, line)
+        for line in (b"X" + byte + b": v", b"X: v" + byte + b"v", byte + b"X: v"):
+            block = line + b"\r\n"
+            expected = outcome(_parse_header_lines, [b"", *line.split(b"\r\n")])
+            if isinstance(expected, list):
+                expected = (expected, [])
+            assert outcome(_parse_header_block, block, 0, len(block)) == expected, block
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"5", b"05", b"6", b"5, 5", b"5,", b" 5", b"5\x0b", b"", b",", b"x", b"-1", b"\xd9\xa5"]
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_content_length_read_as_a_set_of_list_members(values: List[bytes]) -> None:
+    """One plain length is read at once; any other set of fields as a set of list members."""
+    distinct = set(split_tokens(values))
+    if len(distinct) != 1:
+        expected: Any = ("error", "conflicting Content-Length headers")
+    elif not next(iter(distinct)).isdigit():
+        expected = ("error", "invalid Content-Length")
+    else:
+        expected = (_LENGTH, int(next(iter(distinct))), True)
+    assert outcome(_body_framing, [(b"content-length", v) for v in values]) == expected
 
 
 # --- serialize_request_head --------------------------------------------------------
