@@ -87,6 +87,10 @@ class _RecordedProxy(ProxyRequest):
         if self.body_stream is None:
             self._record()
 
+    def render(self, resource: Any) -> None:
+        """A plain request (``serve_plain``: the one-pass parse) ends here, not in ``process``."""
+        self._record()
+
     def handleContentChunk(self, data: bytes) -> None:
         self.body += data
         super().handleContentChunk(data)
@@ -98,7 +102,8 @@ class _RecordedProxy(ProxyRequest):
             self._record()
 
     def _record(self) -> None:
-        self.channel.delivered.append((self.method, self.uri, _grouped(_raw(self), True), self.body))
+        headers = _raw(self) if self.parsed_headers is None else self.parsed_headers
+        self.channel.delivered.append((self.method, self.uri, _grouped(headers, True), self.body))
         self.finish()
 
 
@@ -107,6 +112,7 @@ class _Site:
 
     limits = LIMITS
     fast_answer = None
+    resource = None  # what a plain request renders (_RecordedProxy records it instead)
     _parsePOSTFormSubmission = False
 
     def __init__(self) -> None:
