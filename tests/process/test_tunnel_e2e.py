@@ -72,6 +72,17 @@ def ws_backend() -> Iterator[WebSocketBackend]:
     backend.stop()
 
 
+def close(ws: Any, code: int, reason: str) -> None:
+    """Close a client WebSocket. PyPy 3.9's ``Thread.join`` (which websockets' close calls for its
+    reading thread) can raise "cannot release un-acquired lock" for a thread that has just ended: a
+    race inside PyPy's threading, after the close frame went out; what follows checks the close."""
+    try:
+        ws.close(code, reason)
+    except RuntimeError as err:
+        if "un-acquired lock" not in str(err):
+            raise
+
+
 def in_thread(scenario: Callable[[], Any]) -> Any:
     """Run a blocking client ``scenario`` in a thread while the reactor serves powerlb."""
     return threads.deferToThread(scenario)
@@ -119,7 +130,7 @@ async def test_a_client_close_reaches_the_backend(start_powerlb, ws_backend):
         with connect(ws_url(lb, "/echo"), open_timeout=5, close_timeout=5) as ws:
             ws.send("one")
             assert ws.recv(timeout=5) == "one"
-            ws.close(1000, "done")
+            close(ws, 1000, "done")
         return ws_backend.ended.acquire(timeout=5)
 
     assert await in_thread(scenario)
