@@ -147,6 +147,15 @@ def test_powerlb_has_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def printed_by(code: str) -> str:
+    """What ``code`` prints, run by this interpreter in a fresh process from the repository."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_the_twistd_plugin_stays_import_light() -> None:
     """``twistd powerlb --help`` loads powerlb.tap: the service modules and the reactor stay out."""
     heavy = (
@@ -157,11 +166,7 @@ def test_the_twistd_plugin_stays_import_light() -> None:
         "twisted.web.server",
     )
     code = f"import sys, powerlb.tap; print([m for m in {heavy!r} if m in sys.modules])"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
@@ -182,27 +187,15 @@ def test_a_default_service_leaves_out_what_it_does_not_use() -> None:
         "powerlb.makeService({'listen': 'tcp:0', 'backends': ['http://127.0.0.1:9']})\n"
         f"print([m for m in {unused!r} if m in sys.modules])"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_an_embedding_application_keeps_twisted_webs_http2() -> None:
     """Only twistd's powerlb process leaves Twisted's HTTP/2 out: ``import powerlb`` changes nothing."""
     code = "import powerlb, twisted.web.http; print(twisted.web.http.H2_ENABLED)"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    assert printed_by(code) == "True"
 
 
 def test_http2_still_loads_after_twisted_web_left_it_out() -> None:
     code = "import powerlb.tap, twisted.web.http, powerlb.http2; print(powerlb.http2.H2Connection.__name__)"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "H2Connection"
+    assert printed_by(code) == "H2Connection"
