@@ -9,7 +9,7 @@ next turn, which costs two ``epoll_ctl`` calls, one more event and a
 :func:`write_now` sends straight away when the transport has nothing queued,
 and hands what the socket did not take (or a transport it cannot send on
 directly: TLS, a closing or half-closed connection, anything not plain TCP)
-to the transport's own ``write``, so ordering, flow control, error handling
+to the transport's own ``writeSequence``, so ordering, flow control, error handling
 and buffering stay Twisted's.
 """
 
