@@ -299,7 +299,7 @@ class ProxyRequest(Request):
             return
         stream.finish()  # rendered already; this is the end of the body
         if self._finish_pending:
-            super().finish()
+            self._end()
 
     def finish(self) -> None:
         stream = self.body_stream
@@ -308,6 +308,13 @@ class ProxyRequest(Request):
             # (BodyStream.detach), and the response ends once it is in.
             self._finish_pending = True
             return
+        self._end()
+
+    def _end(self) -> None:
+        # A client leaving from now on abandons nothing; and with the callback (the responder's
+        # bound method) gone, the request and its responder hold no cycle: freed by reference
+        # counting as the response ends, not by the garbage collector later.
+        self._gone = None
         super().finish()
 
     def _cut(self, status: int, reason: str) -> None:

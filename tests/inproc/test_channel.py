@@ -7,8 +7,12 @@ application (twisted.web's own request and channel, none of powerlb's).
 
 from __future__ import annotations
 
+import gc
+import platform
+import weakref
 from typing import Any, List
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.web.resource import Resource
@@ -116,6 +120,48 @@ async def test_idle_time_counts_from_the_last_plain_request_or_fast_hit(make_bac
     assert client.data.count(b"HTTP/1.1 200 ") == 3 and client.data.count(b"X-Cache: HIT") == 1
     assert not client.closed  # 1.8 s after the first request, 0.6 s after the last answer
     await wait_for(lambda: client.closed, timeout=5.0)
+
+
+@pytest.mark.skipif(
+    platform.python_implementation() != "CPython", reason="only CPython frees by reference counting"
+)
+@pytest_twisted.ensureDeferred
+async def test_answered_requests_leave_no_cycle_for_the_garbage_collector(make_backends, start_powerlb):
+    """A request, its responder and its dispatch are freed by reference counting as the response
+    ends: with the collector off, none of them outlives its answer (a cycle left per request made
+    the collector run every few dozen requests)."""
+    (a,) = make_backends(1)
+    a.routes[b"/c"] = origin(b"stored", cache_control=b"max-age=60")
+    lb = start_powerlb([a])
+    site = lb.service.proxy_listener.factory
+    made: List[weakref.ref] = []
+    factory = site.requestFactory
+
+    def tracked(*args: Any) -> Any:
+        request = factory(*args)
+        made.append(weakref.ref(request))
+        return request
+
+    site.requestFactory = tracked
+    requests = [
+        b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n",  # plain, passed
+        b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n",  # plain, stored
+        b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",  # twisted.web's way
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",  # a body
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        for each in requests:
+            client = _OneByOne(each, 2)
+            await protocol.ClientCreator(reactor, lambda c=client: c).connectTCP("127.0.0.1", lb.port)
+            responses = await client.done
+            assert [headers_of(r)[0] for r in responses] == [200, 200]
+        await sleep(0.05)
+        assert len(made) == 7  # the second GET /c was a hit, answered with no request object
+        assert [ref() for ref in made] == [None] * 7
+    finally:
+        gc.enable()
 
 
 @pytest_twisted.ensureDeferred
