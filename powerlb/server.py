@@ -215,7 +215,7 @@ class ProxyRequest(Request):
         """Start the response: ``headers`` (names lower-cased, no hop-by-hop ones) plus ``X-Cache``.
 
         What twisted.web's first ``write`` does, but written in one block built
-        straight from the list (names in twisted.web's case, :func:`wire_name`),
+        straight from the list (names in twisted.web's case, :data:`wire_name`),
         with no twisted.web header object: the
         ``Date`` twisted.web set is kept only when the response has none, and
         its ``Connection: close`` (a closing connection) is kept; a body of

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import List, Tuple
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from twisted.web.http_headers import Headers as TwistedHeaders
 
+from powerlb import responses
 from powerlb.headers import (
     HOP_BY_HOP,
     TOKEN,
@@ -365,3 +368,20 @@ def test_the_token_grammar_is_one_set_of_characters() -> None:
         expected = char.isascii() and (char.isalnum() or char in "!#$%&'*+-.^_`|~")
         assert (TOKEN.fullmatch(char) is not None) == (code in TOKEN_BYTES) == expected, code
         assert (re.fullmatch(TOKEN_PATTERN, bytes([code])) is not None) == expected
+
+
+@given(st.from_regex(TOKEN_PATTERN, fullmatch=True).map(lambda name: name.lower()))
+def test_wire_name_writes_a_name_as_twisted_web_does(name: bytes) -> None:
+    twisted_headers = TwistedHeaders()
+    twisted_headers.setRawHeaders(name, [b"v"])
+    ((written, _),) = twisted_headers.getAllRawHeaders()
+    assert responses.wire_name(name) == written
+    assert responses.wire_name(name) == written  # the second time from what it remembers
+
+
+def test_wire_name_remembers_at_most_max_wire_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    remembered = responses.wire_name.__self__  # type: ignore[attr-defined]
+    monkeypatch.setattr(responses, "MAX_WIRE_NAMES", len(remembered) + 1)
+    assert responses.wire_name(b"x-first-odd-name") == b"X-First-Odd-Name"
+    assert responses.wire_name(b"x-second-odd-name") == b"X-Second-Odd-Name"  # written, not kept
+    assert b"x-first-odd-name" in remembered and b"x-second-odd-name" not in remembered
