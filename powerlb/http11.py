@@ -22,7 +22,14 @@ from typing import Optional
 
 from zope.interface import Interface
 
-from powerlb.headers import TOKEN_BYTES, TOKEN_PATTERN, Headers, connection_tokens, split_tokens
+from powerlb.headers import (
+    TOKEN_BYTES,
+    TOKEN_PATTERN,
+    Headers,
+    connection_tokens,
+    field_value_ok,
+    split_tokens,
+)
 
 MAX_HEAD_SIZE = 64 * 1024
 MAX_CHUNK_LINE = 4096
@@ -344,7 +351,7 @@ def _parse_header_lines(lines: list[bytes]) -> Headers:
             # Also rejects obs-fold (a line starting with whitespace).
             raise ProtocolError("invalid header name")
         value = line[colon + 1 :].strip(b" \t")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if not field_value_ok(value):
             raise ProtocolError("invalid header value")
         headers.append((name.lower(), value))
     return headers

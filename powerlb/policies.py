@@ -63,7 +63,7 @@ def split_host(host: Optional[bytes]) -> Tuple[bytes, bytes]:
             rest = host[end + 1 :]
             return host[: end + 1].lower(), rest[1:] if rest[:1] == b":" else b""
     name, colon, port = host.rpartition(b":")
-    if not colon or b":" in name:  # no port, or a bare IPv6 address
+    if not colon or 58 in name:  # no port, or a bare IPv6 address (58: a colon, found by memchr)
         name, port = host, b""
     if name.endswith(b"."):
         name = name[:-1]

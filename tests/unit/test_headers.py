@@ -18,6 +18,7 @@ from powerlb.headers import (
     TOKEN_PATTERN,
     VIA_PSEUDONYM,
     connection_tokens,
+    field_value_ok,
     forward_request_headers,
     forward_response_headers,
     get_all,
@@ -385,3 +386,11 @@ def test_wire_name_remembers_at_most_max_wire_names(monkeypatch: pytest.MonkeyPa
     assert responses.wire_name(b"x-first-odd-name") == b"X-First-Odd-Name"
     assert responses.wire_name(b"x-second-odd-name") == b"X-Second-Odd-Name"  # written, not kept
     assert b"x-first-odd-name" in remembered and b"x-second-odd-name" not in remembered
+
+
+@given(st.binary(max_size=64))
+@example(b"a\rb")
+@example(b"\n")
+@example(b"x\x00")
+def test_field_value_ok_is_no_cr_lf_or_nul(value: bytes) -> None:
+    assert field_value_ok(value) == (not set(value) & {ord("\r"), ord("\n"), 0})
