@@ -15,8 +15,8 @@ Headers = List[Tuple[bytes, bytes]]
 #: The characters of an HTTP token (RFC 9110 section 5.6.2, ``tchar``): the one copy of the token
 #: grammar, which every parser and check below derives from.
 TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-#: The token characters as byte values, to check a name at once: ``TOKEN_BYTES.issuperset(name)``.
-TOKEN_BYTES = frozenset(TCHARS.encode("ascii"))
+#: The token characters as bytes (what :func:`is_token` deletes).
+_TOKEN_CHARS = TCHARS.encode("ascii")
 #: A token as a bytes regular expression source, for patterns built from it (e.g. Cache-Control).
 TOKEN_PATTERN = b"[" + re.escape(TCHARS).encode("ascii") + b"]+"
 #: An HTTP token: what header and cookie names, methods and list members are made of.
@@ -42,6 +42,15 @@ VIA_PSEUDONYM = b"powerlb"
 #: CR, LF and NUL as byte values: ``13 in value`` is one ``memchr``, ten times quicker on CPython
 #: than ``b"\r" in value`` (a substring search, set up for a one-byte needle).
 _CR, _LF, _NUL = 13, 10, 0
+
+
+def is_token(value: bytes) -> bool:
+    """Whether ``value`` is a token: one or more token characters (a header name, a method).
+
+    Checked by deleting the token characters (``bytes.translate``, one table lookup per byte):
+    on CPython three to five times quicker than a set's ``issuperset`` of a 15- to 90-byte value.
+    """
+    return bool(value) and not value.translate(None, _TOKEN_CHARS)
 
 
 def field_value_ok(value: bytes) -> bool:

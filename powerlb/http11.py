@@ -23,11 +23,11 @@ from typing import Optional
 from zope.interface import Interface
 
 from powerlb.headers import (
-    TOKEN_BYTES,
     TOKEN_PATTERN,
     Headers,
     connection_tokens,
     field_value_ok,
+    is_token,
     split_tokens,
 )
 
@@ -347,7 +347,7 @@ def _parse_header_lines(lines: list[bytes]) -> Headers:
         if colon <= 0:
             raise ProtocolError("invalid header line")
         name = line[:colon]
-        if not TOKEN_BYTES.issuperset(name):
+        if not is_token(name):
             # Also rejects obs-fold (a line starting with whitespace).
             raise ProtocolError("invalid header name")
         value = line[colon + 1 :].strip(b" \t")

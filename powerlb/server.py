@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import TOKEN_BYTES, Headers, field_value_ok, get_first, split_tokens
+from powerlb.headers import Headers, field_value_ok, get_first, is_token, split_tokens
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -73,7 +73,12 @@ _NOT_SIMPLE = frozenset(
 SimpleRequest = Tuple[bytes, bytes, Headers]
 
 #: The bytes of a request target: visible ASCII (twisted.web's own check also lets DEL and 0x80-0xB0 by).
-_TARGET_BYTES = frozenset(range(0x21, 0x7F))
+_TARGET_CHARS = bytes(range(0x21, 0x7F))
+
+
+def _target_ok(target: bytes) -> bool:
+    """Whether ``target`` is all visible ASCII (checked as :func:`~powerlb.headers.is_token` checks)."""
+    return not target.translate(None, _TARGET_CHARS)
 
 
 def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]:
@@ -96,13 +101,13 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         or version != b"HTTP/1.1"
         or not target.startswith(b"/")
         or len(target) > limits.max_url_length
-        or not _TARGET_BYTES.issuperset(target)
+        or not _target_ok(target)
     ):
         return None
     headers: Headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not TOKEN_BYTES.issuperset(name) or not field_value_ok(value):
+        if not colon or not is_token(name) or not field_value_ok(value):
             return None
         name = name.lower()
         if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
@@ -590,7 +595,7 @@ class ProxyChannel(TrackedChannel):
         if len(parts) == 3 and len(parts[1]) > limits.max_url_length:
             self.reject(414, "request target longer than the limit")
             return False
-        if len(parts) == 3 and not _TARGET_BYTES.issuperset(parts[1]):
+        if len(parts) == 3 and not _target_ok(parts[1]):
             self.reject(400, "malformed request target")
             return False
         self._in_head = True

@@ -14,7 +14,6 @@ from powerlb import responses
 from powerlb.headers import (
     HOP_BY_HOP,
     TOKEN,
-    TOKEN_BYTES,
     TOKEN_PATTERN,
     VIA_PSEUDONYM,
     connection_tokens,
@@ -25,6 +24,7 @@ from powerlb.headers import (
     get_cookie,
     get_first,
     hop_by_hop,
+    is_token,
     split_tokens,
     strip_cookie,
     strip_hop_by_hop,
@@ -363,11 +363,11 @@ def test_strip_cookie_removes_only_that_cookie(pairs: List[Tuple[bytes, bytes]])
 
 
 def test_the_token_grammar_is_one_set_of_characters() -> None:
-    """RFC 9110 section 5.6.2: the regex, the byte set and the pattern source agree on every byte."""
+    """RFC 9110 section 5.6.2: the regex, is_token and the pattern source agree on every byte."""
     for code in range(256):
         char = chr(code)
         expected = char.isascii() and (char.isalnum() or char in "!#$%&'*+-.^_`|~")
-        assert (TOKEN.fullmatch(char) is not None) == (code in TOKEN_BYTES) == expected, code
+        assert (TOKEN.fullmatch(char) is not None) == is_token(bytes([code])) == expected, code
         assert (re.fullmatch(TOKEN_PATTERN, bytes([code])) is not None) == expected
 
 
@@ -394,3 +394,11 @@ def test_wire_name_remembers_at_most_max_wire_names(monkeypatch: pytest.MonkeyPa
 @example(b"x\x00")
 def test_field_value_ok_is_no_cr_lf_or_nul(value: bytes) -> None:
     assert field_value_ok(value) == (not set(value) & {ord("\r"), ord("\n"), 0})
+
+
+@given(st.binary(max_size=40))
+@example(b"")
+@example(b"Content-Type")
+@example(b"a b")
+def test_is_token_is_the_token_grammar(value: bytes) -> None:
+    assert is_token(value) == (TOKEN.fullmatch(value.decode("latin-1")) is not None)
