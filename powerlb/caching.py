@@ -57,7 +57,7 @@ from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.errors import UpstreamError
 from powerlb.headers import Headers, get_first, strip_hop_by_hop
-from powerlb.interfaces import IClientSink, IResponseSink
+from powerlb.interfaces import IClientSink, IResponseSink, whole_as_parts
 from powerlb.policies import HeaderRules, apply_header_rules
 from powerlb.responses import wire_head
 from powerlb.stats import Counters
@@ -628,13 +628,7 @@ class Relay:
         self.sink.interim_received(status, reason, headers)
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
-        client = self.client
-        if client.method not in cachepolicy.SAFE_METHODS:  # a safe method's response invalidates nothing
-            self.layer.invalidate(client, status, headers)
-        strip = self.layer.strip
-        if strip:
-            headers = [(k, v) for k, v in headers if k not in strip]
-        self.sink.head_received(status, reason, headers)
+        self.sink.head_received(status, reason, self._relayed(status, headers))
 
     def body_received(self, data: bytes) -> None:
         self.sink.body_received(data)
@@ -642,8 +636,21 @@ class Relay:
     def response_ended(self) -> None:
         self.sink.response_ended()
 
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        self.sink.response_received(status, reason, self._relayed(status, headers), body)
+
     def request_failed(self, error: UpstreamError) -> None:
         self.sink.request_failed(error)
+
+    def _relayed(self, status: int, headers: Headers) -> Headers:
+        """The response ``headers`` as they go on; what they say changed is invalidated first."""
+        client = self.client
+        if client.method not in cachepolicy.SAFE_METHODS:  # a safe method's response invalidates nothing
+            self.layer.invalidate(client, status, headers)
+        strip = self.layer.strip
+        if strip:
+            headers = [(k, v) for k, v in headers if k not in strip]
+        return headers
 
 
 class HeadSink(Relay):
@@ -676,6 +683,9 @@ class HeadSink(Relay):
         elif outcome == cachepolicy.INVALIDATE:
             layer.counters.cache_invalidated += layer.store.remove(self.key)
         super().head_received(status, reason, headers)
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        whole_as_parts(self, status, reason, headers, body)
 
 
 class PostSink(Relay):
@@ -727,6 +737,9 @@ class PostSink(Relay):
             entry = CachedResponse.from_plan(self.plan, status, reason, headers, body, self.client.headers)
             self.layer.put(self.key, entry)
         super().response_ended()
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        whole_as_parts(self, status, reason, headers, body)
 
 
 class FetchSink(Relay):
@@ -802,17 +815,44 @@ class FetchSink(Relay):
         self.background = background
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
+        now = self.layer.clock.seconds()
+        if self._take_head(status, reason, headers, now):
+            self._pass_head(now)
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        now = self.layer.clock.seconds()
+        passed = self._take_head(status, reason, headers, now)
+        if not passed or self.answers:
+            # Replayed or held (the rest is heard as events), or the head answers a conditional or range.
+            if passed:
+                self._pass_head(now)
+            if body:
+                self.body_received(body)
+            self.response_ended()
+            return
+        if self.parts is not None:
+            self.size = len(body)
+            if self.size <= self.layer.max_object:
+                self.parts.append(body)
+            else:
+                self.parts = None
+        self._store()
+        self._land()
+        super().response_received(status, reason, headers, body)
+
+    def _take_head(self, status: int, reason: bytes, headers: Headers, now: float) -> bool:
+        """Decide on the response from its head (replay a stored response instead, keep it to store,
+        hold it back): whether the head is to be passed on now."""
         layer = self.layer
-        now = layer.clock.seconds()
         entry = self.entry
         if entry is not None and self.conditional and status == 304:
             updated = layer.update(self.key, self.client, entry, headers, self.request_time, now)
             self._replay(updated, now, REVALIDATED)
-            return
+            return False
         stale = self._stale(now) if status in _ERROR_STATUSES else None
         if stale is not None:
             self._replay(stale, now, STALE)
-            return
+            return False
         client = self.client
         plan = cachepolicy.plan_store(
             b"GET",
@@ -837,8 +877,7 @@ class FetchSink(Relay):
             layer.mark_pass(self.key, now)
             self._release()
         self._count(MISS)
-        if not self.held:
-            self._pass_head(now)
+        return not self.held
 
     def body_received(self, data: bytes) -> None:
         parts = self.parts
@@ -866,19 +905,10 @@ class FetchSink(Relay):
     def response_ended(self) -> None:
         if self.done:
             return
-        if self.parts is not None and self.plan is not None:
-            entry = CachedResponse.from_plan(
-                self.plan,
-                self.status,
-                self.reason,
-                self.headers,
-                b"".join(self.parts),
-                self.client.headers,
-            )
-            self.layer.put(self.key, entry)
-            if self.held:
-                self._serve(entry, self.layer.clock.seconds())
-                return
+        entry = self._store()
+        if entry is not None and self.held:
+            self._serve(entry, self.layer.clock.seconds())
+            return
         self._land()
         self.sink.response_ended()
 
@@ -896,6 +926,16 @@ class FetchSink(Relay):
         self.sink.request_failed(error)
 
     # -- internals -------------------------------------------------------
+
+    def _store(self) -> Optional[CachedResponse]:
+        """Store the complete response when it is kept to store: the entry stored, else None."""
+        if self.parts is None or self.plan is None:
+            return None
+        entry = CachedResponse.from_plan(
+            self.plan, self.status, self.reason, self.headers, b"".join(self.parts), self.client.headers
+        )
+        self.layer.put(self.key, entry)
+        return entry
 
     def _pass_head(self, now: float) -> None:
         """Pass the response head on, or the answer to the client's conditional or range made from it.
@@ -1016,16 +1056,16 @@ class _Discard:
     def response_ended(self) -> None:
         pass
 
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        pass
+
     def request_failed(self, error: UpstreamError) -> None:
         pass
 
 
 def _answer(sink: IResponseSink, answer: cachepolicy.Answer) -> None:
     """Pass ``answer`` (made from a stored response) on to ``sink`` as a fetched response would be."""
-    sink.head_received(answer.status, answer.reason, answer.headers)
-    if answer.body:
-        sink.body_received(answer.body)
-    sink.response_ended()
+    sink.response_received(answer.status, answer.reason, answer.headers, answer.body)
 
 
 def _forward(

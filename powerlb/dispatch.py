@@ -182,17 +182,14 @@ class Dispatch:
         self.sink.interim_received(status, reason, headers)
 
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
-        assert self.exchange is not None and self.backend is not None
-        elapsed = self.upstream_time = self.exchange.response_time
-        self.backend.latency.observe(elapsed)
-        outliers = self.dispatcher.outliers
-        if outliers is not None:
-            outliers.response(self.backend, status)
+        self._observe(status)
         length = get_first(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
             self.held = ((status, reason, headers), [])
             return
-        self._commit(status, reason, headers)
+        self.committed = True
+        assert self.sink is not None
+        self.sink.head_received(status, reason, headers)
 
     def body_received(self, data: bytes) -> None:
         if self.held is not None:
@@ -202,22 +199,16 @@ class Dispatch:
             self.sink.body_received(data)
 
     def response_ended(self) -> None:
-        self._release()
         held, self.held = self.held, None
-        if held is not None:
-            head, pieces = held
-            self._commit(*head)
-            for data in pieces:
-                assert self.sink is not None
-                self.sink.body_received(data)
-        sink, self.sink = self.sink, None
-        assert sink is not None
-        sink.response_ended()
+        if held is None:
+            self._end().response_ended()
+            return
+        (status, reason, headers), pieces = held
+        self._end().response_received(status, reason, headers, b"".join(pieces))
 
-    def _commit(self, status: int, reason: bytes, headers: Headers) -> None:
-        self.committed = True
-        assert self.sink is not None
-        self.sink.head_received(status, reason, headers)
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        self._observe(status)
+        self._end().response_received(status, reason, headers, body)
 
     def request_failed(self, error: UpstreamError) -> None:
         backend = self._release()
@@ -266,6 +257,23 @@ class Dispatch:
             self._release()
 
     # -- internals -------------------------------------------------------
+
+    def _observe(self, status: int) -> None:
+        """A response head came: its upstream time and status count for the backend."""
+        assert self.exchange is not None and self.backend is not None
+        elapsed = self.upstream_time = self.exchange.response_time
+        self.backend.latency.observe(elapsed)
+        outliers = self.dispatcher.outliers
+        if outliers is not None:
+            outliers.response(self.backend, status)
+
+    def _end(self) -> IResponseSink:
+        """The response is complete (nothing can be retried from now on): the sink, to hear it."""
+        self._release()
+        self.committed = True
+        sink, self.sink = self.sink, None
+        assert sink is not None
+        return sink
 
     def _release(self) -> Backend:
         backend = self.backend

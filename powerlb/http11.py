@@ -3,7 +3,9 @@ interim responses relayed to clients).
 
 :class:`ResponseParser` is fed the bytes a backend sends and calls an
 :class:`IResponseEvents` handler with the status line and headers, body
-pieces, and the end of each response. It never touches a socket or a clock,
+pieces, and the end of each response, or with the whole response in one
+event when it is all in hand as its head is read (the common small response,
+and every bodiless one). It never touches a socket or a clock,
 so it is tested by feeding it bytes split at every possible place.
 
 Interim (1xx) responses are reported apart from the final response
@@ -65,6 +67,9 @@ class IResponseEvents(Interface):
 
     def response_end(keep_alive: bool) -> None:
         """The response is complete; ``keep_alive`` says whether the connection may be reused."""
+
+    def response_whole(status: int, reason: bytes, headers: Headers, body: bytes, keep_alive: bool) -> None:
+        """A whole final response at once, instead of its head, body and end (as those three say)."""
 
 
 class IUpgradeEvents(IResponseEvents):
@@ -201,19 +206,21 @@ class ResponseParser:
         elif b"keep-alive" in tokens:
             keep_alive = True
         if self._head_request or status == 204 or status == 304:
-            self._keep_alive = keep_alive
-            self._events.response_head(status, reason, headers)
-            self._finish()
+            self._state = _IDLE
+            self._events.response_whole(status, reason, headers, b"", keep_alive)
             return rest
         # Decide the framing (which may reject the response) before reporting
         # the head: a caller must not start relaying a response that then fails.
         state, remaining, reusable = _body_framing(framing)
-        self._keep_alive = keep_alive and reusable
+        keep_alive = self._keep_alive = keep_alive and reusable
+        if state == _LENGTH and len(rest) >= remaining:
+            # All in hand: one event (the state is idle first, as the handler may send the next request).
+            self._state = _IDLE
+            self._events.response_whole(status, reason, headers, rest[:remaining], keep_alive)
+            return rest[remaining:]
         self._events.response_head(status, reason, headers)
         self._state = state
         self._remaining = remaining
-        if state == _LENGTH and remaining == 0:
-            self._finish()
         return rest
 
     def _parse_chunk_size(self, data: bytes) -> bytes:

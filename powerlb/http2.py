@@ -133,6 +133,7 @@ class H2ProxyRequest(ProxyRequest):
 
     #: The stream writes its own HEADERS frame: the response head goes through twisted.web's headers.
     send_head = None  # type: ignore[assignment]  # the request path tests for None (proxy.py)
+    send_response = None  # type: ignore[assignment]
 
 
 class ProxyH2Connection(H2Connection):

@@ -54,8 +54,22 @@ class IResponseSink(Interface):
     def response_ended() -> None:
         """The whole response arrived."""
 
+    def response_received(status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        """A whole response at once, instead of its head, body and end: what :meth:`head_received`,
+        :meth:`body_received` (when ``body``) and :meth:`response_ended` would say. A small response
+        all in hand comes so, as does every answer made from a stored response."""
+
     def request_failed(error: UpstreamError) -> None:
         """The exchange failed; ``error.status`` says 502 or 504."""
+
+
+def whole_as_parts(sink: IResponseSink, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+    """Give ``sink`` a whole response as its parts (head, body when there is one, end): the
+    :meth:`IResponseSink.response_received` of a sink that takes a response no other way."""
+    sink.head_received(status, reason, headers)
+    if body:
+        sink.body_received(body)
+    sink.response_ended()
 
 
 class IClientSink(IResponseSink):
@@ -125,4 +139,5 @@ __all__ = [
     "IExchange",
     "IResponseSink",
     "IUpstream",
+    "whole_as_parts",
 ]

@@ -356,12 +356,7 @@ class ClientResponder:
         if status == 101:
             self._switched(reason)
             return
-        headers = forward_response_headers(headers)
-        sticky = self.plan.sticky
-        if sticky is not None:
-            self._stick(sticky, headers)
-        if self.response_rules is not None:
-            headers = apply_header_rules(self.response_rules, headers)
+        headers = self._client_headers(headers)
         request = self.request
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:
@@ -376,6 +371,21 @@ class ClientResponder:
     def response_ended(self) -> None:
         if self._end():
             self.request.finish()
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        headers = self._client_headers(headers)
+        if not self._end():
+            return
+        request = self.request
+        send_response = getattr(request, "send_response", None)  # powerlb's own request: one write
+        if send_response is not None:
+            send_response(status, reason, headers, self.x_cache, body)
+            return
+        request.setResponseCode(status, reason or None)
+        set_response_headers(request, headers, self.x_cache)
+        if body:
+            request.write(body)
+        request.finish()
 
     def request_failed(self, error: UpstreamError) -> None:
         if not self._end():
@@ -418,6 +428,17 @@ class ClientResponder:
         request.setResponseCode(101, reason or None)
         request.x_cache = self.x_cache
         request.channel.factory.log(request)
+
+    def _client_headers(self, headers: Headers) -> Headers:
+        """A response's headers as the client gets them: hop-by-hop ones dropped, the sticky cookie
+        added, the route's response header rules applied."""
+        headers = forward_response_headers(headers)
+        sticky = self.plan.sticky
+        if sticky is not None:
+            self._stick(sticky, headers)
+        if self.response_rules is not None:
+            headers = apply_header_rules(self.response_rules, headers)
+        return headers
 
     def _stick(self, sticky: StickyCookie, headers: Headers) -> None:
         """Add the sticky cookie of the backend whose response this is (none for one made from the cache

@@ -211,7 +211,20 @@ class ProxyRequest(Request):
         """Answer ``status`` with a short ``reason`` instead of the request; the connection closes."""
         self.channel.reject(status, reason)
 
-    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes) -> None:
+    def send_response(
+        self, status: int, reason: bytes, headers: Headers, x_cache: bytes, body: bytes
+    ) -> None:
+        """The whole response at once: its head (as :meth:`send_head` makes it) and ``body`` in one
+        write, and its end."""
+        if self.send_head(status, reason, headers, x_cache) and body:
+            if self.chunked:
+                self.write(body)
+            else:
+                self.sentLength += len(body)
+                self.channel.write(body)
+        self.finish()
+
+    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes) -> bool:
         """Start the response: ``headers`` (names lower-cased, no hop-by-hop ones) plus ``X-Cache``.
 
         What twisted.web's first ``write`` does, but written in one block built
@@ -220,12 +233,12 @@ class ProxyRequest(Request):
         ``Date`` twisted.web set is kept only when the response has none, and
         its ``Connection: close`` (a closing connection) is kept; a body of
         unknown length to an HTTP/1.1 client is chunked; HEAD, 1xx, 204 and 304
-        responses get no body.
+        responses get no body. Whether a body follows (False also when the client is gone).
         """
         self.setResponseCode(status, reason or None)
         self.x_cache = x_cache
         if self._disconnected:
-            return
+            return False
         self.startedWriting = 1
         version = self.clientproto
         parts = [version, b" %d " % status, self.code_message, b"\r\n"]
@@ -249,6 +262,7 @@ class ProxyRequest(Request):
         self.channel.write_head(b"".join(parts))
         if bodiless:
             self.write = lambda data: None  # type: ignore[method-assign]  # what the resource writes is dropped
+        return not bodiless
 
     def body_too_large(self) -> None:
         """The body is, or is announced as, larger than ``max_body``: 413 (or a cut once answering)."""

@@ -66,7 +66,7 @@ from powerlb.balancing import IBalancer, RoundRobin
 from powerlb.dispatch import Dispatcher
 from powerlb.errors import ConnectFailed, ConnectTimeout, QueueFull, UpstreamError, UpstreamTimeout
 from powerlb.headers import Headers, get_first
-from powerlb.interfaces import IExchange, IResponseSink, IUpstream
+from powerlb.interfaces import IExchange, IResponseSink, IUpstream, whole_as_parts
 from powerlb.upstream import BodyStream
 
 #: Header fields as a test gives them: a list or a tuple of (name, value) pairs.
@@ -116,7 +116,8 @@ class RecordingSink:
     """Records the events of one upstream response, in order, in :attr:`events`.
 
     Events are ``("interim", status, reason, headers)``, ``("head", status, reason,
-    headers)``, ``("body", data)``, ``("end",)`` and ``("failed", error)``.
+    headers)``, ``("body", data)``, ``("end",)`` and ``("failed", error)``; a whole
+    response (``response_received``) is recorded as its head, body and end.
     An event after the end or a failure, or a second head, breaks the
     IResponseSink contract: it raises AssertionError.
     """
@@ -129,6 +130,8 @@ class RecordingSink:
         self.reason: Optional[bytes] = None
         self.headers: Optional[Headers] = None
         self.ended = False
+        #: True when the response came whole (``response_received``, recorded as its parts).
+        self.whole = False
         #: The error of ``request_failed``, once heard.
         self.failure: Optional[UpstreamError] = None
         self._body: List[bytes] = []
@@ -168,6 +171,10 @@ class RecordingSink:
         self._check("end")
         self.ended = True
         self.events.append(("end",))
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        self.whole = True
+        whole_as_parts(self, status, reason, headers, body)
 
     def request_failed(self, error: UpstreamError) -> None:
         self._check("failure")

@@ -344,20 +344,17 @@ class UpstreamConnection(Protocol):
 
     def response_end(self, keep_alive: bool) -> None:
         exchange = self.exchange
-        if exchange is None:
-            return  # aborted by its sink while this read was being parsed
-        if exchange.stream is not None and not exchange.stream.complete:
-            keep_alive = False  # answered before the whole body was sent: the stream is out of step
-        self._release_stream()
-        self.exchange = None  # the timer lapses when it next fires
-        exchange.connection = None
-        sink = exchange.sink
-        assert sink is not None
-        exchange.sink = None
-        if exchange.paused:
-            self.transport.resumeProducing()
-        self.factory._release(self, keep_alive)
-        sink.response_ended()
+        if exchange is not None:  # else aborted by its sink while this read was being parsed
+            self._end_exchange(exchange, keep_alive).response_ended()
+
+    def response_whole(
+        self, status: int, reason: bytes, headers: Headers, body: bytes, keep_alive: bool
+    ) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            self.response_started = True
+            exchange.response_time = self._seconds() - self.sent_at
+            self._end_exchange(exchange, keep_alive).response_received(status, reason, headers, body)
 
     # -- transport events ----------------------------------------------------
 
@@ -399,6 +396,22 @@ class UpstreamConnection(Protocol):
             self._fail(UpstreamError("backend closed the connection before the response was complete"))
 
     # -- internals -------------------------------------------------------
+
+    def _end_exchange(self, exchange: Exchange, keep_alive: bool) -> IResponseSink:
+        """Take the answered ``exchange`` off the connection, which goes back to the pool (or closes):
+        the exchange's sink, to hear the end."""
+        if exchange.stream is not None and not exchange.stream.complete:
+            keep_alive = False  # answered before the whole body was sent: the stream is out of step
+        self._release_stream()
+        self.exchange = None  # the timer lapses when it next fires
+        exchange.connection = None
+        sink = exchange.sink
+        assert sink is not None
+        exchange.sink = None
+        if exchange.paused:
+            self.transport.resumeProducing()
+        self.factory._release(self, keep_alive)
+        return sink
 
     def _check_timeout(self) -> None:
         """Fail the exchange if its time is up, or wait for the time left."""
@@ -738,6 +751,9 @@ class _StatusProbe:
 
     def response_ended(self) -> None:
         self.deferred.callback(self.status)
+
+    def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        self.deferred.callback(status)
 
     def request_failed(self, error: UpstreamError) -> None:
         self.deferred.errback(error)

@@ -158,6 +158,18 @@ def test_a_small_response_is_held_until_complete() -> None:
     assert sink.status == 200
     assert sink.body == b"0123456789"
     assert sink.ended
+    assert sink.whole  # the held response goes on in one event (IResponseSink.response_received)
+
+
+def test_a_response_over_the_hold_limit_streams_as_its_parts() -> None:
+    pool = FakePool(1)
+    _, dispatch, sink = send(pool)
+    (exchange,) = pool.upstreams[0].requests
+    exchange.send_head(200, [(b"content-length", b"%d" % (HOLD_LIMIT + 1))])
+    assert sink.status == 200 and dispatch.committed
+    exchange.send_body(b"x" * (HOLD_LIMIT + 1))
+    exchange.end()
+    assert (sink.body, sink.ended, sink.whole) == (b"x" * (HOLD_LIMIT + 1), True, False)
 
 
 def test_a_small_response_cut_mid_body_is_retried_and_the_caller_sees_only_the_second() -> None:

@@ -526,9 +526,9 @@ def test_sink_aborting_from_a_callback_mid_feed() -> None:
     sink = Aborting()
     exchange = pool.get(sink)
     proto, transport = pool.connect()
-    proto.dataReceived(OK)
+    proto.dataReceived(OK[:-2])  # not all in one read: heard in parts, the end still to come
     assert transport.disconnected
-    assert sink.events == OK_EVENTS[:2]
+    assert sink.events == [OK_EVENTS[0], ("body", b"hel")]
 
 
 def test_pause_and_resume_are_forwarded_to_the_transport() -> None:

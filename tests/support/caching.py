@@ -65,6 +65,11 @@ class Client:
     def response_end(self, keep_alive: bool) -> None:
         self._sink.response_ended()
 
+    def response_whole(
+        self, status: int, reason: bytes, headers: Headers, body: bytes, keep_alive: bool
+    ) -> None:
+        self._sink.response_received(status, reason, headers, body)
+
 
 class Proxy:
     """powerlb's request path with the cache on, over one fake backend (``upstream``) on ``clock``."""

@@ -21,6 +21,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: List[Event] = []
+        #: How many responses came whole (``response_whole``).
+        self.wholes = 0
 
     def response_interim(self, status: int, reason: bytes, headers: Any) -> None:
         self.events.append(("interim", status, reason, list(headers)))
@@ -34,6 +36,14 @@ class Recorder:
 
     def response_end(self, keep_alive: bool) -> None:
         self.events.append(("end", keep_alive))
+
+    def response_whole(self, status: int, reason: bytes, headers: Any, body: bytes, keep_alive: bool) -> None:
+        """Recorded as its parts (head, body when there is one, end); counted in :attr:`wholes`."""
+        self.wholes += 1
+        self.response_head(status, reason, headers)
+        if body:
+            self.response_body(body)
+        self.response_end(keep_alive)
 
     def response_switched(self, reason: bytes, headers: Any, rest: bytes) -> None:
         self.events.append(("switched", reason, list(headers), rest))

@@ -93,6 +93,32 @@ def test_content_length_waits_for_the_whole_body() -> None:
         parser.feed_eof()
 
 
+@pytest.mark.parametrize(
+    ("pieces", "head_request", "wholes"),
+    [
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"], False, 1),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], False, 1),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"], True, 1),  # HEAD: no body
+        ([b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"], False, 1),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", b"lo"], False, 0),
+        ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"], False, 0),
+    ],
+    ids=["length", "empty", "head", "304", "split-body", "chunked"],
+)
+def test_a_response_all_in_hand_as_its_head_is_read_comes_whole(
+    pieces: List[bytes], head_request: bool, wholes: int
+) -> None:
+    """One ``response_whole`` instead of head, body and end when the head's read holds the whole
+    response; otherwise the parts (the events mean the same: the Recorder records a whole as parts)."""
+    recorder = Recorder()
+    parser = ResponseParser(recorder)
+    parser.expect(head_request)
+    for piece in pieces:
+        parser.feed(piece)
+    assert recorder.wholes == wholes
+    assert parser.idle
+
+
 def test_header_names_lowercased_values_stripped_reason_kept() -> None:
     _, events = parse(b"HTTP/1.1 404 Not  Found here\r\nX-Thing:\t  v a l \t\r\nEmpty:\r\n\r\n", eof=True)
     assert events[0] == ("head", 404, b"Not  Found here", [(b"x-thing", b"v a l"), (b"empty", b"")])
@@ -555,6 +581,7 @@ def test_next_request_can_be_expected_from_inside_response_end() -> None:
         ("body", b"b"),
         ("end", True),
     ]
+    assert recorder.wholes == 2  # each came whole, the second parsed after the first's handler
 
 
 # --- properties --------------------------------------------------------------------
