@@ -232,6 +232,13 @@ class Acl:
         return not _within(parsed, self.deny)
 
 
+def peer_host(address: object) -> bytes:
+    """The host of a connection's peer ``address`` as the request path writes it (in
+    ``X-Forwarded-For``): ``unknown`` for an address without one (a UNIX socket's)."""
+    host: str = getattr(address, "host", "unknown")
+    return host.encode()
+
+
 def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[IPNetwork]) -> str:
     """The client's address: ``peer``, unless ``peer`` is a trusted proxy; then the
     ``X-Forwarded-For`` entries (``forwarded_for``: every value of the header, in order) are read

@@ -38,7 +38,7 @@ from powerlb.headers import (
 from powerlb.http11 import serialize_interim
 from powerlb.interfaces import FastResponse, IClientSink, IResponseSink
 from powerlb.plan import Decision, IPlanner, RequestPlan
-from powerlb.policies import apply_header_rules, cache_key, rewrite_path
+from powerlb.policies import apply_header_rules, cache_key, peer_host, rewrite_path
 from powerlb.responses import error_response, set_response_headers
 from powerlb.routing import Route
 from powerlb.stats import Counters
@@ -70,23 +70,29 @@ class ClientRequest:
 
     def __init__(self, request: ProxyRequest, request_id_header: bytes = b"x-request-id") -> None:
         self.method: bytes = request.method
-        parsed = getattr(request, "parsed_headers", None)  # a ProxyChannel's one-pass parse
-        self.headers: Headers = (
-            parsed
-            if parsed is not None
-            else [
+        parsed = getattr(request, "parsed_headers", None)
+        if parsed is not None:
+            # A ProxyChannel's one-pass parse: a plain request (no Connection or Upgrade), its target
+            # origin-form; the connection knows its scheme and client.
+            channel = request.channel
+            self.headers: Headers = parsed
+            self.target, self.host = request.uri, get_first(parsed, b"host")
+            self.scheme: bytes = channel.scheme
+            self.client_host: bytes = channel.client_host
+            #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel;
+            #: else None.
+            self.upgrade: Any = None
+        else:
+            self.headers = [
                 (name.lower(), value)
                 for name, values in request.requestHeaders.getAllRawHeaders()
                 for value in values
             ]
-        )
-        self.target, self.host = _origin_form(request.uri, get_first(self.headers, b"host"))
-        self.scheme = b"https" if request.isSecure() else b"http"
-        self.client_host: bytes = getattr(request.getClientAddress(), "host", "unknown").encode()
-        #: For an upgrade request (WebSocket...): its connection, which a 101 turns into a tunnel; else None.
-        #: (A request the channel parsed in one pass is a plain one: it has no Connection or Upgrade.)
-        upgrade = parsed is None and is_upgrade(self.method, request.clientproto, self.headers)
-        self.upgrade: Any = request.channel if upgrade else None
+            self.target, self.host = _origin_form(request.uri, get_first(self.headers, b"host"))
+            self.scheme = b"https" if request.isSecure() else b"http"
+            self.client_host = peer_host(request.getClientAddress())
+            upgrade = is_upgrade(self.method, request.clientproto, self.headers)
+            self.upgrade = request.channel if upgrade else None
         #: The header the plan's request id goes upstream in.
         self.request_id_header = request_id_header
         #: The router's plan for this request, and what its route takes (set by :class:`ProxyResource`).

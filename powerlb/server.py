@@ -43,6 +43,7 @@ from powerlb.headers import Headers, field_value_ok, get_first, is_token, split_
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
+from powerlb.policies import peer_host
 from powerlb.responses import http_date, plain_response, wire_name
 from powerlb.settings import Config
 from powerlb.transport import write_now
@@ -420,6 +421,9 @@ class ProxyChannel(TrackedChannel):
         self.totalHeadersSize = limits.max_header_size + limits.max_url_length + 64
         self.maxHeaders = limits.max_headers + 1
         self._secure = ISSLTransport.providedBy(self.transport)
+        #: The connection's scheme and client host, as every request of it is forwarded with.
+        self.scheme = b"https" if self._secure else b"http"
+        self.client_host = peer_host(self.getPeer())
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
@@ -518,6 +522,14 @@ class ProxyChannel(TrackedChannel):
         if self._held_head is not None:
             self.write(b"")  # a response without a body: its head
         self._idle_from = self.site.reactor.seconds()  # a plain request's timer kept running
+        if request.parsed_headers is not None and not self._dataBuffer and self.persistent:
+            # A plain request (_plain_request) with nothing read after it: what HTTPChannel's
+            # requestDone does, less resuming the reads, which nothing paused (a pipelined request
+            # arriving meanwhile would be in _dataBuffer), and the saved timeout, which it has none of.
+            del self.requests[0]
+            self._handlingRequest = False
+            self.line_mode = 1
+            return
         super().requestDone(request)
 
     def lineReceived(self, line: bytes) -> None:
