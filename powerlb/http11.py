@@ -25,7 +25,6 @@ from typing import Optional
 from zope.interface import Interface
 
 from powerlb.headers import (
-    TOKEN_PATTERN,
     Headers,
     connection_tokens,
     field_value_ok,
@@ -42,9 +41,10 @@ _REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0
 #: A valid status line at once (what :func:`_parse_status_line_by_parts` accepts): the minor
 #: version, the code and the reason (None when the line ends after the code).
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-#: Header lines, each ending in CRLF, that :func:`_parse_header_lines` accepts: a token, a colon,
-#: and a value without CR, LF or NUL.
-_HEADER_BLOCK = re.compile(rb"(?:" + TOKEN_PATTERN + rb":[^\r\n\x00]*\r\n)*")
+#: Most header names :data:`_HEADER_NAMES` remembers (backends send few; a flood of odd ones is not kept).
+MAX_HEADER_NAMES = 10_000
+#: Header names as backends send them (``Content-Type``), each known to be a token, and lower-cased.
+_HEADER_NAMES: dict[bytes, bytes] = {}
 #: The headers that decide the framing and the reuse of the connection.
 _FRAMING_NAMES = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
@@ -329,38 +329,54 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
     """The header lines in ``data[start:end]``, each ending in CRLF: (all headers, the framing ones
     among them: :data:`_FRAMING_NAMES`).
 
-    A block :data:`_HEADER_BLOCK` accepts at once is split without a check per line; any other is
-    read by :func:`_parse_header_lines`, which names the fault.
+    A block whose only CR and LF bytes are its line ends, without NUL, whose lines all have a colon
+    after a name already known to be a token (:data:`_HEADER_NAMES`) is split with no further check;
+    any other is read by :func:`_parse_header_lines`, which checks every line and names the fault.
     """
-    if _HEADER_BLOCK.fullmatch(data, start, end) is None:
-        headers = _parse_header_lines([b"", *data[start : end - 2].split(b"\r\n")])
-        return headers, [header for header in headers if header[0] in _FRAMING_NAMES]
-    headers = []
-    framing = []
-    for line in data[start : end - 2].split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        header = (name.lower(), value.strip(b" \t"))
-        headers.append(header)
-        if header[0] in _FRAMING_NAMES:
-            framing.append(header)
-    return headers, framing
+    block = data[start : end - 2]
+    lines = block.split(b"\r\n")
+    breaks = len(lines) - 1
+    if 0 not in block and block.count(b"\r") == breaks and block.count(b"\n") == breaks:
+        headers = []
+        framing = []
+        names = _HEADER_NAMES
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            lowered = names.get(name)
+            if lowered is None or not colon:
+                break
+            header = (lowered, value.strip(b" \t"))
+            headers.append(header)
+            if lowered in _FRAMING_NAMES:
+                framing.append(header)
+        else:
+            return headers, framing
+    headers = _parse_header_lines([b"", *lines])
+    return headers, [header for header in headers if header[0] in _FRAMING_NAMES]
 
 
 def _parse_header_lines(lines: list[bytes]) -> Headers:
-    """The headers of ``lines`` (the first, a status line, skipped), checked line by line."""
+    """The headers of ``lines`` (the first, a status line, skipped), checked line by line; the names
+    found to be tokens join :data:`_HEADER_NAMES`."""
     headers: Headers = []
+    names = _HEADER_NAMES
     for line in lines[1:]:
         colon = line.find(b":")
         if colon <= 0:
             raise ProtocolError("invalid header line")
         name = line[:colon]
-        if not is_token(name):
-            # Also rejects obs-fold (a line starting with whitespace).
-            raise ProtocolError("invalid header name")
+        lowered = names.get(name)
+        if lowered is None:
+            if not is_token(name):
+                # Also rejects obs-fold (a line starting with whitespace).
+                raise ProtocolError("invalid header name")
+            lowered = name.lower()
+            if len(names) < MAX_HEADER_NAMES:
+                names[name] = lowered
         value = line[colon + 1 :].strip(b" \t")
         if not field_value_ok(value):
             raise ProtocolError("invalid header value")
-        headers.append((name.lower(), value))
+        headers.append((lowered, value))
     return headers
 
 

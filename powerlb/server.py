@@ -252,7 +252,9 @@ class ProxyRequest(Request):
             parts += (wire_name(name), b": ", value, b"\r\n")
         if not dated:
             parts += (b"Date: ", http_date(int(self.channel.site.reactor.seconds())), b"\r\n")
-        connection = self.responseHeaders.getRawHeaders(b"connection")
+        # (Only a connection that is closing has a request whose response says so: checkPersistence,
+        # close_after_requests.)
+        connection = None if self.channel.persistent else self.responseHeaders.getRawHeaders(b"connection")
         if connection:
             parts += (b"Connection: ", connection[0], b"\r\n")
         bodiless = self.method == b"HEAD" or status in NO_BODY_CODES

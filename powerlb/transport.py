@@ -40,7 +40,12 @@ def write_now(transport: IConnectionTransport, *pieces: bytes) -> None:
     if can_write_now(transport):
         sock = transport.socket  # type: ignore[attr-defined]  # a tcp.Connection's socket
         try:
-            sent = sock.send(pieces[0]) if len(pieces) == 1 else sock.sendmsg(pieces)
+            if len(pieces) == 1:
+                sent = sock.send(pieces[0])
+                if sent == len(pieces[0]):
+                    return
+            else:
+                sent = sock.sendmsg(pieces)
         except OSError:
             sent = 0  # full (EAGAIN), or broken: the transport's own write finds out and reports it
         for index, piece in enumerate(pieces):
