@@ -25,11 +25,12 @@ from typing import Optional
 from zope.interface import Interface
 
 from powerlb.headers import (
+    KNOWN_NAMES,
     Headers,
     connection_tokens,
     field_value_ok,
-    is_token,
     split_tokens,
+    token_name,
 )
 
 MAX_HEAD_SIZE = 64 * 1024
@@ -41,10 +42,6 @@ _REASON_CHARS = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0
 #: A valid status line at once (what :func:`_parse_status_line_by_parts` accepts): the minor
 #: version, the code and the reason (None when the line ends after the code).
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-#: Most header names :data:`_HEADER_NAMES` remembers (backends send few; a flood of odd ones is not kept).
-MAX_HEADER_NAMES = 10_000
-#: Header names as backends send them (``Content-Type``), each known to be a token, and lower-cased.
-_HEADER_NAMES: dict[bytes, bytes] = {}
 #: The headers that decide the framing and the reuse of the connection.
 _FRAMING_NAMES = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
@@ -330,8 +327,9 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
     among them: :data:`_FRAMING_NAMES`).
 
     A block whose only CR and LF bytes are its line ends, without NUL, whose lines all have a colon
-    after a name already known to be a token (:data:`_HEADER_NAMES`) is split with no further check;
-    any other is read by :func:`_parse_header_lines`, which checks every line and names the fault.
+    after a name already known to be a token (:data:`~powerlb.headers.KNOWN_NAMES`) is split with
+    no further check; any other is read by :func:`_parse_header_lines`, which checks every line and
+    names the fault.
     """
     block = data[start : end - 2]
     lines = block.split(b"\r\n")
@@ -339,7 +337,7 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
     if 0 not in block and block.count(b"\r") == breaks and block.count(b"\n") == breaks:
         headers = []
         framing = []
-        names = _HEADER_NAMES
+        names = KNOWN_NAMES
         for line in lines:
             name, colon, value = line.partition(b":")
             lowered = names.get(name)
@@ -356,27 +354,20 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
 
 
 def _parse_header_lines(lines: list[bytes]) -> Headers:
-    """The headers of ``lines`` (the first, a status line, skipped), checked line by line; the names
-    found to be tokens join :data:`_HEADER_NAMES`."""
+    """The headers of ``lines`` (the first, a status line, skipped), checked line by line."""
     headers: Headers = []
-    names = _HEADER_NAMES
     for line in lines[1:]:
         colon = line.find(b":")
         if colon <= 0:
             raise ProtocolError("invalid header line")
-        name = line[:colon]
-        lowered = names.get(name)
-        if lowered is None:
-            if not is_token(name):
-                # Also rejects obs-fold (a line starting with whitespace).
-                raise ProtocolError("invalid header name")
-            lowered = name.lower()
-            if len(names) < MAX_HEADER_NAMES:
-                names[name] = lowered
+        name = token_name(line[:colon])
+        if name is None:
+            # Also rejects obs-fold (a line starting with whitespace).
+            raise ProtocolError("invalid header name")
         value = line[colon + 1 :].strip(b" \t")
         if not field_value_ok(value):
             raise ProtocolError("invalid header value")
-        headers.append((lowered, value))
+        headers.append((name, value))
     return headers
 
 

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import Headers, field_value_ok, get_first, is_token, split_tokens
+from powerlb.headers import KNOWN_NAMES, Headers, split_tokens, token_name
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -93,6 +93,10 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     if len(data) > limits.max_header_size or data.find(b"\r\n\r\n") != len(data) - 4:
         return None
     lines = data[:-4].split(b"\r\n")
+    # Its only CR and LF bytes end its lines, and it has no NUL: no field value needs a check.
+    breaks = len(lines) + 1
+    if data.count(b"\r") != breaks or data.count(b"\n") != breaks or 0 in data:
+        return None
     request_line = lines[0].split(b" ")
     if len(request_line) != 3 or len(lines) - 1 > limits.max_headers:
         return None
@@ -106,14 +110,15 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     ):
         return None
     headers: Headers = []
+    names = KNOWN_NAMES
+    host = False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not is_token(name) or not field_value_ok(value):
+        lowered = names.get(name) or token_name(name)
+        if not colon or lowered is None or lowered in _NOT_SIMPLE or (host and lowered == b"host"):
             return None
-        name = name.lower()
-        if name in _NOT_SIMPLE or (name == b"host" and get_first(headers, b"host") is not None):
-            return None
-        headers.append((name, value.strip(b" \t")))
+        host = host or lowered == b"host"
+        headers.append((lowered, value.strip(b" \t")))
     return method, target, headers
 
 

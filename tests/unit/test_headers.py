@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers as TwistedHeaders
 
+from powerlb import headers as header_module
 from powerlb import responses
 from powerlb.headers import (
     HOP_BY_HOP,
@@ -402,3 +403,27 @@ def test_field_value_ok_is_no_cr_lf_or_nul(value: bytes) -> None:
 @example(b"a b")
 def test_is_token_is_the_token_grammar(value: bytes) -> None:
     assert is_token(value) == (TOKEN.fullmatch(value.decode("latin-1")) is not None)
+
+
+@given(st.binary(max_size=40))
+@example(b"Content-Type")
+@example(b"X\x00")
+def test_token_name_is_a_token_lower_cased_and_remembered(name: bytes) -> None:
+    expected = name.lower() if is_token(name) else None
+    assert header_module.token_name(name) == expected
+    assert header_module.token_name(name) == expected  # the second time from what it remembers
+    assert header_module.KNOWN_NAMES.get(name) == (
+        expected if len(name) <= header_module.MAX_KNOWN_NAME_LENGTH else None
+    )
+
+
+def test_token_name_remembers_at_most_max_known_names_of_at_most_the_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(header_module, "KNOWN_NAMES", {})
+    monkeypatch.setattr(header_module, "MAX_KNOWN_NAMES", 1)
+    long_name = b"X" * (header_module.MAX_KNOWN_NAME_LENGTH + 1)
+    assert header_module.token_name(long_name) == long_name.lower()  # checked, not kept
+    assert header_module.token_name(b"X-First") == b"x-first"
+    assert header_module.token_name(b"X-Second") == b"x-second"  # checked, not kept: the dict is full
+    assert header_module.KNOWN_NAMES == {b"X-First": b"x-first"}

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from powerlb import http11
 from powerlb.headers import split_tokens
 from powerlb.http11 import (
     _FRAMING_NAMES,
@@ -771,19 +770,6 @@ def test_header_block_at_once_reads_as_line_by_line(lines: List[bytes], before: 
     if isinstance(expected, list):
         expected = (expected, [header for header in expected if header[0] in _FRAMING_NAMES])
     assert outcome(_parse_header_block, data, len(before), len(before) + len(block)) == expected
-
-
-def test_header_names_are_remembered_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A name checked once is known from then on (the next block with it takes no check per line);
-    past :data:`MAX_HEADER_NAMES` names are still read, but no longer remembered."""
-    names: dict = {}
-    monkeypatch.setattr(http11, "_HEADER_NAMES", names)
-    monkeypatch.setattr(http11, "MAX_HEADER_NAMES", 2)
-    block = b"X-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\n"
-    expected = [(b"x-one", b"1"), (b"x-two", b"2"), (b"x-three", b"3")]
-    for _ in range(2):
-        assert _parse_header_block(block, 0, len(block)) == (expected, [])
-        assert names == {b"X-One": b"x-one", b"X-Two": b"x-two"}
 
 
 def test_every_byte_read_alike_at_once_and_part_by_part() -> None:
