@@ -153,9 +153,9 @@ class OutlierDetector:
 
     def record_success(self, backend: Backend, now: float) -> None:
         """A request to ``backend`` succeeded: its streak and back-off start over."""
-        if self.is_ejected(backend, now):
+        record = self._records.get(backend)
+        if record is None or now < record.until:  # nothing to start over, or ejected
             return
-        record = self._record(backend)
         record.streak = 0
         record.factor = 1
         record.half_open = False
