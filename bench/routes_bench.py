@@ -61,7 +61,20 @@ def _scenarios() -> Dict[str, List[Route]]:
             ),
             last,
         ],
+        # As `make bench`'s routes row (bench/run.py routes_config): the four kinds in turn.
+        "50 routes: 49 mixed kinds, then catch-all": [*(_mixed(i) for i in range(49)), last],
     }
+
+
+def _mixed(i: int) -> Route:
+    """Route ``i`` of the routes row's mix: a host, a path prefix, a path regex, a header value."""
+    keys: Tuple[Dict[str, object], ...] = (
+        {"hosts": (b"app%d.example.com" % i,)},
+        {"path_prefix": b"/service%d/" % i},
+        {"path_regex": re.compile(rb"^/v%d/[a-z]+$" % i)},
+        {"headers": (HeaderMatch(b"x-tenant", value=b"t%d" % i),)},
+    )
+    return Route(pool="p", index=i, **keys[i % 4])  # type: ignore[arg-type]
 
 
 def measure(routes: List[Route], number: int) -> float:

@@ -10,7 +10,9 @@ plans by host (exact names, then wildcard suffixes, longest first, looked up in 
 method, so a request only tries the routes that can match its host and method; in a plan,
 consecutive routes with only path prefixes are tried as one dict lookup per prefix length,
 consecutive routes with only path keys (prefix, regex) as one compiled regex, and
-consecutive routes with only an exact value of one header as one dict lookup. A table whose
+consecutive routes with only an exact value of one header as one dict lookup, and a run of
+routes mixing such keys (each route one key) as one regex and one dict lookup per header name,
+the lowest position found winning. A table whose
 first route is a catch-all answers it at once, and one without host keys never reads the host.
 """
 
@@ -106,6 +108,7 @@ _PREFIXES = 1  # test is (lengths, {prefix: position}): the first position of a 
 _PATHS = 2  # test is a compiled alternation of path keys; routes[owner[lastindex]] matched
 _VALUES = 3  # test is (name, {value: position}): the first position of a field's value matched
 _CHECK = 4  # test(path, headers) says whether routes[0] matches
+_FIRST = 5  # test is (path regex match or None, owner, {name: {value: position}}): the lowest position
 
 #: A run of path prefixes of more distinct lengths than this is matched as a regex.
 _MAX_PREFIX_LENGTHS = 8
@@ -160,16 +163,36 @@ def _check(route: Route) -> Callable[[bytes, Headers], bool]:
     return check
 
 
-def _paths_step(run: List[Tuple[Route, bytes]]) -> Step:
-    """One regex trying the path keys of ``run`` in order: the first alternative that matches
-    wins, and the last group to close, ``lastindex``, is the alternative's own."""
+def _paths_regex(run: Sequence[Tuple[int, Route, bytes]]) -> Tuple[Callable[[bytes], Any], Dict[int, int]]:
+    """One regex trying the path keys of ``run`` (position, route, alternative) in order, and the
+    position of each alternative's group: the first alternative that matches wins, and the last
+    group to close, ``lastindex``, is the alternative's own."""
     owner: Dict[int, int] = {}
     group = 1
-    for position, (route, _) in enumerate(run):
+    for position, route, _ in run:
         owner[group] = position
         group += 1 + (route.path_regex.groups if route.path_regex is not None else 0)
-    pattern = b"|".join(b"(" + alternative + b")" for _, alternative in run)
-    return (_PATHS, (re.compile(pattern).match, owner), tuple(route for route, _ in run))
+    pattern = b"|".join(b"(" + alternative + b")" for _, _, alternative in run)
+    return re.compile(pattern).match, owner
+
+
+def _paths_step(run: List[Tuple[Route, bytes]]) -> Step:
+    """One regex trying the path keys of ``run`` in order (:func:`_paths_regex`)."""
+    test = _paths_regex([(position, route, alternative) for position, (route, alternative) in enumerate(run)])
+    return (_PATHS, test, tuple(route for route, _ in run))
+
+
+def _first_step(run: List[Tuple[Route, Optional[bytes], Optional[HeaderMatch]]]) -> Step:
+    """Routes each with one key, a path key or an exact header value, of more than one kind or
+    header: the first route matching is the lowest position among the first path key matching (one
+    regex) and the header values found (one dict per header name)."""
+    paths = [(position, route, path) for position, (route, path, _) in enumerate(run) if path is not None]
+    values: Dict[bytes, Dict[bytes, int]] = {}
+    for position, (_, _, key) in enumerate(run):
+        if key is not None:
+            values.setdefault(key.name, {}).setdefault(key.value or b"", position)
+    match, owner = _paths_regex(paths) if paths else (None, {})
+    return (_FIRST, (match, owner, values), tuple(route for route, _, _ in run))
 
 
 def _path_steps(run: List[Tuple[Route, bytes]]) -> List[Step]:
@@ -199,29 +222,25 @@ def _plan(routes: Sequence[Route]) -> Plan:
     Consecutive routes with only path keys become one regex, consecutive routes with only an
     exact value of one header one dict lookup."""
     steps: List[Step] = []
-    paths: List[Tuple[Route, bytes]] = []
-    values: List[Tuple[Route, HeaderMatch]] = []
+    #: A run of routes with one key each: a path key (its alternative) or an exact header value.
+    run: List[Tuple[Route, Optional[bytes], Optional[HeaderMatch]]] = []
 
     def flush() -> None:
-        if paths:
+        paths = [(route, path) for route, path, _ in run if path is not None]
+        values = [(route, key) for route, _, key in run if key is not None]
+        if len(paths) == len(run) and paths:
             steps.extend(_path_steps(paths))
-            paths.clear()
-        if values:
+        elif len(values) == len(run) and values and len({key.name for _, key in values}) == 1:
             steps.append(_values_step(values))
-            values.clear()
+        elif run:
+            steps.append(_first_step(run))
+        run.clear()
 
     for route in routes:
         alternative = _path_alternative(route)
-        if alternative is not None:
-            if values:
-                flush()
-            paths.append((route, alternative))
-            continue
-        key = _header_value(route)
-        if key is not None:
-            if paths or (values and values[0][1].name != key.name):
-                flush()
-            values.append((route, key))
+        key = None if alternative is not None else _header_value(route)
+        if alternative is not None or key is not None:
+            run.append((route, alternative, key))
             continue
         flush()
         if not (route.path_prefix or route.path_regex or route.headers):
@@ -314,6 +333,21 @@ class RouteTable:
                 for key, value in headers:
                     if key == field:
                         position = positions.get(value, best)
+                        if position < best:
+                            best = position
+                if best < len(routes):
+                    return routes[best]
+            elif kind == _FIRST:
+                match, owner, values = test
+                best = len(routes)
+                if match is not None:
+                    found_path = match(path)
+                    if found_path is not None:
+                        best = owner[found_path.lastindex]
+                for key, value in headers:
+                    table = values.get(key)
+                    if table is not None:
+                        position = table.get(value, best)
                         if position < best:
                             best = position
                 if best < len(routes):

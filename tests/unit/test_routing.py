@@ -86,6 +86,28 @@ def test_several_hosts_on_one_route() -> None:
     assert table.match(b"GET", b"b.test", b"/", []) is None
 
 
+def test_a_run_mixing_path_and_header_keys_is_one_step_and_keeps_the_first_match() -> None:
+    """Path prefixes, path regexes and exact values of two headers, interleaved (as in the routes
+    benchmark): one step for the run (one regex, one dict per header), the lowest position wins."""
+    tenant = Route(pool="tenant", headers=(HeaderMatch(b"x-tenant", value=b"t1"),), index=0)
+    admin = Route(pool="admin", path_prefix=b"/admin/", index=1)
+    api = Route(pool="api", path_regex=re.compile(rb"^/v1/[a-z]+$"), index=2)
+    beta = Route(pool="beta", headers=(HeaderMatch(b"x-beta", value=b"1"),), index=3)
+    rest = Route(pool="rest", index=4)
+    table = RouteTable([tenant, admin, api, beta, rest])
+    assert len(table._default.other) == 2  # the run, then the catch-all
+    cases = [
+        (b"/admin/x", [], admin),
+        (b"/admin/x", [(b"x-tenant", b"t1")], tenant),  # the header route comes first
+        (b"/v1/users", [(b"x-beta", b"1")], api),  # the path route comes first
+        (b"/v1/Users", [(b"x-beta", b"1")], beta),
+        (b"/v1/Users", [(b"x-beta", b"2"), (b"x-beta", b"1")], beta),  # any field of the name
+        (b"/other", [(b"x-tenant", b"t2")], rest),
+    ]
+    for path, headers, expected in cases:
+        assert table.match(b"GET", b"h", path, headers) is expected, (path, headers)
+
+
 def test_matches_everything() -> None:
     assert CATCH_ALL.matches_everything
     assert not any(route.matches_everything for route in (API, WILD, STATIC, POST, CANARY, PHP, AGENT))
