@@ -184,7 +184,12 @@ class Dispatch:
     def head_received(self, status: int, reason: bytes, headers: Headers) -> None:
         self._observe(status)
         length = get_first(headers, b"content-length")
-        if length is not None and length.isdigit() and int(length) <= HOLD_LIMIT:
+        if (
+            length is not None
+            and length.isdigit()
+            and int(length) <= HOLD_LIMIT
+            and get_first(headers, b"transfer-encoding") is None  # which overrides it: no known length
+        ):
             self.held = ((status, reason, headers), [])
             return
         self.committed = True

@@ -53,8 +53,8 @@ def is_token(value: bytes) -> bool:
     return bool(value) and not value.translate(None, _TOKEN_CHARS)
 
 
-#: Most names :data:`KNOWN_NAMES` remembers, and the longest it remembers (a flood of odd or long
-#: names is checked every time, never kept).
+#: Most names :data:`KNOWN_NAMES` holds (then it starts afresh: a flood of odd names cannot keep
+#: the usual ones out), and the longest it holds (a long name is checked every time).
 MAX_KNOWN_NAMES = 10_000
 MAX_KNOWN_NAME_LENGTH = 64
 #: Header names as sent (``Content-Type``) that :func:`token_name` found to be tokens, each with its
@@ -64,11 +64,13 @@ KNOWN_NAMES: Dict[bytes, bytes] = {}
 
 def token_name(name: bytes) -> Optional[bytes]:
     """``name`` lower-cased if it is a token (a valid header name), else None; remembered in
-    :data:`KNOWN_NAMES` (up to its limits)."""
+    :data:`KNOWN_NAMES` (within its limits)."""
     lowered = KNOWN_NAMES.get(name)
     if lowered is None and is_token(name):
         lowered = name.lower()
-        if len(KNOWN_NAMES) < MAX_KNOWN_NAMES and len(name) <= MAX_KNOWN_NAME_LENGTH:
+        if len(name) <= MAX_KNOWN_NAME_LENGTH:
+            if len(KNOWN_NAMES) >= MAX_KNOWN_NAMES:
+                KNOWN_NAMES.clear()
             KNOWN_NAMES[name] = lowered
     return lowered
 

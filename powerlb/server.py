@@ -114,8 +114,10 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     host = False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
+        if not colon:
+            return None
         lowered = names.get(name) or token_name(name)
-        if not colon or lowered is None or lowered in _NOT_SIMPLE or (host and lowered == b"host"):
+        if lowered is None or lowered in _NOT_SIMPLE or (host and lowered == b"host"):
             return None
         host = host or lowered == b"host"
         headers.append((lowered, value.strip(b" \t")))

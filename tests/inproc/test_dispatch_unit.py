@@ -161,6 +161,17 @@ def test_a_small_response_is_held_until_complete() -> None:
     assert sink.whole  # the held response goes on in one event (IResponseSink.response_received)
 
 
+def test_a_chunked_response_is_never_held_whatever_its_content_length() -> None:
+    """Transfer-Encoding overrides Content-Length (the body's length is unknown): not held."""
+    pool = FakePool(1)
+    _, _, sink = send(pool)
+    (exchange,) = pool.upstreams[0].requests
+    exchange.send_head(200, [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")])
+    assert sink.status == 200
+    exchange.send_body(b"x" * (HOLD_LIMIT + 1))
+    assert sink.body == b"x" * (HOLD_LIMIT + 1)
+
+
 def test_a_response_over_the_hold_limit_streams_as_its_parts() -> None:
     pool = FakePool(1)
     _, dispatch, sink = send(pool)

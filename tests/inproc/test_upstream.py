@@ -531,6 +531,25 @@ def test_sink_aborting_from_a_callback_mid_feed() -> None:
     assert sink.events == [OK_EVENTS[0], ("body", b"hel")]
 
 
+def test_a_sink_aborting_as_it_hears_a_whole_response_leaves_the_connection_pooled() -> None:
+    """A response all in one read comes whole, after its exchange has left the connection (which
+    is back in the pool): an abort then does nothing."""
+    pool = Pool()
+
+    class Aborting(RecordingSink):
+        def response_received(self, status: int, reason: bytes, headers: Any, body: bytes) -> None:
+            super().response_received(status, reason, headers, body)
+            exchange.abort()
+
+    sink = Aborting()
+    exchange = pool.get(sink)
+    proto, transport = pool.connect()
+    proto.dataReceived(OK)
+    assert sink.events == OK_EVENTS and sink.whole
+    assert not transport.disconnected
+    assert pool.factory.idle_connections == 1
+
+
 def test_pause_and_resume_are_forwarded_to_the_transport() -> None:
     pool = Pool()
     sink = RecordingSink()
