@@ -1,7 +1,8 @@
 """Run powerlb from a config file: ``twistd -ny lb.tac``.
 
 Reads the YAML file named by $POWERLB_CONFIG (default: lb.yaml in the current directory),
-and again on SIGHUP.
+and again on SIGHUP. Runs on powerlb's reactor (powerlb.eventloop) unless ``twistd --reactor``
+chose one.
 """
 
 import os
@@ -10,9 +11,11 @@ from twisted.application import service
 
 import powerlb
 from powerlb.config import ConfigError
+from powerlb.eventloop import install_unless_chosen
 from powerlb.reload import ConfigSource
 from powerlb.signals import reload_on_sighup
 
+install_unless_chosen()
 source = ConfigSource(os.environ.get("POWERLB_CONFIG", "lb.yaml"))
 
 application = service.Application("powerlb")

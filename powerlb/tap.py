@@ -23,6 +23,7 @@ if "twisted.web.http" not in sys.modules:
 from powerlb import makeService as make_powerlb
 from powerlb._version import __version__
 from powerlb.config import ConfigError, build_config
+from powerlb.eventloop import install_unless_chosen
 from powerlb.reload import ConfigSource
 from powerlb.settings import BY_NAME, SETTINGS, Config
 from powerlb.signals import OnSignal, reload_on_sighup
@@ -87,8 +88,11 @@ def makeService(options: Options) -> IService:
     """The service ``twistd powerlb`` runs, from parsed options; SIGHUP re-reads ``--config``,
     SIGUSR1 reopens the ``--access-log`` file.
 
-    On a reload the command-line options still win over the file.
+    On a reload the command-line options still win over the file. Unless ``twistd --reactor`` chose
+    one, the reactor is :class:`~powerlb.eventloop.DirectEPollReactor` (twistd installs its default
+    only after this).
     """
+    install_unless_chosen()
     config = options.config
     assert config is not None  # built by Options.postOptions
     service = make_powerlb(config)

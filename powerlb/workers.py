@@ -580,6 +580,9 @@ def _purge_everywhere(cache: Any, pipe: _SupervisorPipe) -> None:
 
 def worker_main() -> None:
     """Entry point of a worker process: config on stdin, the listening socket on fd 3, reports to fd 4."""
+    from powerlb.eventloop import install_unless_chosen
+
+    install_unless_chosen()
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver

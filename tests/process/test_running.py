@@ -35,6 +35,9 @@ from tests.support import (
 )
 from tests.support.inproc import fetch
 
+#: The reactor twistd runs powerlb on when not told otherwise (powerlb.eventloop).
+DIRECT_EPOLL = "powerlb.eventloop.DirectEPollReactor"
+
 
 @pytest.fixture
 def demo(demo_backends: Any) -> List[int]:
@@ -70,6 +73,25 @@ def test_twistd_plugin(tmp_path: Path, demo: List[int]) -> None:
     finally:
         status = proc.stop()
     assert_clean_shutdown(proc, status)
+    assert f"reactor class: {DIRECT_EPOLL}." in proc.output(), proc.describe()
+
+
+def test_twistd_keeps_the_reactor_it_was_told_to_use(tmp_path: Path, demo: List[int]) -> None:
+    def args(ports: List[int]) -> List[str]:
+        listen, admin = ports
+        return [
+            "--reactor", "poll", "powerlb",
+            "--listen", f"tcp:{listen}:interface={HOST}", "--admin", f"tcp:{admin}:interface={HOST}",
+            "--backend", f"http://{HOST}:{demo[0]}",
+        ]  # fmt: skip
+
+    proc, (listen, _) = start_twistd(tmp_path, args)
+    try:
+        assert get(listen, "/").status == 200
+    finally:
+        status = proc.stop()
+    assert_clean_shutdown(proc, status)
+    assert "reactor class: twisted.internet.pollreactor.PollReactor." in proc.output(), proc.describe()
 
 
 # --- twistd -ny lb.tac ----------------------------------------------------------------
@@ -102,6 +124,7 @@ def test_tac_file(tmp_path: Path, demo: List[int]) -> None:
     finally:
         status = proc.stop()
     assert_clean_shutdown(proc, status)
+    assert f"reactor class: {DIRECT_EPOLL}." in proc.output(), proc.describe()
 
 
 # --- bad configuration ----------------------------------------------------------------
