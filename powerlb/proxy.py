@@ -294,15 +294,16 @@ class ProxyResource(Resource):
 class ClientResponder:
     """Writes one upstream response to its twisted.web request as it streams in.
 
-    As the producer registered with the client connection it passes a slow
-    client's pause on to the backend read, and a client that goes away
-    abandons the upstream request. With ``sticky`` a response a backend
+    A client that goes away abandons the upstream request. Once a response
+    streams (its head came alone), it is the producer registered with the
+    client connection, and passes a slow client's pause on to the backend
+    read; a response that comes whole is written at once, and needs none. With ``sticky`` a response a backend
     answered gets the sticky cookie of that backend, unless the client
     already sent it. Every response head gets the route's response header
     rules (``plan``'s).
     """
 
-    __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "x_cache")
+    __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "streaming", "x_cache")
 
     def __init__(self, request: ProxyRequest, counters: Counters, plan: RequestPlan, work: RouteWork) -> None:
         self.request = request
@@ -312,7 +313,8 @@ class ClientResponder:
         self.response_rules = work.response_rules
         self.dispatch: Any = None
         self.done = False
-        request.registerProducer(self, True)
+        #: Registered as the request's producer (a response streams).
+        self.streaming = False
         when_gone = getattr(request, "when_gone", None)  # powerlb's own request: no Deferred needed
         if when_gone is not None:
             when_gone(self._client_gone)
@@ -364,6 +366,9 @@ class ClientResponder:
             return
         headers = self._client_headers(headers)
         request = self.request
+        if not (self.done or self.streaming):
+            self.streaming = True
+            request.registerProducer(self, True)
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:
             send_head(status, reason, headers, self.x_cache)
@@ -430,7 +435,6 @@ class ClientResponder:
         now; the dispatch stays open (the backend's in-flight count) until the client connection closes."""
         self.done = True
         request = self.request
-        request.unregisterProducer()
         request.setResponseCode(101, reason or None)
         request.x_cache = self.x_cache
         request.channel.factory.log(request)
@@ -461,7 +465,9 @@ class ClientResponder:
             return False
         self.done = True
         self.dispatch = None
-        self.request.unregisterProducer()
+        if self.streaming:
+            self.streaming = False
+            self.request.unregisterProducer()
         return True
 
     def _client_gone(self, failure: Optional[Failure]) -> None:
