@@ -144,7 +144,7 @@ def _options(values: List[bytes]) -> FrozenSet[bytes]:
     if not values:
         return _NO_OPTIONS
     if len(values) == 1:
-        usual = _USUAL_OPTIONS.get(values[0])
+        usual = USUAL_CONNECTION_OPTIONS.get(values[0])
         if usual is not None:
             return usual
     return frozenset(t.lower() for t in split_tokens(values))
@@ -205,7 +205,7 @@ def forward_request_headers(
     out.append((b"x-forwarded-proto", scheme))
     if host is not None:
         out.append((b"x-forwarded-host", host))
-    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
+    out.append((b"via", b", ".join([*prior_via, VIA]) if prior_via else VIA))
     return out
 
 
@@ -240,7 +240,7 @@ def forward_response_headers(headers: Headers) -> Headers:
         for header in headers:  # cheaper than a comprehension on CPython 3.11, and no tuple made
             if header[0] not in drop:
                 out.append(header)
-    out.append((b"via", b", ".join([*prior_via, _MY_VIA]) if prior_via else _MY_VIA))
+    out.append((b"via", b", ".join([*prior_via, VIA]) if prior_via else VIA))
     return out
 
 
@@ -270,15 +270,17 @@ _REPLACED_REQUEST_HEADERS = frozenset(
 
 #: Every name a forwarded request is sent without, when its ``Connection`` names none.
 _DROPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED_REQUEST_HEADERS
-_MY_VIA = b"1.1 " + VIA_PSEUDONYM
+#: powerlb's own ``Via`` entry.
+VIA = b"1.1 " + VIA_PSEUDONYM
 #: Every name a forwarded response is sent without, when its ``Connection`` names none (the
 #: backend's ``Via`` is appended to instead).
 _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"via"}
 #: The names :func:`forward_response_headers` looks at before it copies the others.
 _RESPONSE_FIELDS_READ = frozenset({b"connection", b"content-length", b"transfer-encoding", b"via"})
 _NO_OPTIONS: FrozenSet[bytes] = frozenset()
-#: The options of the usual ``Connection`` values, made once.
-_USUAL_OPTIONS = {
+#: The options of the usual ``Connection`` values, made once: each names only fields that are
+#: hop-by-hop anyway, or ``close``.
+USUAL_CONNECTION_OPTIONS = {
     value: frozenset(t.lower() for t in split_tokens([value]))
     for value in (b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade")
 }

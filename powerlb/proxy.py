@@ -303,7 +303,17 @@ class ClientResponder:
     rules (``plan``'s).
     """
 
-    __slots__ = ("counters", "dispatch", "done", "plan", "request", "response_rules", "streaming", "x_cache")
+    __slots__ = (
+        "counters",
+        "dispatch",
+        "done",
+        "forward_in_head",
+        "plan",
+        "request",
+        "response_rules",
+        "streaming",
+        "x_cache",
+    )
 
     def __init__(self, request: ProxyRequest, counters: Counters, plan: RequestPlan, work: RouteWork) -> None:
         self.request = request
@@ -315,6 +325,10 @@ class ClientResponder:
         self.done = False
         #: Registered as the request's producer (a response streams).
         self.streaming = False
+        #: Whether the request forwards a response's headers as it writes its head (powerlb's own
+        #: request, ProxyRequest.send_head), when nothing else changes them (no sticky cookie, no rules).
+        own_head = getattr(request, "send_head", None) is not None
+        self.forward_in_head = own_head and plan.sticky is None and self.response_rules is None
         when_gone = getattr(request, "when_gone", None)  # powerlb's own request: no Deferred needed
         if when_gone is not None:
             when_gone(self._client_gone)
@@ -364,14 +378,17 @@ class ClientResponder:
         if status == 101:
             self._switched(reason)
             return
-        headers = self._client_headers(headers)
         request = self.request
         if not (self.done or self.streaming):
             self.streaming = True
             request.registerProducer(self, True)
+        if self.forward_in_head:
+            request.send_head(status, reason, headers, self.x_cache, True)
+            return
+        headers = self._client_headers(headers)
         send_head = getattr(request, "send_head", None)  # powerlb's own request writes its head at once
         if send_head is not None:
-            send_head(status, reason, headers, self.x_cache)
+            send_head(status, reason, headers, self.x_cache, False)
             return
         request.setResponseCode(status, reason or None)
         set_response_headers(request, headers, self.x_cache)
@@ -384,13 +401,15 @@ class ClientResponder:
             self.request.finish()
 
     def response_received(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
-        headers = self._client_headers(headers)
+        forward = self.forward_in_head
+        if not forward:
+            headers = self._client_headers(headers)  # (before _end: a sticky cookie reads the dispatch)
         if not self._end():
             return
         request = self.request
         send_response = getattr(request, "send_response", None)  # powerlb's own request: one write
         if send_response is not None:
-            send_response(status, reason, headers, self.x_cache, body)
+            send_response(status, reason, headers, self.x_cache, body, forward)
             return
         request.setResponseCode(status, reason or None)
         set_response_headers(request, headers, self.x_cache)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.server import Request
 
 from powerlb import cachepolicy
-from powerlb.headers import Headers
+from powerlb.headers import HOP_BY_HOP, USUAL_CONNECTION_OPTIONS, VIA, Headers
 
 if TYPE_CHECKING:
     from powerlb.server import ProxyRequest
@@ -59,8 +59,72 @@ def wire_head(answer: cachepolicy.Answer, x_cache: bytes) -> Tuple[bytes, bool]:
         parts += (wire_name(name), b": ", value, b"\r\n")
     if not dated:
         parts += (b"Date: ", datetimeToString(), b"\r\n")
-    parts += (b"Via: 1.1 powerlb\r\nX-Cache: ", x_cache, b"\r\n\r\n")
+    parts += (_VIA_LINE, b"X-Cache: ", x_cache, b"\r\n\r\n")
     return b"".join(parts), dated
+
+
+def header_lines(parts: List[bytes], headers: Headers) -> Tuple[bool, bool]:
+    """Add ``headers`` (as the client gets them) to ``parts`` as header lines, names in twisted.web's
+    case (:data:`wire_name`), any ``X-Cache`` left out (powerlb writes its own): whether they have a
+    ``Date``, and whether they have a ``Content-Length``."""
+    dated = framed = False
+    for name, value in headers:
+        if name in _NOTED:
+            if name == b"x-cache":
+                continue
+            if name == b"date":
+                dated = True
+            else:
+                framed = True
+        parts += (wire_name(name), b": ", value, b"\r\n")
+    return dated, framed
+
+
+def forwarded_header_lines(parts: List[bytes], headers: Headers) -> Optional[Tuple[bool, bool]]:
+    """Add a backend response's ``headers`` to ``parts`` as :func:`header_lines` adds
+    ``forward_response_headers(headers)``, in one pass (hop-by-hop fields dropped, ``Via`` last): whether
+    they have a ``Date``, and whether they have a ``Content-Length``.
+
+    None, with ``parts`` as it was, for the headers that need
+    :func:`~powerlb.headers.forward_response_headers` itself: a ``Connection``
+    other than ``keep-alive``, ``close`` or ``upgrade`` (it may name other
+    fields), ``Transfer-Encoding``, a ``Content-Length`` repeated or not a
+    plain number, a backend's ``Via``, a field named ``close``.
+    """
+    start = len(parts)
+    dated = framed = False
+    for name, value in headers:
+        if name in _FORWARD_NOTED:
+            if name == b"date":
+                dated = True
+            elif name == b"content-length":
+                if framed or not value.isdigit():
+                    break
+                framed = True
+            elif name == b"connection":
+                if value not in USUAL_CONNECTION_OPTIONS:
+                    break
+                continue
+            elif name in _DROPPED_HOP_BY_HOP or name == b"x-cache":
+                continue
+            else:  # Transfer-Encoding, Via, close
+                break
+        parts += (wire_name(name), b": ", value, b"\r\n")
+    else:
+        parts.append(_VIA_LINE)
+        return dated, framed
+    del parts[start:]
+    return None
+
+
+#: The names :func:`header_lines` looks at before it writes a field.
+_NOTED = frozenset({b"x-cache", b"date", b"content-length"})
+#: Hop-by-hop fields :func:`forwarded_header_lines` drops as they come (Transfer-Encoding and
+#: Connection need more).
+_DROPPED_HOP_BY_HOP = HOP_BY_HOP - {b"transfer-encoding", b"connection"}
+#: The names :func:`forwarded_header_lines` looks at before it writes a field.
+_FORWARD_NOTED = HOP_BY_HOP | _NOTED | {b"via", b"close"}
+_VIA_LINE = b"Via: " + VIA + b"\r\n"
 
 
 @lru_cache(maxsize=4)

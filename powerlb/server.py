@@ -39,12 +39,12 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import KNOWN_NAMES, Headers, split_tokens, token_name
+from powerlb.headers import KNOWN_NAMES, Headers, forward_response_headers, split_tokens, token_name
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
 from powerlb.policies import peer_host
-from powerlb.responses import http_date, plain_response, wire_name
+from powerlb.responses import forwarded_header_lines, header_lines, http_date, plain_response
 from powerlb.settings import Config
 from powerlb.transport import write_now
 from powerlb.upstream import BodyStream
@@ -220,11 +220,11 @@ class ProxyRequest(Request):
         self.channel.reject(status, reason)
 
     def send_response(
-        self, status: int, reason: bytes, headers: Headers, x_cache: bytes, body: bytes
+        self, status: int, reason: bytes, headers: Headers, x_cache: bytes, body: bytes, forward: bool
     ) -> None:
         """The whole response at once: its head (as :meth:`send_head` makes it) and ``body`` in one
         write, and its end."""
-        if self.send_head(status, reason, headers, x_cache) and body:
+        if self.send_head(status, reason, headers, x_cache, forward) and body:
             if self.chunked:
                 self.write(body)
             else:
@@ -232,11 +232,13 @@ class ProxyRequest(Request):
                 self.channel.write(body)
         self.finish()
 
-    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes) -> bool:
-        """Start the response: ``headers`` (names lower-cased, no hop-by-hop ones) plus ``X-Cache``.
+    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes, forward: bool) -> bool:
+        """Start the response: ``headers`` (names lower-cased) plus ``X-Cache``; with ``forward``
+        they are a backend's, to be forwarded as they are written (hop-by-hop ones dropped, ``Via``
+        added: :func:`~powerlb.responses.forwarded_header_lines`), else they are the client's already.
 
         What twisted.web's first ``write`` does, but written in one block built
-        straight from the list (names in twisted.web's case, :data:`wire_name`),
+        straight from the list (names in twisted.web's case, :data:`~powerlb.responses.wire_name`),
         with no twisted.web header object: the
         ``Date`` twisted.web set is kept only when the response has none, and
         its ``Connection: close`` (a closing connection) is kept; a body of
@@ -250,13 +252,10 @@ class ProxyRequest(Request):
         self.startedWriting = 1
         version = self.clientproto
         parts = [version, b" %d " % status, self.code_message, b"\r\n"]
-        dated = framed = False
-        for name, value in headers:
-            if name == b"x-cache":
-                continue
-            dated = dated or name == b"date"
-            framed = framed or name == b"content-length"
-            parts += (wire_name(name), b": ", value, b"\r\n")
+        found = forwarded_header_lines(parts, headers) if forward else None
+        if found is None:
+            found = header_lines(parts, forward_response_headers(headers) if forward else headers)
+        dated, framed = found
         if not dated:
             parts += (b"Date: ", http_date(int(self.channel.site.reactor.seconds())), b"\r\n")
         # (Only a connection that is closing has a request whose response says so: checkPersistence,

@@ -1,4 +1,5 @@
-"""ClientResponder on a fake request, no sockets: when it is the client connection's producer.
+"""ClientResponder on a fake request, no sockets: when it is the client connection's producer, and
+who forwards a response's headers.
 
 A response that arrives whole is written at once and needs no flow control;
 one that streams registers the responder as the producer from its head to its
@@ -13,6 +14,7 @@ from typing import Any, List, Optional, Tuple
 from powerlb.errors import UpstreamError
 from powerlb.headers import Headers
 from powerlb.plan import RequestPlan
+from powerlb.policies import HeaderRules
 from powerlb.proxy import ClientResponder, RouteWork
 from powerlb.routing import Route
 from powerlb.stats import Counters
@@ -26,6 +28,8 @@ class FakeRequest:
         self.producer: Optional[Any] = None
         self.startedWriting = False
         self.x_cache = b""
+        #: The headers of the last head written, and whether the request was to forward them.
+        self.written: Tuple[Headers, bool] = ([], False)
         self.channel = SimpleNamespace(factory=SimpleNamespace(log=lambda request: None))
 
     def when_gone(self, callback: Any) -> None:
@@ -42,13 +46,15 @@ class FakeRequest:
         self.calls.append(("unregister",))
 
     def send_response(
-        self, status: int, reason: bytes, headers: Headers, x_cache: bytes, body: bytes
+        self, status: int, reason: bytes, headers: Headers, x_cache: bytes, body: bytes, forward: bool
     ) -> None:
         self.calls.append(("response", status, body))
+        self.written = (headers, forward)
 
-    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes) -> bool:
+    def send_head(self, status: int, reason: bytes, headers: Headers, x_cache: bytes, forward: bool) -> bool:
         self.startedWriting = True
         self.calls.append(("head", status))
+        self.written = (headers, forward)
         return True
 
     def write(self, data: bytes) -> None:
@@ -67,10 +73,34 @@ class FakeRequest:
         pass
 
 
-def responder() -> Tuple[ClientResponder, FakeRequest]:
+def responder(route: Optional[Route] = None) -> Tuple[ClientResponder, FakeRequest]:
     request = FakeRequest()
-    plan = RequestPlan(Route(), "default", None)  # type: ignore[arg-type]  # no dispatch in these tests
-    return ClientResponder(request, Counters(), plan, RouteWork(Route())), request  # type: ignore[arg-type]
+    route = route or Route()
+    plan = RequestPlan(route, "default", None)  # type: ignore[arg-type]  # no dispatch in these tests
+    return ClientResponder(request, Counters(), plan, RouteWork(route)), request  # type: ignore[arg-type]
+
+
+BACKEND: Headers = [(b"content-length", b"2"), (b"connection", b"keep-alive"), (b"x-a", b"1")]
+
+
+def test_the_request_forwards_the_backend_headers_as_it_writes_them() -> None:
+    whole, request = responder()
+    whole.response_received(200, b"OK", BACKEND, b"hi")
+    assert request.written == (BACKEND, True)
+    streamed, request = responder()
+    streamed.head_received(200, b"OK", BACKEND)
+    assert request.written == (BACKEND, True)
+
+
+def test_response_rules_are_applied_to_the_forwarded_headers_first() -> None:
+    route = Route(response_headers=HeaderRules(remove=(b"x-a",)))
+    expected = [(b"content-length", b"2"), (b"via", b"1.1 powerlb")]
+    whole, request = responder(route)
+    whole.response_received(200, b"OK", BACKEND, b"hi")
+    assert request.written == (expected, False)
+    streamed, request = responder(route)
+    streamed.head_received(200, b"OK", BACKEND)
+    assert request.written == (expected, False)
 
 
 def test_a_whole_response_is_written_without_a_producer() -> None:

@@ -16,6 +16,7 @@ from powerlb.headers import (
     HOP_BY_HOP,
     TOKEN,
     TOKEN_PATTERN,
+    USUAL_CONNECTION_OPTIONS,
     VIA_PSEUDONYM,
     connection_tokens,
     field_value_ok,
@@ -430,3 +431,72 @@ def test_token_name_starts_afresh_past_max_known_names_and_keeps_no_long_name(
     assert header_module.token_name(b"X-Second") == b"x-second"
     assert header_module.token_name(b"X-Third") == b"x-third"  # full: the others are forgotten
     assert header_module.KNOWN_NAMES == {b"X-Third": b"x-third"}
+
+
+# --- forwarding while writing the head (responses.forwarded_header_lines) ---
+
+#: A backend's usual response fields (nginx's): the one-pass way takes them.
+NGINX: Headers = [
+    (b"server", b"nginx/1.22.1"),
+    (b"date", b"Mon, 07 Dec 2026 16:41:11 GMT"),
+    (b"content-type", b"application/octet-stream"),
+    (b"content-length", b"1024"),
+    (b"connection", b"keep-alive"),
+    (b"etag", b'"6b164408-400"'),
+    (b"cache-control", b"no-store"),
+]
+
+
+def test_forwarded_header_lines_writes_the_usual_fields_in_one_pass() -> None:
+    parts: List[bytes] = [b"HTTP/1.1 200 OK\r\n"]
+    assert responses.forwarded_header_lines(parts, NGINX) == (True, True)
+    assert b"".join(parts) == (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Server: nginx/1.22.1\r\n"
+        b"Date: Mon, 07 Dec 2026 16:41:11 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Length: 1024\r\n"
+        b'ETag: "6b164408-400"\r\n'
+        b"Cache-Control: no-store\r\n"
+        b"Via: 1.1 powerlb\r\n"
+    )
+
+
+forwarded_names = st.sampled_from(
+    [*sorted(HOP_BY_HOP), b"connection", b"content-length", b"content-length", b"date", b"via",
+     b"x-cache", b"close", b"x-a", b"etag"]
+)  # fmt: skip
+forwarded_values = st.sampled_from(
+    [
+        *b"5 x keep-alive Keep-Alive close Close Upgrade upgrade x-a".split(),
+        *(b"5, 5", b" 7", b"", b"x-a, Close"),
+    ]
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(forwarded_names, forwarded_values), max_size=8))
+@example(NGINX)
+@example([(b"close", b"x"), (b"connection", b"close")])
+@example([(b"x-a", b"1"), (b"connection", b"x-a")])
+def test_forwarded_header_lines_is_header_lines_of_forward_response_headers(headers: Headers) -> None:
+    """In one pass, what writing forward_response_headers' fields gives; or None, leaving the parts as
+    they were (the caller then takes that way)."""
+    expected_parts: List[bytes] = [b"status line"]
+    expected = responses.header_lines(expected_parts, forward_response_headers(headers))
+    parts: List[bytes] = [b"status line"]
+    found = responses.forwarded_header_lines(parts, headers)
+    if found is None:
+        assert parts == [b"status line"]
+        names = {name for name, _ in headers}
+        lengths = get_all(headers, b"content-length")
+        connection = get_all(headers, b"connection")
+        unusual = [value for value in connection if value not in USUAL_CONNECTION_OPTIONS]
+        assert (
+            names & {b"transfer-encoding", b"via", b"close"}
+            or unusual
+            or len(lengths) > 1
+            or not all(value.isdigit() for value in lengths)
+        ), headers
+    else:
+        assert (found, b"".join(parts)) == (expected, b"".join(expected_parts))

@@ -89,6 +89,8 @@ _CONTENT_LENGTH_LIST = re.compile(rb"\r\ncontent-length:[ \t]*(,|[^\r\n]*,[ \t]*
 _FIELD_CTL = re.compile(rb"\r\n[^\r\n:]*:[^\r\n]*[\x0b\x0c]")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r\n]*)", re.I)
 _NO_BODY = re.compile(rb"HTTP/1\.[0-9] (204|304)")
+#: A status line (the first, or an interim response's successor) whose reason phrase has a DEL.
+_REASON_DEL = re.compile(rb"(?:^|\r\n\r\n)HTTP/[^\r\n]*\x7f")
 
 
 def known_difference(data: bytes, head_request: bool = False) -> Optional[str]:
@@ -115,6 +117,8 @@ def known_difference(data: bytes, head_request: bool = False) -> Optional[str]:
         return "empty list elements in Content-Length: powerlb ignores them (RFC 9110 5.6.1), h11 refuses"
     if _FIELD_CTL.search(data):
         return "VT or FF in a field value: h11 refuses, powerlb keeps it (RFC 9110 5.5 MAY retain)"
+    if _REASON_DEL.search(data):
+        return "DEL in a reason phrase (not VCHAR, RFC 9112 4): h11 accepts it, powerlb refuses"
     return None
 
 
@@ -251,6 +255,7 @@ def test_both_refuse_control_bytes_in_the_reason_and_malformed_trailers(data: by
         b"HTTP/1.1 200 OK\r\nX: a\x0bb\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: +5\r\n\r\n0\r\n\r\n",
         b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5a\r\n\r\n",
+        b"HTTP/1.1 100 \x7fontinue\r\n\r\nHTTP/1.1 200 \r\n\r\n",
     ],
 )
 def test_each_known_difference_is_real_and_named(data: bytes) -> None:
