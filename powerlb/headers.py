@@ -173,19 +173,27 @@ def forward_request_headers(
     scheme: bytes,
     host: Optional[bytes],
     connection: Optional[FrozenSet[bytes]] = None,
+    replaced: Optional[bytes] = None,
 ) -> Headers:
     """The headers to send upstream for a client request.
 
     Hop-by-hop headers and the client's framing (``Content-Length``) are
     dropped, since powerlb re-frames the body itself; ``Host`` is kept;
     ``X-Forwarded-For`` and ``Via`` are appended to, ``X-Forwarded-Proto`` and
-    ``X-Forwarded-Host`` set. ``connection`` is the request's
-    :func:`connection_tokens` when already known (parsed again when None).
-    One pass over ``headers``.
+    ``X-Forwarded-Host`` set; the field named ``replaced`` (lower-case; the
+    request id's), which the caller appends itself, is dropped. ``connection``
+    is the request's :func:`connection_tokens` when already known (parsed
+    again when None). One pass over ``headers``.
     """
     if connection is None:
         connection = connection_tokens(headers)
-    drop = _and_options(_DROPPED_REQUEST_HEADERS, connection)
+    dropped = _DROPPED_REQUEST_HEADERS
+    if replaced is not None:
+        with_replaced = _DROPPED_WITH.get(replaced)
+        if with_replaced is None:
+            with_replaced = _DROPPED_WITH[replaced] = _DROPPED_REQUEST_HEADERS | {replaced}
+        dropped = with_replaced
+    drop = _and_options(dropped, connection)
     out = []
     prior_xff = []
     prior_via = []
@@ -270,6 +278,8 @@ _REPLACED_REQUEST_HEADERS = frozenset(
 
 #: Every name a forwarded request is sent without, when its ``Connection`` names none.
 _DROPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED_REQUEST_HEADERS
+#: :data:`_DROPPED_REQUEST_HEADERS` and a ``replaced`` name (the request id's: one per configuration).
+_DROPPED_WITH: Dict[bytes, FrozenSet[bytes]] = {}
 #: powerlb's own ``Via`` entry.
 VIA = b"1.1 " + VIA_PSEUDONYM
 #: Every name a forwarded response is sent without, when its ``Connection`` names none (the

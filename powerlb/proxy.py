@@ -145,8 +145,14 @@ class ClientRequest:
         and the sticky cookie dropped, the route's header rules applied, the request id (if any) in
         :attr:`request_id_header`, the target rewritten by the route."""
         plan, work = self.plan, self.route_work
+        request_id, id_field = plan.request_id, self.request_id_header
         headers = forward_request_headers(
-            self.headers, self.client_host, self.scheme, self.host, self.connection
+            self.headers,
+            self.client_host,
+            self.scheme,
+            self.host,
+            self.connection,
+            None if request_id is None else id_field,
         )
         if self.upgrade is not None:
             headers = upgrade_request_headers(self.headers, headers)
@@ -154,10 +160,10 @@ class ClientRequest:
             headers = plan.sticky.strip(headers)
         if work.request_rules is not None:
             headers = apply_header_rules(work.request_rules, headers)
-        if plan.request_id is not None:
-            name = self.request_id_header
-            headers = [(k, v) for k, v in headers if k != name]
-            headers.append((name, plan.request_id))
+        if request_id is not None:
+            if work.request_rules is not None:  # (they may have set the field: the plan's id wins)
+                headers = [(k, v) for k, v in headers if k != id_field]
+            headers.append((id_field, request_id))
         target = rewrite_path(work.route, self.target) if work.rewrites else self.target
         return UpstreamRequest(self.method, target, headers, body, self.upgrade)
 

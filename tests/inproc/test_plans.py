@@ -227,6 +227,15 @@ def test_the_request_id_goes_upstream_and_to_the_access_log() -> None:
     ]
 
 
+def test_the_plans_request_id_wins_over_a_header_rule_setting_its_field() -> None:
+    route = Route(cache=False, request_headers=HeaderRules(set=((b"x-request-id", b"from-rule"),)))
+    proxy = Proxy(planner=planned(route, request_id=b"abc123"))
+    proxy.upstream.answer(200, [], b"x")
+    proxy.request(headers=[(b"x-request-id", b"spoofed")])
+    (exchange,) = proxy.upstream.requests
+    assert [value for name, value in exchange.headers if name == b"x-request-id"] == [b"abc123"]
+
+
 def test_without_a_request_id_none_is_added() -> None:
     proxy = Proxy()
     proxy.upstream.answer(200, [], b"x")

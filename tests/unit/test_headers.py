@@ -260,6 +260,14 @@ def test_forward_request_headers_with_known_connection_options(headers: Headers,
     assert given_options == parsed_here
 
 
+@given(header_lists, st.sampled_from([b"x-a", b"x-request-id", b"cookie"]))
+def test_forward_request_headers_drops_the_replaced_field(headers: Headers, replaced: bytes) -> None:
+    """The field the caller sets itself (the request id's) is dropped in the same pass."""
+    out = forward_request_headers(headers, b"1.2.3.4", b"http", None, replaced=replaced)
+    expected = forward_request_headers(headers, b"1.2.3.4", b"http", None)
+    assert out == [(k, v) for k, v in expected if k != replaced]
+
+
 @given(header_lists)
 def test_forward_response_headers_property(headers: Headers) -> None:
     out = forward_response_headers(headers)
