@@ -75,6 +75,26 @@ def token_name(name: bytes) -> Optional[bytes]:
     return lowered
 
 
+#: Most field lines :data:`KNOWN_FIELDS` holds (then it starts afresh), and the longest it holds.
+MAX_KNOWN_FIELDS = 2048
+MAX_KNOWN_FIELD_LENGTH = 200
+#: Field lines as sent (``Content-Type: text/html``), each with its header pair (the name
+#: lower-cased, the value stripped of spaces and tabs) as a parser made it from a line it had
+#: checked: most lines of a backend's responses, and of a client's requests, come again and again,
+#: and are then split and checked once, not per message.
+KNOWN_FIELDS: Dict[bytes, Tuple[bytes, bytes]] = {}
+#: Fields never kept in :data:`KNOWN_FIELDS`: credentials, and values that differ per client anyway.
+_UNREMEMBERED = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+
+
+def remember_field(line: bytes, header: Tuple[bytes, bytes]) -> None:
+    """Note ``header`` as what the checked field ``line`` holds (within :data:`KNOWN_FIELDS`' limits)."""
+    if len(line) <= MAX_KNOWN_FIELD_LENGTH and header[0] not in _UNREMEMBERED:
+        if len(KNOWN_FIELDS) >= MAX_KNOWN_FIELDS:
+            KNOWN_FIELDS.clear()
+        KNOWN_FIELDS[line] = header
+
+
 def field_value_ok(value: bytes) -> bool:
     """No CR, LF or NUL in a field value (RFC 9110 section 5.5)."""
     return _CR not in value and _LF not in value and _NUL not in value

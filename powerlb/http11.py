@@ -25,10 +25,12 @@ from typing import Optional
 from zope.interface import Interface
 
 from powerlb.headers import (
+    KNOWN_FIELDS,
     KNOWN_NAMES,
     Headers,
     connection_tokens,
     field_value_ok,
+    remember_field,
     split_tokens,
     token_name,
 )
@@ -338,14 +340,18 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
         headers = []
         framing = []
         names = KNOWN_NAMES
+        fields = KNOWN_FIELDS
         for line in lines:
-            name, colon, value = line.partition(b":")
-            lowered = names.get(name)
-            if lowered is None or not colon:
-                break
-            header = (lowered, value.strip(b" \t"))
+            header = fields.get(line)
+            if header is None:
+                name, colon, value = line.partition(b":")
+                lowered = names.get(name)
+                if lowered is None or not colon:
+                    break
+                header = (lowered, value.strip(b" \t"))
+                remember_field(line, header)
             headers.append(header)
-            if lowered in _FRAMING_NAMES:
+            if header[0] in _FRAMING_NAMES:
                 framing.append(header)
         else:
             return headers, framing

@@ -39,7 +39,15 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.server import Request, Site
 
-from powerlb.headers import KNOWN_NAMES, Headers, forward_response_headers, split_tokens, token_name
+from powerlb.headers import (
+    KNOWN_FIELDS,
+    KNOWN_NAMES,
+    Headers,
+    forward_response_headers,
+    remember_field,
+    split_tokens,
+    token_name,
+)
 from powerlb.interfaces import FastAnswer, IConnectionTransport
 from powerlb.outcomes import Outcomes
 from powerlb.plan import Decision
@@ -111,16 +119,24 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         return None
     headers: Headers = []
     names = KNOWN_NAMES
+    fields = KNOWN_FIELDS
     host = False
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return None
-        lowered = names.get(name) or token_name(name)
-        if lowered is None or lowered in _NOT_SIMPLE or (host and lowered == b"host"):
+        header = fields.get(line)
+        if header is None:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                return None
+            lowered = names.get(name) or token_name(name)
+            if lowered is None:
+                return None
+            header = (lowered, value.strip(b" \t"))
+            remember_field(line, header)
+        lowered = header[0]
+        if lowered in _NOT_SIMPLE or (host and lowered == b"host"):
             return None
         host = host or lowered == b"host"
-        headers.append((lowered, value.strip(b" \t")))
+        headers.append(header)
     return method, target, headers
 
 

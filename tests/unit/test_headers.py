@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from twisted.web.http_headers import Headers as TwistedHeaders
 
 from powerlb import headers as header_module
-from powerlb import responses
+from powerlb import http11, responses, server
+from powerlb.config import config_from_mapping
 from powerlb.headers import (
     HOP_BY_HOP,
     TOKEN,
@@ -33,6 +34,9 @@ from powerlb.headers import (
 )
 
 Headers = List[Tuple[bytes, bytes]]
+
+#: A configuration, for the request limits of server.parse_simple_request.
+CONFIG = {"listen": "tcp:0", "backends": ["http://127.0.0.1:9"]}
 
 SAMPLE: Headers = [
     (b"host", b"example.com"),
@@ -439,6 +443,41 @@ def test_token_name_starts_afresh_past_max_known_names_and_keeps_no_long_name(
     assert header_module.token_name(b"X-Second") == b"x-second"
     assert header_module.token_name(b"X-Third") == b"x-third"  # full: the others are forgotten
     assert header_module.KNOWN_NAMES == {b"X-Third": b"x-third"}
+
+
+def test_remember_field_starts_afresh_when_full_and_keeps_no_long_line_nor_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(header_module, "KNOWN_FIELDS", {})
+    monkeypatch.setattr(header_module, "MAX_KNOWN_FIELDS", 2)
+    long_value = b"x" * header_module.MAX_KNOWN_FIELD_LENGTH
+    header_module.remember_field(b"X-Long: " + long_value, (b"x-long", long_value))
+    header_module.remember_field(b"Authorization: Basic YTpi", (b"authorization", b"Basic YTpi"))
+    header_module.remember_field(b"Cookie: a=1", (b"cookie", b"a=1"))
+    assert header_module.KNOWN_FIELDS == {}
+    header_module.remember_field(b"Server: a", (b"server", b"a"))
+    header_module.remember_field(b"Server: b", (b"server", b"b"))
+    header_module.remember_field(b"Server: c", (b"server", b"c"))  # full: the others are forgotten
+    assert header_module.KNOWN_FIELDS == {b"Server: c": (b"server", b"c")}
+
+
+def test_a_remembered_line_gives_the_pair_it_was_parsed_into(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields: dict = {}
+    for module in (header_module, http11, server):
+        monkeypatch.setattr(module, "KNOWN_FIELDS", fields)
+    block = b"HTTP/1.1 200 OK\r\nServer:  nginx \t\r\nCookie: a=1\r\nContent-Length: 0\r\n\r\n"
+    first = http11._parse_header_block(block, 17, len(block) - 2)  # (names seen first line by line)
+    assert http11._parse_header_block(block, 17, len(block) - 2) == first
+    assert set(fields) == {b"Server:  nginx \t", b"Content-Length: 0"}
+    assert http11._parse_header_block(block, 17, len(block) - 2) == first  # from what it remembers
+    assert first[0] == [(b"server", b"nginx"), (b"cookie", b"a=1"), (b"content-length", b"0")]
+    request = b"GET / HTTP/1.1\r\nServer:  nginx \t\r\nHost: x\r\n\r\n"  # a line seen in a response
+    assert server.parse_simple_request(request, server.Limits(config_from_mapping(CONFIG))) == (
+        b"GET",
+        b"/",
+        [(b"server", b"nginx"), (b"host", b"x")],
+    )
+    assert b"Host: x" in fields
 
 
 # --- forwarding while writing the head (responses.forwarded_header_lines) ---
