@@ -267,18 +267,26 @@ def _well_typed(name: bytes, value: Any) -> bool:
     return True
 
 
+#: ``Cache-Control`` and the targeted fields, by the ``targets`` asked for (one per configuration).
+_LOOKED_AT: Dict[Tuple[bytes, ...], FrozenSet[bytes]] = {}
+
+
 def _directives(
-    response_headers: Headers, targets: Sequence[bytes]
+    response_headers: Headers, targets: Tuple[bytes, ...]
 ) -> Tuple[Directives, FrozenSet[bytes], bool]:
     """The directives that apply: the first valid targeted field of ``targets`` (RFC 9213 section 2.1),
     else ``Cache-Control``; the conflicting names; whether they are targeted."""
     lines = []
     some_targeted = False
+    looked_at = _LOOKED_AT.get(targets)
+    if looked_at is None:
+        looked_at = _LOOKED_AT[targets] = frozenset((b"cache-control", *targets))
     for name, value in response_headers:  # one pass: most responses have no targeted field
-        if name == b"cache-control":
-            lines.append(value)
-        if name in targets:
-            some_targeted = True
+        if name in looked_at:
+            if name == b"cache-control":
+                lines.append(value)
+            if name in targets:
+                some_targeted = True
     if some_targeted:
         for name in targets:
             targeted = get_all(response_headers, name)
@@ -291,7 +299,7 @@ def _directives(
 
 
 def freshness_lifetime(
-    response_headers: Headers, response_time: float, status: int = 200, targeted: Sequence[bytes] = TARGETED
+    response_headers: Headers, response_time: float, status: int = 200, targeted: Tuple[bytes, ...] = TARGETED
 ) -> float:
     """Freshness lifetime in seconds for a shared cache (RFC 9111 sections 4.2.1 and 4.2.2).
 
@@ -466,7 +474,7 @@ def plan_store(
     response_headers: Headers,
     request_time: float,
     response_time: float,
-    targeted: Sequence[bytes] = TARGETED,
+    targeted: Tuple[bytes, ...] = TARGETED,
     key: bytes = b"",
     request: Optional[Directives] = None,
 ) -> Optional[StorePlan]:
