@@ -37,6 +37,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
+from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.server import Request, Site
 
 from powerlb.headers import (
@@ -194,6 +195,32 @@ class ProxyRequest(Request):
         self._body_started = 0.0
         self._finish_pending = False
         self._gone: Optional[Callable[[Failure], None]] = None
+
+    @classmethod
+    def for_plain(cls, channel: ProxyChannel) -> ProxyRequest:
+        """A request for :meth:`serve_plain`, made without twisted.web's constructors: the attributes
+        they set (``tests/inproc/test_channel.py`` checks that they are the same), and powerlb's.
+        No ``__init__`` runs: a subclass with state of its own per request sets it here too."""
+        self = cls.__new__(cls)
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = TwistedHeaders()
+        self.received_cookies = {}
+        self.responseHeaders = TwistedHeaders()
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = channel.site._parsePOSTFormSubmission
+        self._adapterCache = {}
+        self.parsed_headers = self.body_stream = self.dispatch = self.plan = self.request_id = None
+        self._gone = None
+        self.x_cache = b""
+        self._body_size = 0
+        self._body_started = 0.0
+        self._finish_pending = False
+        return self
 
     def when_gone(self, callback: Callable[[Failure], None]) -> None:
         """Have ``callback`` called with the reason if the client goes before the response is finished:
@@ -632,7 +659,7 @@ class ProxyChannel(TrackedChannel):
         ``Connection`` handling, which leaves the connection persistent.)
         ``decision`` is the planner's, when the short way for cache hits asked it.
         """
-        request = self.requestFactory(self, 0)
+        request = self.requestFactory.for_plain(self)
         self.requests.append(request)
         self._savedTimeOut = None  # the idle timer keeps running (see the class docstring)
         self._handlingRequest = True

@@ -1,4 +1,5 @@
-"""The client channel's short way for plain requests: parsed once, one head block, no timer each.
+"""The client channel's short way for plain requests: parsed once, its request made without
+twisted.web's constructors, one head block, no timer each.
 
 And the design card: :class:`~powerlb.proxy.ProxyResource` still serves
 when mounted in an ordinary twisted.web ``Site`` of someone else's
@@ -15,9 +16,12 @@ from typing import Any, List
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyChannel
 
+from powerlb.server import ProxyRequest
 from tests.support.inproc import headers_of, origin, raw, sleep, wait_for
 from tests.support.interim import RELAYED, hinting, request
 
@@ -135,14 +139,21 @@ async def test_answered_requests_leave_no_cycle_for_the_garbage_collector(make_b
     lb = start_powerlb([a])
     site = lb.service.proxy_listener.factory
     made: List[weakref.ref] = []
-    factory = site.requestFactory
 
-    def tracked(*args: Any) -> Any:
-        request = factory(*args)
-        made.append(weakref.ref(request))
-        return request
+    class Tracked(site.requestFactory):  # type: ignore[name-defined,misc]
+        """The site's requests, each noted as it is made (either way)."""
 
-    site.requestFactory = tracked
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(weakref.ref(self))
+
+        @classmethod
+        def for_plain(cls, channel: Any) -> Any:
+            request = super().for_plain(channel)
+            made.append(weakref.ref(request))
+            return request
+
+    site.requestFactory = Tracked
     requests = [
         b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n",  # plain, passed
         b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n",  # plain, stored
@@ -189,3 +200,20 @@ async def test_proxy_resource_serves_inside_an_ordinary_site(make_backends, star
         assert answer.startswith(RELAYED + b"HTTP/1.1 200 OK\r\n"), answer
     finally:
         await defer.maybeDeferred(port.stopListening)
+
+
+def test_a_plain_request_is_made_with_what_twisted_webs_constructors_set() -> None:
+    """ProxyRequest.for_plain skips twisted.web's constructors: it sets the same attributes, to the
+    same values, as they do (a Twisted that sets more fails here, not on a request)."""
+    channel = DummyChannel()
+    usual = ProxyRequest(channel)
+    plain = ProxyRequest.for_plain(channel)  # type: ignore[arg-type]  # twisted.web's test channel
+    assert vars(plain).keys() == vars(usual).keys()
+    for name, value in vars(usual).items():
+        if isinstance(value, Headers):
+            assert list(getattr(plain, name).getAllRawHeaders()) == list(value.getAllRawHeaders()) == []
+            assert getattr(plain, name) is not value
+        else:
+            assert getattr(plain, name) == value, name
+    for name in ProxyRequest.__slots__:
+        assert getattr(plain, name) == getattr(usual, name), name

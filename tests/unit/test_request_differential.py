@@ -79,9 +79,7 @@ class _Recorded(Request):
 class _RecordedProxy(ProxyRequest):
     """powerlb's request, recorded; answered once its body (streamed, see ProxyRequest) is in."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.body = b""
+    body = b""  # (a plain request is made by for_plain, which runs no __init__)
 
     def process(self) -> None:
         if self.body_stream is None:
