@@ -402,6 +402,25 @@ def request_is_cacheable(method: bytes, request_headers: Headers) -> bool:
     return method in (b"GET", b"HEAD")
 
 
+#: Request fields that shape a hit's answer (preconditions, range) or whether a stored response
+#: may answer (``Cache-Control``, ``Pragma``): a request without any is answered the same way as
+#: every other such request for the same stored response, and its directives are none.
+SHAPING_FIELDS = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+    }
+)
+#: The directives of a request without ``Cache-Control`` and ``Pragma`` (shared: never changed).
+NO_DIRECTIVES: Directives = {}
+
+
 def request_directives(request_headers: Headers) -> Directives:
     """The request's ``Cache-Control`` directives (RFC 9111 section 5.2.1).
 

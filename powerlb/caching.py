@@ -93,23 +93,6 @@ _COUNTERS = {
 #: Upstream statuses that count as an error for stale-if-error (RFC 5861 section 4).
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
-#: Request fields that shape a hit's answer (preconditions, range) or whether a stored response
-#: may answer (``Cache-Control``, ``Pragma``): a request without any is answered the same way as
-#: every other such request for the same stored response.
-_SHAPING_FIELDS = frozenset(
-    {
-        b"cache-control",
-        b"pragma",
-        b"if-none-match",
-        b"if-modified-since",
-        b"if-match",
-        b"if-unmodified-since",
-        b"if-range",
-        b"range",
-    }
-)
-#: The directives of a request without ``Cache-Control`` and ``Pragma`` (never changed).
-_NO_DIRECTIVES: cachepolicy.Directives = {}
 #: Most keys whose hit head :meth:`CacheLayer.fast_response` remembers (then it starts afresh).
 MAX_HIT_HEADS = 4096
 
@@ -274,11 +257,13 @@ class CacheLayer:
         """Forward the GET :meth:`fetch` could not answer, as the lead of ``flight`` or alone (None)."""
         now = self.clock.seconds()
         lead = flight is not None
-        answers = cachepolicy.answered_by_cache(client.headers)
+        shaped = client.shaped
+        answers = shaped and cachepolicy.answered_by_cache(client.headers)
         # A range of an object that was not stored whole (hit-for-pass) goes upstream as asked:
         # the backend sends only that range, and its 206 may be stored.
         ranged = (
-            entry is None
+            shaped
+            and entry is None
             and not lead
             and get_first(client.headers, b"range") is not None
             and self._passing(key, now)
@@ -322,10 +307,10 @@ class CacheLayer:
         age = entry.age(now)
         plain = True
         for name, _ in headers:
-            if name in _SHAPING_FIELDS:
+            if name in cachepolicy.SHAPING_FIELDS:
                 plain = False
                 break
-        directives = _NO_DIRECTIVES if plain else cachepolicy.request_directives(headers)
+        directives = cachepolicy.NO_DIRECTIVES if plain else cachepolicy.request_directives(headers)
         if cachepolicy.reuse(entry.freshness_lifetime, age, entry.rules, directives) != cachepolicy.FRESH:
             return None
         self.counters.cache_hits += 1  # as self.count(HIT), without its look-ups

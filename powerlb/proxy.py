@@ -56,6 +56,7 @@ class ClientRequest:
     __slots__ = (
         "_connection",
         "_directives",
+        "_shaped",
         "client_host",
         "headers",
         "host",
@@ -100,6 +101,22 @@ class ClientRequest:
         self.route_work: RouteWork
         self._directives: Optional[cachepolicy.Directives] = None
         self._connection: Optional[FrozenSet[bytes]] = None
+        self._shaped: Optional[bool] = None
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the request has a field that shapes the cache's answer
+        (:data:`~powerlb.cachepolicy.SHAPING_FIELDS`: ``Cache-Control``, ``Pragma``, preconditions,
+        ``Range``); looked for once, when first asked. Without one, its directives are none."""
+        shaped = self._shaped
+        if shaped is None:
+            shaped = False
+            for name, _ in self.headers:
+                if name in cachepolicy.SHAPING_FIELDS:
+                    shaped = True
+                    break
+            self._shaped = shaped
+        return shaped
 
     @property
     def connection(self) -> FrozenSet[bytes]:
@@ -116,7 +133,9 @@ class ClientRequest:
         once, when a layer first asks, and read by every later one."""
         directives = self._directives
         if directives is None:
-            directives = self._directives = cachepolicy.request_directives(self.headers)
+            shaped = self.shaped
+            directives = cachepolicy.request_directives(self.headers) if shaped else cachepolicy.NO_DIRECTIVES
+            self._directives = directives
         return directives
 
     def with_method_and_headers(self, method: bytes, headers: Headers) -> ClientRequest:
@@ -135,7 +154,7 @@ class ClientRequest:
         other.plan = self.plan
         other.request_id_header = self.request_id_header
         other.route_work = self.route_work
-        other._directives = None  # other headers: parsed again if asked
+        other._directives = other._shaped = None  # other headers: looked at again if asked
         # The cache's own headers differ only in conditionals and range, never in Connection.
         other._connection = self._connection
         return other

@@ -18,7 +18,9 @@ from powerlb.cachepolicy import (
     INVALIDATE,
     MAX_DELTA_SECONDS,
     NO_BODY,
+    NO_DIRECTIVES,
     REVALIDATE,
+    SHAPING_FIELDS,
     STALE,
     UNSATISFIABLE,
     UPDATE,
@@ -57,7 +59,7 @@ from powerlb.cachepolicy import (
 from powerlb.cachepolicy import (
     STALE_WHILE_REVALIDATE as SWR,
 )
-from powerlb.headers import Headers
+from powerlb.headers import Headers, get_first
 from powerlb.structured import StructuredError, Token, parse_dictionary
 
 # 1994-11-06 08:49:37 GMT
@@ -1313,3 +1315,22 @@ def test_post_response_stored_for_get_only_with_freshness_and_own_content_locati
     ]
     for headers, stored in cases:
         assert (plan_store(b"POST", [], 200, headers, T0, T0, key=key) is not None) is stored, headers
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(sorted(SHAPING_FIELDS | {b"host", b"accept", b"authorization", b"x-a"})),
+            st.sampled_from([b"", b"no-cache", b"max-age=0", b"bytes=0-1", b'"e"', b"only-if-cached"]),
+        ),
+        max_size=6,
+    )
+)
+def test_a_request_without_shaping_fields_has_no_directives_conditionals_or_range(headers: Headers) -> None:
+    """What a request's path skips when it has none of SHAPING_FIELDS (ClientRequest.shaped)."""
+    if any(name in SHAPING_FIELDS for name, _ in headers):
+        return
+    assert request_directives(headers) == NO_DIRECTIVES == {}
+    assert not answered_by_cache(headers)
+    assert get_first(headers, b"range") is None
+    assert fetch_headers(headers) is headers
