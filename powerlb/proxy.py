@@ -322,10 +322,12 @@ class ClientResponder:
     A client that goes away abandons the upstream request. Once a response
     streams (its head came alone), it is the producer registered with the
     client connection, and passes a slow client's pause on to the backend
-    read; a response that comes whole is written at once, and needs none. With ``sticky`` a response a backend
-    answered gets the sticky cookie of that backend, unless the client
-    already sent it. Every response head gets the route's response header
-    rules (``plan``'s).
+    read; a response that comes whole is written at once, and needs none.
+    With ``sticky`` a response a backend answered gets the sticky cookie of
+    that backend, unless the client already sent it. Every response head gets
+    the route's response header rules (``plan``'s). Without either, powerlb's
+    own request forwards the backend's headers as it writes them
+    (``forward_in_head``).
     """
 
     __slots__ = (
