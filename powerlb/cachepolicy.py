@@ -34,7 +34,15 @@ from typing import (
 )
 from urllib.parse import urljoin, urlsplit
 
-from powerlb.headers import TOKEN_PATTERN, Headers, get_all, get_first, split_tokens, strip_hop_by_hop
+from powerlb.headers import (
+    TOKEN_PATTERN,
+    Headers,
+    SharedHeaders,
+    get_all,
+    get_first,
+    split_tokens,
+    strip_hop_by_hop,
+)
 from powerlb.structured import StructuredError, parse_dictionary
 
 Directives = Dict[bytes, Optional[bytes]]
@@ -275,7 +283,24 @@ def _directives(
     response_headers: Headers, targets: Tuple[bytes, ...]
 ) -> Tuple[Directives, FrozenSet[bytes], bool]:
     """The directives that apply: the first valid targeted field of ``targets`` (RFC 9213 section 2.1),
-    else ``Cache-Control``; the conflicting names; whether they are targeted."""
+    else ``Cache-Control``; the conflicting names; whether they are targeted.
+
+    :class:`~powerlb.headers.SharedHeaders` keep them (their ``directives`` view, with ``targets``):
+    every response with the same header block has them at once."""
+    if type(response_headers) is not SharedHeaders:
+        return _find_directives(response_headers, targets)
+    view = response_headers.directives
+    if view is None or view[0] is not targets:
+        found = _find_directives(response_headers, targets)
+        response_headers.directives = (targets, found)
+        return found
+    return view[1]  # type: ignore[no-any-return]
+
+
+def _find_directives(
+    response_headers: Headers, targets: Tuple[bytes, ...]
+) -> Tuple[Directives, FrozenSet[bytes], bool]:
+    """:func:`_directives`, worked out."""
     lines = []
     some_targeted = False
     looked_at = _LOOKED_AT.get(targets)

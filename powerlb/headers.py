@@ -8,9 +8,11 @@ socket or a clock.
 from __future__ import annotations
 
 import re
-from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple, TypeVar
 
 Headers = List[Tuple[bytes, bytes]]
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: The characters of an HTTP token (RFC 9110 section 5.6.2, ``tchar``): the one copy of the token
 #: grammar, which every parser and check below derives from.
@@ -93,6 +95,65 @@ def remember_field(line: bytes, header: Tuple[bytes, bytes]) -> None:
         if len(KNOWN_FIELDS) >= MAX_KNOWN_FIELDS:
             KNOWN_FIELDS.clear()
         KNOWN_FIELDS[line] = header
+
+
+class SharedHeaders(List[Tuple[bytes, bytes]]):
+    """The header list of a header block seen before (a :class:`Memo`'s), shared by every message
+    that came with the same block: read, never changed in place (a change makes a new list, as every
+    function here does), and so the views worked out from it are kept on it, each worked out once.
+
+    The views, None until first asked: ``forwarded``, a response's lines as a client gets them
+    (:func:`powerlb.responses.forwarded_header_lines`); ``directives``, a response's cache
+    directives (``powerlb.cachepolicy._directives``); ``forwarded_request``, a request's headers as
+    sent upstream (:func:`forward_request_headers`), with what they were asked for.
+    """
+
+    __slots__ = ("directives", "forwarded", "forwarded_request")
+
+    def __init__(self, headers: Iterable[Tuple[bytes, bytes]]) -> None:
+        super().__init__(headers)
+        self.forwarded: Any = None
+        self.directives: Any = None
+        self.forwarded_request: Any = None
+
+    def _shared(self, *args: Any, **kwargs: Any) -> Any:
+        """A change in place would reach every message with the block (and its views would be
+        wrong): refused, loudly."""
+        raise TypeError("shared headers are not changed in place: make a new list")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return SharedHeaders, (list(self),)  # (copies and pickles: made anew, not appended to)
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _shared
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _shared
+
+
+class Memo(Dict[K, V]):
+    """What a pure function made of inputs that come again and again (field lines, header blocks),
+    within limits: at most ``limit`` entries, after which it starts afresh (so a flood of one-off
+    inputs cannot grow it, nor keep the usual ones out for long)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, key: K, value: V) -> None:
+        """Note ``value`` for ``key``."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+
+
+#: The longest header block a :class:`Memo` of blocks keeps (a longer one is parsed every time).
+MAX_KNOWN_BLOCK_LENGTH = 2048
+
+
+def rememberable(block: bytes, headers: Headers) -> bool:
+    """Whether what the header ``block`` was parsed into (``headers``) may be kept in a :class:`Memo`:
+    it is not too long (:data:`MAX_KNOWN_BLOCK_LENGTH`), and without credentials or cookies."""
+    return len(block) <= MAX_KNOWN_BLOCK_LENGTH and all(name not in _UNREMEMBERED for name, _ in headers)
 
 
 def field_value_ok(value: bytes) -> bool:
@@ -205,6 +266,25 @@ def forward_request_headers(
     is the request's :func:`connection_tokens` when already known (parsed
     again when None). One pass over ``headers``.
     """
+    if type(headers) is SharedHeaders:
+        asked = (client_address, scheme, host, connection, replaced)
+        view = headers.forwarded_request
+        if view is None or view[0] != asked:
+            forwarded = _forward_request_headers(headers, client_address, scheme, host, connection, replaced)
+            view = headers.forwarded_request = (asked, SharedHeaders(forwarded))
+        return view[1]  # type: ignore[no-any-return]
+    return _forward_request_headers(headers, client_address, scheme, host, connection, replaced)
+
+
+def _forward_request_headers(
+    headers: Headers,
+    client_address: bytes,
+    scheme: bytes,
+    host: Optional[bytes],
+    connection: Optional[FrozenSet[bytes]],
+    replaced: Optional[bytes],
+) -> Headers:
+    """:func:`forward_request_headers`, worked out."""
     if connection is None:
         connection = connection_tokens(headers)
     dropped = _DROPPED_REQUEST_HEADERS

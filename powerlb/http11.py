@@ -28,9 +28,12 @@ from powerlb.headers import (
     KNOWN_FIELDS,
     KNOWN_NAMES,
     Headers,
+    Memo,
+    SharedHeaders,
     connection_tokens,
     field_value_ok,
     remember_field,
+    rememberable,
     split_tokens,
     token_name,
 )
@@ -188,7 +191,8 @@ class ResponseParser:
             raise ProtocolError("response head too large")
         first = data.find(b"\r\n")  # the end of the status line (``end`` when there are no headers)
         status, reason, keep_alive = _parse_status_line(data[:first])
-        headers, framing = _parse_header_block(data, first + 2, end + 2) if first < end else ([], [])
+        block = header_block(data[first + 2 : end]) if first < end else _NO_HEADERS
+        headers = block.headers
         rest = data[end + 4 :]
         if 100 <= status < 200:
             if status == 101:
@@ -199,18 +203,18 @@ class ResponseParser:
                 return b""
             self._events.response_interim(status, reason, headers)
             return rest  # the final response follows
-        tokens = connection_tokens(framing)
-        if b"close" in tokens:
-            keep_alive = False
-        elif b"keep-alive" in tokens:
-            keep_alive = True
+        if block.keep_alive is not None:
+            keep_alive = block.keep_alive
         if self._head_request or status == 204 or status == 304:
             self._state = _IDLE
             self._events.response_whole(status, reason, headers, b"", keep_alive)
             return rest
         # Decide the framing (which may reject the response) before reporting
         # the head: a caller must not start relaying a response that then fails.
-        state, remaining, reusable = _body_framing(framing)
+        framing = block.body
+        if framing is None:
+            framing = block.body = _body_framing(block.framing)
+        state, remaining, reusable = framing
         keep_alive = self._keep_alive = keep_alive and reusable
         if state == _LENGTH and len(rest) >= remaining:
             # All in hand: one event (the state is idle first, as the handler may send the next request).
@@ -262,6 +266,44 @@ class ResponseParser:
     def _finish(self) -> None:
         self._state = _IDLE
         self._events.response_end(self._keep_alive)
+
+
+class HeaderBlock:
+    """What a response's header block says: its headers (names lower-cased), the ones among them
+    that frame the body and decide the connection's reuse (:data:`_FRAMING_NAMES`), whether its
+    ``Connection`` says ``close`` (False) or ``keep-alive`` (True) or neither (None), and the
+    body's framing (:func:`_body_framing`), worked out when a response with a body first asks."""
+
+    __slots__ = ("body", "framing", "headers", "keep_alive")
+
+    def __init__(self, headers: Headers, framing: Headers) -> None:
+        self.headers = headers
+        self.framing = framing
+        tokens = connection_tokens(framing)
+        self.keep_alive = False if b"close" in tokens else True if b"keep-alive" in tokens else None
+        self.body: Optional[tuple[int, int, bool]] = None
+
+
+#: Header blocks as received, each with its :class:`HeaderBlock`: a backend answers a resource with
+#: the same block until its ``Date`` changes, and the block is read once a second, not per response.
+#: Their headers are :class:`~powerlb.headers.SharedHeaders`: every response with the block has them.
+KNOWN_BLOCKS: Memo[bytes, HeaderBlock] = Memo(256)
+_NO_HEADERS = HeaderBlock(SharedHeaders(()), [])
+
+
+def header_block(block: bytes) -> HeaderBlock:
+    """The :class:`HeaderBlock` of the header lines ``block`` (joined by CRLF, without the last): the
+    one :data:`KNOWN_BLOCKS` holds, else parsed (:func:`_parse_header_block`, which raises
+    :class:`ProtocolError` at a fault), and remembered when it may be."""
+    known = KNOWN_BLOCKS.get(block)
+    if known is not None:
+        return known
+    headers, framing = _parse_header_block(block)
+    if not rememberable(block, headers):
+        return HeaderBlock(headers, framing)
+    known = HeaderBlock(SharedHeaders(headers), framing)
+    KNOWN_BLOCKS.remember(block, known)
+    return known
 
 
 def _parse_status_line(line: bytes) -> tuple[int, bytes, bool]:
@@ -324,8 +366,8 @@ def _body_framing(headers: Headers) -> tuple[int, int, bool]:
         raise ProtocolError("invalid Content-Length") from None
 
 
-def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Headers]:
-    """The header lines in ``data[start:end]``, each ending in CRLF: (all headers, the framing ones
+def _parse_header_block(block: bytes) -> tuple[Headers, Headers]:
+    """The header lines of ``block``, joined by CRLF (without the last): (all headers, the framing ones
     among them: :data:`_FRAMING_NAMES`).
 
     A block whose only CR and LF bytes are its line ends, without NUL, whose lines all have a colon
@@ -333,7 +375,6 @@ def _parse_header_block(data: bytes, start: int, end: int) -> tuple[Headers, Hea
     no further check; any other is read by :func:`_parse_header_lines`, which checks every line and
     names the fault.
     """
-    block = data[start : end - 2]
     lines = block.split(b"\r\n")
     breaks = len(lines) - 1
     if 0 not in block and block.count(b"\r") == breaks and block.count(b"\n") == breaks:

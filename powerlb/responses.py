@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.server import Request
 
 from powerlb import cachepolicy
-from powerlb.headers import HOP_BY_HOP, USUAL_CONNECTION_OPTIONS, VIA, Headers
+from powerlb.headers import HOP_BY_HOP, USUAL_CONNECTION_OPTIONS, VIA, Headers, SharedHeaders
 
 if TYPE_CHECKING:
     from powerlb.server import ProxyRequest
@@ -90,7 +90,25 @@ def forwarded_header_lines(parts: List[bytes], headers: Headers) -> Optional[Tup
     other than ``keep-alive``, ``close`` or ``upgrade`` (it may name other
     fields), ``Transfer-Encoding``, a ``Content-Length`` repeated or not a
     plain number, a backend's ``Via``, a field named ``close``.
+
+    :class:`~powerlb.headers.SharedHeaders` keep the lines made of them (their ``forwarded`` view):
+    every response with the same header block gets them at once.
     """
+    if type(headers) is not SharedHeaders:
+        return _forwarded_lines(parts, headers)
+    view = headers.forwarded
+    if view is None:
+        lines: List[bytes] = []
+        found = _forwarded_lines(lines, headers)
+        view = headers.forwarded = _DECLINED if found is None else (b"".join(lines), *found)
+    if view is _DECLINED:
+        return None
+    parts.append(view[0])
+    return view[1], view[2]
+
+
+def _forwarded_lines(parts: List[bytes], headers: Headers) -> Optional[Tuple[bool, bool]]:
+    """:func:`forwarded_header_lines`, worked out."""
     start = len(parts)
     dated = framed = False
     for name, value in headers:
@@ -117,6 +135,9 @@ def forwarded_header_lines(parts: List[bytes], headers: Headers) -> Optional[Tup
     return None
 
 
+#: A :class:`~powerlb.headers.SharedHeaders`' ``forwarded`` view when :func:`forwarded_header_lines`
+#: declines them.
+_DECLINED = ()
 #: The names :func:`header_lines` looks at before it writes a field.
 _NOTED = frozenset({b"x-cache", b"date", b"content-length"})
 #: Hop-by-hop fields :func:`forwarded_header_lines` drops as they come (Transfer-Encoding and

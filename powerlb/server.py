@@ -44,8 +44,11 @@ from powerlb.headers import (
     KNOWN_FIELDS,
     KNOWN_NAMES,
     Headers,
+    Memo,
+    SharedHeaders,
     forward_response_headers,
     remember_field,
+    rememberable,
     split_tokens,
     token_name,
 )
@@ -97,17 +100,14 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     Plain: ``GET`` or ``HEAD``, HTTP/1.1, an origin-form target, no body or
     framing, no ``Connection`` handling, every line well formed and within
     ``limits``. None means "take the normal way", which also rejects what is
-    malformed; nothing here answers or rejects.
+    malformed; nothing here answers or rejects. A header block seen before
+    (:data:`KNOWN_REQUEST_BLOCKS`) gives the headers it was read into.
     """
     if len(data) > limits.max_header_size or data.find(b"\r\n\r\n") != len(data) - 4:
         return None
-    lines = data[:-4].split(b"\r\n")
-    # Its only CR and LF bytes end its lines, and it has no NUL: no field value needs a check.
-    breaks = len(lines) + 1
-    if data.count(b"\r") != breaks or data.count(b"\n") != breaks or 0 in data:
-        return None
-    request_line = lines[0].split(b" ")
-    if len(request_line) != 3 or len(lines) - 1 > limits.max_headers:
+    line_end = data.find(b"\r\n")
+    request_line = data[:line_end].split(b" ")
+    if len(request_line) != 3:
         return None
     method, target, version = request_line
     if (
@@ -115,14 +115,38 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
         or version != b"HTTP/1.1"
         or not target.startswith(b"/")
         or len(target) > limits.max_url_length
-        or not _target_ok(target)
+        or not _target_ok(target)  # (so the request line has no CR, LF nor NUL)
     ):
+        return None
+    block = data[line_end + 2 : -4]
+    headers = KNOWN_REQUEST_BLOCKS.get(block)
+    if headers is None:
+        headers = _simple_headers(block) if block else []
+        if headers is None:
+            return None
+    if len(headers) > limits.max_headers:
+        return None
+    return method, target, headers
+
+
+#: Request header blocks as received (a plain request's lines after its first, joined by CRLF), each
+#: with its :class:`~powerlb.headers.SharedHeaders`: a client sends the same block again and again.
+KNOWN_REQUEST_BLOCKS: Memo[bytes, Headers] = Memo(256)
+
+
+def _simple_headers(block: bytes) -> Optional[Headers]:
+    """The headers of a plain request's header ``block`` (see :func:`parse_simple_request`), else None;
+    remembered in :data:`KNOWN_REQUEST_BLOCKS` when they may be."""
+    lines = block.split(b"\r\n")
+    # Its only CR and LF bytes end its lines, and it has no NUL: no field value needs a check.
+    breaks = len(lines) - 1
+    if block.count(b"\r") != breaks or block.count(b"\n") != breaks or 0 in block:
         return None
     headers: Headers = []
     names = KNOWN_NAMES
     fields = KNOWN_FIELDS
     host = False
-    for line in lines[1:]:
+    for line in lines:
         header = fields.get(line)
         if header is None:
             name, colon, value = line.partition(b":")
@@ -138,7 +162,11 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
             return None
         host = host or lowered == b"host"
         headers.append(header)
-    return method, target, headers
+    if not rememberable(block, headers):
+        return headers
+    shared = SharedHeaders(headers)
+    KNOWN_REQUEST_BLOCKS.remember(block, shared)
+    return shared
 
 
 #: Bytes per second a request body must average once ``client_timeout`` has passed (slow-body attacks).

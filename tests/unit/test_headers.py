@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 from hypothesis import example, given, settings
@@ -19,6 +21,8 @@ from powerlb.headers import (
     TOKEN_PATTERN,
     USUAL_CONNECTION_OPTIONS,
     VIA_PSEUDONYM,
+    Memo,
+    SharedHeaders,
     connection_tokens,
     field_value_ok,
     forward_request_headers,
@@ -28,6 +32,7 @@ from powerlb.headers import (
     get_first,
     hop_by_hop,
     is_token,
+    rememberable,
     split_tokens,
     strip_cookie,
     strip_hop_by_hop,
@@ -264,6 +269,32 @@ def test_forward_request_headers_with_known_connection_options(headers: Headers,
     assert given_options == parsed_here
 
 
+@given(
+    header_lists,
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"1.2.3.4", b"::1"]),
+            st.sampled_from([b"http", b"https"]),
+            st.sampled_from([None, b"h.example"]),
+            st.sampled_from([None, frozenset(), frozenset({b"x-a"})]),
+            st.sampled_from([None, b"x-request-id"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_forward_request_headers_of_shared_headers_are_kept_for_what_was_asked(
+    headers: Headers, asks: List[Tuple[Any, ...]]
+) -> None:
+    """Shared headers (a header block seen before) keep the forwarded headers last asked for: the same
+    as a list's, shared themselves, and worked out again when asked with other arguments."""
+    shared = SharedHeaders(headers)
+    for ask in asks:
+        out = forward_request_headers(shared, *ask)
+        assert out == forward_request_headers(headers, *ask)
+        assert type(out) is SharedHeaders and forward_request_headers(shared, *ask) is out
+
+
 @given(header_lists, st.sampled_from([b"x-a", b"x-request-id", b"cookie"]))
 def test_forward_request_headers_drops_the_replaced_field(headers: Headers, replaced: bytes) -> None:
     """The field the caller sets itself (the request id's) is dropped in the same pass."""
@@ -465,11 +496,11 @@ def test_a_remembered_line_gives_the_pair_it_was_parsed_into(monkeypatch: pytest
     fields: dict = {}
     for module in (header_module, http11, server):
         monkeypatch.setattr(module, "KNOWN_FIELDS", fields)
-    block = b"HTTP/1.1 200 OK\r\nServer:  nginx \t\r\nCookie: a=1\r\nContent-Length: 0\r\n\r\n"
-    first = http11._parse_header_block(block, 17, len(block) - 2)  # (names seen first line by line)
-    assert http11._parse_header_block(block, 17, len(block) - 2) == first
+    block = b"Server:  nginx \t\r\nCookie: a=1\r\nContent-Length: 0"
+    first = http11._parse_header_block(block)  # (names seen first line by line)
+    assert http11._parse_header_block(block) == first
     assert set(fields) == {b"Server:  nginx \t", b"Content-Length: 0"}
-    assert http11._parse_header_block(block, 17, len(block) - 2) == first  # from what it remembers
+    assert http11._parse_header_block(block) == first  # from what it remembers
     assert first[0] == [(b"server", b"nginx"), (b"cookie", b"a=1"), (b"content-length", b"0")]
     request = b"GET / HTTP/1.1\r\nServer:  nginx \t\r\nHost: x\r\n\r\n"  # a line seen in a response
     assert server.parse_simple_request(request, server.Limits(config_from_mapping(CONFIG))) == (
@@ -547,3 +578,75 @@ def test_forwarded_header_lines_is_header_lines_of_forward_response_headers(head
         ), headers
     else:
         assert (found, b"".join(parts)) == (expected, b"".join(expected_parts))
+    shared = SharedHeaders(headers)
+    for _ in range(2):  # worked out, then the view kept on the shared list
+        shared_parts: List[bytes] = [b"status line"]
+        assert responses.forwarded_header_lines(shared_parts, shared) == found
+        assert b"".join(shared_parts) == b"".join(parts)
+
+
+# --- shared header lists and the memos of what comes again and again ---
+
+
+def test_shared_headers_are_never_changed_in_place() -> None:
+    """A change would reach every message with the block: each way of making one is refused; the
+    ways that make a new list work, and copies are shared lists of their own."""
+    shared = SharedHeaders(NGINX)
+    changes = [
+        lambda: shared.append((b"x", b"1")),
+        lambda: shared.extend([(b"x", b"1")]),
+        lambda: shared.insert(0, (b"x", b"1")),
+        lambda: shared.pop(),
+        lambda: shared.remove(NGINX[0]),
+        lambda: shared.clear(),
+        lambda: shared.sort(),
+        lambda: shared.reverse(),
+        lambda: shared.__setitem__(0, (b"x", b"1")),
+        lambda: shared.__delitem__(0),
+        lambda: shared.__iadd__([(b"x", b"1")]),
+        lambda: shared.__imul__(2),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError, match="not changed in place"):
+            change()
+    assert shared == NGINX
+    assert shared + [(b"x", b"1")] == [*NGINX, (b"x", b"1")]  # noqa: RUF005 (a new list: allowed)
+    assert type(shared[:]) is list
+    for copied in (copy.copy(shared), copy.deepcopy(shared), pickle.loads(pickle.dumps(shared))):
+        assert type(copied) is SharedHeaders and copied == shared and copied.forwarded is None
+
+
+def test_a_memo_starts_afresh_when_full() -> None:
+    memo: Memo[bytes, int] = Memo(2)
+    memo.remember(b"a", 1)
+    memo.remember(b"b", 2)
+    memo.remember(b"c", 3)
+    assert memo == {b"c": 3}
+
+
+def test_a_request_header_block_seen_before_gives_the_same_shared_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memo: Memo[bytes, Headers] = Memo(4)
+    monkeypatch.setattr(server, "KNOWN_REQUEST_BLOCKS", memo)
+    limits = server.Limits(config_from_mapping(CONFIG))
+    request = b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    first = server.parse_simple_request(request, limits)
+    again = server.parse_simple_request(b"HEAD /b" + request[6:], limits)  # the same block
+    assert first is not None and again is not None and again[:2] == (b"HEAD", b"/b")
+    assert first[2] == [(b"host", b"x"), (b"accept", b"*/*")] and again[2] is first[2]
+    assert type(first[2]) is SharedHeaders and list(memo) == [b"Host: x\r\nAccept: */*"]
+    tighter = server.Limits(config_from_mapping({**CONFIG, "max-headers": 1}))
+    assert server.parse_simple_request(request, tighter) is None  # a listener's own limits still hold
+    with_cookie = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: session=1\r\n\r\n"
+    parsed = server.parse_simple_request(with_cookie, limits)
+    assert parsed is not None and type(parsed[2]) is list and len(memo) == 1
+    assert server.parse_simple_request(b"GET / HTTP/1.1\r\n\r\n", limits) == (b"GET", b"/", [])
+
+
+def test_a_block_with_credentials_or_too_long_is_not_rememberable() -> None:
+    assert rememberable(b"Server: x", [(b"server", b"x")])
+    for name in (b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"):
+        assert not rememberable(b"...", [(b"server", b"x"), (name, b"secret")])
+    long_block = b"X: " + b"x" * header_module.MAX_KNOWN_BLOCK_LENGTH
+    assert not rememberable(long_block, [(b"x", long_block[3:])])

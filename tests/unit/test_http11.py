@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from powerlb.headers import split_tokens
+from powerlb import http11
+from powerlb.headers import Memo, SharedHeaders, split_tokens
 from powerlb.http11 import (
     _FRAMING_NAMES,
     _LENGTH,
@@ -759,17 +760,15 @@ header_lines = st.lists(
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(header_lines, min_size=1, max_size=6), st.binary(max_size=3), st.binary(max_size=3))
-def test_header_block_at_once_reads_as_line_by_line(lines: List[bytes], before: bytes, after: bytes) -> None:
+@given(st.lists(header_lines, min_size=1, max_size=6))
+def test_header_block_at_once_reads_as_line_by_line(lines: List[bytes]) -> None:
     """A block of header lines gives the headers (and the framing ones among them) that
-    :func:`_parse_header_lines` gives, or is refused with its reason; bytes around the block
-    are not read."""
-    block = b"".join(line + b"\r\n" for line in lines)
-    data = before + block + after
-    expected = outcome(_parse_header_lines, [b"", *block[:-2].split(b"\r\n")])
+    :func:`_parse_header_lines` gives, or is refused with its reason."""
+    block = b"\r\n".join(lines)
+    expected = outcome(_parse_header_lines, [b"", *block.split(b"\r\n")])
     if isinstance(expected, list):
         expected = (expected, [header for header in expected if header[0] in _FRAMING_NAMES])
-    assert outcome(_parse_header_block, data, len(before), len(before) + len(block)) == expected
+    assert outcome(_parse_header_block, block) == expected
 
 
 def test_every_byte_read_alike_at_once_and_part_by_part() -> None:
@@ -782,11 +781,10 @@ def test_every_byte_read_alike_at_once_and_part_by_part() -> None:
         ):
             assert outcome(_parse_status_line, line) == outcome(_parse_status_line_by_parts, line)
         for line in (b"X" + byte + b": v", b"X: v" + byte + b"v", byte + b"X: v"):
-            block = line + b"\r\n"
             expected = outcome(_parse_header_lines, [b"", *line.split(b"\r\n")])
             if isinstance(expected, list):
                 expected = (expected, [])
-            assert outcome(_parse_header_block, block, 0, len(block)) == expected, block
+            assert outcome(_parse_header_block, line) == expected, line
 
 
 @given(
@@ -855,3 +853,52 @@ def test_serialize_round_trips(
     parsed = [tuple(line.split(b": ", 1)) for line in lines[1:]]
     extra = [] if length is None else [(b"content-length", str(length).encode())]
     assert parsed == [*headers, *extra]
+
+
+# --- header blocks seen before (KNOWN_BLOCKS) ----------------------------------------
+
+
+@pytest.fixture
+def blocks(monkeypatch: pytest.MonkeyPatch) -> Memo[bytes, http11.HeaderBlock]:
+    """An empty memo of header blocks, of two at most."""
+    memo: Memo[bytes, http11.HeaderBlock] = Memo(2)
+    monkeypatch.setattr(http11, "KNOWN_BLOCKS", memo)
+    return memo
+
+
+def test_a_block_seen_before_gives_the_same_shared_headers(blocks: Memo[bytes, http11.HeaderBlock]) -> None:
+    block = b"Server: x\r\nConnection: close\r\nContent-Length: 2"
+    first = http11.header_block(block)
+    assert http11.header_block(block) is first and list(blocks) == [block]
+    assert type(first.headers) is SharedHeaders
+    assert first.headers == [(b"server", b"x"), (b"connection", b"close"), (b"content-length", b"2")]
+    assert (first.framing, first.keep_alive) == (first.headers[1:], False)
+    response = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n\r\nhi"
+    assert (
+        parse(response)[1]
+        == parse(response)[1]
+        == [(*OK_HEAD, first.headers), ("body", b"hi"), ("end", False)]
+    )
+    http11.header_block(b"A: 1")
+    http11.header_block(b"B: 1")  # full: the others are forgotten
+    assert list(blocks) == [b"B: 1"]
+
+
+def test_a_block_with_a_cookie_is_parsed_every_time(blocks: Memo[bytes, http11.HeaderBlock]) -> None:
+    block = b"Set-Cookie: a=1\r\nContent-Length: 0"
+    first, again = http11.header_block(block), http11.header_block(block)
+    assert first is not again and type(first.headers) is list and first.headers == again.headers
+    assert not blocks
+
+
+def test_a_remembered_block_is_framed_by_each_response_that_asks(
+    blocks: Memo[bytes, http11.HeaderBlock],
+) -> None:
+    """The body's framing is worked out when a response with a body asks: a block whose framing is
+    wrong is refused every time such a response comes, never when one without a body does."""
+    block = b"Content-Length: 5\r\nContent-Length: 6"
+    for _ in range(2):
+        assert parse(b"HTTP/1.1 204 No Content\r\n" + block + b"\r\n\r\n")[1][-1] == ("end", True)
+        assert rejects(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n\r\nhello") == []
+    assert list(blocks) == [block]
+    assert blocks[block].body is None  # a refusal is not remembered

@@ -371,6 +371,7 @@ def test_a_simple_parse_is_what_twisted_web_reads(data: bytes) -> None:
     simple = parse_simple_request(data, LIMITS)
     if simple is None:
         return
+    assert parse_simple_request(data, LIMITS) == simple  # (its header block remembered, if it may be)
     method, target, headers = simple
     assert twisted_verdict(data) == ([(method, target, _grouped(headers, False), b"")], "clean"), data
 
