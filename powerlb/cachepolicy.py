@@ -37,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 from powerlb.headers import (
     TOKEN_PATTERN,
     Headers,
+    Memo,
     SharedHeaders,
     get_all,
     get_first,
@@ -74,9 +75,8 @@ def parse_cache_control(values: Iterable[bytes]) -> Directives:
 
 #: :func:`_parse_lines` of one field line, by value (the same few values come request after
 #: request); shared, so never modified. Lines longer than :data:`_MAX_REMEMBERED_LINE` are parsed
-#: each time, and the dict starts afresh once it holds :data:`_MAX_REMEMBERED` values.
-_PARSED_LINES: Dict[bytes, Tuple[Directives, FrozenSet[bytes]]] = {}
-_MAX_REMEMBERED = 1024
+#: each time.
+_PARSED_LINES: Memo[bytes, Tuple[Directives, FrozenSet[bytes]]] = Memo(1024)
 _MAX_REMEMBERED_LINE = 256
 
 
@@ -88,9 +88,8 @@ def _parse_lines(lines: List[bytes]) -> Tuple[Directives, FrozenSet[bytes]]:
     line = lines[0]
     parsed = _PARSED_LINES.get(line)
     if parsed is None:
-        if len(_PARSED_LINES) >= _MAX_REMEMBERED:
-            _PARSED_LINES.clear()
-        parsed = _PARSED_LINES[line] = _parse(lines)
+        parsed = _parse(lines)
+        _PARSED_LINES.remember(line, parsed)
     return parsed
 
 

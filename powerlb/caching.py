@@ -56,7 +56,7 @@ from zope.interface import implementer
 from powerlb import cachepolicy
 from powerlb.cache import CachedResponse, ICacheStore, remote_ttl
 from powerlb.errors import UpstreamError
-from powerlb.headers import Headers, get_first, strip_hop_by_hop
+from powerlb.headers import Headers, Memo, get_first, strip_hop_by_hop
 from powerlb.interfaces import IClientSink, IResponseSink, whole_as_parts
 from powerlb.policies import HeaderRules, apply_header_rules
 from powerlb.responses import wire_head
@@ -136,7 +136,7 @@ class CacheLayer:
         #: Keys whose last response could not be stored, and until when their misses skip coalescing.
         self.passes: OrderedDict[bytes, float] = OrderedDict()
         #: The last head :meth:`fast_response` wrote for a key's plain requests.
-        self.hit_heads: Dict[bytes, _HitHead] = {}
+        self.hit_heads: Memo[bytes, _HitHead] = Memo(MAX_HIT_HEADS)
 
     # -- the request path ------------------------------------------------
 
@@ -325,9 +325,7 @@ class CacheLayer:
         if plain and dated:
             # The head of a plain request's answer (a HEAD's is a GET's) stays the same until the
             # Age changes: it is made once per key and second, not once per hit.
-            if len(self.hit_heads) >= MAX_HIT_HEADS:
-                self.hit_heads.clear()
-            self.hit_heads[key] = _HitHead(entry, rules, seconds, head)
+            self.hit_heads.remember(key, _HitHead(entry, rules, seconds, head))
         return head, answer.body if method != b"HEAD" else b""  # a HEAD's answer has no body
 
     def answer(

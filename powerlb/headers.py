@@ -14,6 +14,25 @@ Headers = List[Tuple[bytes, bytes]]
 K = TypeVar("K")
 V = TypeVar("V")
 
+
+class Memo(Dict[K, V]):
+    """What a pure function made of inputs that come again and again (field lines, header blocks),
+    within limits: at most ``limit`` entries, after which it starts afresh (so a flood of one-off
+    inputs cannot grow it, nor keep the usual ones out for long)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, key: K, value: V) -> None:
+        """Note ``value`` for ``key``."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+
+
 #: The characters of an HTTP token (RFC 9110 section 5.6.2, ``tchar``): the one copy of the token
 #: grammar, which every parser and check below derives from.
 TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -55,13 +74,11 @@ def is_token(value: bytes) -> bool:
     return bool(value) and not value.translate(None, _TOKEN_CHARS)
 
 
-#: Most names :data:`KNOWN_NAMES` holds (then it starts afresh: a flood of odd names cannot keep
-#: the usual ones out), and the longest it holds (a long name is checked every time).
-MAX_KNOWN_NAMES = 10_000
+#: The longest name :data:`KNOWN_NAMES` holds (a long name is checked every time).
 MAX_KNOWN_NAME_LENGTH = 64
 #: Header names as sent (``Content-Type``) that :func:`token_name` found to be tokens, each with its
 #: lower-case form: ``KNOWN_NAMES.get(name) or token_name(name)`` checks a name once, not per message.
-KNOWN_NAMES: Dict[bytes, bytes] = {}
+KNOWN_NAMES: Memo[bytes, bytes] = Memo(10_000)
 
 
 def token_name(name: bytes) -> Optional[bytes]:
@@ -71,30 +88,27 @@ def token_name(name: bytes) -> Optional[bytes]:
     if lowered is None and is_token(name):
         lowered = name.lower()
         if len(name) <= MAX_KNOWN_NAME_LENGTH:
-            if len(KNOWN_NAMES) >= MAX_KNOWN_NAMES:
-                KNOWN_NAMES.clear()
-            KNOWN_NAMES[name] = lowered
+            KNOWN_NAMES.remember(name, lowered)
     return lowered
 
 
-#: Most field lines :data:`KNOWN_FIELDS` holds (then it starts afresh), and the longest it holds.
-MAX_KNOWN_FIELDS = 2048
+#: The longest field line :data:`KNOWN_FIELDS` holds.
 MAX_KNOWN_FIELD_LENGTH = 200
 #: Field lines as sent (``Content-Type: text/html``), each with its header pair (the name
 #: lower-cased, the value stripped of spaces and tabs) as a parser made it from a line it had
 #: checked: most lines of a backend's responses, and of a client's requests, come again and again,
 #: and are then split and checked once, not per message.
-KNOWN_FIELDS: Dict[bytes, Tuple[bytes, bytes]] = {}
-#: Fields never kept in :data:`KNOWN_FIELDS`: credentials, and values that differ per client anyway.
-_UNREMEMBERED = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+KNOWN_FIELDS: Memo[bytes, Tuple[bytes, bytes]] = Memo(2048)
+#: Never kept in a memo (:data:`KNOWN_FIELDS`, the header block memos): a field whose name says it
+#: may hold a secret (credentials, cookies, keys, tokens, sessions, signatures): nothing that comes
+#: with a client's or a backend's secret stays in memory longer than its message.
+_SECRET_NAME = re.compile(rb"auth|cookie|key|token|secret|session|passw|credential|signature")
 
 
 def remember_field(line: bytes, header: Tuple[bytes, bytes]) -> None:
     """Note ``header`` as what the checked field ``line`` holds (within :data:`KNOWN_FIELDS`' limits)."""
-    if len(line) <= MAX_KNOWN_FIELD_LENGTH and header[0] not in _UNREMEMBERED:
-        if len(KNOWN_FIELDS) >= MAX_KNOWN_FIELDS:
-            KNOWN_FIELDS.clear()
-        KNOWN_FIELDS[line] = header
+    if len(line) <= MAX_KNOWN_FIELD_LENGTH and _SECRET_NAME.search(header[0]) is None:
+        KNOWN_FIELDS.remember(line, header)
 
 
 class SharedHeaders(List[Tuple[bytes, bytes]]):
@@ -105,7 +119,8 @@ class SharedHeaders(List[Tuple[bytes, bytes]]):
     The views, None until first asked: ``forwarded``, a response's lines as a client gets them
     (:func:`powerlb.responses.forwarded_header_lines`); ``directives``, a response's cache
     directives (``powerlb.cachepolicy._directives``); ``forwarded_request``, a request's headers as
-    sent upstream (:func:`forward_request_headers`), with what they were asked for.
+    sent upstream but for the client's address (:func:`forward_request_headers`), with what they
+    were asked for.
     """
 
     __slots__ = ("directives", "forwarded", "forwarded_request")
@@ -128,32 +143,17 @@ class SharedHeaders(List[Tuple[bytes, bytes]]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _shared
 
 
-class Memo(Dict[K, V]):
-    """What a pure function made of inputs that come again and again (field lines, header blocks),
-    within limits: at most ``limit`` entries, after which it starts afresh (so a flood of one-off
-    inputs cannot grow it, nor keep the usual ones out for long)."""
-
-    __slots__ = ("limit",)
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: K, value: V) -> None:
-        """Note ``value`` for ``key``."""
-        if len(self) >= self.limit:
-            self.clear()
-        self[key] = value
-
-
 #: The longest header block a :class:`Memo` of blocks keeps (a longer one is parsed every time).
 MAX_KNOWN_BLOCK_LENGTH = 2048
 
 
 def rememberable(block: bytes, headers: Headers) -> bool:
     """Whether what the header ``block`` was parsed into (``headers``) may be kept in a :class:`Memo`:
-    it is not too long (:data:`MAX_KNOWN_BLOCK_LENGTH`), and without credentials or cookies."""
-    return len(block) <= MAX_KNOWN_BLOCK_LENGTH and all(name not in _UNREMEMBERED for name, _ in headers)
+    it is not too long (:data:`MAX_KNOWN_BLOCK_LENGTH`), and has no field that may hold a secret
+    (:data:`_SECRET_NAME`)."""
+    return len(block) <= MAX_KNOWN_BLOCK_LENGTH and all(
+        _SECRET_NAME.search(name) is None for name, _ in headers
+    )
 
 
 def field_value_ok(value: bytes) -> bool:
@@ -267,24 +267,28 @@ def forward_request_headers(
     again when None). One pass over ``headers``.
     """
     if type(headers) is SharedHeaders:
-        asked = (client_address, scheme, host, connection, replaced)
+        asked = (scheme, host, connection, replaced)
         view = headers.forwarded_request
         if view is None or view[0] != asked:
-            forwarded = _forward_request_headers(headers, client_address, scheme, host, connection, replaced)
-            view = headers.forwarded_request = (asked, SharedHeaders(forwarded))
-        return view[1]  # type: ignore[no-any-return]
-    return _forward_request_headers(headers, client_address, scheme, host, connection, replaced)
+            view = headers.forwarded_request = (
+                asked,
+                _forwarding(headers, scheme, host, connection, replaced),
+            )
+        kept, prior_xff, added = view[1]
+    else:
+        kept, prior_xff, added = _forwarding(headers, scheme, host, connection, replaced)
+    return [*kept, (b"x-forwarded-for", prior_xff + client_address), *added]
 
 
-def _forward_request_headers(
+def _forwarding(
     headers: Headers,
-    client_address: bytes,
     scheme: bytes,
     host: Optional[bytes],
     connection: Optional[FrozenSet[bytes]],
     replaced: Optional[bytes],
-) -> Headers:
-    """:func:`forward_request_headers`, worked out."""
+) -> Tuple[Headers, bytes, Headers]:
+    """What :func:`forward_request_headers` sends, but for the client's address: the fields kept, the
+    ``X-Forwarded-For`` value the address follows (``b""`` or ending in ``", "``), the fields after it."""
     if connection is None:
         connection = connection_tokens(headers)
     dropped = _DROPPED_REQUEST_HEADERS
@@ -294,7 +298,7 @@ def _forward_request_headers(
             with_replaced = _DROPPED_WITH[replaced] = _DROPPED_REQUEST_HEADERS | {replaced}
         dropped = with_replaced
     drop = _and_options(dropped, connection)
-    out = []
+    kept = []
     prior_xff = []
     prior_via = []
     for header in headers:  # the kept fields themselves: no tuple made per field
@@ -306,15 +310,12 @@ def _forward_request_headers(
             elif k == b"via" and header[1].strip(b" \t"):
                 prior_via.append(header[1])
             continue
-        out.append(header)
-    out.append(
-        (b"x-forwarded-for", b", ".join([*prior_xff, client_address]) if prior_xff else client_address)
-    )
-    out.append((b"x-forwarded-proto", scheme))
+        kept.append(header)
+    added = [(b"x-forwarded-proto", scheme)]
     if host is not None:
-        out.append((b"x-forwarded-host", host))
-    out.append((b"via", b", ".join([*prior_via, VIA]) if prior_via else VIA))
-    return out
+        added.append((b"x-forwarded-host", host))
+    added.append((b"via", b", ".join([*prior_via, VIA]) if prior_via else VIA))
+    return kept, b"".join(value + b", " for value in prior_xff), added
 
 
 def forward_response_headers(headers: Headers) -> Headers:

@@ -182,7 +182,7 @@ class ClientRequest:
         if request_id is not None:
             if work.request_rules is not None:  # (they may have set the field: the plan's id wins)
                 headers = [(k, v) for k, v in headers if k != id_field]
-            headers = [*headers, (id_field, request_id)]
+            headers.append((id_field, request_id))
         target = rewrite_path(work.route, self.target) if work.rewrites else self.target
         return UpstreamRequest(self.method, target, headers, body, self.upgrade)
 

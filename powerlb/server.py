@@ -121,10 +121,10 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
     block = data[line_end + 2 : -4]
     headers = KNOWN_REQUEST_BLOCKS.get(block)
     if headers is None:
-        headers = _simple_headers(block) if block else []
+        headers = _simple_headers(block, limits.max_headers) if block else []
         if headers is None:
             return None
-    if len(headers) > limits.max_headers:
+    elif len(headers) > limits.max_headers:  # (remembered under another listener's limits)
         return None
     return method, target, headers
 
@@ -134,13 +134,14 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
 KNOWN_REQUEST_BLOCKS: Memo[bytes, Headers] = Memo(256)
 
 
-def _simple_headers(block: bytes) -> Optional[Headers]:
-    """The headers of a plain request's header ``block`` (see :func:`parse_simple_request`), else None;
-    remembered in :data:`KNOWN_REQUEST_BLOCKS` when they may be."""
+def _simple_headers(block: bytes, max_headers: int) -> Optional[Headers]:
+    """The headers of a plain request's header ``block`` of at most ``max_headers`` lines (see
+    :func:`parse_simple_request`), else None; remembered in :data:`KNOWN_REQUEST_BLOCKS` when they
+    may be."""
     lines = block.split(b"\r\n")
     # Its only CR and LF bytes end its lines, and it has no NUL: no field value needs a check.
     breaks = len(lines) - 1
-    if block.count(b"\r") != breaks or block.count(b"\n") != breaks or 0 in block:
+    if len(lines) > max_headers or block.count(b"\r") != breaks or block.count(b"\n") != breaks or 0 in block:
         return None
     headers: Headers = []
     names = KNOWN_NAMES

@@ -287,12 +287,18 @@ def test_forward_request_headers_of_shared_headers_are_kept_for_what_was_asked(
     headers: Headers, asks: List[Tuple[Any, ...]]
 ) -> None:
     """Shared headers (a header block seen before) keep the forwarded headers last asked for: the same
-    as a list's, shared themselves, and worked out again when asked with other arguments."""
+    as a list's, for any client's address, and worked out again when asked with other arguments."""
     shared = SharedHeaders(headers)
     for ask in asks:
         out = forward_request_headers(shared, *ask)
         assert out == forward_request_headers(headers, *ask)
-        assert type(out) is SharedHeaders and forward_request_headers(shared, *ask) is out
+        view = shared.forwarded_request
+        assert view[0] == ask[1:]  # kept for all but the client's address
+        for client in (b"10.0.0.1", ask[0]):
+            assert forward_request_headers(shared, client, *ask[1:]) == forward_request_headers(
+                headers, client, *ask[1:]
+            )
+            assert shared.forwarded_request is view
 
 
 @given(header_lists, st.sampled_from([b"x-a", b"x-request-id", b"cookie"]))
@@ -456,7 +462,7 @@ def test_is_token_is_the_token_grammar(value: bytes) -> None:
 def test_token_name_is_a_token_lower_cased_and_remembered(name: bytes) -> None:
     expected = name.lower() if is_token(name) else None
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(header_module, "KNOWN_NAMES", {})
+        patch.setattr(header_module, "KNOWN_NAMES", Memo(100))
         assert header_module.token_name(name) == expected
         assert header_module.token_name(name) == expected  # the second time from what it remembers
         remembered = expected if len(name) <= header_module.MAX_KNOWN_NAME_LENGTH else None
@@ -466,8 +472,7 @@ def test_token_name_is_a_token_lower_cased_and_remembered(name: bytes) -> None:
 def test_token_name_starts_afresh_past_max_known_names_and_keeps_no_long_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(header_module, "KNOWN_NAMES", {})
-    monkeypatch.setattr(header_module, "MAX_KNOWN_NAMES", 2)
+    monkeypatch.setattr(header_module, "KNOWN_NAMES", Memo(2))
     long_name = b"X" * (header_module.MAX_KNOWN_NAME_LENGTH + 1)
     assert header_module.token_name(long_name) == long_name.lower()  # checked, not kept
     assert header_module.token_name(b"X-First") == b"x-first"
@@ -479,12 +484,13 @@ def test_token_name_starts_afresh_past_max_known_names_and_keeps_no_long_name(
 def test_remember_field_starts_afresh_when_full_and_keeps_no_long_line_nor_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(header_module, "KNOWN_FIELDS", {})
-    monkeypatch.setattr(header_module, "MAX_KNOWN_FIELDS", 2)
+    monkeypatch.setattr(header_module, "KNOWN_FIELDS", Memo(2))
     long_value = b"x" * header_module.MAX_KNOWN_FIELD_LENGTH
     header_module.remember_field(b"X-Long: " + long_value, (b"x-long", long_value))
     header_module.remember_field(b"Authorization: Basic YTpi", (b"authorization", b"Basic YTpi"))
     header_module.remember_field(b"Cookie: a=1", (b"cookie", b"a=1"))
+    for name in SECRET_NAMES:
+        header_module.remember_field(name + b": secret", (name, b"secret"))
     assert header_module.KNOWN_FIELDS == {}
     header_module.remember_field(b"Server: a", (b"server", b"a"))
     header_module.remember_field(b"Server: b", (b"server", b"b"))
@@ -493,7 +499,7 @@ def test_remember_field_starts_afresh_when_full_and_keeps_no_long_line_nor_crede
 
 
 def test_a_remembered_line_gives_the_pair_it_was_parsed_into(monkeypatch: pytest.MonkeyPatch) -> None:
-    fields: dict = {}
+    fields: Memo[bytes, Tuple[bytes, bytes]] = Memo(100)
     for module in (header_module, http11, server):
         monkeypatch.setattr(module, "KNOWN_FIELDS", fields)
     block = b"Server:  nginx \t\r\nCookie: a=1\r\nContent-Length: 0"
@@ -638,15 +644,34 @@ def test_a_request_header_block_seen_before_gives_the_same_shared_headers(
     assert type(first[2]) is SharedHeaders and list(memo) == [b"Host: x\r\nAccept: */*"]
     tighter = server.Limits(config_from_mapping({**CONFIG, "max-headers": 1}))
     assert server.parse_simple_request(request, tighter) is None  # a listener's own limits still hold
+    longer = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\n\r\n"
+    assert server.parse_simple_request(longer, tighter) is None and len(memo) == 1  # refused: not kept
     with_cookie = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: session=1\r\n\r\n"
     parsed = server.parse_simple_request(with_cookie, limits)
     assert parsed is not None and type(parsed[2]) is list and len(memo) == 1
     assert server.parse_simple_request(b"GET / HTTP/1.1\r\n\r\n", limits) == (b"GET", b"/", [])
 
 
+SECRET_NAMES = [
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"set-cookie",
+    b"x-api-key",
+    b"x-auth-token",
+    b"private-token",
+    b"x-amz-security-token",
+    b"x-forwarded-access-token",
+    b"authentication-info",
+    b"x-session-id",
+    b"x-client-secret",
+    b"x-signature",
+]
+
+
 def test_a_block_with_credentials_or_too_long_is_not_rememberable() -> None:
     assert rememberable(b"Server: x", [(b"server", b"x")])
-    for name in (b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"):
+    for name in SECRET_NAMES:
         assert not rememberable(b"...", [(b"server", b"x"), (name, b"secret")])
     long_block = b"X: " + b"x" * header_module.MAX_KNOWN_BLOCK_LENGTH
     assert not rememberable(long_block, [(b"x", long_block[3:])])
