@@ -119,7 +119,9 @@ METHOD = """\
   request come from a CPython powerlb (1 KiB body, health probes off) run under `valgrind
   --tool=callgrind`, one per tree: after start-up it gets {callgrind_warmup} requests per path (which also
   fills the cache), then, on one keep-alive connection from run.py, {callgrind_requests} and then
-  {callgrind_requests_twice} requests on the proxied path and the same on the hit path, each batch followed
+  {callgrind_requests_twice} requests on the proxied path, the same on the hit path, and the same on the
+  `unique` path: the proxied path (`/unique/`) with an `X-Request-Id` of its own on each response, so that
+  no two responses have the same header block (no CPU figure: callgrind only). Each batch is followed
   by `callgrind_control --dump` (which zeroes the counters). Instructions per request are the difference
   between a path's two batches divided by {callgrind_requests}, which cancels what a batch costs besides
   its requests. The count covers the powerlb process only (not nginx, not the client), and is
@@ -246,6 +248,7 @@ class CallgrindResult:
     tree: str
     proxied: float  # instructions per request, uncacheable 1 KiB
     hits: float  # instructions per request, cache hits 1 KiB
+    unique: float  # the proxied path, each response with a header block of its own (a request id)
 
 
 @dataclass
@@ -804,26 +807,29 @@ def callgrind_costs(ctx: Context, tree: Tree, requests: int) -> CallgrindResult:
         str(venv / "bin" / "python"),
         *balancer_argv(row, port, ctx),
     ]
+    proxied = replace(row, cached=False).path(setting)
     paths = {
-        "proxied": replace(row, cached=False),
-        "hits": replace(row, cached=True),
+        "proxied": proxied,
+        "hits": replace(row, cached=True).path(setting),
+        # The backends add an X-Request-Id of their own to each of these responses (nginx-backends.conf).
+        "unique": proxied.replace("/nocache/", "/unique/"),
     }
     per_request: dict[str, float] = {}
     with running("callgrind", argv, ctx) as process:
-        wait_ready(process, port, paths["proxied"].path(setting), CALLGRIND_READY_TIMEOUT)
-        for path_row in paths.values():
-            send_requests(port, path_row.path(setting), CALLGRIND_WARMUP, setting.size)
-            check_answer(path_row, port, setting)  # the hit path really answers from the cache
+        wait_ready(process, port, proxied, CALLGRIND_READY_TIMEOUT)
+        for path in paths.values():
+            send_requests(port, path, CALLGRIND_WARMUP, setting.size)
+        check_answer(replace(row, cached=True), port, setting)  # the hit path really answers from the cache
         dumps = 1
         callgrind_dump(ctx, process.pid, out, dumps)  # start-up and warm-up
-        for name, path_row in paths.items():
+        for name, path in paths.items():
             counts = []
             for count in (requests, 2 * requests):
-                send_requests(port, path_row.path(setting), count, setting.size)
+                send_requests(port, path, count, setting.size)
                 dumps += 1
                 counts.append(callgrind_dump(ctx, process.pid, out, dumps))
             per_request[name] = (counts[1] - counts[0]) / requests
-    return CallgrindResult(tree.name, per_request["proxied"], per_request["hits"])
+    return CallgrindResult(tree.name, per_request["proxied"], per_request["hits"], per_request["unique"])
 
 
 # --- environment -------------------------------------------------------------------------------------------
@@ -934,7 +940,11 @@ def cost_table(
         "| path | powerlb | CPU us/req | vs baseline | instructions/req (callgrind) | vs baseline |",
         "|---|---|--:|--:|--:|--:|",
     ]
-    for path, label in (("proxied", "powerlb CPython"), ("hits", "powerlb CPython (hits)")):
+    for path, label in (
+        ("proxied", "powerlb CPython"),
+        ("hits", "powerlb CPython (hits)"),
+        ("unique", "- (callgrind only)"),
+    ):
         cpu: dict[str, float | None] = {}
         instructions: dict[str, float | None] = {}
         for tree in trees:

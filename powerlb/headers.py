@@ -33,6 +33,27 @@ class Memo(Dict[K, V]):
         self[key] = value
 
 
+class BlockMemo(Memo[bytes, V]):
+    """A :class:`Memo` of header blocks that keeps a block only when it comes a second time.
+
+    The first sight is only noted (:meth:`seen_before`), so a block that never comes again (one
+    with a per-response request id, a per-request trace id) costs that note, not a shared list and
+    its views, and does not push out the blocks that do come again."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self._seen: Memo[bytes, bool] = Memo(limit)
+
+    def seen_before(self, block: bytes) -> bool:
+        """Whether ``block`` was seen lately (it is noted as seen now)."""
+        if block in self._seen:
+            return True
+        self._seen.remember(block, True)
+        return False
+
+
 #: The characters of an HTTP token (RFC 9110 section 5.6.2, ``tchar``): the one copy of the token
 #: grammar, which every parser and check below derives from.
 TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -112,7 +133,7 @@ def remember_field(line: bytes, header: Tuple[bytes, bytes]) -> None:
 
 
 class SharedHeaders(List[Tuple[bytes, bytes]]):
-    """The header list of a header block seen before (a :class:`Memo`'s), shared by every message
+    """The header list of a header block seen before (a :class:`BlockMemo`'s), shared by every message
     that came with the same block: read, never changed in place (a change makes a new list, as every
     function here does), and so the views worked out from it are kept on it, each worked out once.
 
@@ -143,12 +164,12 @@ class SharedHeaders(List[Tuple[bytes, bytes]]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _shared
 
 
-#: The longest header block a :class:`Memo` of blocks keeps (a longer one is parsed every time).
+#: The longest header block a :class:`BlockMemo` keeps (a longer one is parsed every time).
 MAX_KNOWN_BLOCK_LENGTH = 2048
 
 
 def rememberable(block: bytes, headers: Headers) -> bool:
-    """Whether what the header ``block`` was parsed into (``headers``) may be kept in a :class:`Memo`:
+    """Whether what the header ``block`` was parsed into (``headers``) may be kept in a :class:`BlockMemo`:
     it is not too long (:data:`MAX_KNOWN_BLOCK_LENGTH`), and has no field that may hold a secret
     (:data:`_SECRET_NAME`)."""
     return len(block) <= MAX_KNOWN_BLOCK_LENGTH and all(

@@ -27,8 +27,8 @@ from zope.interface import Interface
 from powerlb.headers import (
     KNOWN_FIELDS,
     KNOWN_NAMES,
+    BlockMemo,
     Headers,
-    Memo,
     SharedHeaders,
     connection_tokens,
     field_value_ok,
@@ -285,21 +285,21 @@ class HeaderBlock:
 
 
 #: Header blocks as received, each with its :class:`HeaderBlock`: a backend answers a resource with
-#: the same block until its ``Date`` changes, and the block is read once a second, not per response.
+#: the same block until its ``Date`` changes, and the block is read twice a second, not per response.
 #: Their headers are :class:`~powerlb.headers.SharedHeaders`: every response with the block has them.
-KNOWN_BLOCKS: Memo[bytes, HeaderBlock] = Memo(256)
+KNOWN_BLOCKS: BlockMemo[HeaderBlock] = BlockMemo(256)
 _NO_HEADERS = HeaderBlock(SharedHeaders(()), [])
 
 
 def header_block(block: bytes) -> HeaderBlock:
     """The :class:`HeaderBlock` of the header lines ``block`` (joined by CRLF, without the last): the
     one :data:`KNOWN_BLOCKS` holds, else parsed (:func:`_parse_header_block`, which raises
-    :class:`ProtocolError` at a fault), and remembered when it may be."""
+    :class:`ProtocolError` at a fault), and remembered when seen before and it may be."""
     known = KNOWN_BLOCKS.get(block)
     if known is not None:
         return known
     headers, framing = _parse_header_block(block)
-    if not rememberable(block, headers):
+    if not KNOWN_BLOCKS.seen_before(block) or not rememberable(block, headers):
         return HeaderBlock(headers, framing)
     known = HeaderBlock(SharedHeaders(headers), framing)
     KNOWN_BLOCKS.remember(block, known)

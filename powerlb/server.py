@@ -43,8 +43,8 @@ from twisted.web.server import Request, Site
 from powerlb.headers import (
     KNOWN_FIELDS,
     KNOWN_NAMES,
+    BlockMemo,
     Headers,
-    Memo,
     SharedHeaders,
     forward_response_headers,
     remember_field,
@@ -131,13 +131,13 @@ def parse_simple_request(data: bytes, limits: Limits) -> Optional[SimpleRequest]
 
 #: Request header blocks as received (a plain request's lines after its first, joined by CRLF), each
 #: with its :class:`~powerlb.headers.SharedHeaders`: a client sends the same block again and again.
-KNOWN_REQUEST_BLOCKS: Memo[bytes, Headers] = Memo(256)
+KNOWN_REQUEST_BLOCKS: BlockMemo[Headers] = BlockMemo(256)
 
 
 def _simple_headers(block: bytes, max_headers: int) -> Optional[Headers]:
     """The headers of a plain request's header ``block`` of at most ``max_headers`` lines (see
-    :func:`parse_simple_request`), else None; remembered in :data:`KNOWN_REQUEST_BLOCKS` when they
-    may be."""
+    :func:`parse_simple_request`), else None; remembered in :data:`KNOWN_REQUEST_BLOCKS` when seen
+    before and they may be."""
     lines = block.split(b"\r\n")
     # Its only CR and LF bytes end its lines, and it has no NUL: no field value needs a check.
     breaks = len(lines) - 1
@@ -163,7 +163,7 @@ def _simple_headers(block: bytes, max_headers: int) -> Optional[Headers]:
             return None
         host = host or lowered == b"host"
         headers.append(header)
-    if not rememberable(block, headers):
+    if not KNOWN_REQUEST_BLOCKS.seen_before(block) or not rememberable(block, headers):
         return headers
     shared = SharedHeaders(headers)
     KNOWN_REQUEST_BLOCKS.remember(block, shared)

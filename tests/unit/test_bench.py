@@ -72,14 +72,16 @@ def test_cost_table_compares_cpu_and_instructions_with_the_baseline(bench: Any) 
         (title, "powerlb CPython @abc1234"): bench.RowResult([sample(bench, 100, cpu_us=120.0)]),
     }
     callgrind = {
-        "this tree": bench.CallgrindResult("this tree", 400_000, 90_000),
-        "baseline abc1234": bench.CallgrindResult("baseline abc1234", 1_000_000, 100_000),
+        "this tree": bench.CallgrindResult("this tree", 400_000, 90_000, 420_000),
+        "baseline abc1234": bench.CallgrindResult("baseline abc1234", 1_000_000, 100_000, 1_200_000),
     }
     assert bench.cost_table(trees(bench), results, callgrind)[2:] == [
         "| proxied | this tree | 60.0 | 0.50x | 400,000 | 0.40x |",
         "| proxied | baseline abc1234 | 120.0 | 1.00x | 1,000,000 | 1.00x |",
         "| hits | this tree | - | - | 90,000 | 0.90x |",
         "| hits | baseline abc1234 | - | - | 100,000 | 1.00x |",
+        "| unique | this tree | - | - | 420,000 | 0.35x |",
+        "| unique | baseline abc1234 | - | - | 1,200,000 | 1.00x |",
     ]
 
 

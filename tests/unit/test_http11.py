@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from powerlb import http11
-from powerlb.headers import Memo, SharedHeaders, split_tokens
+from powerlb.headers import BlockMemo, SharedHeaders, split_tokens
 from powerlb.http11 import (
     _FRAMING_NAMES,
     _LENGTH,
@@ -859,40 +859,52 @@ def test_serialize_round_trips(
 
 
 @pytest.fixture
-def blocks(monkeypatch: pytest.MonkeyPatch) -> Memo[bytes, http11.HeaderBlock]:
+def blocks(monkeypatch: pytest.MonkeyPatch) -> BlockMemo[http11.HeaderBlock]:
     """An empty memo of header blocks, of two at most."""
-    memo: Memo[bytes, http11.HeaderBlock] = Memo(2)
+    memo: BlockMemo[http11.HeaderBlock] = BlockMemo(2)
     monkeypatch.setattr(http11, "KNOWN_BLOCKS", memo)
     return memo
 
 
-def test_a_block_seen_before_gives_the_same_shared_headers(blocks: Memo[bytes, http11.HeaderBlock]) -> None:
+def test_a_block_seen_before_gives_the_same_shared_headers(blocks: BlockMemo[http11.HeaderBlock]) -> None:
     block = b"Server: x\r\nConnection: close\r\nContent-Length: 2"
+    once = http11.header_block(block)
+    assert type(once.headers) is list and not blocks  # the first sight is only noted
     first = http11.header_block(block)
     assert http11.header_block(block) is first and list(blocks) == [block]
-    assert type(first.headers) is SharedHeaders
+    assert type(first.headers) is SharedHeaders and first.headers == once.headers
     assert first.headers == [(b"server", b"x"), (b"connection", b"close"), (b"content-length", b"2")]
     assert (first.framing, first.keep_alive) == (first.headers[1:], False)
     response = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n\r\nhi"
-    assert (
-        parse(response)[1]
-        == parse(response)[1]
-        == [(*OK_HEAD, first.headers), ("body", b"hi"), ("end", False)]
-    )
-    http11.header_block(b"A: 1")
-    http11.header_block(b"B: 1")  # full: the others are forgotten
+    events = [(*OK_HEAD, first.headers), ("body", b"hi"), ("end", False)]
+    assert parse(response)[1] == parse(response)[1] == events
+    for other in (b"A: 1", b"A: 1", b"B: 1", b"B: 1"):  # full: the others are forgotten
+        http11.header_block(other)
     assert list(blocks) == [b"B: 1"]
 
 
-def test_a_block_with_a_cookie_is_parsed_every_time(blocks: Memo[bytes, http11.HeaderBlock]) -> None:
+def test_blocks_that_never_come_again_do_not_push_out_those_that_do(
+    blocks: BlockMemo[http11.HeaderBlock],
+) -> None:
+    """A per-response request id makes every block new: each is only noted, never kept."""
+    usual = b"Server: x\r\nContent-Length: 0"
+    http11.header_block(usual)
+    kept = http11.header_block(usual)
+    for number in range(10):
+        unique = http11.header_block(b"Server: x\r\nX-Request-Id: %d\r\nContent-Length: 0" % number)
+        assert type(unique.headers) is list
+    assert list(blocks) == [usual] and http11.header_block(usual) is kept
+
+
+def test_a_block_with_a_cookie_is_parsed_every_time(blocks: BlockMemo[http11.HeaderBlock]) -> None:
     block = b"Set-Cookie: a=1\r\nContent-Length: 0"
-    first, again = http11.header_block(block), http11.header_block(block)
-    assert first is not again and type(first.headers) is list and first.headers == again.headers
+    first, again, third = (http11.header_block(block) for _ in range(3))
+    assert type(third.headers) is list and first.headers == again.headers == third.headers
     assert not blocks
 
 
 def test_a_remembered_block_is_framed_by_each_response_that_asks(
-    blocks: Memo[bytes, http11.HeaderBlock],
+    blocks: BlockMemo[http11.HeaderBlock],
 ) -> None:
     """The body's framing is worked out when a response with a body asks: a block whose framing is
     wrong is refused every time such a response comes, never when one without a body does."""
